@@ -1,0 +1,315 @@
+//! The cluster description as users write it (TOML), and its validation.
+//!
+//! A cluster is described by its shape, not by listing every chip: a chip type, a server of
+//! `chips_per_server` chips split into `islands` groups of directly connected chips, a path
+//! between the islands of one server, NICs that connect servers to a top-of-rack switch, racks
+//! of `servers_per_rack` servers, and a spine joining the racks with an oversubscription ratio.
+//! [`crate::Topology::build`] turns this into a graph of chips, switches and directed links.
+
+use serde::{Deserialize, Serialize};
+
+use crate::units::{Bandwidth, Bytes, FlopRate, Seconds};
+use crate::HardwareError;
+
+/// One accelerator chip.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChipSpec {
+    /// Marketing name, e.g. "Ascend 910".
+    pub name: String,
+    /// Dense fp16 matrix peak.
+    pub fp16: FlopRate,
+    /// Dense bf16 matrix peak; absent when the chip has no bf16 matrix unit.
+    #[serde(default)]
+    pub bf16: Option<FlopRate>,
+    /// fp32 peak (matrix unit where one exists, else vector).
+    #[serde(default)]
+    pub fp32: Option<FlopRate>,
+    /// HBM capacity.
+    pub hbm: Bytes,
+    /// HBM bandwidth.
+    pub hbm_bandwidth: Bandwidth,
+    /// Memory the runtime keeps for itself (context, workspace); not available to a job.
+    #[serde(default)]
+    pub reserved: Bytes,
+}
+
+impl ChipSpec {
+    /// The memory a job can use: HBM minus what the runtime reserves.
+    pub fn usable_memory(&self) -> Bytes {
+        self.hbm.saturating_sub(self.reserved)
+    }
+}
+
+/// A point-to-point link: bandwidth per direction and one-way latency.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkSpec {
+    /// Bandwidth in each direction.
+    pub bandwidth: Bandwidth,
+    /// One-way latency added per traversal.
+    pub latency: Seconds,
+}
+
+/// How chips inside one island talk to each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IslandKind {
+    /// A direct link between every pair of chips (Ascend HCCS islands of 4).
+    FullMesh,
+    /// Every chip has one port into a non-blocking switch (NVSwitch).
+    Switch,
+}
+
+/// The chips of an island and how they connect.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IslandSpec {
+    /// Full mesh or switch.
+    pub kind: IslandKind,
+    /// For `full-mesh`, each pairwise link; for `switch`, each chip's port.
+    #[serde(flatten)]
+    pub link: LinkSpec,
+}
+
+/// How traffic crosses between two islands of one server.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "via", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum CrossIsland {
+    /// Through a shared switch inside the server (e.g. PCIe); each chip has a port of this speed.
+    Switch {
+        /// Each chip's port into the switch, each direction.
+        bandwidth: Bandwidth,
+        /// One-way latency of a hop.
+        latency: Seconds,
+    },
+    /// Out through the NICs and back in through the top-of-rack switch.
+    Network,
+}
+
+/// A server (node): chips, islands and the path between islands.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSpec {
+    /// Chips per server.
+    pub chips: u32,
+    /// Number of islands the chips split into (1 when all chips share one fabric).
+    #[serde(default = "one")]
+    pub islands: u32,
+    /// Links inside an island.
+    pub island: IslandSpec,
+    /// Path between islands; required when `islands > 1`.
+    #[serde(default)]
+    pub cross_island: Option<CrossIsland>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// The scale-out network: NICs, top-of-rack switches and a spine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSpec {
+    /// NICs per server; chip `i` of a server uses NIC `i * nics / chips`.
+    pub nics_per_server: u32,
+    /// Each NIC's port to its top-of-rack switch.
+    pub nic: LinkSpec,
+    /// The link from a chip to its NIC (PCIe or on-chip).
+    pub host_link: LinkSpec,
+    /// Servers under one top-of-rack (leaf) switch.
+    pub servers_per_rack: u32,
+    /// Downlink over uplink capacity of a top-of-rack switch (1.0 = non-blocking).
+    pub spine_oversubscription: f64,
+    /// Latency of one hop between a top-of-rack switch and the spine.
+    pub spine_latency: Seconds,
+}
+
+/// A whole cluster, as a preset file or a user's TOML describes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSpec {
+    /// Preset or user name.
+    pub name: String,
+    /// One line for listings.
+    #[serde(default)]
+    pub description: String,
+    /// Total chips (GPUs/NPUs), not servers.
+    pub chips: u32,
+    /// The accelerator.
+    pub chip: ChipSpec,
+    /// The server shape.
+    pub server: ServerSpec,
+    /// The scale-out network.
+    pub network: NetworkSpec,
+    /// Collective library family used by default ("hccl" or "nccl").
+    #[serde(default = "default_library")]
+    pub collective_library: CollectiveLibrary,
+}
+
+fn default_library() -> CollectiveLibrary {
+    CollectiveLibrary::Nccl
+}
+
+/// Which vendor library's algorithm choices a cluster follows by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CollectiveLibrary {
+    /// Huawei HCCL (Ascend).
+    Hccl,
+    /// NVIDIA NCCL.
+    Nccl,
+}
+
+impl ClusterSpec {
+    /// Chips per island.
+    pub fn island_size(&self) -> u32 {
+        self.server.chips / self.server.islands.max(1)
+    }
+
+    /// Number of servers (the last may be partly used when `chips < chips_per_server`).
+    pub fn servers(&self) -> u32 {
+        self.chips.div_ceil(self.server.chips)
+    }
+
+    /// Checks every value and the shape; errors name the field and what would be valid.
+    pub fn validate(&self) -> Result<(), HardwareError> {
+        let bad = |field: &str, reason: String| {
+            Err(HardwareError::Invalid { cluster: self.name.clone(), field: field.into(), reason })
+        };
+        if self.chips == 0 {
+            return bad("chips", "a cluster needs at least one chip".into());
+        }
+        if self.server.chips == 0 {
+            return bad("server.chips", "a server needs at least one chip".into());
+        }
+        if self.server.islands == 0 || self.server.chips % self.server.islands != 0 {
+            return bad(
+                "server.islands",
+                format!(
+                    "{} islands do not split {} chips evenly; use a divisor of {}",
+                    self.server.islands, self.server.chips, self.server.chips
+                ),
+            );
+        }
+        if self.chips > self.server.chips && self.chips % self.server.chips != 0 {
+            let lo = self.chips / self.server.chips * self.server.chips;
+            return bad(
+                "chips",
+                format!(
+                    "{} chips is not a whole number of {}-chip servers; use {} or {}",
+                    self.chips,
+                    self.server.chips,
+                    lo.max(self.server.chips),
+                    lo + self.server.chips
+                ),
+            );
+        }
+        if self.chips < self.server.chips && self.chips % self.island_size() != 0 {
+            return bad(
+                "chips",
+                format!(
+                    "a partial server must hold whole islands of {} chips, got {}",
+                    self.island_size(),
+                    self.chips
+                ),
+            );
+        }
+        check_rate("chip.fp16", self.chip.fp16.0, self)?;
+        check_positive_bytes("chip.hbm", self.chip.hbm, self)?;
+        if self.chip.reserved >= self.chip.hbm {
+            return bad("chip.reserved", "the runtime reservation leaves no memory".into());
+        }
+        check_link("server.island", &self.server.island.link, self)?;
+        if self.server.islands > 1 {
+            match &self.server.cross_island {
+                None => {
+                    return bad(
+                        "server.cross_island",
+                        "a server with several islands needs a cross-island path \
+                         (via = \"switch\" with bandwidth and latency, or via = \"network\")"
+                            .into(),
+                    )
+                }
+                Some(CrossIsland::Switch { bandwidth, latency }) => check_link(
+                    "server.cross_island",
+                    &LinkSpec { bandwidth: *bandwidth, latency: *latency },
+                    self,
+                )?,
+                Some(CrossIsland::Network) => {}
+            }
+        }
+        let needs_network = self.servers() > 1
+            || matches!(self.server.cross_island, Some(CrossIsland::Network))
+                && self.server.islands > 1;
+        if needs_network {
+            if self.network.nics_per_server == 0 {
+                return bad(
+                    "network.nics_per_server",
+                    format!(
+                        "0 NICs leaves the {} servers disconnected; give each server at least one NIC",
+                        self.servers()
+                    ),
+                );
+            }
+            check_link("network.nic", &self.network.nic, self)?;
+            check_link("network.host_link", &self.network.host_link, self)?;
+            if self.network.servers_per_rack == 0 {
+                return bad("network.servers_per_rack", "a rack needs at least one server".into());
+            }
+            let o = self.network.spine_oversubscription;
+            if !(o.is_finite() && o >= 1.0) {
+                return bad(
+                    "network.spine_oversubscription",
+                    format!("{o} is not a ratio >= 1 (1.0 means non-blocking)"),
+                );
+            }
+        }
+        if self.network.nics_per_server > self.server.chips {
+            return bad(
+                "network.nics_per_server",
+                format!(
+                    "{} NICs for {} chips: at most one NIC per chip is modelled",
+                    self.network.nics_per_server, self.server.chips
+                ),
+            );
+        }
+        Ok(())
+    }
+}
+
+fn check_rate(field: &str, v: f64, c: &ClusterSpec) -> Result<(), HardwareError> {
+    if v.is_finite() && v > 0.0 {
+        Ok(())
+    } else {
+        Err(HardwareError::Invalid {
+            cluster: c.name.clone(),
+            field: field.into(),
+            reason: format!("{v} must be a positive, finite number"),
+        })
+    }
+}
+
+fn check_positive_bytes(field: &str, v: Bytes, c: &ClusterSpec) -> Result<(), HardwareError> {
+    if v.0 > 0 {
+        Ok(())
+    } else {
+        Err(HardwareError::Invalid {
+            cluster: c.name.clone(),
+            field: field.into(),
+            reason: "must be more than 0 bytes".into(),
+        })
+    }
+}
+
+fn check_link(field: &str, l: &LinkSpec, c: &ClusterSpec) -> Result<(), HardwareError> {
+    check_rate(&format!("{field}.bandwidth"), l.bandwidth.0, c)?;
+    if !l.latency.0.is_finite() {
+        return Err(HardwareError::Invalid {
+            cluster: c.name.clone(),
+            field: format!("{field}.latency"),
+            reason: "must be finite".into(),
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,295 @@
+//! The cluster as a graph: chips and switches joined by directed links, with named levels.
+//!
+//! Every full-duplex cable becomes two directed [`Link`]s, so traffic in one direction never
+//! slows the other. Routes follow the hierarchy (island, server, rack, spine): traffic goes up
+//! only as far as the lowest level that holds both ends. The spine is modelled as one
+//! aggregate switch whose link to each top-of-rack switch carries the rack's whole NIC capacity
+//! divided by the oversubscription ratio (ideal ECMP spreading over the real uplinks).
+
+use serde::Serialize;
+
+use crate::spec::{ClusterSpec, CrossIsland, IslandKind, LinkSpec};
+use crate::units::{Bandwidth, Seconds};
+use crate::HardwareError;
+
+/// The named levels of the hierarchy, from the closest to the farthest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    /// Inside one island of directly connected chips (HCCS mesh, NVSwitch).
+    Island,
+    /// Inside one server, between islands.
+    Server,
+    /// Between servers under one top-of-rack switch.
+    Rack,
+    /// Between racks, through the spine.
+    Spine,
+}
+
+impl Level {
+    /// All levels, closest first.
+    pub const ALL: [Level; 4] = [Level::Island, Level::Server, Level::Rack, Level::Spine];
+
+    /// Lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Level::Island => "island",
+            Level::Server => "server",
+            Level::Rack => "rack",
+            Level::Spine => "spine",
+        }
+    }
+}
+
+/// A vertex of the graph.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum Node {
+    /// Chip (global index).
+    Chip(u32),
+    /// The switch of one island (switch-kind islands only): (server, island).
+    IslandSwitch(u32, u32),
+    /// The cross-island switch of a server.
+    ServerSwitch(u32),
+    /// A NIC: (server, nic index).
+    Nic(u32, u32),
+    /// A top-of-rack switch.
+    Tor(u32),
+    /// The spine.
+    Spine,
+}
+
+/// Index into [`Topology::links`].
+pub type LinkId = u32;
+
+/// A directed link.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Link {
+    /// Source vertex.
+    pub from: Node,
+    /// Destination vertex.
+    pub to: Node,
+    /// Bandwidth in this direction.
+    pub bandwidth: Bandwidth,
+    /// One-way latency.
+    pub latency: Seconds,
+    /// The level of the hierarchy this link belongs to.
+    pub level: Level,
+}
+
+/// Where a chip sits in the hierarchy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    /// Server index.
+    pub server: u32,
+    /// Island index inside the server.
+    pub island: u32,
+    /// Index inside the island.
+    pub slot: u32,
+    /// Rack index.
+    pub rack: u32,
+}
+
+/// The graph of one cluster.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    chips: u32,
+    chips_per_server: u32,
+    island_size: u32,
+    nics_per_server: u32,
+    servers_per_rack: u32,
+    links: Vec<Link>,
+    index: std::collections::HashMap<(Node, Node), LinkId>,
+}
+
+impl Topology {
+    /// Builds the graph of a validated spec.
+    pub fn build(spec: &ClusterSpec) -> Result<Topology, HardwareError> {
+        spec.validate()?;
+        let mut t = Topology {
+            chips: spec.chips,
+            chips_per_server: spec.server.chips,
+            island_size: spec.island_size(),
+            nics_per_server: spec.network.nics_per_server,
+            servers_per_rack: spec.network.servers_per_rack.max(1),
+            links: Vec::new(),
+            index: std::collections::HashMap::new(),
+        };
+        let servers = spec.servers();
+        let isl = spec.server.island;
+        for s in 0..servers {
+            let first = s * t.chips_per_server;
+            let last = (first + t.chips_per_server).min(t.chips);
+            let islands_here = (last - first).div_ceil(t.island_size);
+            for i in 0..islands_here {
+                let base = first + i * t.island_size;
+                let members: Vec<u32> = (base..(base + t.island_size).min(last)).collect();
+                match isl.kind {
+                    IslandKind::FullMesh => {
+                        for &a in &members {
+                            for &b in &members {
+                                if a != b {
+                                    t.add(Node::Chip(a), Node::Chip(b), isl.link, Level::Island);
+                                }
+                            }
+                        }
+                    }
+                    IslandKind::Switch => {
+                        let sw = Node::IslandSwitch(s, i);
+                        for &a in &members {
+                            t.duplex(Node::Chip(a), sw, isl.link, Level::Island);
+                        }
+                    }
+                }
+            }
+            if let Some(CrossIsland::Switch { bandwidth, latency }) = spec.server.cross_island {
+                if islands_here > 1 {
+                    for c in first..last {
+                        let l = LinkSpec { bandwidth, latency };
+                        t.duplex(Node::Chip(c), Node::ServerSwitch(s), l, Level::Server);
+                    }
+                }
+            }
+            if t.nics_per_server > 0 {
+                let rack = s / t.servers_per_rack;
+                for n in 0..t.nics_per_server {
+                    t.duplex(Node::Nic(s, n), Node::Tor(rack), spec.network.nic, Level::Rack);
+                }
+                for c in first..last {
+                    let nic = t.nic_of(c);
+                    t.duplex(Node::Chip(c), nic, spec.network.host_link, Level::Rack);
+                }
+            }
+        }
+        let racks = servers.div_ceil(t.servers_per_rack);
+        if racks > 1 {
+            for r in 0..racks {
+                let servers_in_rack =
+                    (servers - r * t.servers_per_rack).min(t.servers_per_rack) as f64;
+                let capacity = spec.network.nic.bandwidth
+                    * (servers_in_rack * t.nics_per_server as f64
+                        / spec.network.spine_oversubscription);
+                let l = LinkSpec { bandwidth: capacity, latency: spec.network.spine_latency };
+                t.duplex(Node::Tor(r), Node::Spine, l, Level::Spine);
+            }
+        }
+        Ok(t)
+    }
+
+    fn add(&mut self, from: Node, to: Node, l: LinkSpec, level: Level) {
+        let id = self.links.len() as LinkId;
+        self.links.push(Link { from, to, bandwidth: l.bandwidth, latency: l.latency, level });
+        self.index.insert((from, to), id);
+    }
+
+    fn duplex(&mut self, a: Node, b: Node, l: LinkSpec, level: Level) {
+        self.add(a, b, l, level);
+        self.add(b, a, l, level);
+    }
+
+    /// Number of chips.
+    pub fn chips(&self) -> u32 {
+        self.chips
+    }
+
+    /// Every directed link; a [`LinkId`] indexes this slice.
+    pub fn links(&self) -> &[Link] {
+        &self.links
+    }
+
+    /// Where chip `c` sits.
+    pub fn position(&self, c: u32) -> Position {
+        let server = c / self.chips_per_server;
+        let local = c % self.chips_per_server;
+        Position {
+            server,
+            island: local / self.island_size,
+            slot: local % self.island_size,
+            rack: server / self.servers_per_rack,
+        }
+    }
+
+    fn nic_of(&self, c: u32) -> Node {
+        let p = self.position(c);
+        let local = c % self.chips_per_server;
+        Node::Nic(p.server, local * self.nics_per_server / self.chips_per_server)
+    }
+
+    /// The lowest level that holds both chips (`Island` for a chip and itself).
+    pub fn level_between(&self, a: u32, b: u32) -> Level {
+        let (pa, pb) = (self.position(a), self.position(b));
+        if pa.server == pb.server && pa.island == pb.island {
+            Level::Island
+        } else if pa.server == pb.server {
+            Level::Server
+        } else if pa.rack == pb.rack {
+            Level::Rack
+        } else {
+            Level::Spine
+        }
+    }
+
+    /// The lowest level that holds every chip of a group.
+    pub fn span(&self, group: &[u32]) -> Level {
+        let Some(&first) = group.first() else { return Level::Island };
+        group.iter().map(|&c| self.level_between(first, c)).max().unwrap_or(Level::Island)
+    }
+
+    /// The directed links a message from chip `a` to chip `b` traverses, in order.
+    pub fn route(&self, a: u32, b: u32) -> Result<Vec<LinkId>, HardwareError> {
+        if a >= self.chips || b >= self.chips {
+            return Err(HardwareError::NoRoute { from: a, to: b, reason: "no such chip".into() });
+        }
+        if a == b {
+            return Ok(Vec::new());
+        }
+        let (pa, pb) = (self.position(a), self.position(b));
+        let hops: Vec<(Node, Node)> = match self.level_between(a, b) {
+            Level::Island => {
+                let sw = Node::IslandSwitch(pa.server, pa.island);
+                if self.index.contains_key(&(Node::Chip(a), Node::Chip(b))) {
+                    vec![(Node::Chip(a), Node::Chip(b))]
+                } else {
+                    vec![(Node::Chip(a), sw), (sw, Node::Chip(b))]
+                }
+            }
+            Level::Server if self.index.contains_key(&(Node::Chip(a), Node::ServerSwitch(pa.server))) => {
+                let sw = Node::ServerSwitch(pa.server);
+                vec![(Node::Chip(a), sw), (sw, Node::Chip(b))]
+            }
+            Level::Server | Level::Rack => {
+                let (na, nb) = (self.nic_of(a), self.nic_of(b));
+                let tor = Node::Tor(pa.rack);
+                vec![(Node::Chip(a), na), (na, tor), (tor, nb), (nb, Node::Chip(b))]
+            }
+            Level::Spine => {
+                let (na, nb) = (self.nic_of(a), self.nic_of(b));
+                let (ta, tb) = (Node::Tor(pa.rack), Node::Tor(pb.rack));
+                vec![
+                    (Node::Chip(a), na),
+                    (na, ta),
+                    (ta, Node::Spine),
+                    (Node::Spine, tb),
+                    (tb, nb),
+                    (nb, Node::Chip(b)),
+                ]
+            }
+        };
+        hops.into_iter()
+            .map(|k| {
+                self.index.get(&k).copied().ok_or_else(|| HardwareError::NoRoute {
+                    from: a,
+                    to: b,
+                    reason: format!("no link {:?} -> {:?} in this topology", k.0, k.1),
+                })
+            })
+            .collect()
+    }
+
+    /// The narrowest bandwidth and the summed latency along the route from `a` to `b`.
+    pub fn path_summary(&self, a: u32, b: u32) -> Result<(Bandwidth, Seconds), HardwareError> {
+        let r = self.route(a, b)?;
+        let bw = r.iter().map(|&l| self.links[l as usize].bandwidth.0).fold(f64::INFINITY, f64::min);
+        let lat = r.iter().map(|&l| self.links[l as usize].latency.0).sum();
+        Ok((Bandwidth(bw), Seconds(lat)))
+    }
+}
