@@ -1,0 +1,518 @@
+//! The op graph: what one layer (or the embedding, query layer, head) computes on one device.
+//!
+//! For a micro-batch of `b` sequences of `s` tokens, split `t` ways by op-level (tensor)
+//! parallelism in the PanGu-α / Megatron pattern (Q/K/V and FFN-up split by columns, attention
+//! output and FFN-down by rows, heads split across the group), every [`Op`] carries its forward
+//! and backward FLOPs, the bytes it moves through memory, the activation bytes it keeps for
+//! backward, and its local parameters. Tensor-parallel communication points are ops too
+//! ([`OpKind::Comm`]), written as Megatron's conjugate pairs: `f` (identity forward,
+//! all-reduce backward) before a column-parallel matmul and `g` (all-reduce forward, identity
+//! backward) after a row-parallel one; with sequence parallelism `f` becomes all-gather /
+//! reduce-scatter and `g` reduce-scatter / all-gather (Korthikanti et al. 2022, §4.2.2).
+//!
+//! The saved-activation bytes reproduce Korthikanti et al. 2022 ("Reducing Activation
+//! Recomputation in Large Transformer Models", §4): per layer `s·b·h·(34 + 5·a·s/h)` bytes at
+//! 2-byte activations without parallelism, `s·b·h·(10 + 24/t + 5·a·s/(h·t))` with tensor
+//! parallelism, `s·b·h/t·(34 + 5·a·s/h)` with sequence parallelism too. Selective recompute
+//! drops exactly the ops marked [`Op::selective`] (the `5·a·s/h` term). This module is the
+//! one source of cost numbers for the simulator and the memory model.
+
+use pangu_hardware::{Bytes, Flops};
+use serde::Serialize;
+
+use crate::config::{FfnKind, ModelConfig, NormKind, PositionKind};
+
+/// What kind of computation an op is (efficiency curves are per kind).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpKind {
+    /// A dense matrix multiply `[m, k] × [k, n]`.
+    Matmul,
+    /// A batch of matrix multiplies (attention scores and context).
+    BatchMatmul,
+    /// LayerNorm or RMSNorm.
+    Norm,
+    /// Softmax over attention scores (with scale and causal mask).
+    Softmax,
+    /// Element-wise activation (GeLU, SwiGLU gate).
+    Activation,
+    /// Dropout and residual add.
+    Dropout,
+    /// Embedding lookup.
+    Embedding,
+    /// Softmax cross-entropy over the vocabulary.
+    CrossEntropy,
+    /// A tensor-parallel collective.
+    Comm,
+}
+
+/// A collective operation (what is computed, not how: see the algorithm enum in
+/// `pangu-strategies`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CollectiveKind {
+    /// Every rank ends with the sum of all ranks' buffers.
+    AllReduce,
+    /// Every rank ends with the concatenation of all ranks' shards.
+    AllGather,
+    /// Every rank ends with one shard of the sum.
+    ReduceScatter,
+    /// One rank's buffer is copied to all.
+    Broadcast,
+}
+
+/// A tensor-parallel communication point inside a layer.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct TpComm {
+    /// Collective in the forward pass, if any.
+    pub fwd: Option<CollectiveKind>,
+    /// Collective in the backward pass, if any.
+    pub bwd: Option<CollectiveKind>,
+    /// Size of the full (unsharded) tensor: for an all-reduce the buffer, for an all-gather
+    /// the gathered output, for a reduce-scatter the input.
+    pub bytes: Bytes,
+}
+
+/// One op of one device's share of a layer.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Op {
+    /// Name, unique inside its part.
+    pub name: &'static str,
+    /// Kind, for efficiency curves.
+    pub kind: OpKind,
+    /// Matmul dimensions `[batch, m, n, k]` (zeros for other kinds).
+    pub dims: [u64; 4],
+    /// Forward FLOPs.
+    pub fwd_flops: Flops,
+    /// Backward FLOPs (input and weight gradients).
+    pub bwd_flops: Flops,
+    /// Memory traffic of the forward pass (reads + writes).
+    pub fwd_bytes: Bytes,
+    /// Memory traffic of the backward pass.
+    pub bwd_bytes: Bytes,
+    /// Activation bytes kept from forward until backward.
+    pub saved: Bytes,
+    /// Selective recompute drops `saved` and recomputes this op in backward.
+    pub selective: bool,
+    /// Parameter elements held on this device.
+    pub params: u64,
+    /// Parameters that are a copy of the word embedding (the tied head).
+    pub tied_copy: bool,
+    /// The collective, for [`OpKind::Comm`].
+    pub comm: Option<TpComm>,
+}
+
+impl Op {
+    fn new(name: &'static str, kind: OpKind) -> Op {
+        Op {
+            name,
+            kind,
+            dims: [0; 4],
+            fwd_flops: Flops(0.0),
+            bwd_flops: Flops(0.0),
+            fwd_bytes: Bytes(0),
+            bwd_bytes: Bytes(0),
+            saved: Bytes(0),
+            selective: false,
+            params: 0,
+            tied_copy: false,
+            comm: None,
+        }
+    }
+}
+
+/// Which part of the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Part {
+    /// Word and position embeddings (first stage).
+    Embedding,
+    /// One ordinary transformer block.
+    Block,
+    /// The PanGu-α query layer.
+    QueryLayer,
+    /// Final norm, head and loss (last stage).
+    Head,
+}
+
+/// How a layer is split and sized on one device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct OpShape {
+    /// Sequences per micro-batch.
+    pub micro_batch: u32,
+    /// Tensor-parallel degree.
+    pub tp: u32,
+    /// Sequence parallelism on (norm and dropout regions split along the sequence).
+    pub seq_parallel: bool,
+    /// Bytes per activation element (2 for fp16/bf16, 4 for fp32).
+    pub act_bytes: u32,
+}
+
+/// Builds one device's ops of a model part.
+pub fn part_ops(m: &ModelConfig, part: Part, sh: OpShape) -> Vec<Op> {
+    let g = Geometry::new(m, sh);
+    match part {
+        Part::Embedding => g.embedding(),
+        Part::Block => g.block(false),
+        Part::QueryLayer => g.block(true),
+        Part::Head => g.head(),
+    }
+}
+
+/// Sums over a list of ops.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
+pub struct OpTotals {
+    /// Forward FLOPs.
+    pub fwd_flops: Flops,
+    /// Backward FLOPs.
+    pub bwd_flops: Flops,
+    /// Saved activation bytes (no recompute).
+    pub saved: Bytes,
+    /// Of `saved`, the bytes selective recompute drops.
+    pub saved_selective: Bytes,
+    /// Forward FLOPs of the selectively recomputed ops.
+    pub selective_fwd_flops: Flops,
+    /// Parameter elements, tied copies included.
+    pub params: u64,
+}
+
+/// Totals of a list of ops.
+pub fn totals(ops: &[Op]) -> OpTotals {
+    let mut t = OpTotals::default();
+    for o in ops {
+        t.fwd_flops += o.fwd_flops;
+        t.bwd_flops += o.bwd_flops;
+        t.saved += o.saved;
+        t.params += o.params;
+        if o.selective {
+            t.saved_selective += o.saved;
+            t.selective_fwd_flops += o.fwd_flops;
+        }
+    }
+    t
+}
+
+struct Geometry<'a> {
+    m: &'a ModelConfig,
+    /// Tokens per micro-batch b·s.
+    tok: u64,
+    /// Tokens held in sequence-split regions: b·s/t with SP, else b·s.
+    tok_sp: u64,
+    b: u64,
+    s: u64,
+    d: u64,
+    t: u64,
+    e: u64,
+    heads_local: u64,
+    kv_local: u64,
+    f_local: u64,
+    sp: bool,
+    dropout: bool,
+}
+
+impl<'a> Geometry<'a> {
+    fn new(m: &'a ModelConfig, sh: OpShape) -> Self {
+        let t = u64::from(sh.tp.max(1));
+        let b = u64::from(sh.micro_batch);
+        let s = u64::from(m.seq_len);
+        let tok = b * s;
+        let sp = sh.seq_parallel && t > 1;
+        Geometry {
+            m,
+            tok,
+            tok_sp: if sp { tok / t } else { tok },
+            b,
+            s,
+            d: u64::from(m.hidden),
+            t,
+            e: u64::from(sh.act_bytes),
+            heads_local: u64::from(m.heads) / t,
+            kv_local: m.kv_dim() / t,
+            f_local: u64::from(m.ffn) / t,
+            sp,
+            dropout: m.dropout > 0.0,
+        }
+    }
+
+    fn matmul(&self, name: &'static str, m: u64, n: u64, k: u64, saved: Bytes, params: u64) -> Op {
+        let mut o = Op::new(name, OpKind::Matmul);
+        let f = 2.0 * (m * n * k) as f64;
+        o.dims = [1, m, n, k];
+        o.fwd_flops = Flops(f);
+        o.bwd_flops = Flops(2.0 * f);
+        let e = self.e;
+        o.fwd_bytes = Bytes((m * k + k * n + m * n) * e);
+        o.bwd_bytes = Bytes(2 * (m * k + k * n + m * n) * e);
+        o.saved = saved;
+        o.params = params;
+        o
+    }
+
+    fn elementwise(&self, name: &'static str, kind: OpKind, elems: u64, flops_per: f64, saved: Bytes) -> Op {
+        let mut o = Op::new(name, kind);
+        o.fwd_flops = Flops(flops_per * elems as f64);
+        o.bwd_flops = Flops(2.0 * flops_per * elems as f64);
+        o.fwd_bytes = Bytes(2 * elems * self.e);
+        o.bwd_bytes = Bytes(3 * elems * self.e);
+        o.saved = saved;
+        o
+    }
+
+    fn norm(&self, name: &'static str) -> Op {
+        let n = self.tok_sp * self.d;
+        let mut o = self.elementwise(name, OpKind::Norm, n, 5.0, Bytes(n * self.e));
+        o.params = match self.m.norm {
+            NormKind::Layernorm => 2 * self.d,
+            NormKind::Rmsnorm => self.d,
+        };
+        o
+    }
+
+    /// Dropout + residual add on the hidden stream; keeps a 1-byte mask.
+    fn residual(&self, name: &'static str) -> Op {
+        let n = self.tok_sp * self.d;
+        let mask = if self.dropout { Bytes(n) } else { Bytes(0) };
+        self.elementwise(name, OpKind::Dropout, n, 2.0, mask)
+    }
+
+    /// `f`: before a column-parallel matmul.
+    fn comm_f(&self, name: &'static str) -> Option<Op> {
+        (self.t > 1).then(|| {
+            let mut o = Op::new(name, OpKind::Comm);
+            o.comm = Some(TpComm {
+                fwd: self.sp.then_some(CollectiveKind::AllGather),
+                bwd: Some(if self.sp { CollectiveKind::ReduceScatter } else { CollectiveKind::AllReduce }),
+                bytes: Bytes(self.tok * self.d * self.e),
+            });
+            o
+        })
+    }
+
+    /// `g`: after a row-parallel matmul.
+    fn comm_g(&self, name: &'static str) -> Option<Op> {
+        (self.t > 1).then(|| {
+            let mut o = Op::new(name, OpKind::Comm);
+            o.comm = Some(TpComm {
+                fwd: Some(if self.sp { CollectiveKind::ReduceScatter } else { CollectiveKind::AllReduce }),
+                bwd: self.sp.then_some(CollectiveKind::AllGather),
+                bytes: Bytes(self.tok * self.d * self.e),
+            });
+            o
+        })
+    }
+
+    /// The bytes a column-parallel matmul keeps of its input: the full input, or the
+    /// sequence shard under SP (re-gathered in backward).
+    fn col_input(&self) -> Bytes {
+        Bytes(self.tok_sp * self.d * self.e)
+    }
+
+    fn bias(&self, n: u64) -> u64 {
+        if self.m.bias {
+            n
+        } else {
+            0
+        }
+    }
+
+    fn block(&self, query: bool) -> Vec<Op> {
+        let (tok, d, e) = (self.tok, self.d, self.e);
+        let hd = u64::from(self.m.head_dim());
+        let (hl, kvl, fl) = (self.heads_local, self.kv_local, self.f_local);
+        let qd = hl * hd;
+        let mut ops = vec![self.norm("ln1")];
+        ops.extend(self.comm_f("tp_f_attn"));
+        if query {
+            // Query from the query-position table, K and V from the hidden states.
+            let mut q = self.matmul("q_proj", tok, qd, d, self.col_input(), d * qd + self.bias(qd));
+            q.params += u64::from(self.m.seq_len) * d; // the query-position table (replicated)
+            ops.push(q);
+            ops.push(self.matmul("kv_proj", tok, 2 * kvl, d, self.col_input(), d * 2 * kvl + self.bias(2 * kvl)));
+        } else {
+            let n = qd + 2 * kvl;
+            ops.push(self.matmul("qkv_proj", tok, n, d, self.col_input(), d * n + self.bias(n)));
+        }
+        let mut scores = Op::new("attn_scores", OpKind::BatchMatmul);
+        let bh = self.b * hl;
+        let sf = 2.0 * (bh * self.s * self.s * hd) as f64;
+        scores.dims = [bh, self.s, self.s, hd];
+        scores.fwd_flops = Flops(sf);
+        scores.bwd_flops = Flops(2.0 * sf);
+        scores.fwd_bytes = Bytes((2 * tok * qd + bh * self.s * self.s) * e);
+        scores.bwd_bytes = Bytes(2 * (2 * tok * qd + bh * self.s * self.s) * e);
+        scores.saved = Bytes(tok * (qd + kvl) * e); // Q and K
+        let (scores_fwd_bytes, scores_bwd_bytes) = (scores.fwd_bytes, scores.bwd_bytes);
+        ops.push(scores);
+        let probs = bh * self.s * self.s;
+        let mut sm = self.elementwise("softmax", OpKind::Softmax, probs, 5.0, Bytes(probs * e));
+        sm.selective = true;
+        ops.push(sm);
+        if self.dropout {
+            // mask (1 byte) + dropped probabilities (the input of P·V)
+            let mut dr = self.elementwise("attn_dropout", OpKind::Dropout, probs, 2.0, Bytes(probs + probs * e));
+            dr.selective = true;
+            ops.push(dr);
+        }
+        let mut ctx = Op::new("attn_context", OpKind::BatchMatmul);
+        ctx.dims = [bh, self.s, hd, self.s];
+        ctx.fwd_flops = Flops(sf);
+        ctx.bwd_flops = Flops(2.0 * sf);
+        ctx.fwd_bytes = scores_fwd_bytes;
+        ctx.bwd_bytes = scores_bwd_bytes;
+        ctx.saved = Bytes(tok * kvl * e); // V
+        ops.push(ctx);
+        ops.push(self.matmul("attn_out", tok, d, qd, Bytes(tok * qd * e), qd * d + self.bias(d)));
+        ops.extend(self.comm_g("tp_g_attn"));
+        ops.push(self.residual("attn_residual"));
+        ops.push(self.norm("ln2"));
+        ops.extend(self.comm_f("tp_f_ffn"));
+        match self.m.ffn_kind {
+            FfnKind::Gelu => {
+                ops.push(self.matmul("ffn_up", tok, fl, d, self.col_input(), d * fl + self.bias(fl)));
+                ops.push(self.elementwise("gelu", OpKind::Activation, tok * fl, 8.0, Bytes(tok * fl * e)));
+            }
+            FfnKind::Swiglu => {
+                ops.push(self.matmul("ffn_up_gate", tok, 2 * fl, d, self.col_input(), 2 * d * fl + self.bias(2 * fl)));
+                ops.push(self.elementwise("swiglu", OpKind::Activation, tok * fl, 8.0, Bytes(2 * tok * fl * e)));
+            }
+        }
+        ops.push(self.matmul("ffn_down", tok, d, fl, Bytes(tok * fl * e), fl * d + self.bias(d)));
+        ops.extend(self.comm_g("tp_g_ffn"));
+        ops.push(self.residual("ffn_residual"));
+        ops
+    }
+
+    fn embedding(&self) -> Vec<Op> {
+        let (tok, d, e) = (self.tok, self.d, self.e);
+        let mut emb = Op::new("embed", OpKind::Embedding);
+        emb.fwd_flops = Flops((tok * d) as f64);
+        emb.bwd_flops = Flops((tok * d) as f64);
+        emb.fwd_bytes = Bytes(2 * tok * d * e);
+        emb.bwd_bytes = Bytes(2 * tok * d * e);
+        emb.params = u64::from(self.m.vocab) / self.t * d
+            + if self.m.position == PositionKind::Learned { u64::from(self.m.seq_len) * d } else { 0 };
+        let mut ops = vec![emb];
+        if self.t > 1 {
+            // Vocab-parallel lookup: partial rows summed across the group.
+            let mut o = Op::new("tp_embed_reduce", OpKind::Comm);
+            o.comm = Some(TpComm {
+                fwd: Some(if self.sp { CollectiveKind::ReduceScatter } else { CollectiveKind::AllReduce }),
+                bwd: self.sp.then_some(CollectiveKind::AllGather),
+                bytes: Bytes(tok * d * e),
+            });
+            ops.push(o);
+        }
+        ops.push(self.residual("embed_dropout"));
+        ops
+    }
+
+    fn head(&self) -> Vec<Op> {
+        let (tok, d) = (self.tok, self.d);
+        let v_local = u64::from(self.m.vocab) / self.t;
+        let mut ops = vec![self.norm("final_norm")];
+        ops.extend(self.comm_f("tp_f_head"));
+        let mut head = self.matmul("logits", tok, v_local, d, self.col_input(), v_local * d);
+        head.tied_copy = self.m.tied_embeddings;
+        ops.push(head);
+        // fp32 logits kept for the softmax backward.
+        let mut ce = self.elementwise("cross_entropy", OpKind::CrossEntropy, tok * v_local, 5.0, Bytes(tok * v_local * 4));
+        ce.fwd_bytes = Bytes(tok * v_local * (self.e + 4));
+        ops.push(ce);
+        if self.t > 1 {
+            // Vocab-parallel cross-entropy: max, sum of exponentials and target logit per token.
+            let mut o = Op::new("tp_loss_reduce", OpKind::Comm);
+            o.comm = Some(TpComm { fwd: Some(CollectiveKind::AllReduce), bwd: None, bytes: Bytes(3 * tok * 4) });
+            ops.push(o);
+        }
+        ops
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape(b: u32, t: u32, sp: bool) -> OpShape {
+        OpShape { micro_batch: b, tp: t, seq_parallel: sp, act_bytes: 2 }
+    }
+
+    /// Korthikanti et al. 2022 eq. (1)-(3): activation bytes of one layer at 2-byte activations.
+    fn korthikanti(m: &ModelConfig, b: u32, t: u32, sp: bool, selective: bool) -> f64 {
+        let (s, h, a, b, t) = (m.seq_len as f64, m.hidden as f64, m.heads as f64, b as f64, t as f64);
+        let attn = if selective { 0.0 } else { 5.0 * a * s / h };
+        let sbh = s * b * h;
+        if sp {
+            sbh / t * (34.0 + attn)
+        } else {
+            sbh * (10.0 + 24.0 / t + attn / t)
+        }
+    }
+
+    #[test]
+    fn saved_activations_match_korthikanti() {
+        let m = ModelConfig::preset("gpt3-175b").unwrap();
+        let m = ModelConfig { dropout: 0.1, ..m };
+        for (b, t, sp) in [(1, 1, false), (2, 8, false), (1, 8, true), (4, 4, true), (1, 2, false)] {
+            let tot = totals(&part_ops(&m, Part::Block, shape(b, t, sp)));
+            let want = korthikanti(&m, b, t, sp, false);
+            assert!((tot.saved.as_f64() - want).abs() / want < 1e-9, "b{b} t{t} sp{sp}: {} vs {want}", tot.saved.0);
+            let sel = (tot.saved.0 - tot.saved_selective.0) as f64;
+            let want_sel = korthikanti(&m, b, t, sp, true);
+            assert!((sel - want_sel).abs() / want_sel < 1e-9, "selective b{b} t{t} sp{sp}");
+        }
+    }
+
+    #[test]
+    fn layer_params_split_by_tp_and_sum_to_the_model() {
+        let m = ModelConfig::preset("pangu-alpha-2.6b").unwrap();
+        let p = m.params();
+        let count = |t: u32| -> u64 {
+            let sh = shape(1, t, false);
+            let blocks = totals(&part_ops(&m, Part::Block, sh)).params * u64::from(m.blocks());
+            let q = totals(&part_ops(&m, Part::QueryLayer, sh)).params;
+            let e = totals(&part_ops(&m, Part::Embedding, sh)).params;
+            let h: u64 = part_ops(&m, Part::Head, sh).iter().filter(|o| !o.tied_copy).map(|o| o.params).sum();
+            blocks + q + e + h
+        };
+        assert_eq!(count(1), p.total);
+        // With tp 8 the matrices split 8 ways; norms, the row-parallel biases and the position
+        // tables stay whole on every device.
+        let d = 2560u64;
+        let per_layer_replicated = 4 * d + 2 * d; // two LayerNorms + two row-parallel biases
+        let per_layer_split = p.per_layer - per_layer_replicated;
+        let want8 = m.layers as u64 * (per_layer_split / 8 + per_layer_replicated)
+            + 40_000 * d / 8
+            + 2 * 1024 * d
+            + 2 * d;
+        assert_eq!(count(8), want8);
+    }
+
+    #[test]
+    fn flops_per_layer_match_the_dense_formula() {
+        // Forward FLOPs of a GeLU block: 24·b·s·d² + 4·b·s²·d (Narayanan et al. 2021, eq. 3),
+        // up to the element-wise ops, which are < 1 % here.
+        let m = ModelConfig::preset("pangu-alpha-13b").unwrap();
+        let (b, s, d) = (2.0, 1024.0, 5120.0);
+        let want = 24.0 * b * s * d * d + 4.0 * b * s * s * d;
+        let got = totals(&part_ops(&m, Part::Block, shape(2, 1, false))).fwd_flops.0;
+        assert!((got - want).abs() / want < 0.01, "{got} vs {want}");
+        let got8 = totals(&part_ops(&m, Part::Block, shape(2, 8, false))).fwd_flops.0;
+        assert!((got8 * 8.0 - got).abs() / got < 0.01);
+    }
+
+    #[test]
+    fn tp_comm_points_follow_megatron() {
+        let m = ModelConfig::preset("pangu-alpha-200b").unwrap();
+        let ops = part_ops(&m, Part::Block, shape(1, 8, false));
+        let comms: Vec<_> = ops.iter().filter_map(|o| o.comm).collect();
+        let fwd = comms.iter().filter(|c| c.fwd == Some(CollectiveKind::AllReduce)).count();
+        let bwd = comms.iter().filter(|c| c.bwd == Some(CollectiveKind::AllReduce)).count();
+        assert_eq!((fwd, bwd), (2, 2));
+        assert!(comms.iter().all(|c| c.bytes == Bytes(1024 * 16384 * 2)));
+        let sp = part_ops(&m, Part::Block, shape(1, 8, true));
+        let ag = sp.iter().filter_map(|o| o.comm).filter(|c| c.fwd == Some(CollectiveKind::AllGather)).count();
+        let rs = sp.iter().filter_map(|o| o.comm).filter(|c| c.fwd == Some(CollectiveKind::ReduceScatter)).count();
+        assert_eq!((ag, rs), (2, 2));
+        assert!(part_ops(&m, Part::Block, shape(1, 1, false)).iter().all(|o| o.comm.is_none()));
+    }
+}
