@@ -87,6 +87,7 @@ pub fn presets() -> &'static [(&'static str, &'static str)] {
         ("dgx-a100-80g", include_str!("../presets/dgx-a100-80g.toml")),
         ("dgx-h100", include_str!("../presets/dgx-h100.toml")),
         ("dgx2-v100", include_str!("../presets/dgx2-v100.toml")),
+        ("cpu-host", include_str!("../presets/cpu-host.toml")),
     ]
 }
 

@@ -205,12 +205,18 @@ impl ClusterSpec {
                 ),
             );
         }
-        if self.chips < self.server.chips && self.chips % self.island_size() != 0 {
+        // A partial full-mesh server holds whole islands, or a part of one island whose size
+        // divides it (Ascend: 1, 2, 4 or 8 chips per server, [CANN]).
+        let isl = self.island_size();
+        if self.chips < self.server.chips
+            && self.server.island.kind == IslandKind::FullMesh
+            && self.chips % isl != 0
+            && isl % self.chips != 0
+        {
             return bad(
                 "chips",
                 format!(
-                    "a partial server must hold whole islands of {} chips, got {}",
-                    self.island_size(),
+                    "a partial server must hold whole {isl}-chip islands or a divisor of {isl} chips, got {}",
                     self.chips
                 ),
             );
