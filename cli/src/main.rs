@@ -1,1 +1,146 @@
-fn main(){}
+//! `pangu`: a what-if tool for PanGu-α training strategies.
+//!
+//! Commands take a model, a cluster and a strategy (TOML files, presets and inline flags) and
+//! print tables, or JSON with `--json`. Errors go to stderr with a non-zero exit code.
+
+mod args;
+mod output;
+mod plan_cmd;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use serde_json::json;
+
+use crate::output::{print_json, table};
+
+/// PanGu twin: plan, simulate and check PanGu-α training strategies.
+#[derive(Debug, Parser)]
+#[command(name = "pangu", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate a strategy and show its device groups, stage layers, memory per device,
+    /// communication volume and pipeline bubble.
+    Plan(plan_cmd::PlanArgs),
+    /// List the model presets, or print one as TOML.
+    Models(ListArgs),
+    /// List the cluster presets, or print one as TOML.
+    Clusters(ListArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ListArgs {
+    /// Print this preset's TOML (start your own file from it).
+    #[arg(long, value_name = "NAME")]
+    toml: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn models(a: &ListArgs) -> Result<()> {
+    if let Some(name) = &a.toml {
+        print!("{}", pangu_model::preset_toml(name)?);
+        return Ok(());
+    }
+    let mut rows = Vec::new();
+    let mut js = Vec::new();
+    for (name, _) in pangu_model::presets() {
+        let m = pangu_model::ModelConfig::preset(name)?;
+        let p = m.params().total;
+        let reference = pangu_strategies::reference(name)
+            .map(|r| r.cluster)
+            .unwrap_or_default();
+        rows.push(vec![
+            name.to_string(),
+            format!("{:.3} B", p as f64 / 1e9),
+            m.layers.to_string(),
+            m.hidden.to_string(),
+            m.heads.to_string(),
+            m.seq_len.to_string(),
+            m.vocab.to_string(),
+            m.global_batch.to_string(),
+            reference.clone(),
+        ]);
+        js.push(json!({"name": name, "params": p, "config": m, "reference_cluster": reference}));
+    }
+    if a.json {
+        return print_json(&json!({ "models": js }));
+    }
+    print!(
+        "{}",
+        table(
+            &[
+                "model",
+                "params",
+                "layers",
+                "hidden",
+                "heads",
+                "seq",
+                "vocab",
+                "batch",
+                "reference cluster"
+            ],
+            &rows
+        )
+    );
+    Ok(())
+}
+
+fn clusters(a: &ListArgs) -> Result<()> {
+    if let Some(name) = &a.toml {
+        print!("{}", pangu_hardware::preset_toml(name)?);
+        return Ok(());
+    }
+    let mut rows = Vec::new();
+    let mut js = Vec::new();
+    for (name, _) in pangu_hardware::presets() {
+        let c = pangu_hardware::Cluster::from_name(name)?;
+        let s = &c.spec;
+        rows.push(vec![
+            name.to_string(),
+            s.chips.to_string(),
+            s.chip.name.clone(),
+            format!("{:.0} TFLOP/s", s.chip.fp16.tflops()),
+            format!("{}", s.chip.hbm),
+            s.description.clone(),
+        ]);
+        js.push(json!({"name": name, "spec": s}));
+    }
+    if a.json {
+        return print_json(&json!({ "clusters": js }));
+    }
+    print!(
+        "{}",
+        table(
+            &[
+                "cluster",
+                "chips",
+                "chip",
+                "fp16 peak",
+                "HBM",
+                "description"
+            ],
+            &rows
+        )
+    );
+    println!("use NAME:N for N chips (GPUs or NPUs, not servers), e.g. ascend910:512");
+    Ok(())
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Plan(a) => plan_cmd::run(a),
+        Command::Models(a) => models(a),
+        Command::Clusters(a) => clusters(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

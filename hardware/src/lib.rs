@@ -96,13 +96,22 @@ const ALIASES: &[(&str, &str)] = &[("dgx-a100", "dgx-a100-80g"), ("ascend", "asc
 
 /// The TOML text of a preset, by name or alias.
 pub fn preset_toml(name: &str) -> Result<&'static str, HardwareError> {
-    let name = ALIASES.iter().find(|(a, _)| *a == name).map_or(name, |(_, n)| n);
-    presets().iter().find(|(n, _)| *n == name).map(|(_, t)| *t).ok_or_else(|| {
-        HardwareError::UnknownPreset {
+    let name = ALIASES
+        .iter()
+        .find(|(a, _)| *a == name)
+        .map_or(name, |(_, n)| n);
+    presets()
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, t)| *t)
+        .ok_or_else(|| HardwareError::UnknownPreset {
             name: name.to_string(),
-            known: presets().iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "),
-        }
-    })
+            known: presets()
+                .iter()
+                .map(|(n, _)| *n)
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
 }
 
 impl ClusterSpec {
@@ -144,7 +153,11 @@ impl Cluster {
     }
 
     /// A user TOML file's text, with an optional chip-count override.
-    pub fn from_toml(text: &str, source_name: &str, chips: Option<u32>) -> Result<Cluster, HardwareError> {
+    pub fn from_toml(
+        text: &str,
+        source_name: &str,
+        chips: Option<u32>,
+    ) -> Result<Cluster, HardwareError> {
         let mut spec = ClusterSpec::from_toml(text, source_name)?;
         if let Some(n) = chips {
             spec.chips = n;
@@ -222,7 +235,12 @@ mod tests {
         let mut spec = ClusterSpec::from_toml(preset_toml("ascend910").unwrap(), "x").unwrap();
         spec.network.spine_oversubscription = 4.0;
         let c = Cluster::new(spec).unwrap();
-        let up = c.topology.links().iter().find(|l| l.to == Node::Spine).unwrap();
+        let up = c
+            .topology
+            .links()
+            .iter()
+            .find(|l| l.to == Node::Spine)
+            .unwrap();
         // 16 servers x 8 NICs x 12.5 GB/s / 4
         assert!((up.bandwidth.0 - 16.0 * 8.0 * 12.5e9 / 4.0).abs() < 1.0);
     }
@@ -235,14 +253,26 @@ mod tests {
         assert!(e.contains("chips") && e.contains("16"), "{e}");
         let e = Cluster::from_name("ascend910:x").unwrap_err().to_string();
         assert!(e.contains("whole number"), "{e}");
-        let text = preset_toml("ascend910").unwrap().replace("\"30 GB/s\"", "0");
-        let e = Cluster::from_toml(&text, "f.toml", None).unwrap_err().to_string();
+        let text = preset_toml("ascend910")
+            .unwrap()
+            .replace("\"30 GB/s\"", "0");
+        let e = Cluster::from_toml(&text, "f.toml", None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("server.island.bandwidth"), "{e}");
-        let text = preset_toml("ascend910").unwrap().replace("nics_per_server = 8", "nics_per_server = 0");
-        let e = Cluster::from_toml(&text, "f.toml", None).unwrap_err().to_string();
+        let text = preset_toml("ascend910")
+            .unwrap()
+            .replace("nics_per_server = 8", "nics_per_server = 0");
+        let e = Cluster::from_toml(&text, "f.toml", None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("disconnected"), "{e}");
-        let text = preset_toml("ascend910").unwrap().replace("chips = 2048", "chips = 2048\nbogus = 1");
-        let e = Cluster::from_toml(&text, "f.toml", None).unwrap_err().to_string();
+        let text = preset_toml("ascend910")
+            .unwrap()
+            .replace("chips = 2048", "chips = 2048\nbogus = 1");
+        let e = Cluster::from_toml(&text, "f.toml", None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("bogus"), "{e}");
     }
 

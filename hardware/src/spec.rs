@@ -175,7 +175,11 @@ impl ClusterSpec {
     /// Checks every value and the shape; errors name the field and what would be valid.
     pub fn validate(&self) -> Result<(), HardwareError> {
         let bad = |field: &str, reason: String| {
-            Err(HardwareError::Invalid { cluster: self.name.clone(), field: field.into(), reason })
+            Err(HardwareError::Invalid {
+                cluster: self.name.clone(),
+                field: field.into(),
+                reason,
+            })
         };
         if self.chips == 0 {
             return bad("chips", "a cluster needs at least one chip".into());
@@ -224,7 +228,10 @@ impl ClusterSpec {
         check_rate("chip.fp16", self.chip.fp16.0, self)?;
         check_positive_bytes("chip.hbm", self.chip.hbm, self)?;
         if self.chip.reserved >= self.chip.hbm {
-            return bad("chip.reserved", "the runtime reservation leaves no memory".into());
+            return bad(
+                "chip.reserved",
+                "the runtime reservation leaves no memory".into(),
+            );
         }
         check_link("server.island", &self.server.island.link, self)?;
         if self.server.islands > 1 {
@@ -239,7 +246,10 @@ impl ClusterSpec {
                 }
                 Some(CrossIsland::Switch { bandwidth, latency }) => check_link(
                     "server.cross_island",
-                    &LinkSpec { bandwidth: *bandwidth, latency: *latency },
+                    &LinkSpec {
+                        bandwidth: *bandwidth,
+                        latency: *latency,
+                    },
                     self,
                 )?,
                 Some(CrossIsland::Network) => {}
@@ -261,7 +271,10 @@ impl ClusterSpec {
             check_link("network.nic", &self.network.nic, self)?;
             check_link("network.host_link", &self.network.host_link, self)?;
             if self.network.servers_per_rack == 0 {
-                return bad("network.servers_per_rack", "a rack needs at least one server".into());
+                return bad(
+                    "network.servers_per_rack",
+                    "a rack needs at least one server".into(),
+                );
             }
             let o = self.network.spine_oversubscription;
             if !(o.is_finite() && o >= 1.0) {

@@ -152,7 +152,12 @@ impl Topology {
             if t.nics_per_server > 0 {
                 let rack = s / t.servers_per_rack;
                 for n in 0..t.nics_per_server {
-                    t.duplex(Node::Nic(s, n), Node::Tor(rack), spec.network.nic, Level::Rack);
+                    t.duplex(
+                        Node::Nic(s, n),
+                        Node::Tor(rack),
+                        spec.network.nic,
+                        Level::Rack,
+                    );
                 }
                 for c in first..last {
                     let nic = t.nic_of(c);
@@ -168,7 +173,10 @@ impl Topology {
                 let capacity = spec.network.nic.bandwidth
                     * (servers_in_rack * t.nics_per_server as f64
                         / spec.network.spine_oversubscription);
-                let l = LinkSpec { bandwidth: capacity, latency: spec.network.spine_latency };
+                let l = LinkSpec {
+                    bandwidth: capacity,
+                    latency: spec.network.spine_latency,
+                };
                 t.duplex(Node::Tor(r), Node::Spine, l, Level::Spine);
             }
         }
@@ -177,7 +185,13 @@ impl Topology {
 
     fn add(&mut self, from: Node, to: Node, l: LinkSpec, level: Level) {
         let id = self.links.len() as LinkId;
-        self.links.push(Link { from, to, bandwidth: l.bandwidth, latency: l.latency, level });
+        self.links.push(Link {
+            from,
+            to,
+            bandwidth: l.bandwidth,
+            latency: l.latency,
+            level,
+        });
         self.index.insert((from, to), id);
     }
 
@@ -211,7 +225,10 @@ impl Topology {
     fn nic_of(&self, c: u32) -> Node {
         let p = self.position(c);
         let local = c % self.chips_per_server;
-        Node::Nic(p.server, local * self.nics_per_server / self.chips_per_server)
+        Node::Nic(
+            p.server,
+            local * self.nics_per_server / self.chips_per_server,
+        )
     }
 
     /// The lowest level that holds both chips (`Island` for a chip and itself).
@@ -230,14 +247,24 @@ impl Topology {
 
     /// The lowest level that holds every chip of a group.
     pub fn span(&self, group: &[u32]) -> Level {
-        let Some(&first) = group.first() else { return Level::Island };
-        group.iter().map(|&c| self.level_between(first, c)).max().unwrap_or(Level::Island)
+        let Some(&first) = group.first() else {
+            return Level::Island;
+        };
+        group
+            .iter()
+            .map(|&c| self.level_between(first, c))
+            .max()
+            .unwrap_or(Level::Island)
     }
 
     /// The directed links a message from chip `a` to chip `b` traverses, in order.
     pub fn route(&self, a: u32, b: u32) -> Result<Vec<LinkId>, HardwareError> {
         if a >= self.chips || b >= self.chips {
-            return Err(HardwareError::NoRoute { from: a, to: b, reason: "no such chip".into() });
+            return Err(HardwareError::NoRoute {
+                from: a,
+                to: b,
+                reason: "no such chip".into(),
+            });
         }
         if a == b {
             return Ok(Vec::new());
@@ -252,14 +279,23 @@ impl Topology {
                     vec![(Node::Chip(a), sw), (sw, Node::Chip(b))]
                 }
             }
-            Level::Server if self.index.contains_key(&(Node::Chip(a), Node::ServerSwitch(pa.server))) => {
+            Level::Server
+                if self
+                    .index
+                    .contains_key(&(Node::Chip(a), Node::ServerSwitch(pa.server))) =>
+            {
                 let sw = Node::ServerSwitch(pa.server);
                 vec![(Node::Chip(a), sw), (sw, Node::Chip(b))]
             }
             Level::Server | Level::Rack => {
                 let (na, nb) = (self.nic_of(a), self.nic_of(b));
                 let tor = Node::Tor(pa.rack);
-                vec![(Node::Chip(a), na), (na, tor), (tor, nb), (nb, Node::Chip(b))]
+                vec![
+                    (Node::Chip(a), na),
+                    (na, tor),
+                    (tor, nb),
+                    (nb, Node::Chip(b)),
+                ]
             }
             Level::Spine => {
                 let (na, nb) = (self.nic_of(a), self.nic_of(b));
@@ -276,11 +312,14 @@ impl Topology {
         };
         hops.into_iter()
             .map(|k| {
-                self.index.get(&k).copied().ok_or_else(|| HardwareError::NoRoute {
-                    from: a,
-                    to: b,
-                    reason: format!("no link {:?} -> {:?} in this topology", k.0, k.1),
-                })
+                self.index
+                    .get(&k)
+                    .copied()
+                    .ok_or_else(|| HardwareError::NoRoute {
+                        from: a,
+                        to: b,
+                        reason: format!("no link {:?} -> {:?} in this topology", k.0, k.1),
+                    })
             })
             .collect()
     }
@@ -288,7 +327,10 @@ impl Topology {
     /// The narrowest bandwidth and the summed latency along the route from `a` to `b`.
     pub fn path_summary(&self, a: u32, b: u32) -> Result<(Bandwidth, Seconds), HardwareError> {
         let r = self.route(a, b)?;
-        let bw = r.iter().map(|&l| self.links[l as usize].bandwidth.0).fold(f64::INFINITY, f64::min);
+        let bw = r
+            .iter()
+            .map(|&l| self.links[l as usize].bandwidth.0)
+            .fold(f64::INFINITY, f64::min);
         let lat = r.iter().map(|&l| self.links[l as usize].latency.0).sum();
         Ok((Bandwidth(bw), Seconds(lat)))
     }

@@ -31,16 +31,23 @@ fn split_number(
     what: &'static str,
     examples: &'static str,
 ) -> Result<(f64, String), UnitError> {
-    let err = |reason: String| UnitError { text: text.to_string(), what, reason, examples };
+    let err = |reason: String| UnitError {
+        text: text.to_string(),
+        what,
+        reason,
+        examples,
+    };
     let t = text.trim();
     let end = t
         .char_indices()
-        .find(|&(_, c)| !(c.is_ascii_digit() || c == '.' || c == 'e' || c == 'E' || c == '+' || c == '-'))
+        .find(|&(_, c)| {
+            !(c.is_ascii_digit() || c == '.' || c == 'e' || c == 'E' || c == '+' || c == '-')
+        })
         .map_or(t.len(), |(i, _)| i);
-    // "1e" followed by a unit letter: back off so that e.g. "5 EB" never happens; we only
-    // accept an exponent when digits follow it.
     let (num, unit) = t.split_at(end);
-    let value: f64 = num.parse().map_err(|_| err(format!("{num:?} is not a number")))?;
+    let value: f64 = num
+        .parse()
+        .map_err(|_| err(format!("{num:?} is not a number")))?;
     if !value.is_finite() {
         return Err(err("the number is not finite".into()));
     }
@@ -160,14 +167,16 @@ impl std::iter::Sum for Bytes {
 }
 
 impl fmt::Display for Bytes {
+    /// Binary units (GiB, MiB, KiB), as memory is sold and allocated.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let v = self.0 as f64;
-        if v >= 1e9 {
-            write!(f, "{:.2} GB", v / 1e9)
-        } else if v >= 1e6 {
-            write!(f, "{:.2} MB", v / 1e6)
-        } else if v >= 1e3 {
-            write!(f, "{:.2} kB", v / 1e3)
+        const K: f64 = 1024.0;
+        if v >= K * K * K {
+            write!(f, "{:.2} GiB", v / (K * K * K))
+        } else if v >= K * K {
+            write!(f, "{:.2} MiB", v / (K * K))
+        } else if v >= K {
+            write!(f, "{:.2} KiB", v / K)
         } else {
             write!(f, "{} B", self.0)
         }
@@ -278,7 +287,9 @@ impl std::str::FromStr for Seconds {
 }
 
 /// Integer simulation time in nanoseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 pub struct Nanos(pub u64);
 
 impl Nanos {
@@ -430,7 +441,10 @@ mod tests {
 
     #[test]
     fn parses_rates_and_durations() {
-        assert_eq!("100 Gbit/s".parse::<Bandwidth>().unwrap(), Bandwidth(12.5e9));
+        assert_eq!(
+            "100 Gbit/s".parse::<Bandwidth>().unwrap(),
+            Bandwidth(12.5e9)
+        );
         assert_eq!("30 GB/s".parse::<Bandwidth>().unwrap(), Bandwidth(30e9));
         assert!(("1.5 us".parse::<Seconds>().unwrap().0 - 1.5e-6).abs() < 1e-18);
         assert_eq!("256 TFLOP/s".parse::<FlopRate>().unwrap(), FlopRate(256e12));
@@ -448,7 +462,10 @@ mod tests {
         let t: T = toml::from_str("a = \"1 KiB\"\nb = 5.0").unwrap();
         assert_eq!(t.a, Bytes(1024));
         assert_eq!(t.b, Bandwidth(5.0));
-        let e = toml::from_str::<T>("a = 1\nb = nan").err().unwrap().to_string();
+        let e = toml::from_str::<T>("a = 1\nb = nan")
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("finite"), "{e}");
     }
 

@@ -183,7 +183,11 @@ impl ModelConfig {
     /// Checks that the shape is usable; errors name the field.
     pub fn validate(&self) -> Result<(), ModelError> {
         let bad = |field: &str, reason: String| {
-            Err(ModelError::Invalid { model: self.name.clone(), field: field.into(), reason })
+            Err(ModelError::Invalid {
+                model: self.name.clone(),
+                field: field.into(),
+                reason,
+            })
         };
         for (field, v) in [
             ("layers", self.layers),
@@ -199,7 +203,10 @@ impl ModelConfig {
             }
         }
         if self.query_layer && self.layers < 2 {
-            return bad("layers", "a model with a query layer needs at least 2 layers".into());
+            return bad(
+                "layers",
+                "a model with a query layer needs at least 2 layers".into(),
+            );
         }
         if self.hidden % self.heads != 0 {
             return bad(
@@ -215,7 +222,10 @@ impl ModelConfig {
             );
         }
         if !(0.0..1.0).contains(&self.dropout) {
-            return bad("dropout", format!("{} is not a probability in [0, 1)", self.dropout));
+            return bad(
+                "dropout",
+                format!("{} is not a probability in [0, 1)", self.dropout),
+            );
         }
         Ok(())
     }
@@ -228,19 +238,38 @@ impl ModelConfig {
     pub fn flops_per_token(&self) -> f64 {
         let p = self.params();
         let n = p.layers + p.embedding + p.head + p.final_norm;
-        6.0 * n as f64 + 12.0 * f64::from(self.layers) * f64::from(self.seq_len) * f64::from(self.hidden)
+        6.0 * n as f64
+            + 12.0 * f64::from(self.layers) * f64::from(self.seq_len) * f64::from(self.hidden)
     }
 }
 
 /// The embedded model presets: (name, TOML text).
 pub fn presets() -> &'static [(&'static str, &'static str)] {
     &[
-        ("pangu-alpha-tiny", include_str!("../presets/pangu-alpha-tiny.toml")),
-        ("pangu-alpha-small", include_str!("../presets/pangu-alpha-small.toml")),
-        ("pangu-alpha-350m", include_str!("../presets/pangu-alpha-350m.toml")),
-        ("pangu-alpha-2.6b", include_str!("../presets/pangu-alpha-2.6b.toml")),
-        ("pangu-alpha-13b", include_str!("../presets/pangu-alpha-13b.toml")),
-        ("pangu-alpha-200b", include_str!("../presets/pangu-alpha-200b.toml")),
+        (
+            "pangu-alpha-tiny",
+            include_str!("../presets/pangu-alpha-tiny.toml"),
+        ),
+        (
+            "pangu-alpha-small",
+            include_str!("../presets/pangu-alpha-small.toml"),
+        ),
+        (
+            "pangu-alpha-350m",
+            include_str!("../presets/pangu-alpha-350m.toml"),
+        ),
+        (
+            "pangu-alpha-2.6b",
+            include_str!("../presets/pangu-alpha-2.6b.toml"),
+        ),
+        (
+            "pangu-alpha-13b",
+            include_str!("../presets/pangu-alpha-13b.toml"),
+        ),
+        (
+            "pangu-alpha-200b",
+            include_str!("../presets/pangu-alpha-200b.toml"),
+        ),
         ("gpt-22b", include_str!("../presets/gpt-22b.toml")),
         ("gpt3-175b", include_str!("../presets/gpt3-175b.toml")),
         ("mt-nlg-530b", include_str!("../presets/mt-nlg-530b.toml")),
@@ -254,12 +283,18 @@ pub fn presets() -> &'static [(&'static str, &'static str)] {
 
 /// The TOML text of a preset.
 pub fn preset_toml(name: &str) -> Result<&'static str, ModelError> {
-    presets().iter().find(|(n, _)| *n == name).map(|(_, t)| *t).ok_or_else(|| {
-        ModelError::UnknownPreset {
+    presets()
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, t)| *t)
+        .ok_or_else(|| ModelError::UnknownPreset {
             name: name.to_string(),
-            known: presets().iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "),
-        }
-    })
+            known: presets()
+                .iter()
+                .map(|(n, _)| *n)
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
 }
 
 impl ModelConfig {
@@ -301,12 +336,22 @@ mod tests {
         // Exact for 2.6B: 32·(12d²+13d) + V·d + 2·S·d + 2d with d = 2560.
         let d = 2560u64;
         let exact = 32 * (12 * d * d + 13 * d) + 40_000 * d + 2 * 1024 * d + 2 * d;
-        assert_eq!(ModelConfig::preset("pangu-alpha-2.6b").unwrap().params().total, exact);
+        assert_eq!(
+            ModelConfig::preset("pangu-alpha-2.6b")
+                .unwrap()
+                .params()
+                .total,
+            exact
+        );
     }
 
     #[test]
     fn other_families_are_close_to_their_names() {
-        for (name, want, tol) in [("gpt3-175b", 175e9, 0.01), ("llama3-405b", 405e9, 0.01), ("mpt-7b", 6.7e9, 0.01)] {
+        for (name, want, tol) in [
+            ("gpt3-175b", 175e9, 0.01),
+            ("llama3-405b", 405e9, 0.01),
+            ("mpt-7b", 6.7e9, 0.01),
+        ] {
             let got = ModelConfig::preset(name).unwrap().params().total;
             assert!(within(got, want, tol), "{name}: {got}");
         }
@@ -318,19 +363,31 @@ mod tests {
             ModelConfig::preset(name).unwrap();
         }
         let t = ModelConfig::preset("pangu-alpha-tiny").unwrap();
-        assert_eq!((t.blocks(), t.hidden, t.heads, t.seq_len, t.vocab), (4, 256, 4, 128, 8000));
+        assert_eq!(
+            (t.blocks(), t.hidden, t.heads, t.seq_len, t.vocab),
+            (4, 256, 4, 128, 8000)
+        );
         let s = ModelConfig::preset("pangu-alpha-small").unwrap();
-        assert_eq!((s.blocks(), s.hidden, s.heads, s.seq_len, s.vocab), (6, 512, 8, 256, 16000));
+        assert_eq!(
+            (s.blocks(), s.hidden, s.heads, s.seq_len, s.vocab),
+            (6, 512, 8, 256, 16000)
+        );
     }
 
     #[test]
     fn bad_models_name_the_field() {
-        let text = preset_toml("pangu-alpha-tiny").unwrap().replace("heads = 4", "heads = 3");
-        let e = ModelConfig::from_toml(&text, "m.toml").unwrap_err().to_string();
+        let text = preset_toml("pangu-alpha-tiny")
+            .unwrap()
+            .replace("heads = 4", "heads = 3");
+        let e = ModelConfig::from_toml(&text, "m.toml")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("heads") && e.contains("256"), "{e}");
         let e = ModelConfig::preset("gpt-5").unwrap_err().to_string();
         assert!(e.contains("pangu-alpha-200b"), "{e}");
-        let text = preset_toml("pangu-alpha-tiny").unwrap().replace("dropout = 0.1", "dropout = nan");
+        let text = preset_toml("pangu-alpha-tiny")
+            .unwrap()
+            .replace("dropout = 0.1", "dropout = nan");
         assert!(ModelConfig::from_toml(&text, "m.toml").is_err());
     }
 }

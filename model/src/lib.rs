@@ -23,7 +23,7 @@
 pub mod config;
 pub mod ops;
 
-pub use config::{presets, preset_toml, FfnKind, ModelConfig, NormKind, ParamCount, PositionKind};
+pub use config::{preset_toml, presets, FfnKind, ModelConfig, NormKind, ParamCount, PositionKind};
 
 /// Errors from reading or checking a model description.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

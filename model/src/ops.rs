@@ -248,7 +248,14 @@ impl<'a> Geometry<'a> {
         o
     }
 
-    fn elementwise(&self, name: &'static str, kind: OpKind, elems: u64, flops_per: f64, saved: Bytes) -> Op {
+    fn elementwise(
+        &self,
+        name: &'static str,
+        kind: OpKind,
+        elems: u64,
+        flops_per: f64,
+        saved: Bytes,
+    ) -> Op {
         let mut o = Op::new(name, kind);
         o.fwd_flops = Flops(flops_per * elems as f64);
         o.bwd_flops = Flops(2.0 * flops_per * elems as f64);
@@ -281,7 +288,11 @@ impl<'a> Geometry<'a> {
             let mut o = Op::new(name, OpKind::Comm);
             o.comm = Some(TpComm {
                 fwd: self.sp.then_some(CollectiveKind::AllGather),
-                bwd: Some(if self.sp { CollectiveKind::ReduceScatter } else { CollectiveKind::AllReduce }),
+                bwd: Some(if self.sp {
+                    CollectiveKind::ReduceScatter
+                } else {
+                    CollectiveKind::AllReduce
+                }),
                 bytes: Bytes(self.tok * self.d * self.e),
             });
             o
@@ -293,7 +304,11 @@ impl<'a> Geometry<'a> {
         (self.t > 1).then(|| {
             let mut o = Op::new(name, OpKind::Comm);
             o.comm = Some(TpComm {
-                fwd: Some(if self.sp { CollectiveKind::ReduceScatter } else { CollectiveKind::AllReduce }),
+                fwd: Some(if self.sp {
+                    CollectiveKind::ReduceScatter
+                } else {
+                    CollectiveKind::AllReduce
+                }),
                 bwd: self.sp.then_some(CollectiveKind::AllGather),
                 bytes: Bytes(self.tok * self.d * self.e),
             });
@@ -324,13 +339,34 @@ impl<'a> Geometry<'a> {
         ops.extend(self.comm_f("tp_f_attn"));
         if query {
             // Query from the query-position table, K and V from the hidden states.
-            let mut q = self.matmul("q_proj", tok, qd, d, self.col_input(), d * qd + self.bias(qd));
+            let mut q = self.matmul(
+                "q_proj",
+                tok,
+                qd,
+                d,
+                self.col_input(),
+                d * qd + self.bias(qd),
+            );
             q.params += u64::from(self.m.seq_len) * d; // the query-position table (replicated)
             ops.push(q);
-            ops.push(self.matmul("kv_proj", tok, 2 * kvl, d, self.col_input(), d * 2 * kvl + self.bias(2 * kvl)));
+            ops.push(self.matmul(
+                "kv_proj",
+                tok,
+                2 * kvl,
+                d,
+                self.col_input(),
+                d * 2 * kvl + self.bias(2 * kvl),
+            ));
         } else {
             let n = qd + 2 * kvl;
-            ops.push(self.matmul("qkv_proj", tok, n, d, self.col_input(), d * n + self.bias(n)));
+            ops.push(self.matmul(
+                "qkv_proj",
+                tok,
+                n,
+                d,
+                self.col_input(),
+                d * n + self.bias(n),
+            ));
         }
         let mut scores = Op::new("attn_scores", OpKind::BatchMatmul);
         let bh = self.b * hl;
@@ -349,7 +385,13 @@ impl<'a> Geometry<'a> {
         ops.push(sm);
         if self.dropout {
             // mask (1 byte) + dropped probabilities (the input of P·V)
-            let mut dr = self.elementwise("attn_dropout", OpKind::Dropout, probs, 2.0, Bytes(probs + probs * e));
+            let mut dr = self.elementwise(
+                "attn_dropout",
+                OpKind::Dropout,
+                probs,
+                2.0,
+                Bytes(probs + probs * e),
+            );
             dr.selective = true;
             ops.push(dr);
         }
@@ -361,22 +403,62 @@ impl<'a> Geometry<'a> {
         ctx.bwd_bytes = scores_bwd_bytes;
         ctx.saved = Bytes(tok * kvl * e); // V
         ops.push(ctx);
-        ops.push(self.matmul("attn_out", tok, d, qd, Bytes(tok * qd * e), qd * d + self.bias(d)));
+        ops.push(self.matmul(
+            "attn_out",
+            tok,
+            d,
+            qd,
+            Bytes(tok * qd * e),
+            qd * d + self.bias(d),
+        ));
         ops.extend(self.comm_g("tp_g_attn"));
         ops.push(self.residual("attn_residual"));
         ops.push(self.norm("ln2"));
         ops.extend(self.comm_f("tp_f_ffn"));
         match self.m.ffn_kind {
             FfnKind::Gelu => {
-                ops.push(self.matmul("ffn_up", tok, fl, d, self.col_input(), d * fl + self.bias(fl)));
-                ops.push(self.elementwise("gelu", OpKind::Activation, tok * fl, 8.0, Bytes(tok * fl * e)));
+                ops.push(self.matmul(
+                    "ffn_up",
+                    tok,
+                    fl,
+                    d,
+                    self.col_input(),
+                    d * fl + self.bias(fl),
+                ));
+                ops.push(self.elementwise(
+                    "gelu",
+                    OpKind::Activation,
+                    tok * fl,
+                    8.0,
+                    Bytes(tok * fl * e),
+                ));
             }
             FfnKind::Swiglu => {
-                ops.push(self.matmul("ffn_up_gate", tok, 2 * fl, d, self.col_input(), 2 * d * fl + self.bias(2 * fl)));
-                ops.push(self.elementwise("swiglu", OpKind::Activation, tok * fl, 8.0, Bytes(2 * tok * fl * e)));
+                ops.push(self.matmul(
+                    "ffn_up_gate",
+                    tok,
+                    2 * fl,
+                    d,
+                    self.col_input(),
+                    2 * d * fl + self.bias(2 * fl),
+                ));
+                ops.push(self.elementwise(
+                    "swiglu",
+                    OpKind::Activation,
+                    tok * fl,
+                    8.0,
+                    Bytes(2 * tok * fl * e),
+                ));
             }
         }
-        ops.push(self.matmul("ffn_down", tok, d, fl, Bytes(tok * fl * e), fl * d + self.bias(d)));
+        ops.push(self.matmul(
+            "ffn_down",
+            tok,
+            d,
+            fl,
+            Bytes(tok * fl * e),
+            fl * d + self.bias(d),
+        ));
         ops.extend(self.comm_g("tp_g_ffn"));
         ops.push(self.residual("ffn_residual"));
         ops
@@ -390,13 +472,21 @@ impl<'a> Geometry<'a> {
         emb.fwd_bytes = Bytes(2 * tok * d * e);
         emb.bwd_bytes = Bytes(2 * tok * d * e);
         emb.params = u64::from(self.m.vocab) / self.t * d
-            + if self.m.position == PositionKind::Learned { u64::from(self.m.seq_len) * d } else { 0 };
+            + if self.m.position == PositionKind::Learned {
+                u64::from(self.m.seq_len) * d
+            } else {
+                0
+            };
         let mut ops = vec![emb];
         if self.t > 1 {
             // Vocab-parallel lookup: partial rows summed across the group.
             let mut o = Op::new("tp_embed_reduce", OpKind::Comm);
             o.comm = Some(TpComm {
-                fwd: Some(if self.sp { CollectiveKind::ReduceScatter } else { CollectiveKind::AllReduce }),
+                fwd: Some(if self.sp {
+                    CollectiveKind::ReduceScatter
+                } else {
+                    CollectiveKind::AllReduce
+                }),
                 bwd: self.sp.then_some(CollectiveKind::AllGather),
                 bytes: Bytes(tok * d * e),
             });
@@ -415,13 +505,23 @@ impl<'a> Geometry<'a> {
         head.tied_copy = self.m.tied_embeddings;
         ops.push(head);
         // fp32 logits kept for the softmax backward.
-        let mut ce = self.elementwise("cross_entropy", OpKind::CrossEntropy, tok * v_local, 5.0, Bytes(tok * v_local * 4));
+        let mut ce = self.elementwise(
+            "cross_entropy",
+            OpKind::CrossEntropy,
+            tok * v_local,
+            5.0,
+            Bytes(tok * v_local * 4),
+        );
         ce.fwd_bytes = Bytes(tok * v_local * (self.e + 4));
         ops.push(ce);
         if self.t > 1 {
             // Vocab-parallel cross-entropy: max, sum of exponentials and target logit per token.
             let mut o = Op::new("tp_loss_reduce", OpKind::Comm);
-            o.comm = Some(TpComm { fwd: Some(CollectiveKind::AllReduce), bwd: None, bytes: Bytes(3 * tok * 4) });
+            o.comm = Some(TpComm {
+                fwd: Some(CollectiveKind::AllReduce),
+                bwd: None,
+                bytes: Bytes(3 * tok * 4),
+            });
             ops.push(o);
         }
         ops
@@ -433,12 +533,23 @@ mod tests {
     use super::*;
 
     fn shape(b: u32, t: u32, sp: bool) -> OpShape {
-        OpShape { micro_batch: b, tp: t, seq_parallel: sp, act_bytes: 2 }
+        OpShape {
+            micro_batch: b,
+            tp: t,
+            seq_parallel: sp,
+            act_bytes: 2,
+        }
     }
 
     /// Korthikanti et al. 2022 eq. (1)-(3): activation bytes of one layer at 2-byte activations.
     fn korthikanti(m: &ModelConfig, b: u32, t: u32, sp: bool, selective: bool) -> f64 {
-        let (s, h, a, b, t) = (m.seq_len as f64, m.hidden as f64, m.heads as f64, b as f64, t as f64);
+        let (s, h, a, b, t) = (
+            m.seq_len as f64,
+            m.hidden as f64,
+            m.heads as f64,
+            b as f64,
+            t as f64,
+        );
         let attn = if selective { 0.0 } else { 5.0 * a * s / h };
         let sbh = s * b * h;
         if sp {
@@ -452,13 +563,26 @@ mod tests {
     fn saved_activations_match_korthikanti() {
         let m = ModelConfig::preset("gpt3-175b").unwrap();
         let m = ModelConfig { dropout: 0.1, ..m };
-        for (b, t, sp) in [(1, 1, false), (2, 8, false), (1, 8, true), (4, 4, true), (1, 2, false)] {
+        for (b, t, sp) in [
+            (1, 1, false),
+            (2, 8, false),
+            (1, 8, true),
+            (4, 4, true),
+            (1, 2, false),
+        ] {
             let tot = totals(&part_ops(&m, Part::Block, shape(b, t, sp)));
             let want = korthikanti(&m, b, t, sp, false);
-            assert!((tot.saved.as_f64() - want).abs() / want < 1e-9, "b{b} t{t} sp{sp}: {} vs {want}", tot.saved.0);
+            assert!(
+                (tot.saved.as_f64() - want).abs() / want < 1e-9,
+                "b{b} t{t} sp{sp}: {} vs {want}",
+                tot.saved.0
+            );
             let sel = (tot.saved.0 - tot.saved_selective.0) as f64;
             let want_sel = korthikanti(&m, b, t, sp, true);
-            assert!((sel - want_sel).abs() / want_sel < 1e-9, "selective b{b} t{t} sp{sp}");
+            assert!(
+                (sel - want_sel).abs() / want_sel < 1e-9,
+                "selective b{b} t{t} sp{sp}"
+            );
         }
     }
 
@@ -471,7 +595,11 @@ mod tests {
             let blocks = totals(&part_ops(&m, Part::Block, sh)).params * u64::from(m.blocks());
             let q = totals(&part_ops(&m, Part::QueryLayer, sh)).params;
             let e = totals(&part_ops(&m, Part::Embedding, sh)).params;
-            let h: u64 = part_ops(&m, Part::Head, sh).iter().filter(|o| !o.tied_copy).map(|o| o.params).sum();
+            let h: u64 = part_ops(&m, Part::Head, sh)
+                .iter()
+                .filter(|o| !o.tied_copy)
+                .map(|o| o.params)
+                .sum();
             blocks + q + e + h
         };
         assert_eq!(count(1), p.total);
@@ -494,9 +622,13 @@ mod tests {
         let m = ModelConfig::preset("pangu-alpha-13b").unwrap();
         let (b, s, d) = (2.0, 1024.0, 5120.0);
         let want = 24.0 * b * s * d * d + 4.0 * b * s * s * d;
-        let got = totals(&part_ops(&m, Part::Block, shape(2, 1, false))).fwd_flops.0;
+        let got = totals(&part_ops(&m, Part::Block, shape(2, 1, false)))
+            .fwd_flops
+            .0;
         assert!((got - want).abs() / want < 0.01, "{got} vs {want}");
-        let got8 = totals(&part_ops(&m, Part::Block, shape(2, 8, false))).fwd_flops.0;
+        let got8 = totals(&part_ops(&m, Part::Block, shape(2, 8, false)))
+            .fwd_flops
+            .0;
         assert!((got8 * 8.0 - got).abs() / got < 0.01);
     }
 
@@ -505,14 +637,30 @@ mod tests {
         let m = ModelConfig::preset("pangu-alpha-200b").unwrap();
         let ops = part_ops(&m, Part::Block, shape(1, 8, false));
         let comms: Vec<_> = ops.iter().filter_map(|o| o.comm).collect();
-        let fwd = comms.iter().filter(|c| c.fwd == Some(CollectiveKind::AllReduce)).count();
-        let bwd = comms.iter().filter(|c| c.bwd == Some(CollectiveKind::AllReduce)).count();
+        let fwd = comms
+            .iter()
+            .filter(|c| c.fwd == Some(CollectiveKind::AllReduce))
+            .count();
+        let bwd = comms
+            .iter()
+            .filter(|c| c.bwd == Some(CollectiveKind::AllReduce))
+            .count();
         assert_eq!((fwd, bwd), (2, 2));
         assert!(comms.iter().all(|c| c.bytes == Bytes(1024 * 16384 * 2)));
         let sp = part_ops(&m, Part::Block, shape(1, 8, true));
-        let ag = sp.iter().filter_map(|o| o.comm).filter(|c| c.fwd == Some(CollectiveKind::AllGather)).count();
-        let rs = sp.iter().filter_map(|o| o.comm).filter(|c| c.fwd == Some(CollectiveKind::ReduceScatter)).count();
+        let ag = sp
+            .iter()
+            .filter_map(|o| o.comm)
+            .filter(|c| c.fwd == Some(CollectiveKind::AllGather))
+            .count();
+        let rs = sp
+            .iter()
+            .filter_map(|o| o.comm)
+            .filter(|c| c.fwd == Some(CollectiveKind::ReduceScatter))
+            .count();
         assert_eq!((ag, rs), (2, 2));
-        assert!(part_ops(&m, Part::Block, shape(1, 1, false)).iter().all(|o| o.comm.is_none()));
+        assert!(part_ops(&m, Part::Block, shape(1, 1, false))
+            .iter()
+            .all(|o| o.comm.is_none()));
     }
 }

@@ -44,7 +44,11 @@ pub enum InterServer {
 /// - NCCL (NVIDIA): ring inside a node; across nodes the bandwidth-optimal ring for the large
 ///   messages training sends (NCCL switches to trees for small messages at scale; the
 ///   simulator refines by size), hierarchical when several chips per node take part.
-pub fn default_algorithm(lib: CollectiveLibrary, servers: u32, chips_per_server: u32) -> CollectiveAlgorithm {
+pub fn default_algorithm(
+    lib: CollectiveLibrary,
+    servers: u32,
+    chips_per_server: u32,
+) -> CollectiveAlgorithm {
     if servers <= 1 {
         return CollectiveAlgorithm::Ring;
     }
@@ -129,7 +133,11 @@ impl CommVolume {
         let f = match self.collective {
             None => 1.0,
             Some(CollectiveKind::AllReduce) => 2.0 * (n - 1.0) / n,
-            Some(CollectiveKind::AllGather | CollectiveKind::ReduceScatter | CollectiveKind::Broadcast) => (n - 1.0) / n,
+            Some(
+                CollectiveKind::AllGather
+                | CollectiveKind::ReduceScatter
+                | CollectiveKind::Broadcast,
+            ) => (n - 1.0) / n,
         };
         Bytes::from_f64_ceil(self.bytes_per_step().as_f64() * f)
     }
@@ -143,13 +151,23 @@ mod tests {
     fn vendor_defaults() {
         use CollectiveAlgorithm as A;
         assert_eq!(default_algorithm(CollectiveLibrary::Hccl, 1, 8), A::Ring);
-        assert_eq!(default_algorithm(CollectiveLibrary::Hccl, 16, 1), A::HalvingDoubling);
+        assert_eq!(
+            default_algorithm(CollectiveLibrary::Hccl, 16, 1),
+            A::HalvingDoubling
+        );
         assert_eq!(default_algorithm(CollectiveLibrary::Hccl, 12, 1), A::Ring);
         assert_eq!(
             default_algorithm(CollectiveLibrary::Hccl, 16, 8),
-            A::Hierarchical { inter: InterServer::HalvingDoubling }
+            A::Hierarchical {
+                inter: InterServer::HalvingDoubling
+            }
         );
-        assert_eq!(default_algorithm(CollectiveLibrary::Nccl, 16, 8), A::Hierarchical { inter: InterServer::Ring });
+        assert_eq!(
+            default_algorithm(CollectiveLibrary::Nccl, 16, 8),
+            A::Hierarchical {
+                inter: InterServer::Ring
+            }
+        );
     }
 
     #[test]

@@ -2,7 +2,10 @@
 //!
 //! Model state, per parameter held on the device (Rajbhandari et al. 2020, "ZeRO", §3.1):
 //! mixed precision keeps 2 bytes of fp16/bf16 weights, 2 bytes of gradients and 12 bytes of
-//! optimizer state (fp32 master copy, Adam m and v); fp32 training keeps 4 + 4 + 8. Sharding
+//! optimizer state (fp32 master copy, Adam m and v); fp32 training keeps 4 + 4 + 8. When a
+//! step accumulates gradients over several micro-batches, mixed precision accumulates them in
+//! an fp32 buffer (4 bytes: Megatron-LM's `main_grad`, PanGu-α's `accu_grads` in [R]'s
+//! pipeline mode), which is also the buffer the data-parallel reduction sends. Sharding
 //! over the `dp` replicas divides: ZeRO-1 the optimizer state; ZeRO-2 also the gradients;
 //! MindSpore's optimizer parallel (level 1) the persistent weights and optimizer state, the
 //! working weights being all-gathered before forward and kept until backward (so its memory
@@ -42,17 +45,24 @@ pub struct MemoryBreakdown {
     pub total: Bytes,
 }
 
-/// Bytes per parameter of (weights, gradients, optimizer state).
-pub fn bytes_per_param(p: Precision) -> (u64, u64, u64) {
+/// Bytes per parameter of (weights, gradients, optimizer state); `accumulate` is true when
+/// gradients are summed over more than one micro-batch.
+pub fn bytes_per_param(p: Precision, accumulate: bool) -> (u64, u64, u64) {
     match p {
-        Precision::Fp16 | Precision::Bf16 => (2, 2, 12),
+        Precision::Fp16 | Precision::Bf16 => (2, if accumulate { 4 } else { 2 }, 12),
         Precision::Fp32 => (4, 4, 8),
     }
 }
 
 /// Model-state bytes of `params` parameters sharded `dp` ways under `shard`.
-pub fn model_state(params: u64, dp: u32, shard: OptShard, prec: Precision) -> (Bytes, Bytes, Bytes) {
-    let (w, g, o) = bytes_per_param(prec);
+pub fn model_state(
+    params: u64,
+    dp: u32,
+    shard: OptShard,
+    prec: Precision,
+    accumulate: bool,
+) -> (Bytes, Bytes, Bytes) {
+    let (w, g, o) = bytes_per_param(prec, accumulate);
     let n = u64::from(dp.max(1));
     let split = |bytes: u64| bytes.div_ceil(n);
     let (wb, gb, ob) = (params * w, params * g, params * o);
@@ -115,7 +125,7 @@ mod tests {
         // 16.6 GB (P_os+g), 1.9 GB (P_os+g+p).
         let psi = 7_500_000_000;
         let total = |s| {
-            let (w, g, o) = model_state(psi, 64, s, Precision::Fp16);
+            let (w, g, o) = model_state(psi, 64, s, Precision::Fp16, false);
             (w.0 + g.0 + o.0) as f64 / 1e9
         };
         assert!((total(OptShard::None) - 120.0).abs() < 0.1);
@@ -123,13 +133,19 @@ mod tests {
         assert!((total(OptShard::Zero2) - 16.6).abs() < 0.1);
         assert!((total(OptShard::Zero3) - 1.9).abs() < 0.1);
         assert_eq!(total(OptShard::Mindspore), total(OptShard::Zero1));
+        // Accumulating over micro-batches in fp32 adds 2 bytes per parameter of gradients.
+        let (_, g, _) = model_state(psi, 1, OptShard::None, Precision::Fp16, true);
+        assert_eq!(g.0, 4 * psi);
     }
 
     #[test]
     fn one_f_one_b_keeps_p_minus_s_micro_batches() {
         let s = build(ScheduleKind::OneFOneB, 4, 8);
         for st in 0..4 {
-            assert_eq!(peak_activations(&s, st, &[Bytes(10)]), Bytes(10 * u64::from(4 - st)));
+            assert_eq!(
+                peak_activations(&s, st, &[Bytes(10)]),
+                Bytes(10 * u64::from(4 - st))
+            );
         }
         let g = build(ScheduleKind::Gpipe, 4, 8);
         assert_eq!(peak_activations(&g, 3, &[Bytes(10)]), Bytes(80));
@@ -137,12 +153,25 @@ mod tests {
 
     #[test]
     fn remat_modes_store_less() {
-        let layer = OpTotals { saved: Bytes(100), saved_selective: Bytes(40), ..Default::default() };
+        let layer = OpTotals {
+            saved: Bytes(100),
+            saved_selective: Bytes(40),
+            ..Default::default()
+        };
         let input = Bytes(5);
         assert_eq!(stored_for_layers(4, &layer, input, Remat::None), Bytes(400));
-        assert_eq!(stored_for_layers(4, &layer, input, Remat::Selective), Bytes(240));
+        assert_eq!(
+            stored_for_layers(4, &layer, input, Remat::Selective),
+            Bytes(240)
+        );
         assert_eq!(stored_for_layers(4, &layer, input, Remat::Full), Bytes(20));
-        assert_eq!(stored_for_layers(4, &layer, input, Remat::Every(3)), Bytes(10));
-        assert_eq!(recompute_working_set(4, Bytes(100), Remat::Every(3)), Bytes(300));
+        assert_eq!(
+            stored_for_layers(4, &layer, input, Remat::Every(3)),
+            Bytes(10)
+        );
+        assert_eq!(
+            recompute_working_set(4, Bytes(100), Remat::Every(3)),
+            Bytes(300)
+        );
     }
 }

@@ -59,7 +59,8 @@ impl Mesh {
     /// `stage·(dp·tp) + dp_index·tp + tp_index`.
     pub fn rank(&self, c: Coords) -> u32 {
         let [a, b, d] = self.order.0;
-        (Self::coord(c, a) * self.extent(b) + Self::coord(c, b)) * self.extent(d) + Self::coord(c, d)
+        (Self::coord(c, a) * self.extent(b) + Self::coord(c, b)) * self.extent(d)
+            + Self::coord(c, d)
     }
 
     /// The coordinates of a rank.
@@ -68,7 +69,11 @@ impl Mesh {
         let vd = rank % self.extent(d);
         let vb = (rank / self.extent(d)) % self.extent(b);
         let va = rank / (self.extent(d) * self.extent(b));
-        let mut c = Coords { pp: 0, dp: 0, tp: 0 };
+        let mut c = Coords {
+            pp: 0,
+            dp: 0,
+            tp: 0,
+        };
         for (axis, v) in [(a, va), (b, vb), (d, vd)] {
             match axis {
                 Axis::Pp => c.pp = v,
@@ -127,21 +132,37 @@ mod tests {
 
     #[test]
     fn pangu_rank_formula() {
-        let m = Mesh { pp: 16, dp: 16, tp: 8, order: RankOrder::PANGU };
+        let m = Mesh {
+            pp: 16,
+            dp: 16,
+            tp: 8,
+            order: RankOrder::PANGU,
+        };
         for r in [0, 1, 7, 8, 127, 128, 2047] {
             let c = m.coords(r);
             assert_eq!(r, c.pp * (16 * 8) + c.dp * 8 + c.tp);
             assert_eq!(m.rank(c), r);
         }
         assert_eq!(m.group_of(Axis::Tp, 9), (8..16).collect::<Vec<_>>());
-        assert_eq!(m.group_of(Axis::Pp, 3), (0..16).map(|s| s * 128 + 3).collect::<Vec<_>>());
-        assert_eq!(m.group_of(Axis::Dp, 3), (0..16).map(|d| d * 8 + 3).collect::<Vec<_>>());
+        assert_eq!(
+            m.group_of(Axis::Pp, 3),
+            (0..16).map(|s| s * 128 + 3).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            m.group_of(Axis::Dp, 3),
+            (0..16).map(|d| d * 8 + 3).collect::<Vec<_>>()
+        );
     }
 
     #[test]
     fn groups_partition_the_ranks_for_every_order() {
         for order in RankOrder::all() {
-            let m = Mesh { pp: 2, dp: 3, tp: 4, order };
+            let m = Mesh {
+                pp: 2,
+                dp: 3,
+                tp: 4,
+                order,
+            };
             for r in 0..m.size() {
                 assert_eq!(m.rank(m.coords(r)), r);
             }

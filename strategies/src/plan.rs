@@ -107,9 +107,14 @@ pub struct Plan {
     pub notes: Vec<String>,
 }
 
+/// (group, purpose, collective, bytes per call): communication with equal keys is summed.
+type CommKey = (GroupKind, &'static str, Option<CollectiveKind>, u64);
+
 /// Common divisors of the values, for "what would fit" messages.
 fn divisors_of_all(vals: &[u32], limit: u32) -> Vec<u32> {
-    (1..=limit).filter(|d| vals.iter().all(|v| v % d == 0)).collect()
+    (1..=limit)
+        .filter(|d| vals.iter().all(|v| v % d == 0))
+        .collect()
 }
 
 fn fmt_list(v: &[u32]) -> String {
@@ -120,7 +125,11 @@ impl Plan {
     /// Validates the strategy against the model and cluster and builds the plan. Memory over
     /// capacity is an error ([`PlanError::OutOfMemory`]) with the breakdown and the switches
     /// that would make it fit.
-    pub fn new(model: &ModelConfig, cluster: &Cluster, strategy: &Strategy) -> Result<Plan, PlanError> {
+    pub fn new(
+        model: &ModelConfig,
+        cluster: &Cluster,
+        strategy: &Strategy,
+    ) -> Result<Plan, PlanError> {
         let plan = Plan::build(model, cluster, strategy)?;
         if plan.fits() {
             Ok(plan)
@@ -141,15 +150,29 @@ impl Plan {
         if s.seq_parallel && s.tp == 1 {
             warnings.push("sequence parallelism has no effect with tp 1".to_string());
         }
-        let shape = OpShape { micro_batch: s.micro_batch_size, tp: s.tp, seq_parallel: s.seq_parallel, act_bytes };
+        let shape = OpShape {
+            micro_batch: s.micro_batch_size,
+            tp: s.tp,
+            seq_parallel: s.seq_parallel,
+            act_bytes,
+        };
         let ops = PartOps {
             shape,
             block: part_ops(model, Part::Block, shape),
-            query: if model.query_layer { part_ops(model, Part::QueryLayer, shape) } else { Vec::new() },
+            query: if model.query_layer {
+                part_ops(model, Part::QueryLayer, shape)
+            } else {
+                Vec::new()
+            },
             embedding: part_ops(model, Part::Embedding, shape),
             head: part_ops(model, Part::Head, shape),
         };
-        let mesh = Mesh { pp: s.pp, dp: s.dp, tp: s.tp, order: s.rank_order };
+        let mesh = Mesh {
+            pp: s.pp,
+            dp: s.dp,
+            tp: s.tp,
+            order: s.rank_order,
+        };
         let schedule = schedule::build(s.schedule, s.pp, s.micro_batches);
         let layout = layer_layout(model, s, v)?;
         let capacity = cluster.spec.chip.usable_memory();
@@ -187,7 +210,12 @@ impl Plan {
             })
             .collect();
         let tot = |o: &[Op]| totals(o);
-        let (block, query, emb, head) = (tot(&self.ops.block), tot(&self.ops.query), tot(&self.ops.embedding), tot(&self.ops.head));
+        let (block, query, emb, head) = (
+            tot(&self.ops.block),
+            tot(&self.ops.query),
+            tot(&self.ops.embedding),
+            tot(&self.ops.head),
+        );
         let holds_embedding = chunks.iter().any(|c| c.embedding);
         let mut params = 0u64;
         for c in &chunks {
@@ -202,11 +230,22 @@ impl Plan {
             }
             if c.head {
                 // A tied head shares the embedding table when both sit on this device.
-                params += self.ops.head.iter().filter(|o| !(o.tied_copy && holds_embedding)).map(|o| o.params).sum::<u64>();
+                params += self
+                    .ops
+                    .head
+                    .iter()
+                    .filter(|o| !(o.tied_copy && holds_embedding))
+                    .map(|o| o.params)
+                    .sum::<u64>();
             }
         }
         let memory = self.stage_memory(st, &chunks, params, &block, &query, &emb, &head);
-        Stage { index: st, chunks, params, memory }
+        Stage {
+            index: st,
+            chunks,
+            params,
+            memory,
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -221,12 +260,17 @@ impl Plan {
         head: &OpTotals,
     ) -> MemoryBreakdown {
         let s = &self.strategy;
-        let (weights, gradients, optimizer) = memory::model_state(params, s.dp, s.opt_shard, s.precision);
+        let (weights, gradients, optimizer) =
+            memory::model_state(params, s.dp, s.opt_shard, s.precision, s.micro_batches > 1);
         let input = self.layer_input_bytes();
         let per_chunk: Vec<Bytes> = chunks
             .iter()
             .map(|c| {
-                let n_block = c.layers.iter().filter(|l| matches!(l, LayerId::Block(_))).count() as u32;
+                let n_block = c
+                    .layers
+                    .iter()
+                    .filter(|l| matches!(l, LayerId::Block(_)))
+                    .count() as u32;
                 let n_query = c.layers.len() as u32 - n_block;
                 let mut b = memory::stored_for_layers(n_block, block, input, s.remat)
                     + memory::stored_for_layers(n_query, query, input, s.remat);
@@ -240,30 +284,50 @@ impl Plan {
             })
             .collect();
         let mut activations = memory::peak_activations(&self.schedule, st, &per_chunk);
-        let n_max = chunks.iter().map(|c| c.layers.len() as u32).max().unwrap_or(0);
-        let layer_saved = block.saved.max(query.saved);
+        let n_max = chunks
+            .iter()
+            .map(|c| c.layers.len() as u32)
+            .max()
+            .unwrap_or(0);
+        let has_query = chunks.iter().any(|c| c.layers.contains(&LayerId::Query));
+        let layer_saved = if has_query {
+            block.saved.max(query.saved)
+        } else {
+            block.saved
+        };
         activations += memory::recompute_working_set(n_max, layer_saved, s.remat);
         let mut buffers = Bytes(0);
         if s.pp > 1 {
             buffers += Bytes(4 * self.p2p_bytes().0);
         }
-        let (_, gb, _) = memory::bytes_per_param(s.precision);
+        let (_, gb, _) = memory::bytes_per_param(s.precision, s.micro_batches > 1);
         if s.dp > 1 {
             buffers += Bytes(2 * s.grad_bucket.0.min(params * gb));
         }
         if s.opt_shard == OptShard::Zero3 {
-            let (wb, _, _) = memory::bytes_per_param(s.precision);
+            let (wb, _, _) = memory::bytes_per_param(s.precision, s.micro_batches > 1);
             buffers += Bytes(2 * block.params.max(query.params) * wb);
         }
         let total = weights + gradients + optimizer + activations + buffers;
-        MemoryBreakdown { weights, gradients, optimizer, activations, buffers, total }
+        MemoryBreakdown {
+            weights,
+            gradients,
+            optimizer,
+            activations,
+            buffers,
+            total,
+        }
     }
 
     /// Bytes of a layer's input activation on one device (what full recompute keeps).
     pub fn layer_input_bytes(&self) -> Bytes {
         let s = &self.strategy;
         let tok = u64::from(s.micro_batch_size) * u64::from(self.model.seq_len);
-        let split = if s.seq_parallel && s.tp > 1 { u64::from(s.tp) } else { 1 };
+        let split = if s.seq_parallel && s.tp > 1 {
+            u64::from(s.tp)
+        } else {
+            1
+        };
         Bytes(tok * u64::from(self.model.hidden) * u64::from(self.ops.shape.act_bytes) / split)
     }
 
@@ -274,14 +338,18 @@ impl Plan {
 
     /// The largest memory of any device.
     pub fn max_memory(&self) -> MemoryBreakdown {
-        self.stages.iter().map(|s| s.memory).max_by_key(|m| m.total.0).unwrap_or(MemoryBreakdown {
-            weights: Bytes(0),
-            gradients: Bytes(0),
-            optimizer: Bytes(0),
-            activations: Bytes(0),
-            buffers: Bytes(0),
-            total: Bytes(0),
-        })
+        self.stages
+            .iter()
+            .map(|s| s.memory)
+            .max_by_key(|m| m.total.0)
+            .unwrap_or(MemoryBreakdown {
+                weights: Bytes(0),
+                gradients: Bytes(0),
+                optimizer: Bytes(0),
+                activations: Bytes(0),
+                buffers: Bytes(0),
+                total: Bytes(0),
+            })
     }
 
     /// Whether every device fits in memory.
@@ -321,10 +389,21 @@ impl Plan {
         let cost: Vec<Vec<(f64, f64)>> = self
             .stages
             .iter()
-            .map(|s| s.chunks.iter().map(|c| { let (f, b, r) = self.chunk_flops(c); (f, b + r) }).collect())
+            .map(|s| {
+                s.chunks
+                    .iter()
+                    .map(|c| {
+                        let (f, b, r) = self.chunk_flops(c);
+                        (f, b + r)
+                    })
+                    .collect()
+            })
             .collect();
         self.schedule
-            .time(|s, c| cost[s as usize][c as usize].0, |s, c| cost[s as usize][c as usize].1)
+            .time(
+                |s, c| cost[s as usize][c as usize].0,
+                |s, c| cost[s as usize][c as usize].1,
+            )
             .map(|t| t.bubble_fraction())
             .unwrap_or(f64::NAN)
     }
@@ -378,8 +457,13 @@ impl Plan {
     fn communication(&self) -> Vec<CommVolume> {
         let s = &self.strategy;
         let lib = self.cluster.spec.collective_library;
-        let mut out: BTreeMap<(GroupKind, &'static str, Option<CollectiveKind>, u64), (u64, u32)> = BTreeMap::new();
-        let mut add = |g: GroupKind, purpose: &'static str, c: Option<CollectiveKind>, bytes: Bytes, calls: u64, size: u32| {
+        let mut out: BTreeMap<CommKey, (u64, u32)> = BTreeMap::new();
+        let mut add = |g: GroupKind,
+                       purpose: &'static str,
+                       c: Option<CollectiveKind>,
+                       bytes: Bytes,
+                       calls: u64,
+                       size: u32| {
             if calls > 0 && bytes.0 > 0 {
                 out.entry((g, purpose, c, bytes.0)).or_insert((0, size)).0 += calls;
             }
@@ -387,10 +471,17 @@ impl Plan {
         let m = u64::from(s.micro_batches);
         // Tensor-parallel collectives: the busiest stage's share.
         let recompute_comms = matches!(s.remat, Remat::Full | Remat::Every(_));
-        let busiest = self.stages.iter().max_by_key(|st| st.chunks.iter().map(|c| c.layers.len()).sum::<usize>());
+        let busiest = self
+            .stages
+            .iter()
+            .max_by_key(|st| st.chunks.iter().map(|c| c.layers.len()).sum::<usize>());
         if let (true, Some(stage)) = (s.tp > 1, busiest) {
             for c in &stage.chunks {
-                let mut parts: Vec<(&[Op], bool)> = c.layers.iter().map(|l| (self.ops.layer(*l), true)).collect();
+                let mut parts: Vec<(&[Op], bool)> = c
+                    .layers
+                    .iter()
+                    .map(|l| (self.ops.layer(*l), true))
+                    .collect();
                 if c.embedding {
                     parts.push((&self.ops.embedding, false));
                 }
@@ -405,7 +496,14 @@ impl Plan {
                             add(GroupKind::Tp, "activations", Some(k), tc.bytes, m * n, s.tp);
                         }
                         if let Some(k) = tc.bwd {
-                            add(GroupKind::Tp, "activation gradients", Some(k), tc.bytes, m, s.tp);
+                            add(
+                                GroupKind::Tp,
+                                "activation gradients",
+                                Some(k),
+                                tc.bytes,
+                                m,
+                                s.tp,
+                            );
                         }
                     }
                 }
@@ -414,47 +512,95 @@ impl Plan {
         // Pipeline sends of the busiest stage (each send is matched by a receive elsewhere).
         if s.pp > 1 {
             let sends = self.schedule.stages.iter().map(|acts| {
-                acts.iter().filter(|a| matches!(a, Action::SendActivation { .. } | Action::SendGradient { .. })).count()
+                acts.iter()
+                    .filter(|a| {
+                        matches!(
+                            a,
+                            Action::SendActivation { .. } | Action::SendGradient { .. }
+                        )
+                    })
+                    .count()
             });
-            add(GroupKind::Pp, "activations and gradients", None, self.p2p_bytes(), sends.max().unwrap_or(0) as u64, 2);
+            add(
+                GroupKind::Pp,
+                "activations and gradients",
+                None,
+                self.p2p_bytes(),
+                sends.max().unwrap_or(0) as u64,
+                2,
+            );
         }
         // Data-parallel gradient reduction and optimizer sharding.
         let max_params = self.stages.iter().map(|st| st.params).max().unwrap_or(0);
-        let (wb, gb, _) = memory::bytes_per_param(s.precision);
+        let (wb, gb, _) = memory::bytes_per_param(s.precision, s.micro_batches > 1);
         if s.dp > 1 {
-            let grads = max_params * gb;
+            // Buckets of `grad_bucket` bytes and one remainder, as DDP-style fusion sends them.
             let bucket = s.grad_bucket.0.max(1);
-            let calls = grads.div_ceil(bucket);
-            let per = Bytes(grads.div_ceil(calls.max(1)));
-            match s.opt_shard {
-                OptShard::None => add(GroupKind::Dp, "gradients", Some(CollectiveKind::AllReduce), per, calls, s.dp),
-                _ => add(GroupKind::Dp, "gradients", Some(CollectiveKind::ReduceScatter), per, calls, s.dp),
+            let buckets =
+                |total: u64| [(Bytes(bucket), total / bucket), (Bytes(total % bucket), 1)];
+            let grad_op = if s.opt_shard == OptShard::None {
+                CollectiveKind::AllReduce
+            } else {
+                CollectiveKind::ReduceScatter
+            };
+            for (bytes, calls) in buckets(max_params * gb) {
+                add(
+                    GroupKind::Dp,
+                    "gradients",
+                    Some(grad_op),
+                    bytes,
+                    calls,
+                    s.dp,
+                );
             }
-            let weights = max_params * wb;
-            let wcalls = weights.div_ceil(bucket);
-            let wper = Bytes(weights.div_ceil(wcalls.max(1)));
-            match s.opt_shard {
-                OptShard::None => {}
-                OptShard::Zero1 | OptShard::Zero2 => {
-                    add(GroupKind::Opt, "updated weights", Some(CollectiveKind::AllGather), wper, wcalls, s.dp)
-                }
-                OptShard::Mindspore => {
-                    add(GroupKind::Opt, "weights before forward", Some(CollectiveKind::AllGather), wper, wcalls, s.dp)
-                }
-                OptShard::Zero3 => {
-                    add(GroupKind::Opt, "weights for forward and backward", Some(CollectiveKind::AllGather), wper, 2 * wcalls, s.dp)
-                }
+            let (purpose, rounds) = match s.opt_shard {
+                OptShard::None => ("", 0),
+                OptShard::Zero1 | OptShard::Zero2 => ("updated weights", 1),
+                OptShard::Mindspore => ("weights before forward", 1),
+                OptShard::Zero3 => ("weights for forward and backward", 2),
+            };
+            for (bytes, calls) in buckets(max_params * wb) {
+                add(
+                    GroupKind::Opt,
+                    purpose,
+                    Some(CollectiveKind::AllGather),
+                    bytes,
+                    calls * rounds,
+                    s.dp,
+                );
             }
         }
         // Tied embedding between first and last stage.
         if s.pp > 1 && self.model.tied_embeddings {
-            let emb = u64::from(self.model.vocab) / u64::from(s.tp) * u64::from(self.model.hidden) * gb;
-            add(GroupKind::Embedding, "tied embedding gradient", Some(CollectiveKind::AllReduce), Bytes(emb), 1, 2);
+            let emb =
+                u64::from(self.model.vocab) / u64::from(s.tp) * u64::from(self.model.hidden) * gb;
+            add(
+                GroupKind::Embedding,
+                "tied embedding gradient",
+                Some(CollectiveKind::AllReduce),
+                Bytes(emb),
+                1,
+                2,
+            );
         }
         // Global-norm clipping: one fp32 scalar per group.
-        for (on, size) in [(s.tp > 1, s.tp), (s.pp > 1, s.pp), (matches!(s.opt_shard, OptShard::Zero2 | OptShard::Zero3) && s.dp > 1, s.dp)] {
+        for (on, size) in [
+            (s.tp > 1, s.tp),
+            (s.pp > 1, s.pp),
+            (
+                matches!(s.opt_shard, OptShard::Zero2 | OptShard::Zero3) && s.dp > 1,
+                s.dp,
+            ),
+        ] {
             if on {
-                add(GroupKind::Clip, "gradient norm", Some(CollectiveKind::AllReduce), Bytes(4), 1, size);
+                add(
+                    GroupKind::Clip,
+                    "gradient norm",
+                    Some(CollectiveKind::AllReduce),
+                    Bytes(4),
+                    1,
+                    size,
+                );
             }
         }
         let spans: BTreeMap<GroupKind, (Level, u32, u32)> = [
@@ -469,7 +615,8 @@ impl Plan {
         .collect();
         out.into_iter()
             .map(|((group, purpose, collective, bytes), (calls, size))| {
-                let (span, servers, per_server) = spans.get(&group).copied().unwrap_or((Level::Spine, 1, 1));
+                let (span, servers, per_server) =
+                    spans.get(&group).copied().unwrap_or((Level::Spine, 1, 1));
                 CommVolume {
                     group,
                     collective,
@@ -518,15 +665,29 @@ impl Plan {
     pub fn switches_off(&self) -> Vec<(String, String, Bytes)> {
         let mut out = Vec::new();
         if self.strategy.opt_shard != OptShard::None {
-            let s = Strategy { opt_shard: OptShard::None, ..self.strategy.clone() };
+            let s = Strategy {
+                opt_shard: OptShard::None,
+                ..self.strategy.clone()
+            };
             if let Ok(p) = self.with_strategy(&s) {
-                out.push(("optimizer sharding off".into(), "--opt-shard none".into(), p.max_memory().total));
+                out.push((
+                    "optimizer sharding off".into(),
+                    "--opt-shard none".into(),
+                    p.max_memory().total,
+                ));
             }
         }
         if self.strategy.remat != Remat::None {
-            let s = Strategy { remat: Remat::None, ..self.strategy.clone() };
+            let s = Strategy {
+                remat: Remat::None,
+                ..self.strategy.clone()
+            };
             if let Ok(p) = self.with_strategy(&s) {
-                out.push(("remat off".into(), "--remat none".into(), p.max_memory().total));
+                out.push((
+                    "remat off".into(),
+                    "--remat none".into(),
+                    p.max_memory().total,
+                ));
             }
         }
         out
@@ -537,28 +698,77 @@ impl Plan {
         let s = &self.strategy;
         let mut cands: Vec<(String, Strategy)> = Vec::new();
         if !matches!(s.remat, Remat::Full) {
-            cands.push(("--remat full".into(), Strategy { remat: Remat::Full, ..s.clone() }));
+            cands.push((
+                "--remat full".into(),
+                Strategy {
+                    remat: Remat::Full,
+                    ..s.clone()
+                },
+            ));
         }
         if s.remat == Remat::None {
-            cands.push(("--remat selective".into(), Strategy { remat: Remat::Selective, ..s.clone() }));
+            cands.push((
+                "--remat selective".into(),
+                Strategy {
+                    remat: Remat::Selective,
+                    ..s.clone()
+                },
+            ));
         }
         for o in [OptShard::Mindspore, OptShard::Zero2, OptShard::Zero3] {
             if o > s.opt_shard && s.dp > 1 {
-                cands.push((format!("--opt-shard {o}"), Strategy { opt_shard: o, ..s.clone() }));
+                cands.push((
+                    format!("--opt-shard {o}"),
+                    Strategy {
+                        opt_shard: o,
+                        ..s.clone()
+                    },
+                ));
             }
         }
         if !s.seq_parallel && s.tp > 1 {
-            cands.push(("--seq-parallel".into(), Strategy { seq_parallel: true, ..s.clone() }));
+            cands.push((
+                "--seq-parallel".into(),
+                Strategy {
+                    seq_parallel: true,
+                    ..s.clone()
+                },
+            ));
         }
         if s.dp % 2 == 0 {
             let tp = s.tp * 2;
-            cands.push((format!("--tp {tp}"), Strategy { tp, dp: s.dp / 2, micro_batches: s.micro_batches * 2, layers_per_stage: None, ..s.clone() }));
+            cands.push((
+                format!("--tp {tp}"),
+                Strategy {
+                    tp,
+                    dp: s.dp / 2,
+                    micro_batches: s.micro_batches * 2,
+                    layers_per_stage: None,
+                    ..s.clone()
+                },
+            ));
             let pp = s.pp * 2;
-            cands.push((format!("--pp {pp}"), Strategy { pp, dp: s.dp / 2, micro_batches: s.micro_batches * 2, layers_per_stage: None, ..s.clone() }));
+            cands.push((
+                format!("--pp {pp}"),
+                Strategy {
+                    pp,
+                    dp: s.dp / 2,
+                    micro_batches: s.micro_batches * 2,
+                    layers_per_stage: None,
+                    ..s.clone()
+                },
+            ));
         }
         if s.micro_batch_size > 1 && s.micro_batch_size % 2 == 0 {
             let b = s.micro_batch_size / 2;
-            cands.push((format!("--micro-batch-size {b}"), Strategy { micro_batch_size: b, micro_batches: s.micro_batches * 2, ..s.clone() }));
+            cands.push((
+                format!("--micro-batch-size {b}"),
+                Strategy {
+                    micro_batch_size: b,
+                    micro_batches: s.micro_batches * 2,
+                    ..s.clone()
+                },
+            ));
         }
         cands
             .into_iter()
@@ -582,7 +792,11 @@ impl Plan {
         } else {
             format!(
                 "it would fit with: {}",
-                fixes.iter().map(|(f, b)| format!("{f} ({b})")).collect::<Vec<_>>().join(", ")
+                fixes
+                    .iter()
+                    .map(|(f, b)| format!("{f} ({b})"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )
         };
         PlanError::OutOfMemory {
@@ -645,7 +859,10 @@ fn check_tp(m: &ModelConfig, s: &Strategy) -> Result<(), PlanError> {
     ];
     if let Some((name, v)) = vals.iter().find(|(_, v)| v % s.tp != 0) {
         let ok = divisors_of_all(&vals.map(|(_, v)| v), 64.min(s.devices));
-        let ok: Vec<u32> = ok.into_iter().filter(|t| s.devices % (t * s.pp) == 0).collect();
+        let ok: Vec<u32> = ok
+            .into_iter()
+            .filter(|t| s.devices % (t * s.pp) == 0)
+            .collect();
         return Err(PlanError::TensorParallel(format!(
             "tp {} does not divide {name} {v} of {}; tp must divide heads {}, kv_heads {}, hidden {}, ffn {} and vocab {}: \
              with pp {} on {} devices use one of {}",
@@ -711,7 +928,13 @@ fn check_precision(s: &Strategy, c: &Cluster) -> Result<u32, PlanError> {
 /// Layers of each virtual stage: explicit, or PanGu-α's `stage = i·V // L` ([R]).
 fn layer_layout(m: &ModelConfig, s: &Strategy, v: u32) -> Result<Vec<Vec<LayerId>>, PlanError> {
     let virt = s.pp * v;
-    let id = |i: u32| if m.query_layer && i == m.layers - 1 { LayerId::Query } else { LayerId::Block(i) };
+    let id = |i: u32| {
+        if m.query_layer && i == m.layers - 1 {
+            LayerId::Query
+        } else {
+            LayerId::Block(i)
+        }
+    };
     let counts: Vec<u32> = match &s.layers_per_stage {
         Some(c) => {
             if c.len() as u32 != virt || c.iter().sum::<u32>() != m.layers || c.contains(&0) {

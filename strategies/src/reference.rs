@@ -45,13 +45,20 @@ pub struct Resolved {
 /// Resolves a user's strategy layers for a model: the model's reference (if any), then the
 /// user's spec (file overlaid with flags). `cluster` is the user's `--cluster`, or `None`
 /// for the model's reference cluster.
-pub fn resolve_inputs(model: &ModelConfig, cluster: Option<Cluster>, user: &StrategySpec) -> Result<Resolved, PlanError> {
+pub fn resolve_inputs(
+    model: &ModelConfig,
+    cluster: Option<Cluster>,
+    user: &StrategySpec,
+) -> Result<Resolved, PlanError> {
     let reference = reference(&model.name);
     let mut notes = Vec::new();
     let cluster = match (cluster, &reference) {
         (Some(c), _) => c,
         (None, Some(r)) => {
-            notes.push(format!("cluster {} is {}'s reference", r.cluster, model.name));
+            notes.push(format!(
+                "cluster {} is {}'s reference",
+                r.cluster, model.name
+            ));
             Cluster::from_name(&r.cluster).map_err(PlanError::Hardware)?
         }
         (None, None) => {
@@ -61,7 +68,10 @@ pub fn resolve_inputs(model: &ModelConfig, cluster: Option<Cluster>, user: &Stra
             )))
         }
     };
-    let base = reference.as_ref().map(|r| r.strategy.clone()).unwrap_or_default();
+    let base = reference
+        .as_ref()
+        .map(|r| r.strategy.clone())
+        .unwrap_or_default();
     if let Some(r) = &reference {
         if user == &StrategySpec::default() {
             notes.push(format!("strategy: {}'s reference ({})", model.name, r.note));
@@ -71,9 +81,16 @@ pub fn resolve_inputs(model: &ModelConfig, cluster: Option<Cluster>, user: &Stra
     let (strategy, more) = resolve(&merged, user, model.global_batch, cluster.chips())?;
     notes.extend(more);
     if user.global_batch.is_none() {
-        notes.push(format!("global batch {} is {}'s preset value", strategy.global_batch, model.name));
+        notes.push(format!(
+            "global batch {} is {}'s preset value",
+            strategy.global_batch, model.name
+        ));
     }
-    Ok(Resolved { cluster, strategy, notes })
+    Ok(Resolved {
+        cluster,
+        strategy,
+        notes,
+    })
 }
 
 #[cfg(test)]
@@ -85,7 +102,8 @@ mod tests {
         for (name, _) in pangu_model::presets() {
             let m = ModelConfig::preset(name).unwrap();
             assert!(reference(name).is_some(), "{name} has no reference");
-            let r = resolve_inputs(&m, None, &StrategySpec::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let r = resolve_inputs(&m, None, &StrategySpec::default())
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
             crate::Plan::new(&m, &r.cluster, &r.strategy).unwrap_or_else(|e| panic!("{name}: {e}"));
         }
     }
@@ -95,7 +113,17 @@ mod tests {
         let m = ModelConfig::preset("pangu-alpha-200b").unwrap();
         let r = resolve_inputs(&m, None, &StrategySpec::default()).unwrap();
         let s = &r.strategy;
-        assert_eq!((s.devices, s.dp, s.tp, s.pp, s.micro_batches, s.micro_batch_size), (2048, 16, 8, 16, 32, 1));
+        assert_eq!(
+            (
+                s.devices,
+                s.dp,
+                s.tp,
+                s.pp,
+                s.micro_batches,
+                s.micro_batch_size
+            ),
+            (2048, 16, 8, 16, 32, 1)
+        );
         assert_eq!(s.global_batch, 512);
     }
 }

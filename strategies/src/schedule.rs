@@ -101,14 +101,23 @@ pub fn build(kind: ScheduleKind, p: u32, m: u32) -> Schedule {
             with_communication(order, p, s, v)
         })
         .collect();
-    Schedule { kind, p, m, v, stages }
+    Schedule {
+        kind,
+        p,
+        m,
+        v,
+        stages,
+    }
 }
 
 /// (is_forward, mb, chunk)
 type Compute = (bool, u32, u32);
 
 fn gpipe_order(m: u32) -> Vec<Compute> {
-    (0..m).map(|i| (true, i, 0)).chain((0..m).map(|i| (false, i, 0))).collect()
+    (0..m)
+        .map(|i| (true, i, 0))
+        .chain((0..m).map(|i| (false, i, 0)))
+        .collect()
 }
 
 /// Warm-up of `p - s - 1` forwards, then one-forward-one-backward, then the cool-down.
@@ -157,19 +166,35 @@ fn with_communication(order: Vec<Compute>, p: u32, s: u32, v: u32) -> Vec<Action
         let vs = chunk * p + s;
         if fwd {
             if vs > 0 {
-                out.push(Action::RecvActivation { mb, chunk, peer: (vs - 1) % p });
+                out.push(Action::RecvActivation {
+                    mb,
+                    chunk,
+                    peer: (vs - 1) % p,
+                });
             }
             out.push(Action::Forward { mb, chunk });
             if vs < last_virtual {
-                out.push(Action::SendActivation { mb, chunk, peer: (vs + 1) % p });
+                out.push(Action::SendActivation {
+                    mb,
+                    chunk,
+                    peer: (vs + 1) % p,
+                });
             }
         } else {
             if vs < last_virtual {
-                out.push(Action::RecvGradient { mb, chunk, peer: (vs + 1) % p });
+                out.push(Action::RecvGradient {
+                    mb,
+                    chunk,
+                    peer: (vs + 1) % p,
+                });
             }
             out.push(Action::Backward { mb, chunk });
             if vs > 0 {
-                out.push(Action::SendGradient { mb, chunk, peer: (vs - 1) % p });
+                out.push(Action::SendGradient {
+                    mb,
+                    chunk,
+                    peer: (vs - 1) % p,
+                });
             }
         }
     }
@@ -255,14 +280,18 @@ impl Schedule {
                             let c = if st == 0 { chunk - 1 } else { chunk };
                             mailbox.insert((false, mb, c, peer), clock[s]);
                         }
-                        Action::RecvActivation { mb, chunk, .. } => match mailbox.remove(&(true, mb, chunk, st)) {
-                            Some(t) => clock[s] = clock[s].max(t),
-                            None => break,
-                        },
-                        Action::RecvGradient { mb, chunk, .. } => match mailbox.remove(&(false, mb, chunk, st)) {
-                            Some(t) => clock[s] = clock[s].max(t),
-                            None => break,
-                        },
+                        Action::RecvActivation { mb, chunk, .. } => {
+                            match mailbox.remove(&(true, mb, chunk, st)) {
+                                Some(t) => clock[s] = clock[s].max(t),
+                                None => break,
+                            }
+                        }
+                        Action::RecvGradient { mb, chunk, .. } => {
+                            match mailbox.remove(&(false, mb, chunk, st)) {
+                                Some(t) => clock[s] = clock[s].max(t),
+                                None => break,
+                            }
+                        }
                         Action::OptimizerStep => {}
                     }
                     pc[s] += 1;
@@ -279,7 +308,11 @@ impl Schedule {
             }
         }
         let makespan = clock.iter().copied().fold(0.0, f64::max);
-        Ok(Timing { makespan, busy, peak_in_flight: peak })
+        Ok(Timing {
+            makespan,
+            busy,
+            peak_in_flight: peak,
+        })
     }
 }
 
@@ -298,7 +331,18 @@ mod tests {
     }
 
     fn cases() -> Vec<(u32, u32)> {
-        vec![(1, 1), (1, 4), (2, 2), (2, 4), (4, 4), (4, 8), (4, 12), (8, 16), (16, 32), (3, 9)]
+        vec![
+            (1, 1),
+            (1, 4),
+            (2, 2),
+            (2, 4),
+            (4, 4),
+            (4, 8),
+            (4, 12),
+            (8, 16),
+            (16, 32),
+            (3, 9),
+        ]
     }
 
     #[test]
@@ -313,7 +357,10 @@ mod tests {
                         match *a {
                             Action::Forward { mb, chunk } => assert!(fwd.insert((mb, chunk))),
                             Action::Backward { mb, chunk } => {
-                                assert!(fwd.contains(&(mb, chunk)), "{k} p{p} m{m} stage {st}: B{mb}.{chunk} before F");
+                                assert!(
+                                    fwd.contains(&(mb, chunk)),
+                                    "{k} p{p} m{m} stage {st}: B{mb}.{chunk} before F"
+                                );
                                 assert!(bwd.insert((mb, chunk)));
                             }
                             _ => {}
@@ -332,11 +379,32 @@ mod tests {
         for k in kinds() {
             for (p, m) in cases() {
                 let s = build(k, p, m);
-                let sends = s.stages.iter().flatten().filter(|a| matches!(a, Action::SendActivation { .. } | Action::SendGradient { .. })).count();
-                let recvs = s.stages.iter().flatten().filter(|a| matches!(a, Action::RecvActivation { .. } | Action::RecvGradient { .. })).count();
+                let sends = s
+                    .stages
+                    .iter()
+                    .flatten()
+                    .filter(|a| {
+                        matches!(
+                            a,
+                            Action::SendActivation { .. } | Action::SendGradient { .. }
+                        )
+                    })
+                    .count();
+                let recvs = s
+                    .stages
+                    .iter()
+                    .flatten()
+                    .filter(|a| {
+                        matches!(
+                            a,
+                            Action::RecvActivation { .. } | Action::RecvGradient { .. }
+                        )
+                    })
+                    .count();
                 assert_eq!(sends, recvs, "{k} p{p} m{m}");
                 assert_eq!(sends as u32, 2 * m * (p * k.chunks() - 1));
-                s.time(|_, _| 1.0, |_, _| 2.0).unwrap_or_else(|e| panic!("{k} p{p} m{m}: {e}"));
+                s.time(|_, _| 1.0, |_, _| 2.0)
+                    .unwrap_or_else(|e| panic!("{k} p{p} m{m}: {e}"));
             }
         }
     }
@@ -345,23 +413,43 @@ mod tests {
     fn a_broken_schedule_is_reported_as_deadlock() {
         let mut s = build(ScheduleKind::OneFOneB, 2, 2);
         // Stage 1 waits for a gradient nobody sends.
-        s.stages[1].insert(0, Action::RecvGradient { mb: 7, chunk: 0, peer: 0 });
-        assert!(matches!(s.time(|_, _| 1.0, |_, _| 1.0), Err(ScheduleError::Deadlock(_))));
+        s.stages[1].insert(
+            0,
+            Action::RecvGradient {
+                mb: 7,
+                chunk: 0,
+                peer: 0,
+            },
+        );
+        assert!(matches!(
+            s.time(|_, _| 1.0, |_, _| 1.0),
+            Err(ScheduleError::Deadlock(_))
+        ));
     }
 
     #[test]
     fn in_flight_micro_batches_are_bounded_as_promised() {
         for (p, m) in cases() {
-            let t = build(ScheduleKind::OneFOneB, p, m).time(|_, _| 1.0, |_, _| 2.0).unwrap();
+            let t = build(ScheduleKind::OneFOneB, p, m)
+                .time(|_, _| 1.0, |_, _| 2.0)
+                .unwrap();
             for s in 0..p {
-                assert_eq!(t.peak_in_flight[s as usize], (p - s).min(m), "1f1b p{p} m{m} s{s}");
+                assert_eq!(
+                    t.peak_in_flight[s as usize],
+                    (p - s).min(m),
+                    "1f1b p{p} m{m} s{s}"
+                );
             }
-            let t = build(ScheduleKind::Gpipe, p, m).time(|_, _| 1.0, |_, _| 2.0).unwrap();
+            let t = build(ScheduleKind::Gpipe, p, m)
+                .time(|_, _| 1.0, |_, _| 2.0)
+                .unwrap();
             assert!(t.peak_in_flight.iter().all(|&f| f == m));
         }
         // Interleaved: at most warm-up + 1 chunk-micro-batches.
         let (p, m, v) = (4, 8, 2);
-        let t = build(ScheduleKind::Interleaved { chunks: v }, p, m).time(|_, _| 1.0, |_, _| 2.0).unwrap();
+        let t = build(ScheduleKind::Interleaved { chunks: v }, p, m)
+            .time(|_, _| 1.0, |_, _| 2.0)
+            .unwrap();
         for s in 0..p {
             let warm = 2 * (p - s - 1) + (v - 1) * p;
             assert!(t.peak_in_flight[s as usize] <= warm + 1);
@@ -371,9 +459,15 @@ mod tests {
     #[test]
     fn one_f_one_b_bubble_is_textbook() {
         for (p, m) in [(2, 4), (4, 8), (8, 32), (16, 32)] {
-            let t = build(ScheduleKind::OneFOneB, p, m).time(|_, _| 1.0, |_, _| 2.0).unwrap();
+            let t = build(ScheduleKind::OneFOneB, p, m)
+                .time(|_, _| 1.0, |_, _| 2.0)
+                .unwrap();
             let want = f64::from(p - 1) / f64::from(m + p - 1);
-            assert!((t.bubble_fraction() - want).abs() < 1e-12, "p{p} m{m}: {} vs {want}", t.bubble_fraction());
+            assert!(
+                (t.bubble_fraction() - want).abs() < 1e-12,
+                "p{p} m{m}: {} vs {want}",
+                t.bubble_fraction()
+            );
         }
     }
 
@@ -381,7 +475,9 @@ mod tests {
     fn interleaving_shrinks_the_bubble() {
         // Narayanan et al. 2021: bubble time shrinks by the chunk count v.
         let (p, m) = (4, 8);
-        let one = build(ScheduleKind::OneFOneB, p, m).time(|_, _| 1.0, |_, _| 2.0).unwrap();
+        let one = build(ScheduleKind::OneFOneB, p, m)
+            .time(|_, _| 1.0, |_, _| 2.0)
+            .unwrap();
         let v = 2;
         let inter = build(ScheduleKind::Interleaved { chunks: v }, p, m)
             .time(|_, _| 1.0 / f64::from(v), |_, _| 2.0 / f64::from(v))
@@ -389,6 +485,9 @@ mod tests {
         let ideal = f64::from(m) * 3.0;
         let bubble1 = one.makespan - ideal;
         let bubble2 = inter.makespan - ideal;
-        assert!((bubble2 - bubble1 / f64::from(v)).abs() < 1e-9, "{bubble1} {bubble2}");
+        assert!(
+            (bubble2 - bubble1 / f64::from(v)).abs() < 1e-9,
+            "{bubble1} {bubble2}"
+        );
     }
 }

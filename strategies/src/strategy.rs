@@ -84,7 +84,9 @@ impl FromStr for ScheduleKind {
                         )),
                     }
                 } else {
-                    Err(format!("unknown schedule {s:?}; use gpipe, 1f1b or interleaved:V (V >= 2)"))
+                    Err(format!(
+                        "unknown schedule {s:?}; use gpipe, 1f1b or interleaved:V (V >= 2)"
+                    ))
                 }
             }
         }
@@ -110,8 +112,13 @@ pub enum OptShard {
 
 impl OptShard {
     /// All levels, least sharded first.
-    pub const ALL: [OptShard; 5] =
-        [OptShard::None, OptShard::Zero1, OptShard::Zero2, OptShard::Mindspore, OptShard::Zero3];
+    pub const ALL: [OptShard; 5] = [
+        OptShard::None,
+        OptShard::Zero1,
+        OptShard::Zero2,
+        OptShard::Mindspore,
+        OptShard::Zero3,
+    ];
 }
 
 impl fmt::Display for OptShard {
@@ -135,7 +142,11 @@ impl FromStr for OptShard {
             "zero2" => OptShard::Zero2,
             "mindspore" => OptShard::Mindspore,
             "zero3" => OptShard::Zero3,
-            _ => return Err(format!("unknown optimizer sharding {s:?}; use none, zero1, zero2, mindspore or zero3")),
+            _ => {
+                return Err(format!(
+                    "unknown optimizer sharding {s:?}; use none, zero1, zero2, mindspore or zero3"
+                ))
+            }
         })
     }
 }
@@ -175,8 +186,12 @@ impl FromStr for Remat {
             other => match other.strip_prefix("every:").map(str::parse::<u32>) {
                 Some(Ok(1)) => Ok(Remat::Full),
                 Some(Ok(k)) if k >= 1 => Ok(Remat::Every(k)),
-                Some(_) => Err(format!("remat {s:?}: K in every:K must be a whole number >= 1")),
-                None => Err(format!("unknown remat {s:?}; use none, selective, full or every:K")),
+                Some(_) => Err(format!(
+                    "remat {s:?}: K in every:K must be a whole number >= 1"
+                )),
+                None => Err(format!(
+                    "unknown remat {s:?}; use none, selective, full or every:K"
+                )),
             },
         }
     }
@@ -446,7 +461,11 @@ impl Strategy {
             self.opt_shard,
             self.remat,
             if self.seq_parallel { " sp" } else { "" },
-            if self.rank_order == RankOrder::PANGU { String::new() } else { format!(" order={}", self.rank_order) }
+            if self.rank_order == RankOrder::PANGU {
+                String::new()
+            } else {
+                format!(" order={}", self.rank_order)
+            }
         )
     }
 }
@@ -473,11 +492,17 @@ pub fn resolve(
     let pp = spec.pp.unwrap_or(1);
     for (name, v) in [("tp", tp), ("pp", pp)] {
         if v == 0 {
-            return Err(PlanError::Devices(format!("--{name} 0: a degree must be at least 1")));
+            return Err(PlanError::Devices(format!(
+                "--{name} 0: a degree must be at least 1"
+            )));
         }
     }
     let dp = match user.dp {
-        Some(0) => return Err(PlanError::Devices("--dp 0: a degree must be at least 1".into())),
+        Some(0) => {
+            return Err(PlanError::Devices(
+                "--dp 0: a degree must be at least 1".into(),
+            ))
+        }
         Some(dp) => {
             if dp * tp * pp != devices {
                 return Err(PlanError::Devices(format!(
@@ -507,7 +532,9 @@ pub fn resolve(
     };
     let global = user.global_batch.unwrap_or(model_global_batch);
     if global == 0 {
-        return Err(PlanError::Batch("--global-batch 0: a step needs at least one sequence".into()));
+        return Err(PlanError::Batch(
+            "--global-batch 0: a step needs at least one sequence".into(),
+        ));
     }
     if global % dp != 0 {
         return Err(PlanError::Batch(format!(
@@ -518,7 +545,9 @@ pub fn resolve(
     let per_replica = global / dp;
     let (mbs, m) = match (user.micro_batch_size, user.micro_batches) {
         (Some(0), _) | (_, Some(0)) => {
-            return Err(PlanError::Batch("micro-batch size and count must be at least 1".into()))
+            return Err(PlanError::Batch(
+                "micro-batch size and count must be at least 1".into(),
+            ))
         }
         (Some(b), Some(m)) => {
             if dp * b * m != global {
@@ -551,7 +580,10 @@ pub fn resolve(
         }
         (None, None) => {
             let want = spec.micro_batch_size.unwrap_or(1).max(1);
-            let b = (1..=want.min(per_replica)).rev().find(|b| per_replica % b == 0).unwrap_or(1);
+            let b = (1..=want.min(per_replica))
+                .rev()
+                .find(|b| per_replica % b == 0)
+                .unwrap_or(1);
             if b != want {
                 notes.push(format!(
                     "micro-batch size lowered from {want} to {b} so that it divides the {per_replica} \
@@ -601,7 +633,10 @@ mod tests {
             assert_eq!(o.to_string().parse::<RankOrder>().unwrap(), o);
         }
         assert!("interleaved:1".parse::<ScheduleKind>().is_err());
-        assert!("zigzag".parse::<ScheduleKind>().unwrap_err().contains("1f1b"));
+        assert!("zigzag"
+            .parse::<ScheduleKind>()
+            .unwrap_err()
+            .contains("1f1b"));
     }
 
     #[test]
@@ -613,32 +648,65 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.schedule, Some(ScheduleKind::Interleaved { chunks: 2 }));
-        let e = StrategySpec::from_toml("tensor_parallel = 4", "s.toml").unwrap_err().to_string();
+        let e = StrategySpec::from_toml("tensor_parallel = 4", "s.toml")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("tensor_parallel"), "{e}");
-        let e = StrategySpec::from_toml("remat = \"sometimes\"", "s.toml").unwrap_err().to_string();
+        let e = StrategySpec::from_toml("remat = \"sometimes\"", "s.toml")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("every:K"), "{e}");
     }
 
     #[test]
     fn batch_arithmetic() {
-        let reference = StrategySpec { tp: Some(8), pp: Some(16), micro_batch_size: Some(1), ..Default::default() };
+        let reference = StrategySpec {
+            tp: Some(8),
+            pp: Some(16),
+            micro_batch_size: Some(1),
+            ..Default::default()
+        };
         let user = StrategySpec::default();
         let (s, _) = resolve(&reference, &user, 512, 2048).unwrap();
         assert_eq!((s.dp, s.micro_batches, s.micro_batch_size), (16, 32, 1));
         // Changing tp re-fills dp and keeps the global batch.
-        let user = StrategySpec { tp: Some(4), ..Default::default() };
+        let user = StrategySpec {
+            tp: Some(4),
+            ..Default::default()
+        };
         let (s, _) = resolve(&reference.overlay(&user), &user, 512, 2048).unwrap();
         assert_eq!((s.dp, s.micro_batches, s.global_batch), (32, 16, 512));
         // Contradictions show the arithmetic.
-        let user = StrategySpec { micro_batches: Some(8), micro_batch_size: Some(2), ..Default::default() };
-        let e = resolve(&reference.overlay(&user), &user, 512, 2048).unwrap_err().to_string();
-        assert!(e.contains("16 × micro-batch size 2 × micro-batches 8 = 256"), "{e}");
-        let user = StrategySpec { tp: Some(3), ..Default::default() };
-        let e = resolve(&reference.overlay(&user), &user, 512, 2048).unwrap_err().to_string();
+        let user = StrategySpec {
+            micro_batches: Some(8),
+            micro_batch_size: Some(2),
+            ..Default::default()
+        };
+        let e = resolve(&reference.overlay(&user), &user, 512, 2048)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("16 × micro-batch size 2 × micro-batches 8 = 256"),
+            "{e}"
+        );
+        let user = StrategySpec {
+            tp: Some(3),
+            ..Default::default()
+        };
+        let e = resolve(&reference.overlay(&user), &user, 512, 2048)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("tp 3") && e.contains("8"), "{e}");
         // An inherited micro-batch size shrinks to fit, with a note.
-        let reference = StrategySpec { tp: Some(8), micro_batch_size: Some(16), ..Default::default() };
-        let user = StrategySpec { tp: Some(1), ..Default::default() };
+        let reference = StrategySpec {
+            tp: Some(8),
+            micro_batch_size: Some(16),
+            ..Default::default()
+        };
+        let user = StrategySpec {
+            tp: Some(1),
+            ..Default::default()
+        };
         let (s, notes) = resolve(&reference.overlay(&user), &user, 1024, 512).unwrap();
         assert_eq!((s.dp, s.micro_batch_size, s.micro_batches), (512, 2, 1));
         assert!(notes[0].contains("lowered from 16 to 2"));

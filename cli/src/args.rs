@@ -1,0 +1,151 @@
+//! Options shared by every command that takes a model, a cluster and a strategy.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use pangu_hardware::{split_count, Cluster};
+use pangu_model::ModelConfig;
+use pangu_strategies::{
+    resolve_inputs, OptShard, Precision, RankOrder, Remat, Resolved, ScheduleKind, StrategySpec,
+};
+
+/// Model and cluster selection.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct SetupArgs {
+    /// Model preset name (see `pangu models`) or a model TOML file.
+    #[arg(long, default_value = "pangu-alpha-200b")]
+    pub model: String,
+    /// Cluster preset or TOML file, with an optional chip count: `ascend910:512`,
+    /// `dgx-a100-80g:64`, `my-cluster.toml:256`. Default: the model's reference cluster.
+    #[arg(long)]
+    pub cluster: Option<String>,
+    #[command(flatten)]
+    pub strategy: StrategyArgs,
+}
+
+/// Inline strategy flags; they override a `--strategy` file, which overrides the model's
+/// reference strategy.
+#[derive(Debug, Clone, Default, Args)]
+pub(crate) struct StrategyArgs {
+    /// Strategy TOML file (keys are these flag names with underscores).
+    #[arg(long, value_name = "FILE")]
+    pub strategy: Option<String>,
+    /// Chips the job uses (default: the whole cluster).
+    #[arg(long)]
+    pub devices: Option<u32>,
+    /// Data-parallel degree (default: fills the devices).
+    #[arg(long)]
+    pub dp: Option<u32>,
+    /// Op-level (tensor) parallel degree.
+    #[arg(long)]
+    pub tp: Option<u32>,
+    /// Pipeline stages.
+    #[arg(long)]
+    pub pp: Option<u32>,
+    /// Micro-batches per step per pipeline.
+    #[arg(long)]
+    pub micro_batches: Option<u32>,
+    /// Sequences per micro-batch.
+    #[arg(long)]
+    pub micro_batch_size: Option<u32>,
+    /// Sequences per optimizer step (default: the model preset's).
+    #[arg(long)]
+    pub global_batch: Option<u32>,
+    /// Pipeline schedule: gpipe, 1f1b or interleaved:V.
+    #[arg(long)]
+    pub schedule: Option<ScheduleKind>,
+    /// Optimizer sharding: none, zero1, zero2, mindspore or zero3.
+    #[arg(long)]
+    pub opt_shard: Option<OptShard>,
+    /// Rematerialisation: none, selective, full or every:K.
+    #[arg(long)]
+    pub remat: Option<Remat>,
+    /// Sequence parallelism (`--seq-parallel` or `--seq-parallel=false`).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub seq_parallel: Option<bool>,
+    /// Precision: fp16, bf16 or fp32.
+    #[arg(long)]
+    pub precision: Option<Precision>,
+    /// Rank numbering, slowest axis first, e.g. pp-dp-tp (PanGu-α's) or dp-pp-tp.
+    #[arg(long)]
+    pub rank_order: Option<RankOrder>,
+}
+
+impl StrategyArgs {
+    /// The user's spec: the file (if any) overlaid with the flags.
+    pub(crate) fn spec(&self) -> Result<StrategySpec> {
+        let file = match &self.strategy {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read strategy file {path}"))?;
+                StrategySpec::from_toml(&text, path)?
+            }
+            None => StrategySpec::default(),
+        };
+        let flags = StrategySpec {
+            devices: self.devices,
+            dp: self.dp,
+            tp: self.tp,
+            pp: self.pp,
+            micro_batches: self.micro_batches,
+            micro_batch_size: self.micro_batch_size,
+            global_batch: self.global_batch,
+            schedule: self.schedule,
+            opt_shard: self.opt_shard,
+            remat: self.remat,
+            seq_parallel: self.seq_parallel,
+            precision: self.precision,
+            rank_order: self.rank_order,
+            layers_per_stage: None,
+            grad_bucket: None,
+        };
+        Ok(file.overlay(&flags))
+    }
+}
+
+fn is_file_arg(s: &str) -> bool {
+    s.ends_with(".toml") || s.contains('/') || Path::new(s).is_file()
+}
+
+/// A model preset or file.
+pub(crate) fn load_model(arg: &str) -> Result<ModelConfig> {
+    if is_file_arg(arg) {
+        let text = std::fs::read_to_string(arg)
+            .with_context(|| format!("cannot read model file {arg}"))?;
+        Ok(ModelConfig::from_toml(&text, arg)?)
+    } else {
+        Ok(ModelConfig::preset(arg)?)
+    }
+}
+
+/// A cluster preset or file, `NAME[:N]`.
+pub(crate) fn load_cluster(arg: &str) -> Result<Cluster> {
+    let (name, count) = split_count(arg)?;
+    if is_file_arg(name) {
+        let text = std::fs::read_to_string(name)
+            .with_context(|| format!("cannot read cluster file {name}"))?;
+        Ok(Cluster::from_toml(&text, name, count)?)
+    } else {
+        Ok(Cluster::from_name(arg)?)
+    }
+}
+
+/// Everything a plan needs, resolved.
+pub(crate) struct Setup {
+    pub model: ModelConfig,
+    pub resolved: Resolved,
+}
+
+impl SetupArgs {
+    pub(crate) fn resolve(&self) -> Result<Setup> {
+        let model = load_model(&self.model)?;
+        let cluster = self.cluster.as_deref().map(load_cluster).transpose()?;
+        let spec = self.strategy.spec()?;
+        if spec.layers_per_stage.is_some() && spec.pp.is_none() {
+            bail!("layers_per_stage needs pp in the same strategy file");
+        }
+        let resolved = resolve_inputs(&model, cluster, &spec)?;
+        Ok(Setup { model, resolved })
+    }
+}

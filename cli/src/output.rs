@@ -1,0 +1,89 @@
+//! Conventions every command's output follows: a `tool` field naming the version and a hash
+//! of the inputs; fractions not percentages; seconds and bytes as plain numbers.
+
+use serde::Serialize;
+use serde_json::{json, Value};
+
+/// FNV-1a, 64-bit: stable across Rust versions and platforms (unlike `DefaultHasher`).
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// The `tool` field: name, version and the hash of the canonical JSON of the inputs.
+pub(crate) fn tool_field(inputs: &impl Serialize) -> Value {
+    let canonical = serde_json::to_vec(inputs).unwrap_or_default();
+    json!({
+        "name": "pangu",
+        "version": env!("CARGO_PKG_VERSION"),
+        "input_hash": format!("{:016x}", fnv1a(&canonical)),
+    })
+}
+
+/// Prints JSON, pretty.
+pub(crate) fn print_json(v: &Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+/// A plain-text table with left-aligned first column and right-aligned others.
+pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let n = header.len();
+    let mut w: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate().take(n) {
+            w[i] = w[i].max(c.chars().count());
+        }
+    }
+    let fmt_row = |cells: Vec<&str>| -> String {
+        cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let pad = w[i].saturating_sub(c.chars().count());
+                if i == 0 {
+                    format!("{c}{}", " ".repeat(pad))
+                } else {
+                    format!("{}{c}", " ".repeat(pad))
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("  ")
+    };
+    let mut out = String::new();
+    out.push_str(fmt_row(header.to_vec()).trim_end());
+    out.push('\n');
+    out.push_str(
+        &w.iter()
+            .map(|&k| "-".repeat(k))
+            .collect::<Vec<_>>()
+            .join("  "),
+    );
+    out.push('\n');
+    for r in rows {
+        out.push_str(fmt_row(r.iter().map(String::as_str).collect()).trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fnv_is_stable() {
+        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+
+    #[test]
+    fn table_aligns() {
+        let t = table(&["a", "bb"], &[vec!["xyz".into(), "1".into()]]);
+        assert_eq!(t, "a     bb\n---  --\nxyz   1\n");
+    }
+}

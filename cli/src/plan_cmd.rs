@@ -1,0 +1,331 @@
+//! `pangu plan`: groups, stage layers, memory per device, communication, bubble.
+
+use anyhow::{bail, Result};
+use clap::Args;
+use pangu_hardware::Bytes;
+use pangu_strategies::strategy::Axis;
+use pangu_strategies::{Chunk, LayerId, Plan, PlanError, ScheduleKind};
+use serde_json::{json, Value};
+
+use crate::args::SetupArgs;
+use crate::output::{print_json, table, tool_field};
+
+/// Options of `pangu plan`.
+#[derive(Debug, Args)]
+pub(crate) struct PlanArgs {
+    #[command(flatten)]
+    pub setup: SetupArgs,
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Short description of a chunk's layers, e.g. "embedding + blocks 0-3".
+pub(crate) fn describe_chunk(c: &Chunk) -> String {
+    let mut parts = Vec::new();
+    if c.embedding {
+        parts.push("embedding".to_string());
+    }
+    let blocks: Vec<u32> = c
+        .layers
+        .iter()
+        .filter_map(|l| {
+            if let LayerId::Block(i) = l {
+                Some(*i)
+            } else {
+                None
+            }
+        })
+        .collect();
+    match (blocks.first(), blocks.last()) {
+        (Some(a), Some(b)) if a == b => parts.push(format!("block {a}")),
+        (Some(a), Some(b)) => parts.push(format!("blocks {a}-{b}")),
+        _ => {}
+    }
+    if c.layers.contains(&LayerId::Query) {
+        parts.push("query layer".into());
+    }
+    if c.head {
+        parts.push("head".into());
+    }
+    parts.join(" + ")
+}
+
+fn gb(b: Bytes) -> String {
+    format!("{:.2} GiB", b.gib())
+}
+
+/// The plan as JSON.
+pub(crate) fn plan_json(plan: &Plan, notes: &[String]) -> Value {
+    let s = &plan.strategy;
+    let max = plan.max_memory();
+    let stages: Vec<Value> = plan
+        .stages
+        .iter()
+        .map(|st| {
+            json!({
+                "stage": st.index,
+                "chunks": st.chunks.iter().map(|c| json!({
+                    "virtual_stage": c.virtual_stage,
+                    "layers": c.layers,
+                    "embedding": c.embedding,
+                    "head": c.head,
+                    "description": describe_chunk(c),
+                })).collect::<Vec<_>>(),
+                "params": st.params,
+                "memory": st.memory,
+            })
+        })
+        .collect();
+    let groups: Value = [("tp", Axis::Tp), ("dp", Axis::Dp), ("pp", Axis::Pp)]
+        .iter()
+        .map(|(name, axis)| {
+            let gs = plan.groups(*axis);
+            let topo = &plan.cluster.topology;
+            let span = gs.iter().map(|g| topo.span(g)).max();
+            (
+                (*name).to_string(),
+                json!({
+                    "size": gs.first().map_or(0, Vec::len),
+                    "count": gs.len(),
+                    "span": span.map(|l| l.name()),
+                    "first": gs.first(),
+                }),
+            )
+        })
+        .collect::<serde_json::Map<_, _>>()
+        .into();
+    let switches: Vec<Value> = plan
+        .switches_off()
+        .into_iter()
+        .map(|(name, flag, bytes)| json!({"switch": name, "flag": flag, "max_bytes_per_device": bytes.0, "fits": bytes <= plan.capacity}))
+        .collect();
+    let comms: Vec<Value> = plan
+        .comms
+        .iter()
+        .map(|c| {
+            json!({
+                "group": c.group.name(),
+                "purpose": c.purpose,
+                "collective": c.collective,
+                "algorithm": c.algorithm,
+                "group_size": c.group_size,
+                "span": c.span.name(),
+                "bytes_per_call": c.bytes_per_call.0,
+                "calls_per_step": c.calls_per_step,
+                "bytes_per_step": c.bytes_per_step().0,
+                "wire_bytes_per_step": c.wire_bytes_per_step().0,
+            })
+        })
+        .collect();
+    let ideal = match s.schedule {
+        ScheduleKind::Interleaved { .. } => Value::Null,
+        _ => json!(f64::from(s.pp - 1) / f64::from(s.micro_batches + s.pp - 1)),
+    };
+    json!({
+        "tool": tool_field(&(&plan.model, &plan.cluster.spec, &plan.strategy)),
+        "model": {"name": plan.model.name, "layers": plan.model.layers, "hidden": plan.model.hidden, "heads": plan.model.heads, "seq_len": plan.model.seq_len, "vocab": plan.model.vocab},
+        "cluster": {"name": plan.cluster.spec.name, "chips": plan.cluster.chips(), "chip": plan.cluster.spec.chip.name, "hbm_bytes": plan.cluster.spec.chip.hbm.0},
+        "strategy": plan.strategy,
+        "summary": plan.strategy.summary(),
+        "devices": s.devices,
+        "params": plan.model.params().total,
+        "fits": plan.fits(),
+        "memory": {
+            "max_bytes_per_device": max.total.0,
+            "capacity_bytes": plan.capacity.0,
+            "max": max,
+            "switches_off": switches,
+        },
+        "bubble_fraction": plan.bubble_fraction(),
+        "bubble_fraction_balanced": ideal,
+        "stages": stages,
+        "groups": groups,
+        "communication": comms,
+        "warnings": plan.warnings,
+        "notes": notes,
+    })
+}
+
+fn print_table(plan: &Plan, notes: &[String]) {
+    let s = &plan.strategy;
+    let spec = &plan.cluster.spec;
+    let p = plan.model.params();
+    println!(
+        "plan: {} ({:.3} B parameters) on {} ({} × {}, {} HBM)",
+        plan.model.name,
+        p.total as f64 / 1e9,
+        spec.name,
+        plan.cluster.chips(),
+        spec.chip.name,
+        spec.chip.hbm
+    );
+    println!(
+        "strategy: {} (global batch {}, {})",
+        s.summary(),
+        s.global_batch,
+        s.precision
+    );
+    println!();
+    let topo = &plan.cluster.topology;
+    let rows: Vec<Vec<String>> = [("tp", Axis::Tp), ("dp", Axis::Dp), ("pp", Axis::Pp)]
+        .iter()
+        .map(|(name, axis)| {
+            let gs = plan.groups(*axis);
+            let span = gs
+                .iter()
+                .map(|g| topo.span(g))
+                .max()
+                .map_or("-", |l| l.name());
+            let first = gs.first().cloned().unwrap_or_default();
+            let shown: Vec<String> = first.iter().take(8).map(u32::to_string).collect();
+            let more = if first.len() > 8 { ", …" } else { "" };
+            vec![
+                name.to_string(),
+                first.len().to_string(),
+                gs.len().to_string(),
+                span.to_string(),
+                format!("[{}{more}]", shown.join(", ")),
+            ]
+        })
+        .collect();
+    println!(
+        "{}",
+        table(
+            &["group", "size", "count", "spans", "first group (chips)"],
+            &rows
+        )
+    );
+    let rows: Vec<Vec<String>> = plan
+        .stages
+        .iter()
+        .map(|st| {
+            let m = st.memory;
+            vec![
+                st.index.to_string(),
+                st.chunks
+                    .iter()
+                    .map(describe_chunk)
+                    .collect::<Vec<_>>()
+                    .join(" | "),
+                format!("{:.3} B", st.params as f64 / 1e9),
+                gb(m.weights),
+                gb(m.gradients),
+                gb(m.optimizer),
+                gb(m.activations),
+                gb(m.buffers),
+                gb(m.total),
+            ]
+        })
+        .collect();
+    println!(
+        "{}",
+        table(
+            &[
+                "stage",
+                "layers",
+                "params",
+                "weights",
+                "grads",
+                "optimizer",
+                "activations",
+                "buffers",
+                "total"
+            ],
+            &rows
+        )
+    );
+    let max = plan.max_memory();
+    println!(
+        "memory: {} per device at most, {} usable ({} HBM − {} reserved): {}",
+        gb(max.total),
+        gb(plan.capacity),
+        spec.chip.hbm,
+        spec.chip.reserved,
+        if plan.fits() { "fits" } else { "DOES NOT FIT" }
+    );
+    for (name, flag, bytes) in plan.switches_off() {
+        println!(
+            "  with {name} ({flag}): {} per device, {}",
+            gb(bytes),
+            if bytes <= plan.capacity {
+                "would still fit"
+            } else {
+                "would not fit"
+            }
+        );
+    }
+    println!();
+    let rows: Vec<Vec<String>> = plan
+        .comms
+        .iter()
+        .map(|c| {
+            vec![
+                c.group.name().to_string(),
+                c.purpose.to_string(),
+                c.collective
+                    .map_or("send/recv".into(), |k| format!("{k:?}")),
+                c.algorithm.map_or("-".into(), |a| format!("{a:?}")),
+                c.group_size.to_string(),
+                c.span.name().to_string(),
+                format!("{}", c.bytes_per_call),
+                c.calls_per_step.to_string(),
+                format!("{}", c.bytes_per_step()),
+            ]
+        })
+        .collect();
+    println!("communication per step (busiest device):");
+    println!(
+        "{}",
+        table(
+            &[
+                "group",
+                "purpose",
+                "collective",
+                "algorithm",
+                "ranks",
+                "spans",
+                "per call",
+                "calls",
+                "per step"
+            ],
+            &rows
+        )
+    );
+    let bubble = plan.bubble_fraction();
+    match s.schedule {
+        ScheduleKind::Interleaved { chunks } => println!("pipeline bubble: {bubble:.3} of stage time (interleaved, {chunks} chunks)"),
+        _ => println!(
+            "pipeline bubble: {bubble:.3} of stage time ((p-1)/(m+p-1) = {:.3} for balanced stages)",
+            f64::from(s.pp - 1) / f64::from(s.micro_batches + s.pp - 1)
+        ),
+    }
+    for w in &plan.warnings {
+        println!("warning: {w}");
+    }
+    for n in notes {
+        println!("note: {n}");
+    }
+}
+
+/// Runs `pangu plan`.
+pub(crate) fn run(args: &PlanArgs) -> Result<()> {
+    let setup = args.setup.resolve()?;
+    let r = &setup.resolved;
+    let plan = Plan::build(&setup.model, &r.cluster, &r.strategy)?;
+    let mut notes = r.notes.clone();
+    notes.extend(plan.notes.iter().cloned());
+    if args.json {
+        print_json(&plan_json(&plan, &notes))?;
+    } else {
+        print_table(&plan, &notes);
+    }
+    if !plan.fits() {
+        // Same message as Plan::new gives; the report above still shows the breakdown.
+        match Plan::new(&setup.model, &r.cluster, &r.strategy) {
+            Err(e @ PlanError::OutOfMemory { .. }) => bail!(e),
+            _ => bail!("the plan does not fit in memory"),
+        }
+    }
+    Ok(())
+}
