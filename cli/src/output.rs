@@ -84,6 +84,6 @@ mod tests {
     #[test]
     fn table_aligns() {
         let t = table(&["a", "bb"], &[vec!["xyz".into(), "1".into()]]);
-        assert_eq!(t, "a     bb\n---  --\nxyz   1\n");
+        assert_eq!(t, "a    bb\n---  --\nxyz   1\n");
     }
 }

@@ -1,6 +1,8 @@
 //! Plan behaviour: the paper's 200B strategy by hand, validation errors, placement warnings,
 //! communication volumes.
 
+#![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
+
 use pangu_hardware::{Bytes, Cluster, Level};
 use pangu_model::ModelConfig;
 use pangu_strategies::strategy::resolve;

@@ -1,0 +1,228 @@
+//! The `pangu` binary end to end: outputs, JSON conventions, and bad input.
+
+#![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
+
+use std::process::{Command, Output};
+
+fn pangu(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pangu"))
+        .args(args)
+        .output()
+        .expect("run pangu")
+}
+
+fn json(args: &[&str]) -> serde_json::Value {
+    let out = pangu(args);
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{args:?}: {e}\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+fn fails_with(args: &[&str], needles: &[&str]) {
+    let out = pangu(args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{args:?} succeeded");
+    assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+    assert!(!err.contains("panicked"), "{args:?}: {err}");
+    for n in needles {
+        assert!(err.contains(n), "{args:?}: {err:?} lacks {n:?}");
+    }
+}
+
+#[test]
+fn default_plan_is_the_papers_200b_strategy_and_fits() {
+    let v = json(&["plan", "--json"]);
+    assert_eq!(v["devices"], 2048);
+    let params = v["params"].as_f64().unwrap();
+    assert!((params - 206.86e9).abs() / 206.86e9 < 0.005);
+    assert_eq!(v["fits"], true);
+    let max = v["memory"]["max_bytes_per_device"].as_f64().unwrap();
+    let cap = v["memory"]["capacity_bytes"].as_f64().unwrap();
+    assert!(max < cap && cap <= 32.0 * 1024f64.powi(3));
+    let bubble = v["bubble_fraction"].as_f64().unwrap();
+    assert!(bubble > 0.3 && bubble < 0.4, "{bubble}");
+    let s = &v["strategy"];
+    assert_eq!(
+        (s["dp"].as_u64(), s["tp"].as_u64(), s["pp"].as_u64()),
+        (Some(16), Some(8), Some(16))
+    );
+    assert_eq!(s["opt_shard"], "mindspore");
+    assert_eq!(s["remat"], "full");
+    assert_eq!(v["tool"]["name"], "pangu");
+    assert_eq!(v["tool"]["input_hash"].as_str().unwrap().len(), 16);
+    // Each switch turned off is reported with what it would need.
+    let off = v["memory"]["switches_off"].as_array().unwrap();
+    assert_eq!(off.len(), 2);
+    assert_eq!(off[0]["fits"], false);
+    assert!(v["notes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|n| n.as_str().unwrap().contains("ASSUMPTION")));
+}
+
+#[test]
+fn same_inputs_same_hash_other_inputs_other_hash() {
+    let a = json(&["plan", "--json"]);
+    let b = json(&["plan", "--json"]);
+    assert_eq!(a, b);
+    let c = json(&["plan", "--json", "--tp", "4"]);
+    assert_ne!(a["tool"]["input_hash"], c["tool"]["input_hash"]);
+}
+
+#[test]
+fn model_presets_and_their_references() {
+    let v = json(&["plan", "--json", "--model", "pangu-alpha-2.6b"]);
+    let params = v["params"].as_f64().unwrap();
+    assert!((params - 2.625e9).abs() / 2.625e9 < 0.005, "{params}");
+    assert_eq!(v["devices"], 512);
+    assert_eq!(v["strategy"]["dp"], 64);
+    let v = json(&["plan", "--json", "--model", "pangu-alpha-tiny"]);
+    assert_eq!(v["devices"], 1);
+    assert_eq!(v["strategy"]["precision"], "fp32");
+    let v = json(&[
+        "plan",
+        "--json",
+        "--cluster",
+        "ascend910:512",
+        "--tp",
+        "8",
+        "--pp",
+        "4",
+    ]);
+    assert_eq!(v["strategy"]["dp"], 16);
+    assert_eq!(v["strategy"]["global_batch"], 512);
+}
+
+#[test]
+fn table_output_has_the_sections() {
+    let out = pangu(&["plan"]);
+    assert!(out.status.success());
+    let t = String::from_utf8_lossy(&out.stdout);
+    for s in [
+        "group",
+        "stage",
+        "embedding + blocks 0-3",
+        "query layer + head",
+        "fits",
+        "optimizer sharding off",
+        "communication per step",
+        "pipeline bubble",
+        "warning: tp 8",
+    ] {
+        assert!(t.contains(s), "missing {s:?} in\n{t}");
+    }
+}
+
+#[test]
+fn bad_input_gets_an_actionable_error() {
+    fails_with(&["plan", "--tp", "3"], &["tp 3", "1, 2, 4, 8"]);
+    fails_with(
+        &["plan", "--model", "pangu-alpha-2.6b", "--tp", "64"],
+        &["does not divide heads 32"],
+    );
+    fails_with(&["plan", "--tp", "1", "--pp", "128"], &["only 64 layers"]);
+    fails_with(
+        &["plan", "--global-batch", "128"],
+        &["micro-batches < pp 16"],
+    );
+    fails_with(
+        &["plan", "--micro-batches", "8", "--micro-batch-size", "2"],
+        &["= 256 ≠ global batch 512"],
+    );
+    fails_with(
+        &["plan", "--model", "gpt-5"],
+        &["unknown model preset", "pangu-alpha-200b"],
+    );
+    fails_with(
+        &["plan", "--cluster", "tpu:64"],
+        &["unknown cluster preset", "ascend910"],
+    );
+    fails_with(&["plan", "--cluster", "ascend910:12"], &["chips", "16"]);
+    fails_with(
+        &["plan", "--opt-shard", "none", "--remat", "none"],
+        &["does not fit", "--opt-shard mindspore"],
+    );
+    fails_with(&["plan", "--devices", "4096"], &["2048 chips"]);
+    fails_with(
+        &["plan", "--strategy", "/nonexistent.toml"],
+        &["cannot read strategy file"],
+    );
+    // clap rejects malformed enum values with the accepted forms, exit code 2.
+    let out = pangu(&["plan", "--schedule", "zigzag"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("interleaved:V"));
+}
+
+#[test]
+fn strategy_files_use_flag_names_and_flags_override_them() {
+    let dir = std::env::temp_dir().join(format!("pangu-cli-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("s.toml");
+    std::fs::write(
+        &f,
+        "tp = 4\npp = 8\nmicro_batch_size = 1\nremat = \"selective\"\nopt_shard = \"zero1\"\n",
+    )
+    .unwrap();
+    let path = f.to_str().unwrap();
+    let v = json(&["plan", "--json", "--strategy", path]);
+    assert_eq!(
+        (v["strategy"]["tp"].as_u64(), v["strategy"]["dp"].as_u64()),
+        (Some(4), Some(64))
+    );
+    assert_eq!(v["strategy"]["remat"], "selective");
+    let v = json(&["plan", "--json", "--strategy", path, "--tp", "8"]);
+    assert_eq!(
+        (v["strategy"]["tp"].as_u64(), v["strategy"]["dp"].as_u64()),
+        (Some(8), Some(32))
+    );
+    std::fs::write(&f, "tensor_parallel = 4\n").unwrap();
+    fails_with(
+        &["plan", "--strategy", path],
+        &["unknown field", "tensor_parallel"],
+    );
+    std::fs::write(&f, "tp = nan\n").unwrap();
+    fails_with(&["plan", "--strategy", path], &["cannot parse strategy"]);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn preset_listings_and_toml_round_trip() {
+    let out = pangu(&["models"]);
+    let t = String::from_utf8_lossy(&out.stdout);
+    assert!(t.contains("pangu-alpha-200b") && t.contains("206.861 B"));
+    let out = pangu(&["clusters"]);
+    let t = String::from_utf8_lossy(&out.stdout);
+    assert!(t.contains("dgx-a100-40g") && t.contains("dgx2-v100"));
+    // A printed preset, saved to a file, is a valid user file.
+    let dir = std::env::temp_dir().join(format!("pangu-cli-toml-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = pangu(&["clusters", "--toml", "ascend910"]);
+    let c = dir.join("c.toml");
+    std::fs::write(&c, &out.stdout).unwrap();
+    let out = pangu(&["models", "--toml", "pangu-alpha-13b"]);
+    let m = dir.join("m.toml");
+    std::fs::write(&m, &out.stdout).unwrap();
+    let arg_c = format!("{}:1024", c.to_str().unwrap());
+    let v = json(&[
+        "plan",
+        "--json",
+        "--model",
+        m.to_str().unwrap(),
+        "--cluster",
+        &arg_c,
+        "--tp",
+        "8",
+        "--pp",
+        "1",
+        "--micro-batch-size",
+        "8",
+    ]);
+    assert_eq!(v["devices"], 1024);
+    assert_eq!(v["fits"], true);
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The project's test command (README "Run the tests"; .ci/run calls it too).
+# Installs the Debian packages the tests need, then runs every test of the workspace.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian packages the test suite needs (none yet); installed only when missing.
+PACKAGES=()
+missing=()
+for p in "${PACKAGES[@]}"; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" -eq 0 ]; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+    else
+        echo "missing Debian packages: ${missing[*]} (install them, or run as root)" >&2
+        exit 1
+    fi
+fi
+
+cargo test --workspace --locked
