@@ -1,6 +1,20 @@
 //! The discrete-event simulator: one training step of a `Plan` on a modelled cluster.
-//!
-//! Its job (issue "discrete-event simulator"): turn a plan into per-device task graphs (compute
-//! from the op graph priced by a roofline with efficiency curves, communication decomposed
-//! into point-to-point flows by collective algorithm), run them on an event engine with
-//! max-min fair link sharing, and fill a `StepReport`. Nothing is implemented yet.
+
+pub mod collective;
+pub mod cost;
+pub mod engine;
+pub mod network;
+
+/// Why a simulation could not run.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SimError {
+    /// Bad input (topology, values).
+    #[error("invalid simulation input: {0}")]
+    Input(String),
+    /// Calibration missing or invalid.
+    #[error("calibration: {0}")]
+    Calibration(String),
+    /// The workload cannot finish (a dependency cycle or a collective some member never joins).
+    #[error("the simulated step cannot finish: {0}")]
+    Stuck(String),
+}

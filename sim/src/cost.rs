@@ -1,0 +1,267 @@
+//! Compute cost: a roofline per op with per-family efficiency curves.
+//!
+//! `time(op) = overhead + max(flops / (peak · eff(kind, shape)), bytes / (hbm_bw · mem_eff))`
+//! (Williams et al. 2009, "Roofline"). Matmul efficiency saturates with each dimension:
+//! `eff = max_efficiency · Π s(x)`, `s(x) = x / (x + half_dim)`, so a GEMM whose dimensions
+//! are all large against the hardware tile runs at the family's plateau and thin GEMMs run
+//! slower. The parameters live in one calibration file per hardware family
+//! (`sim/calibration/*.toml`), each with its reasoning.
+
+use pangu_hardware::{Bandwidth, ChipSpec, FlopRate, Seconds};
+use pangu_model::ops::{Op, OpKind};
+use pangu_strategies::Precision;
+use serde::Deserialize;
+
+use crate::SimError;
+
+/// A saturating efficiency curve.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Curve {
+    /// Plateau efficiency for large shapes.
+    pub max_efficiency: f64,
+    /// Dimension at which one factor reaches half.
+    pub half_dim: f64,
+}
+
+impl Curve {
+    /// Efficiency of a `[m, k] × [k, n]` product.
+    pub fn efficiency(&self, m: u64, n: u64, k: u64) -> f64 {
+        let s = |x: u64| x as f64 / (x as f64 + self.half_dim);
+        self.max_efficiency * s(m) * s(n) * s(k)
+    }
+}
+
+/// One hardware family's calibration.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Calibration {
+    /// Family name.
+    pub family: String,
+    /// Dense matmuls.
+    pub matmul: Curve,
+    /// Batched matmuls (attention).
+    pub batch_matmul: Curve,
+    /// Fraction of HBM bandwidth element-wise ops achieve.
+    pub memory_efficiency: f64,
+    /// Fixed cost per op (launch, dispatch).
+    pub op_overhead: Seconds,
+    /// Fixed cost per collective step (protocol, synchronisation).
+    pub collective_step_overhead: Seconds,
+    /// Achieved fraction of nominal link bandwidth.
+    pub link_efficiency: f64,
+}
+
+const FAMILIES: &[(&str, &str)] = &[
+    ("a100", include_str!("../calibration/a100.toml")),
+    ("h100", include_str!("../calibration/h100.toml")),
+    ("v100", include_str!("../calibration/v100.toml")),
+    ("ascend910", include_str!("../calibration/ascend910.toml")),
+    ("cpu", include_str!("../calibration/cpu.toml")),
+];
+
+impl Calibration {
+    /// The calibration of a named family.
+    pub fn family(name: &str) -> Result<Calibration, SimError> {
+        let text = FAMILIES
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, t)| *t)
+            .ok_or_else(|| {
+                SimError::Calibration(format!(
+                    "no calibration for family {name:?}; known: {}",
+                    FAMILIES
+                        .iter()
+                        .map(|(n, _)| *n)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })?;
+        Calibration::from_toml(text, name)
+    }
+
+    /// Parses and checks a calibration file.
+    pub fn from_toml(text: &str, source: &str) -> Result<Calibration, SimError> {
+        let c: Calibration =
+            toml::from_str(text).map_err(|e| SimError::Calibration(format!("{source}: {e}")))?;
+        for (field, v) in [
+            ("matmul.max_efficiency", c.matmul.max_efficiency),
+            ("batch_matmul.max_efficiency", c.batch_matmul.max_efficiency),
+            ("memory_efficiency", c.memory_efficiency),
+            ("link_efficiency", c.link_efficiency),
+        ] {
+            if !(v > 0.0 && v <= 1.0) {
+                return Err(SimError::Calibration(format!(
+                    "{source}: {field} = {v} must be in (0, 1]"
+                )));
+            }
+        }
+        Ok(c)
+    }
+
+    /// The family a chip belongs to, from its name.
+    pub fn for_chip(chip: &ChipSpec) -> Result<Calibration, SimError> {
+        let n = chip.name.to_ascii_lowercase();
+        let family = if n.contains("ascend") {
+            "ascend910"
+        } else if n.contains("a100") {
+            "a100"
+        } else if n.contains("h100") {
+            "h100"
+        } else if n.contains("v100") {
+            "v100"
+        } else if n.contains("x86") || n.contains("cpu") || n.contains("core") {
+            "cpu"
+        } else {
+            return Err(SimError::Calibration(format!(
+                "chip {:?} matches no calibrated family (ascend910, a100, h100, v100, cpu); name it after one",
+                chip.name
+            )));
+        };
+        Calibration::family(family)
+    }
+}
+
+/// Prices ops on one chip.
+#[derive(Debug, Clone)]
+pub struct CostModel {
+    peak: FlopRate,
+    hbm: Bandwidth,
+    /// The calibration in use.
+    pub cal: Calibration,
+}
+
+impl CostModel {
+    /// The cost model of a chip at a precision.
+    pub fn new(
+        chip: &ChipSpec,
+        precision: Precision,
+        cal: Calibration,
+    ) -> Result<CostModel, SimError> {
+        let peak = match precision {
+            Precision::Fp16 => Some(chip.fp16),
+            Precision::Bf16 => chip.bf16,
+            Precision::Fp32 => chip.fp32,
+        }
+        .ok_or_else(|| SimError::Calibration(format!("{} has no {precision} rate", chip.name)))?;
+        if !(peak.0 > 0.0 && chip.hbm_bandwidth.0 > 0.0) {
+            return Err(SimError::Calibration(format!(
+                "{}: peak and HBM bandwidth must be positive",
+                chip.name
+            )));
+        }
+        Ok(CostModel {
+            peak,
+            hbm: chip.hbm_bandwidth,
+            cal,
+        })
+    }
+
+    /// Peak rate in use.
+    pub fn peak(&self) -> FlopRate {
+        self.peak
+    }
+
+    fn roofline(&self, op: &Op, flops: f64, bytes: f64) -> f64 {
+        let eff = match op.kind {
+            OpKind::Matmul => self
+                .cal
+                .matmul
+                .efficiency(op.dims[1], op.dims[2], op.dims[3]),
+            OpKind::BatchMatmul => self
+                .cal
+                .batch_matmul
+                .efficiency(op.dims[1], op.dims[2], op.dims[3]),
+            _ => 0.0,
+        };
+        let t_flops = if eff > 0.0 {
+            flops / (self.peak.0 * eff)
+        } else {
+            0.0
+        };
+        let t_mem = bytes / (self.hbm.0 * self.cal.memory_efficiency);
+        self.cal.op_overhead.0 + t_flops.max(t_mem)
+    }
+
+    /// Forward time of an op (0 for communication ops, priced by the network).
+    pub fn forward(&self, op: &Op) -> f64 {
+        if op.kind == OpKind::Comm {
+            return 0.0;
+        }
+        self.roofline(op, op.fwd_flops.0, op.fwd_bytes.as_f64())
+    }
+
+    /// Backward time of an op.
+    pub fn backward(&self, op: &Op) -> f64 {
+        if op.kind == OpKind::Comm {
+            return 0.0;
+        }
+        self.roofline(op, op.bwd_flops.0, op.bwd_bytes.as_f64())
+    }
+
+    /// Time of a memory-bound pass over `bytes` (the optimizer step).
+    pub fn stream(&self, bytes: f64) -> f64 {
+        self.cal.op_overhead.0 + bytes / (self.hbm.0 * self.cal.memory_efficiency)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pangu_model::ops::{part_ops, OpShape, Part};
+    use pangu_model::ModelConfig;
+
+    #[test]
+    fn every_family_parses() {
+        for (n, _) in FAMILIES {
+            Calibration::family(n).unwrap();
+        }
+        assert!(Calibration::family("tpu").is_err());
+        let bad = include_str!("../calibration/a100.toml")
+            .replace("memory_efficiency = 0.85", "memory_efficiency = 1.5");
+        assert!(Calibration::from_toml(&bad, "x")
+            .unwrap_err()
+            .to_string()
+            .contains("memory_efficiency"));
+    }
+
+    #[test]
+    fn big_gemms_reach_the_plateau_small_ones_do_not() {
+        let c = Curve {
+            max_efficiency: 0.8,
+            half_dim: 64.0,
+        };
+        assert!(c.efficiency(8192, 8192, 8192) > 0.77);
+        assert!(c.efficiency(64, 8192, 8192) < 0.41);
+    }
+
+    #[test]
+    fn matmuls_are_compute_bound_and_norms_memory_bound() {
+        let cluster = pangu_hardware::Cluster::from_name("dgx-a100-80g:8").unwrap();
+        let cm = CostModel::new(
+            &cluster.spec.chip,
+            Precision::Fp16,
+            Calibration::family("a100").unwrap(),
+        )
+        .unwrap();
+        let m = ModelConfig::preset("gpt3-175b").unwrap();
+        let ops = part_ops(
+            &m,
+            Part::Block,
+            OpShape {
+                micro_batch: 1,
+                tp: 8,
+                seq_parallel: false,
+                act_bytes: 2,
+            },
+        );
+        let qkv = ops.iter().find(|o| o.name == "qkv_proj").unwrap();
+        let t = cm.forward(qkv);
+        let ideal = qkv.fwd_flops.0 / 312e12;
+        assert!(t > ideal && t < ideal / 0.6, "{t} vs {ideal}");
+        let ln = ops.iter().find(|o| o.name == "ln1").unwrap();
+        let t = cm.forward(ln) - 4e-6;
+        let mem = ln.fwd_bytes.as_f64() / (2039e9 * 0.85);
+        assert!((t - mem).abs() / mem < 1e-9);
+    }
+}

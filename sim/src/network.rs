@@ -1,0 +1,527 @@
+//! Flows on links with max-min fair sharing.
+//!
+//! A flow moves bytes along its route; while several flows share a link, rates follow max-min
+//! fairness (Bertsekas & Gallager, "Data Networks", §6.5), computed by progressive filling:
+//! raise all rates together, freeze the flows of the first link to saturate, repeat. Every hop
+//! adds its latency once the last byte has left (store-and-forward of the tail).
+//!
+//! Two things keep this lean at thousands of chips:
+//! - Only links that can ever saturate take part. A link whose capacity is at least the
+//!   capacity of everything that can feed it (or drain it) is never a bottleneck, so leaving it
+//!   out changes no rate (host links to an on-die NIC, a non-blocking spine).
+//! - A change (a flow starting or ending) recomputes rates only in its connected component of
+//!   flows and saturable links, found by a breadth-first walk.
+
+use std::collections::HashMap;
+
+use pangu_hardware::{Node, Topology};
+
+use crate::engine::Time;
+use crate::SimError;
+
+/// Index of a flow.
+pub type FlowId = u32;
+
+#[derive(Debug, Clone)]
+struct LinkState {
+    /// Bytes per nanosecond.
+    cap: f64,
+    saturable: bool,
+    flows: Vec<FlowId>,
+    carried: f64,
+    mark: u32,
+    /// Scratch for progressive filling: capacity left and flows not yet frozen.
+    left: f64,
+    unfrozen: usize,
+}
+
+#[derive(Debug, Clone)]
+struct Flow {
+    route: std::rc::Rc<Route>,
+    remaining: f64,
+    /// Bytes per nanosecond.
+    rate: f64,
+    updated: Time,
+    version: u64,
+    active: bool,
+    mark: u32,
+    /// Epoch in which progressive filling froze this flow.
+    frozen: u32,
+    fresh: bool,
+    next_rate: f64,
+    bytes: f64,
+}
+
+impl Flow {
+    fn rate_new(&mut self, r: f64) {
+        self.next_rate = r;
+    }
+}
+
+#[derive(Debug)]
+struct Route {
+    all: Vec<u32>,
+    saturable: Vec<u32>,
+    latency: Time,
+}
+
+/// Which links can ever be a bottleneck.
+///
+/// Traffic never turns back, so everything that crosses link `u → v` entered `u` over its
+/// other in-links (its *feed*) and leaves `v` over its other out-links (its *drain*); chips
+/// originate and absorb traffic, so they bound nothing. If the feed or the drain has no more
+/// capacity than the link, the link cannot saturate before they do, and can be left out,
+/// provided the links that justify it stay in (they are pinned). Links are visited widest
+/// first, so wide aggregate links are dropped in favour of the narrow ports below them.
+fn saturable_links(topo: &Topology) -> Vec<bool> {
+    let links = topo.links();
+    let mut ins: HashMap<Node, Vec<usize>> = HashMap::new();
+    let mut outs: HashMap<Node, Vec<usize>> = HashMap::new();
+    for (i, l) in links.iter().enumerate() {
+        ins.entry(l.to).or_default().push(i);
+        outs.entry(l.from).or_default().push(i);
+    }
+    let mut order: Vec<usize> = (0..links.len()).collect();
+    order.sort_by(|&a, &b| {
+        links[b]
+            .bandwidth
+            .0
+            .total_cmp(&links[a].bandwidth.0)
+            .then(a.cmp(&b))
+    });
+    let mut keep = vec![true; links.len()];
+    let mut pinned = vec![false; links.len()];
+    for l in order {
+        if pinned[l] {
+            continue;
+        }
+        let (from, to) = (links[l].from, links[l].to);
+        let side = |node: Node,
+                    adj: &HashMap<Node, Vec<usize>>,
+                    skip_end: Node,
+                    incoming: bool|
+         -> Option<Vec<usize>> {
+            if matches!(node, Node::Chip(_)) {
+                return None;
+            }
+            Some(
+                adj.get(&node)
+                    .map(|v| {
+                        v.iter()
+                            .copied()
+                            .filter(|&j| {
+                                if incoming {
+                                    links[j].from != skip_end
+                                } else {
+                                    links[j].to != skip_end
+                                }
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            )
+        };
+        for bound in [side(from, &ins, to, true), side(to, &outs, from, false)]
+            .into_iter()
+            .flatten()
+        {
+            let total: f64 = bound.iter().map(|&j| links[j].bandwidth.0).sum();
+            if bound.iter().all(|&j| keep[j]) && total <= links[l].bandwidth.0 {
+                keep[l] = false;
+                for j in bound {
+                    pinned[j] = true;
+                }
+                break;
+            }
+        }
+    }
+    keep
+}
+
+/// A rate change: the flow's bandwidth phase now ends at `finish` (versioned).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Completion {
+    /// Flow.
+    pub flow: FlowId,
+    /// Version to compare at delivery.
+    pub version: u64,
+    /// When its last byte leaves.
+    pub finish: Time,
+}
+
+/// The network state.
+pub struct Network<'t> {
+    topo: &'t Topology,
+    links: Vec<LinkState>,
+    flows: Vec<Flow>,
+    free: Vec<FlowId>,
+    routes: HashMap<(u32, u32), std::rc::Rc<Route>>,
+    epoch: u32,
+    versions: u64,
+    /// Rate recomputations performed (for profiling).
+    pub recomputes: u64,
+}
+
+impl<'t> Network<'t> {
+    /// The network of a topology, links derated by `efficiency`.
+    pub fn new(topo: &'t Topology, efficiency: f64) -> Result<Network<'t>, SimError> {
+        let links = topo.links();
+        for l in links {
+            if !(l.bandwidth.0 > 0.0 && l.bandwidth.0.is_finite()) {
+                return Err(SimError::Input(format!(
+                    "link {:?} -> {:?} has bandwidth {}: every link needs a positive, finite bandwidth",
+                    l.from, l.to, l.bandwidth.0
+                )));
+            }
+        }
+        let saturable = saturable_links(topo);
+        let state = links
+            .iter()
+            .zip(saturable)
+            .map(|(l, saturable)| LinkState {
+                cap: l.bandwidth.0 * efficiency / 1e9,
+                saturable,
+                flows: Vec::new(),
+                carried: 0.0,
+                mark: 0,
+                left: 0.0,
+                unfrozen: 0,
+            })
+            .collect();
+        Ok(Network {
+            topo,
+            links: state,
+            flows: Vec::new(),
+            free: Vec::new(),
+            routes: HashMap::new(),
+            epoch: 0,
+            versions: 0,
+            recomputes: 0,
+        })
+    }
+
+    fn route(&mut self, a: u32, b: u32) -> Result<std::rc::Rc<Route>, SimError> {
+        if let Some(r) = self.routes.get(&(a, b)) {
+            return Ok(r.clone());
+        }
+        let all = self
+            .topo
+            .route(a, b)
+            .map_err(|e| SimError::Input(e.to_string()))?;
+        let links = self.topo.links();
+        let latency: f64 = all.iter().map(|&l| links[l as usize].latency.0).sum();
+        let saturable = all
+            .iter()
+            .copied()
+            .filter(|&l| self.links[l as usize].saturable)
+            .collect();
+        let r = std::rc::Rc::new(Route {
+            all,
+            saturable,
+            latency: (latency * 1e9).round() as Time,
+        });
+        self.routes.insert((a, b), r.clone());
+        Ok(r)
+    }
+
+    /// Starts a transfer; returns the flow and the completions whose times changed (the new
+    /// flow's included). Zero-length or chip-local transfers finish at once.
+    pub fn start(
+        &mut self,
+        now: Time,
+        src: u32,
+        dst: u32,
+        bytes: f64,
+    ) -> Result<(FlowId, Vec<Completion>), SimError> {
+        let route = if src == dst {
+            std::rc::Rc::new(Route {
+                all: vec![],
+                saturable: vec![],
+                latency: 0,
+            })
+        } else {
+            self.route(src, dst)?
+        };
+        let flow = Flow {
+            route,
+            remaining: bytes.max(0.0),
+            rate: 0.0,
+            updated: now,
+            version: 0,
+            active: true,
+            mark: 0,
+            frozen: 0,
+            fresh: true,
+            next_rate: 0.0,
+            bytes,
+        };
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.flows[id as usize] = flow;
+                id
+            }
+            None => {
+                self.flows.push(flow);
+                (self.flows.len() - 1) as FlowId
+            }
+        };
+        let route = self.flows[id as usize].route.clone();
+        if route.saturable.is_empty() || bytes <= 0.0 {
+            // Nothing can slow it: the narrowest link sets the rate.
+            let bw = route
+                .all
+                .iter()
+                .map(|&l| self.links[l as usize].cap)
+                .fold(f64::INFINITY, f64::min);
+            self.versions += 1;
+            let version = self.versions;
+            let f = &mut self.flows[id as usize];
+            f.fresh = false;
+            f.rate = bw;
+            f.version = version;
+            let t = if bw.is_finite() && bytes > 0.0 {
+                (bytes / bw).ceil() as Time
+            } else {
+                0
+            };
+            return Ok((
+                id,
+                vec![Completion {
+                    flow: id,
+                    version,
+                    finish: now + t,
+                }],
+            ));
+        }
+        for &l in &route.saturable {
+            self.links[l as usize].flows.push(id);
+        }
+        let changes = self.recompute(now, &route.saturable);
+        Ok((id, changes))
+    }
+
+    /// Ends a flow's bandwidth phase (its completion event fired with a current version);
+    /// returns the path latency still to wait and the completions that changed.
+    pub fn finish(&mut self, now: Time, id: FlowId) -> (Time, Vec<Completion>) {
+        let route = self.flows[id as usize].route.clone();
+        let bytes = self.flows[id as usize].bytes;
+        self.flows[id as usize].active = false;
+        for &l in &route.all {
+            self.links[l as usize].carried += bytes;
+        }
+        for &l in &route.saturable {
+            let fl = &mut self.links[l as usize].flows;
+            if let Some(p) = fl.iter().position(|&f| f == id) {
+                fl.swap_remove(p);
+            }
+        }
+        self.free.push(id);
+        let changes = if route.saturable.is_empty() {
+            Vec::new()
+        } else {
+            self.recompute(now, &route.saturable)
+        };
+        (route.latency, changes)
+    }
+
+    /// Whether an event for `flow` with `version` is current.
+    pub fn is_current(&self, flow: FlowId, version: u64) -> bool {
+        let f = &self.flows[flow as usize];
+        f.active && f.version == version
+    }
+
+    /// Bytes carried by each link so far.
+    pub fn carried(&self) -> impl Iterator<Item = f64> + '_ {
+        self.links.iter().map(|l| l.carried)
+    }
+
+    /// Max-min rates for the component around `seeds`.
+    fn recompute(&mut self, now: Time, seeds: &[u32]) -> Vec<Completion> {
+        self.recomputes += 1;
+        self.epoch = self.epoch.wrapping_add(1).max(1);
+        let epoch = self.epoch;
+        let mut comp_links: Vec<u32> = Vec::new();
+        let mut comp_flows: Vec<FlowId> = Vec::new();
+        let mut stack: Vec<u32> = Vec::new();
+        for &l in seeds {
+            if self.links[l as usize].mark != epoch {
+                self.links[l as usize].mark = epoch;
+                stack.push(l);
+            }
+        }
+        while let Some(l) = stack.pop() {
+            comp_links.push(l);
+            let flows = std::mem::take(&mut self.links[l as usize].flows);
+            for &f in &flows {
+                if self.flows[f as usize].mark != epoch {
+                    self.flows[f as usize].mark = epoch;
+                    comp_flows.push(f);
+                    for &l2 in &self.flows[f as usize].route.saturable {
+                        if self.links[l2 as usize].mark != epoch {
+                            self.links[l2 as usize].mark = epoch;
+                            stack.push(l2);
+                        }
+                    }
+                }
+            }
+            self.links[l as usize].flows = flows;
+        }
+        // Bring every flow's remaining bytes up to now at its old rate.
+        for &f in &comp_flows {
+            let fl = &mut self.flows[f as usize];
+            fl.remaining = (fl.remaining - fl.rate * (now - fl.updated) as f64).max(0.0);
+            fl.updated = now;
+        }
+        // Progressive filling.
+        for &l in &comp_links {
+            let ls = &mut self.links[l as usize];
+            ls.left = ls.cap;
+            ls.unfrozen = ls.flows.len();
+        }
+        let mut n_frozen = 0;
+        while n_frozen < comp_flows.len() {
+            let mut best: Option<(u32, f64)> = None;
+            for &l in &comp_links {
+                let ls = &self.links[l as usize];
+                if ls.unfrozen > 0 {
+                    let share = ls.left / ls.unfrozen as f64;
+                    if best.is_none_or(|(_, s)| share < s) {
+                        best = Some((l, share));
+                    }
+                }
+            }
+            let Some((l, share)) = best else { break };
+            let on_link = std::mem::take(&mut self.links[l as usize].flows);
+            for &f in &on_link {
+                if self.flows[f as usize].frozen == epoch {
+                    continue;
+                }
+                self.flows[f as usize].frozen = epoch;
+                self.flows[f as usize].rate_new(share);
+                n_frozen += 1;
+                let route = self.flows[f as usize].route.clone();
+                for &l2 in &route.saturable {
+                    let ls = &mut self.links[l2 as usize];
+                    ls.left = (ls.left - share).max(0.0);
+                    ls.unfrozen -= 1;
+                }
+            }
+            self.links[l as usize].flows = on_link;
+        }
+        let mut out = Vec::with_capacity(comp_flows.len());
+        for &f in &comp_flows {
+            let fl = &mut self.flows[f as usize];
+            let rate = if fl.frozen == epoch {
+                fl.next_rate
+            } else {
+                0.0
+            };
+            if rate != fl.rate || fl.fresh {
+                fl.fresh = false;
+                fl.rate = rate;
+                self.versions += 1;
+                fl.version = self.versions;
+                let t = if rate > 0.0 {
+                    (fl.remaining / rate).ceil() as Time
+                } else {
+                    Time::MAX / 4
+                };
+                out.push(Completion {
+                    flow: f,
+                    version: fl.version,
+                    finish: now + t,
+                });
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pangu_hardware::Cluster;
+
+    /// Runs flows to completion with no other events; returns finish times in ns.
+    fn run(net: &mut Network<'_>, starts: &[(u32, u32, f64)]) -> Vec<Time> {
+        let mut q = crate::engine::Queue::new();
+        let mut done = vec![0; starts.len()];
+        let mut ids = HashMap::new();
+        for (i, &(a, b, bytes)) in starts.iter().enumerate() {
+            let (id, ch) = net.start(0, a, b, bytes).unwrap();
+            ids.insert(id, i);
+            for c in ch {
+                q.push(c.finish, c);
+            }
+        }
+        while let Some((t, c)) = q.pop() {
+            if !net.is_current(c.flow, c.version) {
+                continue;
+            }
+            let (lat, ch) = net.finish(t, c.flow);
+            done[ids[&c.flow]] = t + lat;
+            for c in ch {
+                q.push(c.finish, c);
+            }
+        }
+        done
+    }
+
+    #[test]
+    fn one_flow_runs_at_link_speed_plus_latency() {
+        let c = Cluster::from_name("ascend910:8").unwrap();
+        let mut net = Network::new(&c.topology, 1.0).unwrap();
+        // 30 GB/s HCCS, 1 us: 3 MB takes 100 us + 1 us.
+        let t = run(&mut net, &[(0, 1, 3e6)]);
+        assert_eq!(t[0], 101_000);
+    }
+
+    #[test]
+    fn flows_into_one_port_share_it_fairly() {
+        let c = Cluster::from_name("ascend910:64").unwrap();
+        let mut net = Network::new(&c.topology, 1.0).unwrap();
+        // Two chips of other servers send to chip 0: its NIC downlink (12.5 GB/s) is shared.
+        let t = run(&mut net, &[(8, 0, 12.5e6), (16, 0, 12.5e6)]);
+        let lat = 1_500 * 2 + 0 * 2; // NIC uplink + downlink latencies (host links 0)
+        assert_eq!(t[0], 2_000_000 + lat);
+        assert_eq!(t[1], 2_000_000 + lat);
+    }
+
+    #[test]
+    fn max_min_gives_leftover_bandwidth_to_unconstrained_flows() {
+        let c = Cluster::from_name("ascend910:64").unwrap();
+        let mut net = Network::new(&c.topology, 1.0).unwrap();
+        // A: 8 -> 0 and B: 16 -> 0 share 0's downlink; C: 16 -> 24 shares 16's uplink with B.
+        // Max-min: A = B = 6.25 GB/s on 0's downlink, C gets 12.5 - 6.25.
+        let t = run(
+            &mut net,
+            &[(8, 0, 6.25e6), (16, 0, 6.25e6), (16, 24, 6.25e6)],
+        );
+        assert!(t[0] == t[1] && t[2] == t[0], "{t:?}");
+        // The spine and host links never saturate and are left out of the computation.
+        assert!(net
+            .links
+            .iter()
+            .zip(c.topology.links())
+            .all(|(s, l)| s.saturable
+                == matches!(
+                    (l.from, l.to),
+                    (Node::Nic(..), Node::Tor(_))
+                        | (Node::Tor(_), Node::Nic(..))
+                        | (Node::Chip(_), Node::Chip(_))
+                        | (Node::Chip(_), Node::ServerSwitch(_))
+                        | (Node::ServerSwitch(_), Node::Chip(_))
+                )));
+    }
+
+    #[test]
+    fn oversubscribed_spine_becomes_a_bottleneck() {
+        let mut spec = Cluster::from_name("ascend910:256").unwrap().spec;
+        spec.network.spine_oversubscription = 128.0; // 16 servers x 8 NICs x 12.5 / 128 = 12.5 GB/s
+        let c = Cluster::new(spec).unwrap();
+        let mut net = Network::new(&c.topology, 1.0).unwrap();
+        // Two flows from rack 0 to rack 1 now share one 12.5 GB/s uplink.
+        let t = run(&mut net, &[(0, 128, 12.5e6), (8, 136, 12.5e6)]);
+        assert!(t[0] > 2_000_000 && t[1] > 2_000_000, "{t:?}");
+    }
+}
