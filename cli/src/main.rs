@@ -6,6 +6,7 @@
 mod args;
 mod output;
 mod plan_cmd;
+mod simulate_cmd;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -26,6 +27,9 @@ enum Command {
     /// Validate a strategy and show its device groups, stage layers, memory per device,
     /// communication volume and pipeline bubble.
     Plan(plan_cmd::PlanArgs),
+    /// Simulate one training step event by event: step time, throughput, MFU and where the
+    /// time goes, per device and per link level.
+    Simulate(simulate_cmd::SimulateArgs),
     /// List the model presets, or print one as TOML.
     Models(ListArgs),
     /// List the cluster presets, or print one as TOML.
@@ -136,6 +140,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Plan(a) => plan_cmd::run(a),
+        Command::Simulate(a) => simulate_cmd::run(a),
         Command::Models(a) => models(a),
         Command::Clusters(a) => clusters(a),
     };

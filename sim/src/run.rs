@@ -1,0 +1,553 @@
+//! Executes a workload on the event queue and the network, and writes the step report.
+//!
+//! Time accounting is per device and covers the whole step: the compute stream's busy time is
+//! `compute` or `recompute`; every gap before a compute task is charged to what it waited for
+//! (a tensor-parallel collective → `tp_comm`, a gradient bucket → `dp_comm`, an optimizer
+//! gather or clipping norm → `opt_comm`, a pipeline receive → `bubble` until the peer started
+//! sending and `pp_comm` after), and the time after the device's last task is `bubble` (a
+//! pipeline that drains) or `idle`. The categories of a device sum to the step time.
+
+use pangu_strategies::report::{Breakdown, DeviceReport, LinkUse, PathSegment};
+use pangu_strategies::{Category, Plan, StepReport};
+
+use crate::collective::{steps, Step};
+use crate::engine::{Queue, Time};
+use crate::network::{Completion, FlowId, Network};
+use crate::workload::{Label, Stream, Work, Workload};
+use crate::SimError;
+
+#[derive(Debug, Clone, Copy)]
+enum Ev {
+    TaskDone(u32),
+    FlowDone(Completion),
+    Arrive(Owner),
+    StepStart(u32),
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Owner {
+    Send(u32),
+    Coll(u32),
+}
+
+/// What one simulation produced besides the report.
+#[derive(Debug, Clone)]
+pub struct Run {
+    /// The report.
+    pub report: StepReport,
+    /// Events handled.
+    pub events: u64,
+    /// Task start and end times (ns), for traces.
+    pub times: Vec<(Time, Time)>,
+    /// Flow-rate recomputations.
+    pub recomputes: u64,
+}
+
+struct Sim<'a> {
+    plan: &'a Plan,
+    w: &'a Workload,
+    q: Queue<Ev>,
+    net: Network<'a>,
+    deps: Vec<u32>,
+    start: Vec<Time>,
+    end: Vec<Time>,
+    /// (time, task) of the dependency that completed last, per task.
+    last_dep: Vec<(Time, u32)>,
+    head: Vec<[usize; 3]>,
+    busy: Vec<[bool; 3]>,
+    free_since: Vec<Time>,
+    breakdown: Vec<Breakdown>,
+    ready: Vec<u32>,
+    step: Vec<u32>,
+    pending: Vec<u32>,
+    coll_steps: Vec<Vec<Step>>,
+    owner: Vec<Owner>,
+    step_overhead: Time,
+    done_tasks: usize,
+    /// Position of each task in its stream.
+    stream_index: Vec<usize>,
+    /// When every member of a collective had joined.
+    coll_start: Vec<Time>,
+}
+
+const NONE: u32 = u32::MAX;
+
+/// Simulates one step of `plan` given its workload.
+pub fn simulate(
+    plan: &Plan,
+    w: &Workload,
+    link_efficiency: f64,
+    step_overhead: f64,
+) -> Result<Run, SimError> {
+    let n = w.tasks.len();
+    let devices = w.streams.len();
+    let net = Network::new(&plan.cluster.topology, link_efficiency)?;
+    let mut sim = Sim {
+        plan,
+        w,
+        q: Queue::new(),
+        net,
+        deps: w.tasks.iter().map(|t| t.deps).collect(),
+        start: vec![0; n],
+        end: vec![0; n],
+        last_dep: vec![(0, NONE); n],
+        head: vec![[0; 3]; devices],
+        busy: vec![[false; 3]; devices],
+        free_since: vec![0; devices],
+        breakdown: vec![Breakdown::default(); devices],
+        ready: vec![0; w.colls.len()],
+        step: vec![0; w.colls.len()],
+        pending: vec![0; w.colls.len()],
+        coll_steps: vec![Vec::new(); w.colls.len()],
+        owner: Vec::new(),
+        step_overhead: (step_overhead * 1e9).round() as Time,
+        done_tasks: 0,
+        stream_index: stream_positions(w),
+        coll_start: vec![0; w.colls.len()],
+    };
+    for t in 0..n as u32 {
+        if sim.deps[t as usize] == 0 {
+            sim.make_ready(t)?;
+        }
+    }
+    while let Some((now, ev)) = sim.q.pop() {
+        match ev {
+            Ev::TaskDone(t) => sim.task_done(t, now)?,
+            Ev::FlowDone(c) => {
+                if sim.net.is_current(c.flow, c.version) {
+                    let (lat, changes) = sim.net.finish(now, c.flow);
+                    let owner = sim.owner[c.flow as usize];
+                    sim.q.push(now + lat, Ev::Arrive(owner));
+                    for ch in changes {
+                        sim.q.push(ch.finish, Ev::FlowDone(ch));
+                    }
+                }
+            }
+            Ev::Arrive(Owner::Send(t)) => sim.task_done(t, now)?,
+            Ev::Arrive(Owner::Coll(i)) => {
+                sim.pending[i as usize] -= 1;
+                if sim.pending[i as usize] == 0 {
+                    sim.step[i as usize] += 1;
+                    sim.next_step(i, now)?;
+                }
+            }
+            Ev::StepStart(i) => sim.start_step(i)?,
+        }
+    }
+    if sim.done_tasks < n {
+        let stuck = (0..n)
+            .find(|&t| sim.end[t] == 0 && sim.deps[t] > 0)
+            .unwrap_or(0);
+        return Err(SimError::Stuck(format!(
+            "{} of {n} tasks never ran (first: task {stuck} on device {}, {:?})",
+            n - sim.done_tasks,
+            w.tasks[stuck].device,
+            w.tasks[stuck].label
+        )));
+    }
+    Ok(sim.finish())
+}
+
+impl Sim<'_> {
+    fn make_ready(&mut self, t: u32) -> Result<(), SimError> {
+        let task = &self.w.tasks[t as usize];
+        match task.stream {
+            Stream::Free => self.start_free(t),
+            s => self.try_stream(task.device, s),
+        }
+    }
+
+    fn try_stream(&mut self, dev: u32, s: Stream) -> Result<(), SimError> {
+        let (d, si) = (dev as usize, s as usize);
+        if self.busy[d][si] {
+            return Ok(());
+        }
+        let Some(&t) = self.w.streams[d][si].get(self.head[d][si]) else {
+            return Ok(());
+        };
+        if self.deps[t as usize] > 0 {
+            return Ok(());
+        }
+        self.busy[d][si] = true;
+        let now = self.q.now();
+        self.start[t as usize] = now;
+        match self.w.tasks[t as usize].work {
+            Work::Compute { ns, cat } => {
+                self.charge_gap(d, t, now);
+                *self.breakdown[d].get_mut(cat) += ns as f64 * 1e-9;
+                self.q.push(now + ns, Ev::TaskDone(t));
+            }
+            Work::Coll { inst } => {
+                self.ready[inst as usize] += 1;
+                if self.ready[inst as usize] as usize == self.w.colls[inst as usize].tasks.len() {
+                    self.coll_start[inst as usize] = now;
+                    let c = &self.w.colls[inst as usize];
+                    self.coll_steps[inst as usize] = steps(
+                        c.kind,
+                        c.algo,
+                        &c.ranks,
+                        c.bytes,
+                        &self.plan.cluster.topology,
+                    );
+                    self.next_step(inst, now)?;
+                }
+            }
+            Work::Send { .. } | Work::Recv => {}
+        }
+        Ok(())
+    }
+
+    /// Charges the compute stream's idle time before task `t` to what `t` waited for.
+    ///
+    /// Waiting on a communication stream is split along that stream's timeline: the time each
+    /// of its tasks ran inside the gap goes to that task's category, except the part before
+    /// all members of a collective had joined (waiting for slower peers: `bubble` in a
+    /// pipeline, `idle` otherwise).
+    fn charge_gap(&mut self, d: usize, t: u32, now: Time) {
+        let from = self.free_since[d];
+        let gap = now.saturating_sub(from);
+        if gap == 0 {
+            return;
+        }
+        let (_, by) = self.last_dep[t as usize];
+        let wait_cat = if self.plan.strategy.pp > 1 {
+            Category::Bubble
+        } else {
+            Category::Idle
+        };
+        let secs = |ns: Time| ns as f64 * 1e-9;
+        if by == NONE {
+            self.breakdown[d].idle += secs(gap);
+            return;
+        }
+        let dep = &self.w.tasks[by as usize];
+        match dep.work {
+            Work::Coll { .. } if dep.device as usize == d => {
+                let list = &self.w.streams[d][dep.stream as usize];
+                let mut charged = 0;
+                let mut i = self.stream_index[by as usize];
+                loop {
+                    let y = list[i] as usize;
+                    let (ys, ye) = (self.start[y].max(from), self.end[y].min(now));
+                    if ye > ys {
+                        if let Work::Coll { inst } = self.w.tasks[y].work {
+                            let joined = self.coll_start[inst as usize].clamp(ys, ye);
+                            *self.breakdown[d].get_mut(wait_cat) += secs(joined - ys);
+                            *self.breakdown[d].get_mut(self.w.colls[inst as usize].cat) +=
+                                secs(ye - joined);
+                            charged += ye - ys;
+                        }
+                    }
+                    if i == 0 || self.end[y] <= from {
+                        break;
+                    }
+                    i -= 1;
+                }
+                self.breakdown[d].idle += secs(gap.saturating_sub(charged));
+            }
+            Work::Recv => {
+                // Waiting for the peer to compute is bubble; for the data on the wire, pp_comm.
+                let (_, send) = self.last_dep[by as usize];
+                let send_start = if send == NONE {
+                    now
+                } else {
+                    self.start[send as usize]
+                };
+                let bubble = send_start.saturating_sub(from).min(gap);
+                self.breakdown[d].bubble += secs(bubble);
+                self.breakdown[d].pp_comm += secs(gap - bubble);
+            }
+            _ => self.breakdown[d].idle += secs(gap),
+        }
+    }
+
+    fn start_free(&mut self, t: u32) -> Result<(), SimError> {
+        let now = self.q.now();
+        self.start[t as usize] = now;
+        let task = &self.w.tasks[t as usize];
+        match task.work {
+            Work::Send { dst, bytes } => {
+                let (flow, changes) = self.net.start(now, task.device, dst, bytes)?;
+                self.set_owner(flow, Owner::Send(t));
+                for c in changes {
+                    self.q.push(c.finish, Ev::FlowDone(c));
+                }
+            }
+            _ => self.task_done(t, now)?,
+        }
+        Ok(())
+    }
+
+    fn set_owner(&mut self, flow: FlowId, o: Owner) {
+        let i = flow as usize;
+        if self.owner.len() <= i {
+            self.owner.resize(i + 1, o);
+        }
+        self.owner[i] = o;
+    }
+
+    fn next_step(&mut self, inst: u32, now: Time) -> Result<(), SimError> {
+        let i = inst as usize;
+        if (self.step[i] as usize) < self.coll_steps[i].len() {
+            self.q.push(now + self.step_overhead, Ev::StepStart(inst));
+        } else {
+            let tasks = self.w.colls[i].tasks.clone();
+            for t in tasks {
+                self.task_done(t, now)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn start_step(&mut self, inst: u32) -> Result<(), SimError> {
+        let now = self.q.now();
+        let i = inst as usize;
+        let step = std::mem::take(&mut self.coll_steps[i][self.step[i] as usize]);
+        self.pending[i] = step.len() as u32;
+        for &(a, b, bytes) in &step {
+            let (flow, changes) = self.net.start(now, a, b, bytes)?;
+            self.set_owner(flow, Owner::Coll(inst));
+            for c in changes {
+                self.q.push(c.finish, Ev::FlowDone(c));
+            }
+        }
+        Ok(())
+    }
+
+    fn task_done(&mut self, t: u32, now: Time) -> Result<(), SimError> {
+        self.end[t as usize] = now;
+        self.done_tasks += 1;
+        let task = &self.w.tasks[t as usize];
+        let (d, s) = (task.device as usize, task.stream);
+        if s != Stream::Free {
+            self.busy[d][s as usize] = false;
+            self.head[d][s as usize] += 1;
+            if s == Stream::Compute {
+                self.free_since[d] = now;
+            }
+        }
+        for &n in &self.w.succ[t as usize] {
+            let ld = &mut self.last_dep[n as usize];
+            if ld.1 == NONE || now >= ld.0 {
+                *ld = (now, t);
+            }
+            self.deps[n as usize] -= 1;
+            if self.deps[n as usize] == 0 {
+                self.make_ready(n)?;
+            }
+        }
+        if s != Stream::Free {
+            self.try_stream(task.device, s)?;
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Run {
+        let plan = self.plan;
+        let s = &plan.strategy;
+        let step_ns = self.end.iter().copied().max().unwrap_or(0);
+        let step = step_ns as f64 * 1e-9;
+        let devices = self.w.streams.len();
+        // The tail after each device's last compute.
+        for d in 0..devices {
+            let tail = step_ns.saturating_sub(self.free_since[d]) as f64 * 1e-9;
+            if s.pp > 1 {
+                self.breakdown[d].bubble += tail;
+            } else {
+                self.breakdown[d].idle += tail;
+            }
+        }
+        let mut mean = Breakdown::default();
+        for b in &self.breakdown {
+            for c in Category::ALL {
+                *mean.get_mut(c) += b.get(c) / devices as f64;
+            }
+        }
+        let tokens = f64::from(s.global_batch) * f64::from(plan.model.seq_len);
+        let peak = cost_peak(plan);
+        let n_dev = f64::from(s.devices);
+        let mfu = plan.model.flops_per_token() * tokens / (step * n_dev * peak);
+        let hfu = self.w.flops.iter().sum::<f64>() / (step * n_dev * peak);
+        let device_reports = (0..devices)
+            .map(|d| {
+                let stage = plan.mesh.coords(d as u32).pp;
+                DeviceReport {
+                    rank: d as u32,
+                    stage,
+                    breakdown: self.breakdown[d],
+                    peak_memory_bytes: plan.stages[stage as usize].memory.total.0,
+                }
+            })
+            .collect();
+        let links = self.link_use(step);
+        let critical_path = self.critical_path();
+        let report = StepReport {
+            step_time_s: step,
+            tokens_per_s: tokens / step,
+            samples_per_s: f64::from(s.global_batch) / step,
+            mfu,
+            hfu,
+            breakdown: mean,
+            devices: device_reports,
+            critical_path,
+            links,
+            peak_memory_bytes: plan.max_memory().total.0,
+        };
+        let times = self
+            .start
+            .iter()
+            .copied()
+            .zip(self.end.iter().copied())
+            .collect();
+        Run {
+            report,
+            events: self.q.events(),
+            times,
+            recomputes: self.net.recomputes,
+        }
+    }
+
+    fn link_use(&self, step: f64) -> Vec<LinkUse> {
+        let links = self.plan.cluster.topology.links();
+        pangu_hardware::Level::ALL
+            .iter()
+            .filter_map(|&level| {
+                let mut bytes = 0.0;
+                let mut cap = 0.0;
+                let mut max: f64 = 0.0;
+                for (l, carried) in links.iter().zip(self.net.carried()) {
+                    if l.level == level {
+                        bytes += carried;
+                        cap += l.bandwidth.0;
+                        max = max.max(carried / (l.bandwidth.0 * step));
+                    }
+                }
+                (cap > 0.0).then(|| LinkUse {
+                    level: level.name().to_string(),
+                    bytes,
+                    mean_utilisation: bytes / (cap * step),
+                    max_utilisation: max,
+                })
+            })
+            .collect()
+    }
+
+    /// Walks back from the last task through whichever came last: a dependency or the
+    /// previous task on the same stream. Consecutive pieces of one device and category merge.
+    fn critical_path(&self) -> Vec<PathSegment> {
+        let Some(mut t) = (0..self.end.len()).max_by_key(|&t| (self.end[t], std::cmp::Reverse(t)))
+        else {
+            return Vec::new();
+        };
+        let mut pos: Vec<[usize; 3]> = vec![[0; 3]; self.w.streams.len()];
+        for (d, streams) in self.w.streams.iter().enumerate() {
+            for (s, list) in streams.iter().enumerate() {
+                pos[d][s] = list.len();
+            }
+        }
+        let index = &self.stream_index;
+        let mut out: Vec<PathSegment> = Vec::new();
+        let mut guard = 0;
+        loop {
+            guard += 1;
+            if guard > self.end.len() + 1 {
+                break;
+            }
+            let task = &self.w.tasks[t];
+            let dur = self.end[t] - self.start[t];
+            if dur > 0 {
+                let category = match task.work {
+                    Work::Compute { cat, .. } => cat,
+                    Work::Coll { inst } => self.w.colls[inst as usize].cat,
+                    Work::Send { .. } | Work::Recv => Category::PpComm,
+                };
+                let label = describe(task.label, task.work, self.w);
+                match out.last_mut() {
+                    Some(last)
+                        if last.rank == task.device
+                            && last.category == category
+                            && last.label == label =>
+                    {
+                        last.start = self.start[t] as f64 * 1e-9;
+                        last.duration += dur as f64 * 1e-9;
+                    }
+                    _ => out.push(PathSegment {
+                        rank: task.device,
+                        category,
+                        label,
+                        start: self.start[t] as f64 * 1e-9,
+                        duration: dur as f64 * 1e-9,
+                    }),
+                }
+            }
+            let (dep_time, dep) = self.last_dep[t];
+            let prev_on_stream =
+                if task.stream == Stream::Free || index[t] == 0 || index[t] == usize::MAX {
+                    None
+                } else {
+                    Some(self.w.streams[task.device as usize][task.stream as usize][index[t] - 1])
+                };
+            let next = match (dep, prev_on_stream) {
+                (NONE, None) => break,
+                (NONE, Some(p)) => p as usize,
+                (d, None) => d as usize,
+                (d, Some(p)) => {
+                    if dep_time >= self.end[p as usize] {
+                        d as usize
+                    } else {
+                        p as usize
+                    }
+                }
+            };
+            t = next;
+        }
+        out.reverse();
+        out
+    }
+}
+
+/// Index of each task inside its stream (`usize::MAX` for free tasks).
+fn stream_positions(w: &Workload) -> Vec<usize> {
+    let mut index = vec![usize::MAX; w.tasks.len()];
+    for streams in &w.streams {
+        for list in streams {
+            for (i, &task) in list.iter().enumerate() {
+                index[task as usize] = i;
+            }
+        }
+    }
+    index
+}
+
+fn cost_peak(plan: &Plan) -> f64 {
+    let chip = &plan.cluster.spec.chip;
+    match plan.strategy.precision {
+        pangu_strategies::Precision::Fp16 => chip.fp16.0,
+        pangu_strategies::Precision::Bf16 => chip.bf16.map_or(chip.fp16.0, |r| r.0),
+        pangu_strategies::Precision::Fp32 => chip.fp32.map_or(chip.fp16.0, |r| r.0),
+    }
+}
+
+/// Human-readable name of a task.
+pub fn describe(label: Label, work: Work, w: &Workload) -> String {
+    match (label, work) {
+        (_, Work::Coll { inst }) => {
+            let c = &w.colls[inst as usize];
+            format!(
+                "{} {:?} {:.1} MiB over {} ranks",
+                c.group.name(),
+                c.kind,
+                c.bytes / 1048576.0,
+                c.ranks.len()
+            )
+        }
+        (Label::Forward(mb, vs), _) => format!("forward mb {mb} vstage {vs}"),
+        (Label::Recompute(mb, vs), _) => format!("recompute mb {mb} vstage {vs}"),
+        (Label::Backward(mb, vs), _) => format!("backward mb {mb} vstage {vs}"),
+        (Label::Optimizer, _) => "optimizer".into(),
+        (Label::StepEnd, _) => "step end".into(),
+        (Label::Send(mb, c), _) => format!("send mb {mb} chunk {c}"),
+        (Label::Recv(mb, c), _) => format!("recv mb {mb} chunk {c}"),
+        (Label::Collective, _) => "collective".into(),
+    }
+}

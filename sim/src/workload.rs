@@ -1,0 +1,621 @@
+//! Plan → per-device task graph.
+//!
+//! Every device walks its stage's action list from the plan's schedule (the same list the
+//! executor runs) and emits tasks on its streams:
+//! - the **compute** stream runs forward, recompute and backward segments (the ops between two
+//!   tensor-parallel collectives of one layer, priced by the cost model) and the optimizer;
+//! - the **tp** stream runs tensor-parallel collectives; compute waits for each;
+//! - the **dp** stream runs gradient buckets (reduced as soon as the last micro-batch's
+//!   backward has produced a layer's gradients, overlapping the rest of backward), the tied
+//!   embedding all-reduce, the clipping norms and the optimizer-sharding gathers;
+//! - pipeline sends and receives are free-standing tasks: a send starts when its forward or
+//!   backward ends, a receive completes when the data has arrived.
+
+use std::collections::HashMap;
+
+use pangu_hardware::Topology;
+use pangu_model::ops::{totals, Op};
+use pangu_strategies::collective::default_algorithm;
+use pangu_strategies::memory::bytes_per_param;
+use pangu_strategies::schedule::Action;
+use pangu_strategies::strategy::Axis;
+use pangu_strategies::{
+    Category, Chunk, CollectiveAlgorithm, CollectiveKind, Coords, GroupKind, LayerId, OptShard,
+    Plan, Remat,
+};
+
+use crate::cost::CostModel;
+use crate::engine::Time;
+
+/// Where a task runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    /// The device's compute engine.
+    Compute = 0,
+    /// Tensor-parallel communication.
+    Tp = 1,
+    /// Data-parallel and optimizer communication.
+    Dp = 2,
+    /// Not on a stream (pipeline sends and receives).
+    Free = 3,
+}
+
+/// What a task does.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Work {
+    /// Computation of a fixed duration.
+    Compute {
+        /// Duration in ns.
+        ns: Time,
+        /// Compute or recompute.
+        cat: Category,
+    },
+    /// This device's part in a collective instance.
+    Coll {
+        /// Instance index.
+        inst: u32,
+    },
+    /// A pipeline send to a chip.
+    Send {
+        /// Destination chip.
+        dst: u32,
+        /// Bytes.
+        bytes: f64,
+    },
+    /// A pipeline receive (completes when its send's data arrived).
+    Recv,
+}
+
+/// What a task is, for traces and the critical path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Label {
+    /// Forward of (micro-batch, chunk).
+    Forward(u32, u32),
+    /// Recompute in backward of (micro-batch, chunk).
+    Recompute(u32, u32),
+    /// Backward of (micro-batch, chunk).
+    Backward(u32, u32),
+    /// Optimizer update.
+    Optimizer,
+    /// End of the step.
+    StepEnd,
+    /// A collective (see the instance).
+    Collective,
+    /// Send of (micro-batch, chunk).
+    Send(u32, u32),
+    /// Receive of (micro-batch, chunk).
+    Recv(u32, u32),
+}
+
+/// One task.
+#[derive(Debug, Clone)]
+pub struct Task {
+    /// Rank (chip) it runs on.
+    pub device: u32,
+    /// Stream.
+    pub stream: Stream,
+    /// Work.
+    pub work: Work,
+    /// Number of dependencies.
+    pub deps: u32,
+    /// Label.
+    pub label: Label,
+}
+
+/// A collective instance shared by its members' tasks.
+#[derive(Debug, Clone)]
+pub struct CollInst {
+    /// What it computes.
+    pub kind: CollectiveKind,
+    /// How.
+    pub algo: CollectiveAlgorithm,
+    /// Member chips in group order.
+    pub ranks: Vec<u32>,
+    /// Buffer bytes.
+    pub bytes: f64,
+    /// Breakdown category of waiting for it.
+    pub cat: Category,
+    /// Group kind.
+    pub group: GroupKind,
+    /// Member tasks.
+    pub tasks: Vec<u32>,
+}
+
+/// The task graph of one step.
+#[derive(Debug, Default)]
+pub struct Workload {
+    /// Tasks.
+    pub tasks: Vec<Task>,
+    /// Successors of each task.
+    pub succ: Vec<Vec<u32>>,
+    /// Per device, per stream (compute, tp, dp): task ids in program order.
+    pub streams: Vec<[Vec<u32>; 3]>,
+    /// Collective instances.
+    pub colls: Vec<CollInst>,
+    /// FLOPs each device executes (recompute included).
+    pub flops: Vec<f64>,
+}
+
+type SendKey = (bool, u32, u32, u32, u32);
+
+struct Builder<'a> {
+    plan: &'a Plan,
+    cost: &'a CostModel,
+    topo: &'a Topology,
+    w: Workload,
+    inst_of: HashMap<(GroupKind, u32, u32), u32>,
+    next_seq: HashMap<(GroupKind, u32, u32), u32>,
+    algos: HashMap<(GroupKind, u32), CollectiveAlgorithm>,
+    sends: HashMap<SendKey, u32>,
+    recvs: HashMap<SendKey, u32>,
+}
+
+/// Builds the task graph of a plan.
+pub fn build(plan: &Plan, cost: &CostModel) -> Workload {
+    let n = plan.strategy.devices as usize;
+    let mut b = Builder {
+        plan,
+        cost,
+        topo: &plan.cluster.topology,
+        w: Workload {
+            streams: vec![Default::default(); n],
+            flops: vec![0.0; n],
+            ..Default::default()
+        },
+        inst_of: HashMap::new(),
+        next_seq: HashMap::new(),
+        algos: HashMap::new(),
+        sends: HashMap::new(),
+        recvs: HashMap::new(),
+    };
+    for rank in 0..n as u32 {
+        b.device(rank);
+    }
+    let mut pairs: Vec<(u32, u32)> = Vec::new();
+    for (k, &s) in &b.sends {
+        if let Some(&r) = b.recvs.get(k) {
+            pairs.push((s, r));
+        }
+    }
+    pairs.sort_unstable();
+    for (s, r) in pairs {
+        b.edge(s, r);
+    }
+    b.w
+}
+
+/// Per-device state while walking its actions.
+struct Dev {
+    rank: u32,
+    coords: Coords,
+    pending: Vec<u32>,
+    bucket: f64,
+    last_compute: Option<u32>,
+}
+
+impl Builder<'_> {
+    fn task(&mut self, device: u32, stream: Stream, work: Work, label: Label, deps: &[u32]) -> u32 {
+        let id = self.w.tasks.len() as u32;
+        self.w.tasks.push(Task {
+            device,
+            stream,
+            work,
+            deps: 0,
+            label,
+        });
+        self.w.succ.push(Vec::new());
+        for &d in deps {
+            self.edge(d, id);
+        }
+        if stream != Stream::Free {
+            self.w.streams[device as usize][stream as usize].push(id);
+        }
+        id
+    }
+
+    fn edge(&mut self, from: u32, to: u32) {
+        self.w.succ[from as usize].push(to);
+        self.w.tasks[to as usize].deps += 1;
+    }
+
+    fn group(&self, axis: Axis, rank: u32) -> Vec<u32> {
+        self.plan.mesh.group_of(axis, rank)
+    }
+
+    fn algo(&mut self, kind: GroupKind, ranks: &[u32]) -> CollectiveAlgorithm {
+        let key = (kind, ranks[0]);
+        if let Some(&a) = self.algos.get(&key) {
+            return a;
+        }
+        let mut servers: Vec<u32> = ranks
+            .iter()
+            .map(|&c| self.topo.position(c).server)
+            .collect();
+        servers.sort_unstable();
+        servers.dedup();
+        let per = ranks.len() as u32 / servers.len().max(1) as u32;
+        let a = default_algorithm(
+            self.plan.cluster.spec.collective_library,
+            servers.len() as u32,
+            per,
+        );
+        self.algos.insert(key, a);
+        a
+    }
+
+    /// This device's task in the next collective of a group.
+    fn coll(
+        &mut self,
+        d: &Dev,
+        stream: Stream,
+        kind: CollectiveKind,
+        group: GroupKind,
+        ranks: Vec<u32>,
+        bytes: f64,
+        cat: Category,
+        deps: &[u32],
+    ) -> u32 {
+        let gid = ranks[0];
+        let seq_key = (group, gid, d.rank);
+        let seq = *self
+            .next_seq
+            .entry(seq_key)
+            .and_modify(|s| *s += 1)
+            .or_insert(0);
+        let algo = self.algo(group, &ranks);
+        let inst = *self.inst_of.entry((group, gid, seq)).or_insert_with(|| {
+            self.w.colls.push(CollInst {
+                kind,
+                algo,
+                ranks,
+                bytes,
+                cat,
+                group,
+                tasks: Vec::new(),
+            });
+            (self.w.colls.len() - 1) as u32
+        });
+        let t = self.task(d.rank, stream, Work::Coll { inst }, Label::Collective, deps);
+        self.w.colls[inst as usize].tasks.push(t);
+        t
+    }
+
+    /// A compute task of `secs` seconds after the pending dependencies.
+    fn compute(&mut self, d: &mut Dev, secs: f64, cat: Category, label: Label) -> u32 {
+        let deps = std::mem::take(&mut d.pending);
+        let ns = (secs * 1e9).round() as Time;
+        let t = self.task(
+            d.rank,
+            Stream::Compute,
+            Work::Compute { ns, cat },
+            label,
+            &deps,
+        );
+        d.last_compute = Some(t);
+        t
+    }
+
+    /// Runs `ops` forward (or backward, in reverse) as compute segments split at the
+    /// tensor-parallel collectives of that direction.
+    fn run_ops(&mut self, d: &mut Dev, ops: &[Op], backward: bool, cat: Category, label: Label) {
+        let mut seg = 0.0;
+        let mut flops = 0.0;
+        let order: Box<dyn Iterator<Item = &Op>> = if backward {
+            Box::new(ops.iter().rev())
+        } else {
+            Box::new(ops.iter())
+        };
+        for op in order {
+            if let Some(c) = op.comm {
+                let k = if backward { c.bwd } else { c.fwd };
+                if let Some(kind) = k {
+                    if seg > 0.0 {
+                        self.compute(d, seg, cat, label);
+                        seg = 0.0;
+                    }
+                    let deps: Vec<u32> = d.pending.drain(..).chain(d.last_compute).collect();
+                    let ranks = self.group(Axis::Tp, d.rank);
+                    let t = self.coll(
+                        d,
+                        Stream::Tp,
+                        kind,
+                        GroupKind::Tp,
+                        ranks,
+                        c.bytes.as_f64(),
+                        Category::TpComm,
+                        &deps,
+                    );
+                    d.pending.push(t);
+                }
+                continue;
+            }
+            if backward {
+                seg += self.cost.backward(op);
+                flops += op.bwd_flops.0;
+            } else {
+                seg += self.cost.forward(op);
+                flops += op.fwd_flops.0;
+            }
+        }
+        if seg > 0.0 {
+            self.compute(d, seg, cat, label);
+        }
+        self.w.flops[d.rank as usize] += flops;
+    }
+
+    fn forward(&mut self, d: &mut Dev, chunk: &Chunk, mb: u32, cat: Category, label: Label) {
+        let ops = &self.plan.ops;
+        if chunk.embedding {
+            self.run_ops(d, &ops.embedding, false, cat, label);
+        }
+        for &l in &chunk.layers {
+            self.run_ops(d, ops.layer(l), false, cat, label);
+        }
+        if chunk.head {
+            self.run_ops(d, &ops.head, false, cat, label);
+        }
+        let _ = mb;
+    }
+
+    fn backward(&mut self, d: &mut Dev, chunk: &Chunk, mb: u32, last: bool) {
+        let ops = &self.plan.ops;
+        let label = Label::Backward(mb, chunk.virtual_stage);
+        let re = Label::Recompute(mb, chunk.virtual_stage);
+        if chunk.head {
+            self.run_ops(d, &ops.head, true, Category::Compute, label);
+            if last {
+                self.grads_ready(d, totals(&ops.head).params);
+            }
+        }
+        let group = match self.plan.strategy.remat {
+            Remat::Every(k) => k as usize,
+            _ => 1,
+        };
+        let layers: Vec<LayerId> = chunk.layers.clone();
+        let groups: Vec<&[LayerId]> = layers.chunks(group).collect();
+        for g in groups.iter().rev() {
+            match self.plan.strategy.remat {
+                Remat::Full | Remat::Every(_) => {
+                    for &l in g.iter() {
+                        self.run_ops(d, ops.layer(l), false, Category::Recompute, re);
+                    }
+                }
+                Remat::Selective => {
+                    for &l in g.iter() {
+                        let sel: f64 = ops
+                            .layer(l)
+                            .iter()
+                            .filter(|o| o.selective)
+                            .map(|o| self.cost.forward(o))
+                            .sum();
+                        let f: f64 = ops
+                            .layer(l)
+                            .iter()
+                            .filter(|o| o.selective)
+                            .map(|o| o.fwd_flops.0)
+                            .sum();
+                        if sel > 0.0 {
+                            self.compute(d, sel, Category::Recompute, re);
+                            self.w.flops[d.rank as usize] += f;
+                        }
+                    }
+                }
+                Remat::None => {}
+            }
+            for &l in g.iter().rev() {
+                self.run_ops(d, ops.layer(l), true, Category::Compute, label);
+                if last {
+                    self.grads_ready(d, totals(ops.layer(l)).params);
+                }
+            }
+        }
+        if chunk.embedding {
+            self.run_ops(d, &ops.embedding, true, Category::Compute, label);
+            if last {
+                self.grads_ready(d, totals(&ops.embedding).params);
+            }
+        }
+    }
+
+    fn grad_bytes(&self) -> f64 {
+        let s = &self.plan.strategy;
+        bytes_per_param(s.precision, s.micro_batches > 1).1 as f64
+    }
+
+    /// A layer's gradients are final: add them to the bucket, reduce it when full.
+    fn grads_ready(&mut self, d: &mut Dev, params: u64) {
+        if self.plan.strategy.dp <= 1 {
+            return;
+        }
+        d.bucket += params as f64 * self.grad_bytes();
+        if d.bucket >= self.plan.strategy.grad_bucket.as_f64() {
+            self.flush_bucket(d);
+        }
+    }
+
+    fn flush_bucket(&mut self, d: &mut Dev) {
+        if d.bucket <= 0.0 {
+            return;
+        }
+        let kind = if self.plan.strategy.opt_shard == OptShard::None {
+            CollectiveKind::AllReduce
+        } else {
+            CollectiveKind::ReduceScatter
+        };
+        let ranks = self.group(Axis::Dp, d.rank);
+        let deps: Vec<u32> = d.last_compute.into_iter().collect();
+        self.coll(
+            d,
+            Stream::Dp,
+            kind,
+            GroupKind::Dp,
+            ranks,
+            d.bucket,
+            Category::DpComm,
+            &deps,
+        );
+        d.bucket = 0.0;
+    }
+
+    fn optimizer(&mut self, d: &mut Dev) {
+        let s = self.plan.strategy.clone();
+        let stage = &self.plan.stages[d.coords.pp as usize];
+        self.flush_bucket(d);
+        let after_compute: Vec<u32> = d.last_compute.into_iter().collect();
+        let (wb, gb, ob) = bytes_per_param(s.precision, s.micro_batches > 1);
+        if s.pp > 1
+            && self.plan.model.tied_embeddings
+            && (d.coords.pp == 0 || d.coords.pp == s.pp - 1)
+        {
+            let first = self.plan.mesh.rank(Coords { pp: 0, ..d.coords });
+            let last = self.plan.mesh.rank(Coords {
+                pp: s.pp - 1,
+                ..d.coords
+            });
+            let bytes = f64::from(self.plan.model.vocab) / f64::from(s.tp)
+                * f64::from(self.plan.model.hidden)
+                * gb as f64;
+            self.coll(
+                d,
+                Stream::Dp,
+                CollectiveKind::AllReduce,
+                GroupKind::Embedding,
+                vec![first, last],
+                bytes,
+                Category::DpComm,
+                &after_compute,
+            );
+        }
+        // Global-norm clipping: partial norms summed over tp, pp (and dp when gradients are sharded).
+        let mut clip = Vec::new();
+        if s.tp > 1 {
+            clip.push(self.group(Axis::Tp, d.rank));
+        }
+        if s.pp > 1 {
+            clip.push(self.group(Axis::Pp, d.rank));
+        }
+        if s.dp > 1 && matches!(s.opt_shard, OptShard::Zero2 | OptShard::Zero3) {
+            clip.push(self.group(Axis::Dp, d.rank));
+        }
+        for ranks in clip {
+            self.coll(
+                d,
+                Stream::Dp,
+                CollectiveKind::AllReduce,
+                GroupKind::Clip,
+                ranks,
+                4.0,
+                Category::OptComm,
+                &after_compute,
+            );
+        }
+        let sharded = s.opt_shard != OptShard::None && s.dp > 1;
+        let opt_params = if sharded {
+            stage.params as f64 / f64::from(s.dp)
+        } else {
+            stage.params as f64
+        };
+        // Read the gradient, read and write master weights and both moments, write the weight.
+        let secs = self.cost.stream(opt_params * (gb + 2 * ob + wb) as f64);
+        d.pending.extend(
+            self.w.streams[d.rank as usize][Stream::Dp as usize]
+                .last()
+                .copied(),
+        );
+        let opt = self.compute(d, secs, Category::Compute, Label::Optimizer);
+        if sharded {
+            let ranks = self.group(Axis::Dp, d.rank);
+            let rounds = if s.opt_shard == OptShard::Zero3 { 2 } else { 1 };
+            let bytes = stage.params as f64 * wb as f64;
+            let mut last = opt;
+            for _ in 0..rounds {
+                last = self.coll(
+                    d,
+                    Stream::Dp,
+                    CollectiveKind::AllGather,
+                    GroupKind::Opt,
+                    ranks.clone(),
+                    bytes,
+                    Category::OptComm,
+                    &[last],
+                );
+            }
+            d.pending.push(last);
+            self.compute(d, 0.0, Category::Compute, Label::StepEnd);
+        }
+    }
+
+    fn device(&mut self, rank: u32) {
+        let coords = self.plan.mesh.coords(rank);
+        let stage_idx = coords.pp;
+        let plan = self.plan;
+        let stage = &plan.stages[stage_idx as usize];
+        let actions = &plan.schedule.stages[stage_idx as usize];
+        // The micro-batch whose backward comes last, per chunk: after it, gradients are final.
+        let mut last_mb: HashMap<u32, u32> = HashMap::new();
+        for a in actions {
+            if let Action::Backward { mb, chunk } = *a {
+                last_mb.insert(chunk, mb);
+            }
+        }
+        let mut d = Dev {
+            rank,
+            coords,
+            pending: Vec::new(),
+            bucket: 0.0,
+            last_compute: None,
+        };
+        let mut done: HashMap<(bool, u32, u32), u32> = HashMap::new();
+        let p = plan.strategy.pp;
+        let peer_rank = |peer: u32| plan.mesh.rank(Coords { pp: peer, ..coords });
+        let bytes = plan.p2p_bytes().as_f64();
+        for a in actions {
+            match *a {
+                Action::Forward { mb, chunk } => {
+                    let c = &stage.chunks[chunk as usize];
+                    self.forward(
+                        &mut d,
+                        c,
+                        mb,
+                        Category::Compute,
+                        Label::Forward(mb, c.virtual_stage),
+                    );
+                    if let Some(t) = d.last_compute {
+                        done.insert((true, mb, chunk), t);
+                    }
+                }
+                Action::Backward { mb, chunk } => {
+                    let c = &stage.chunks[chunk as usize];
+                    let last = last_mb.get(&chunk) == Some(&mb);
+                    self.backward(&mut d, c, mb, last);
+                    if let Some(t) = d.last_compute {
+                        done.insert((false, mb, chunk), t);
+                    }
+                }
+                Action::SendActivation { mb, chunk, peer }
+                | Action::SendGradient { mb, chunk, peer } => {
+                    let fwd = matches!(a, Action::SendActivation { .. });
+                    let consumer_chunk = match (fwd, stage_idx) {
+                        (true, s) if s == p - 1 => chunk + 1,
+                        (false, 0) => chunk - 1,
+                        _ => chunk,
+                    };
+                    let dst = peer_rank(peer);
+                    let deps: Vec<u32> = done.get(&(fwd, mb, chunk)).copied().into_iter().collect();
+                    let label = Label::Send(mb, chunk);
+                    let t = self.task(rank, Stream::Free, Work::Send { dst, bytes }, label, &deps);
+                    self.sends.insert((fwd, rank, dst, mb, consumer_chunk), t);
+                }
+                Action::RecvActivation { mb, chunk, peer }
+                | Action::RecvGradient { mb, chunk, peer } => {
+                    let fwd = matches!(a, Action::RecvActivation { .. });
+                    let src = peer_rank(peer);
+                    let t = self.task(rank, Stream::Free, Work::Recv, Label::Recv(mb, chunk), &[]);
+                    self.recvs.insert((fwd, src, rank, mb, chunk), t);
+                    d.pending.push(t);
+                }
+                Action::OptimizerStep => self.optimizer(&mut d),
+            }
+        }
+    }
+}
