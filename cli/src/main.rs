@@ -12,7 +12,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
-use crate::output::{print_json, table};
+use crate::output::{emit, print_json, table};
 
 /// PanGu twin: plan, simulate and check PanGu-α training strategies.
 #[derive(Debug, Parser)]
@@ -48,8 +48,7 @@ struct ListArgs {
 
 fn models(a: &ListArgs) -> Result<()> {
     if let Some(name) = &a.toml {
-        print!("{}", pangu_model::preset_toml(name)?);
-        return Ok(());
+        return emit(pangu_model::preset_toml(name)?);
     }
     let mut rows = Vec::new();
     let mut js = Vec::new();
@@ -75,30 +74,25 @@ fn models(a: &ListArgs) -> Result<()> {
     if a.json {
         return print_json(&json!({ "models": js }));
     }
-    print!(
-        "{}",
-        table(
-            &[
-                "model",
-                "params",
-                "layers",
-                "hidden",
-                "heads",
-                "seq",
-                "vocab",
-                "batch",
-                "reference cluster"
-            ],
-            &rows
-        )
-    );
-    Ok(())
+    emit(&table(
+        &[
+            "model",
+            "params",
+            "layers",
+            "hidden",
+            "heads",
+            "seq",
+            "vocab",
+            "batch",
+            "reference cluster",
+        ],
+        &rows,
+    ))
 }
 
 fn clusters(a: &ListArgs) -> Result<()> {
     if let Some(name) = &a.toml {
-        print!("{}", pangu_hardware::preset_toml(name)?);
-        return Ok(());
+        return emit(pangu_hardware::preset_toml(name)?);
     }
     let mut rows = Vec::new();
     let mut js = Vec::new();
@@ -118,22 +112,19 @@ fn clusters(a: &ListArgs) -> Result<()> {
     if a.json {
         return print_json(&json!({ "clusters": js }));
     }
-    print!(
-        "{}",
-        table(
-            &[
-                "cluster",
-                "chips",
-                "chip",
-                "fp16 peak",
-                "HBM",
-                "description"
-            ],
-            &rows
-        )
+    let mut out = table(
+        &[
+            "cluster",
+            "chips",
+            "chip",
+            "fp16 peak",
+            "HBM",
+            "description",
+        ],
+        &rows,
     );
-    println!("use NAME:N for N chips (GPUs or NPUs, not servers), e.g. ascend910:512");
-    Ok(())
+    out.push_str("use NAME:N for N chips (GPUs or NPUs, not servers), e.g. ascend910:512\n");
+    emit(&out)
 }
 
 fn main() {

@@ -24,10 +24,30 @@ pub(crate) fn tool_field(inputs: &impl Serialize) -> Value {
     })
 }
 
+/// Appends a formatted line to a `String` buffer.
+macro_rules! outln {
+    ($o:expr) => { $o.push('\n') };
+    ($o:expr, $($arg:tt)*) => {{
+        use std::fmt::Write as _;
+        let _ = writeln!($o, $($arg)*);
+    }};
+}
+pub(crate) use outln;
+
+/// Writes to stdout; a closed pipe (`pangu simulate | head`) ends the program quietly.
+pub(crate) fn emit(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Prints JSON, pretty.
 pub(crate) fn print_json(v: &Value) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
-    Ok(())
+    emit(&(serde_json::to_string_pretty(v)? + "\n"))
 }
 
 /// A plain-text table with left-aligned first column and right-aligned others.

@@ -8,7 +8,7 @@ use pangu_strategies::{Chunk, LayerId, Plan, PlanError, ScheduleKind};
 use serde_json::{json, Value};
 
 use crate::args::SetupArgs;
-use crate::output::{print_json, table, tool_field};
+use crate::output::{emit, outln, print_json, table, tool_field};
 
 /// Options of `pangu plan`.
 #[derive(Debug, Args)]
@@ -147,11 +147,12 @@ pub(crate) fn plan_json(plan: &Plan, notes: &[String]) -> Value {
     })
 }
 
-fn print_table(plan: &Plan, notes: &[String]) {
+fn print_table(out: &mut String, plan: &Plan, notes: &[String]) {
     let s = &plan.strategy;
     let spec = &plan.cluster.spec;
     let p = plan.model.params();
-    println!(
+    outln!(
+        out,
         "plan: {} ({:.3} B parameters) on {} ({} × {}, {} HBM)",
         plan.model.name,
         p.total as f64 / 1e9,
@@ -160,13 +161,14 @@ fn print_table(plan: &Plan, notes: &[String]) {
         spec.chip.name,
         spec.chip.hbm
     );
-    println!(
+    outln!(
+        out,
         "strategy: {} (global batch {}, {})",
         s.summary(),
         s.global_batch,
         s.precision
     );
-    println!();
+    outln!(out);
     let topo = &plan.cluster.topology;
     let rows: Vec<Vec<String>> = [("tp", Axis::Tp), ("dp", Axis::Dp), ("pp", Axis::Pp)]
         .iter()
@@ -189,7 +191,8 @@ fn print_table(plan: &Plan, notes: &[String]) {
             ]
         })
         .collect();
-    println!(
+    outln!(
+        out,
         "{}",
         table(
             &["group", "size", "count", "spans", "first group (chips)"],
@@ -218,7 +221,8 @@ fn print_table(plan: &Plan, notes: &[String]) {
             ]
         })
         .collect();
-    println!(
+    outln!(
+        out,
         "{}",
         table(
             &[
@@ -236,7 +240,8 @@ fn print_table(plan: &Plan, notes: &[String]) {
         )
     );
     let max = plan.max_memory();
-    println!(
+    outln!(
+        out,
         "memory: {} per device at most, {} usable ({} HBM − {} reserved): {}",
         gb(max.total),
         gb(plan.capacity),
@@ -245,7 +250,8 @@ fn print_table(plan: &Plan, notes: &[String]) {
         if plan.fits() { "fits" } else { "DOES NOT FIT" }
     );
     for (name, flag, bytes) in plan.switches_off() {
-        println!(
+        outln!(
+            out,
             "  with {name} ({flag}): {} per device, {}",
             gb(bytes),
             if bytes <= plan.capacity {
@@ -255,7 +261,7 @@ fn print_table(plan: &Plan, notes: &[String]) {
             }
         );
     }
-    println!();
+    outln!(out);
     let rows: Vec<Vec<String>> = plan
         .comms
         .iter()
@@ -274,8 +280,9 @@ fn print_table(plan: &Plan, notes: &[String]) {
             ]
         })
         .collect();
-    println!("communication per step (busiest device):");
-    println!(
+    outln!(out, "communication per step (busiest device):");
+    outln!(
+        out,
         "{}",
         table(
             &[
@@ -294,17 +301,17 @@ fn print_table(plan: &Plan, notes: &[String]) {
     );
     let bubble = plan.bubble_fraction();
     match s.schedule {
-        ScheduleKind::Interleaved { chunks } => println!("pipeline bubble: {bubble:.3} of stage time (interleaved, {chunks} chunks)"),
-        _ => println!(
+        ScheduleKind::Interleaved { chunks } => outln!(out, "pipeline bubble: {bubble:.3} of stage time (interleaved, {chunks} chunks)"),
+        _ => outln!(out, 
             "pipeline bubble: {bubble:.3} of stage time ((p-1)/(m+p-1) = {:.3} for balanced stages)",
             f64::from(s.pp - 1) / f64::from(s.micro_batches + s.pp - 1)
         ),
     }
     for w in &plan.warnings {
-        println!("warning: {w}");
+        outln!(out, "warning: {w}");
     }
     for n in notes {
-        println!("note: {n}");
+        outln!(out, "note: {n}");
     }
 }
 
@@ -318,7 +325,9 @@ pub(crate) fn run(args: &PlanArgs) -> Result<()> {
     if args.json {
         print_json(&plan_json(&plan, &notes))?;
     } else {
-        print_table(&plan, &notes);
+        let mut out = String::new();
+        print_table(&mut out, &plan, &notes);
+        emit(&out)?;
     }
     if !plan.fits() {
         // Same message as Plan::new gives; the report above still shows the breakdown.

@@ -8,7 +8,7 @@ use pangu_strategies::{Category, Plan, StepReport};
 use serde_json::{json, Value};
 
 use crate::args::SetupArgs;
-use crate::output::{print_json, table, tool_field};
+use crate::output::{emit, outln, print_json, table, tool_field};
 
 /// Options of `pangu simulate`.
 #[derive(Debug, Args)]
@@ -27,16 +27,16 @@ pub(crate) struct SimulateArgs {
     /// Put every rank in the trace (default: the ranks of data-parallel replica 0).
     #[arg(long)]
     pub trace_all: bool,
+    /// Simulate every device and every flow (default: fold symmetric devices, which gives the
+    /// same step time; see docs/ARCHITECTURE.md).
+    #[arg(long)]
+    pub full: bool,
 }
 
 /// The report as JSON, with the tool field and run statistics.
-pub(crate) fn report_json(
-    plan: &Plan,
-    rep: &StepReport,
-    events: u64,
-    wall: f64,
-    notes: &[String],
-) -> Value {
+pub(crate) fn report_json(plan: &Plan, run: &pangu_sim::Run, wall: f64, notes: &[String]) -> Value {
+    let rep = &run.report;
+    let events = run.events;
     let breakdown: serde_json::Map<String, Value> = Category::ALL
         .iter()
         .map(|&c| (c.name().to_string(), json!(rep.breakdown.get(c))))
@@ -62,14 +62,18 @@ pub(crate) fn report_json(
         "fits": plan.fits(),
         "events": events,
         "wall_s": wall,
+        "folded": run.folded,
         "warnings": plan.warnings,
         "notes": notes,
     })
 }
 
-fn print_table(plan: &Plan, rep: &StepReport, events: u64, wall: f64, notes: &[String]) {
+fn print_table(out: &mut String, plan: &Plan, run: &pangu_sim::Run, wall: f64, notes: &[String]) {
+    let rep = &run.report;
+    let events = run.events;
     let s = &plan.strategy;
-    println!(
+    outln!(
+        out,
         "simulate: {} on {} ({} × {}), {}",
         plan.model.name,
         plan.cluster.spec.name,
@@ -77,7 +81,7 @@ fn print_table(plan: &Plan, rep: &StepReport, events: u64, wall: f64, notes: &[S
         plan.cluster.spec.chip.name,
         s.summary()
     );
-    println!(
+    outln!(out, 
         "step time {:.3} s | {:.0} tokens/s ({:.1} per chip) | {:.2} samples/s | MFU {:.3} | HFU {:.3}",
         rep.step_time_s,
         rep.tokens_per_s,
@@ -86,7 +90,7 @@ fn print_table(plan: &Plan, rep: &StepReport, events: u64, wall: f64, notes: &[S
         rep.mfu,
         rep.hfu
     );
-    println!();
+    outln!(out);
     let rows: Vec<Vec<String>> = Category::ALL
         .iter()
         .map(|&c| {
@@ -98,8 +102,12 @@ fn print_table(plan: &Plan, rep: &StepReport, events: u64, wall: f64, notes: &[S
             ]
         })
         .collect();
-    println!("time per device (mean over devices):");
-    println!("{}", table(&["category", "seconds", "fraction"], &rows));
+    outln!(out, "time per device (mean over devices):");
+    outln!(
+        out,
+        "{}",
+        table(&["category", "seconds", "fraction"], &rows)
+    );
     // Per stage: mean of its devices.
     let mut per_stage = vec![(pangu_strategies::Breakdown::default(), 0u32, 0u64); s.pp as usize];
     for d in &rep.devices {
@@ -127,8 +135,8 @@ fn print_table(plan: &Plan, rep: &StepReport, events: u64, wall: f64, notes: &[S
     let mut header = vec!["stage"];
     header.extend(Category::ALL.iter().map(|c| c.name()));
     header.push("memory");
-    println!("per stage (seconds, mean of its devices):");
-    println!("{}", table(&header, &rows));
+    outln!(out, "per stage (seconds, mean of its devices):");
+    outln!(out, "{}", table(&header, &rows));
     let rows: Vec<Vec<String>> = rep
         .links
         .iter()
@@ -141,8 +149,9 @@ fn print_table(plan: &Plan, rep: &StepReport, events: u64, wall: f64, notes: &[S
             ]
         })
         .collect();
-    println!("links:");
-    println!(
+    outln!(out, "links:");
+    outln!(
+        out,
         "{}",
         table(&["level", "carried", "mean util", "max util"], &rows)
     );
@@ -155,28 +164,34 @@ fn print_table(plan: &Plan, rep: &StepReport, events: u64, wall: f64, notes: &[S
         .filter(|&&c| on_path.get(c) > 0.0)
         .map(|&c| format!("{} {:.3} s", c.name(), on_path.get(c)))
         .collect();
-    println!(
+    outln!(
+        out,
         "critical path ({} segments): {}",
         rep.critical_path.len(),
         parts.join(", ")
     );
-    println!(
-        "simulated {events} events in {wall:.2} s ({:.1} M events/s)",
+    let how = run
+        .folded
+        .as_ref()
+        .map_or("every device".to_string(), |f| format!("folded over {f}"));
+    outln!(
+        out,
+        "simulated {events} events in {wall:.2} s ({:.1} M events/s), {how}",
         events as f64 / wall.max(1e-9) / 1e6
     );
     for w in &plan.warnings {
-        println!("warning: {w}");
+        outln!(out, "warning: {w}");
     }
     for n in notes {
-        println!("note: {n}");
+        outln!(out, "note: {n}");
     }
 }
 
-fn print_csv(rep: &StepReport) {
+fn print_csv(out: &mut String, rep: &StepReport) {
     let mut header = vec!["rank".to_string(), "stage".to_string()];
     header.extend(Category::ALL.iter().map(|c| format!("{}_s", c.name())));
     header.push("peak_memory_bytes".into());
-    println!("{}", header.join(","));
+    outln!(out, "{}", header.join(","));
     for d in &rep.devices {
         let mut row = vec![d.rank.to_string(), d.stage.to_string()];
         row.extend(
@@ -185,7 +200,7 @@ fn print_csv(rep: &StepReport) {
                 .map(|&c| format!("{}", d.breakdown.get(c))),
         );
         row.push(d.peak_memory_bytes.to_string());
-        println!("{}", row.join(","));
+        outln!(out, "{}", row.join(","));
     }
 }
 
@@ -195,7 +210,7 @@ pub(crate) fn run(args: &SimulateArgs) -> Result<()> {
     let r = &setup.resolved;
     let plan = Plan::new(&setup.model, &r.cluster, &r.strategy)?;
     let t0 = Instant::now();
-    let (run, workload) = pangu_sim::simulate_full(&plan)?;
+    let (run, workload) = pangu_sim::simulate_full(&plan, pangu_sim::Options { fold: !args.full })?;
     let wall = t0.elapsed().as_secs_f64();
     let rep = &run.report;
     if let Some(path) = &args.trace {
@@ -214,12 +229,14 @@ pub(crate) fn run(args: &SimulateArgs) -> Result<()> {
         );
     }
     if args.json {
-        print_json(&report_json(&plan, rep, run.events, wall, &r.notes))
+        print_json(&report_json(&plan, &run, wall, &r.notes))
     } else if args.csv {
-        print_csv(rep);
-        Ok(())
+        let mut out = String::new();
+        print_csv(&mut out, rep);
+        emit(&out)
     } else {
-        print_table(&plan, rep, run.events, wall, &r.notes);
-        Ok(())
+        let mut out = String::new();
+        print_table(&mut out, &plan, &run, wall, &r.notes);
+        emit(&out)
     }
 }

@@ -205,6 +205,31 @@ impl Topology {
         self.chips
     }
 
+    /// The directed link from `a` to `b`, if there is one.
+    pub fn link_between(&self, a: Node, b: Node) -> Option<LinkId> {
+        self.index.get(&(a, b)).copied()
+    }
+
+    /// Chips per server.
+    pub fn chips_per_server(&self) -> u32 {
+        self.chips_per_server
+    }
+
+    /// Chips per island.
+    pub fn island_size(&self) -> u32 {
+        self.island_size
+    }
+
+    /// Servers per rack.
+    pub fn servers_per_rack(&self) -> u32 {
+        self.servers_per_rack
+    }
+
+    /// NICs per server.
+    pub fn nics_per_server(&self) -> u32 {
+        self.nics_per_server
+    }
+
     /// Every directed link; a [`LinkId`] indexes this slice.
     pub fn links(&self) -> &[Link] {
         &self.links
@@ -222,7 +247,8 @@ impl Topology {
         }
     }
 
-    fn nic_of(&self, c: u32) -> Node {
+    /// The NIC node chip `c` sends through.
+    pub fn nic_of(&self, c: u32) -> Node {
         let p = self.position(c);
         let local = c % self.chips_per_server;
         Node::Nic(

@@ -23,6 +23,7 @@
 pub mod collective;
 pub mod cost;
 pub mod engine;
+pub mod fold;
 pub mod network;
 pub mod run;
 pub mod workload;
@@ -45,33 +46,63 @@ pub enum SimError {
     /// The workload cannot finish (a dependency cycle or a collective some member never joins).
     #[error("the simulated step cannot finish: {0}")]
     Stuck(String),
+    /// Symmetry folding does not apply (the caller simulates every device instead).
+    #[error("symmetry folding does not apply: {0}")]
+    Fold(String),
 }
 
-/// Simulates one training step of a plan with its chip family's calibration.
+/// How to simulate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Options {
+    /// Fold symmetric devices (exact; falls back to every device where the symmetry breaks).
+    pub fold: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { fold: true }
+    }
+}
+
+/// Simulates one training step of a plan with its chip family's calibration, folded where
+/// the symmetry allows.
 pub fn simulate(plan: &Plan) -> Result<Run, SimError> {
-    Ok(simulate_full(plan)?.0)
+    Ok(simulate_full(plan, Options::default())?.0)
 }
 
-/// Like [`simulate`], also returning the task graph (for traces).
-pub fn simulate_full(plan: &Plan) -> Result<(Run, Workload), SimError> {
+/// Like [`simulate`] with options, also returning the task graph (for traces).
+pub fn simulate_full(plan: &Plan, opts: Options) -> Result<(Run, Workload), SimError> {
     let cal = Calibration::for_chip(&plan.cluster.spec.chip)?;
-    simulate_with(plan, &cal)
+    simulate_with(plan, &cal, opts)
 }
 
 /// Simulates one step with a given calibration.
-pub fn simulate_with(plan: &Plan, cal: &Calibration) -> Result<(Run, Workload), SimError> {
+pub fn simulate_with(
+    plan: &Plan,
+    cal: &Calibration,
+    opts: Options,
+) -> Result<(Run, Workload), SimError> {
     let cost = CostModel::new(
         &plan.cluster.spec.chip,
         plan.strategy.precision,
         cal.clone(),
     )?;
-    let w = workload::build(plan, &cost);
-    let run = run::simulate(
-        plan,
-        &w,
-        cal.link_efficiency,
-        cal.collective_step_overhead.0,
-    )?;
+    if opts.fold {
+        if let Some(f) = fold::Folding::new(plan) {
+            let reps: Vec<u32> = (0..plan.strategy.devices)
+                .filter(|&r| f.is_rep(r))
+                .collect();
+            let w = workload::build(plan, &cost, &reps);
+            match run::simulate(plan, &w, cal, Some(f)) {
+                Ok(run) => return Ok((run, w)),
+                Err(SimError::Fold(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    let all: Vec<u32> = (0..plan.strategy.devices).collect();
+    let w = workload::build(plan, &cost, &all);
+    let run = run::simulate(plan, &w, cal, None)?;
     Ok((run, w))
 }
 

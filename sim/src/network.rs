@@ -32,7 +32,7 @@ struct LinkState {
     mark: u32,
     /// Scratch for progressive filling: capacity left and flows not yet frozen.
     left: f64,
-    unfrozen: usize,
+    unfrozen: f64,
 }
 
 #[derive(Debug, Clone)]
@@ -60,8 +60,9 @@ impl Flow {
 
 #[derive(Debug)]
 struct Route {
-    all: Vec<u32>,
-    saturable: Vec<u32>,
+    /// Every link with the number of copies of the flow it carries (1 unless folded).
+    all: Vec<(u32, f64)>,
+    saturable: Vec<(u32, f64)>,
     latency: Time,
 }
 
@@ -156,6 +157,7 @@ pub struct Network<'t> {
     flows: Vec<Flow>,
     free: Vec<FlowId>,
     routes: HashMap<(u32, u32), std::rc::Rc<Route>>,
+    fold: Option<crate::fold::Folding>,
     epoch: u32,
     versions: u64,
     /// Rate recomputations performed (for profiling).
@@ -185,7 +187,7 @@ impl<'t> Network<'t> {
                 carried: 0.0,
                 mark: 0,
                 left: 0.0,
-                unfrozen: 0,
+                unfrozen: 0.0,
             })
             .collect();
         Ok(Network {
@@ -194,26 +196,46 @@ impl<'t> Network<'t> {
             flows: Vec::new(),
             free: Vec::new(),
             routes: HashMap::new(),
+            fold: None,
             epoch: 0,
             versions: 0,
             recomputes: 0,
         })
     }
 
+    /// Routes transfers over the canonical links of a symmetry group (see [`crate::fold`]).
+    pub fn set_folding(&mut self, f: crate::fold::Folding) {
+        self.fold = Some(f);
+        self.routes.clear();
+    }
+
+    /// The folding in use.
+    pub fn folding(&self) -> Option<&crate::fold::Folding> {
+        self.fold.as_ref()
+    }
+
     fn route(&mut self, a: u32, b: u32) -> Result<std::rc::Rc<Route>, SimError> {
         if let Some(r) = self.routes.get(&(a, b)) {
             return Ok(r.clone());
         }
-        let all = self
+        let real = self
             .topo
             .route(a, b)
             .map_err(|e| SimError::Input(e.to_string()))?;
         let links = self.topo.links();
-        let latency: f64 = all.iter().map(|&l| links[l as usize].latency.0).sum();
+        let latency: f64 = real.iter().map(|&l| links[l as usize].latency.0).sum();
+        let all: Vec<(u32, f64)> = match &mut self.fold {
+            Some(f) => f
+                .route(self.topo, a, b)
+                .map_err(SimError::Input)?
+                .as_ref()
+                .clone(),
+            None => real.iter().map(|&l| (l, 1.0)).collect(),
+        };
         let saturable = all
             .iter()
             .copied()
-            .filter(|&l| self.links[l as usize].saturable)
+            .filter(|&(l, _)| self.links[l as usize].saturable)
             .collect();
         let r = std::rc::Rc::new(Route {
             all,
@@ -271,7 +293,7 @@ impl<'t> Network<'t> {
             let bw = route
                 .all
                 .iter()
-                .map(|&l| self.links[l as usize].cap)
+                .map(|&(l, w)| self.links[l as usize].cap / w)
                 .fold(f64::INFINITY, f64::min);
             self.versions += 1;
             let version = self.versions;
@@ -293,10 +315,11 @@ impl<'t> Network<'t> {
                 }],
             ));
         }
-        for &l in &route.saturable {
+        for &(l, _) in &route.saturable {
             self.links[l as usize].flows.push(id);
         }
-        let changes = self.recompute(now, &route.saturable);
+        let seeds: Vec<u32> = route.saturable.iter().map(|&(l, _)| l).collect();
+        let changes = self.recompute(now, &seeds);
         Ok((id, changes))
     }
 
@@ -306,20 +329,21 @@ impl<'t> Network<'t> {
         let route = self.flows[id as usize].route.clone();
         let bytes = self.flows[id as usize].bytes;
         self.flows[id as usize].active = false;
-        for &l in &route.all {
-            self.links[l as usize].carried += bytes;
+        for &(l, w) in &route.all {
+            self.links[l as usize].carried += bytes * w;
         }
-        for &l in &route.saturable {
+        for &(l, _) in &route.saturable {
             let fl = &mut self.links[l as usize].flows;
             if let Some(p) = fl.iter().position(|&f| f == id) {
                 fl.swap_remove(p);
             }
         }
         self.free.push(id);
-        let changes = if route.saturable.is_empty() {
+        let seeds: Vec<u32> = route.saturable.iter().map(|&(l, _)| l).collect();
+        let changes = if seeds.is_empty() {
             Vec::new()
         } else {
-            self.recompute(now, &route.saturable)
+            self.recompute(now, &seeds)
         };
         (route.latency, changes)
     }
@@ -356,7 +380,7 @@ impl<'t> Network<'t> {
                 if self.flows[f as usize].mark != epoch {
                     self.flows[f as usize].mark = epoch;
                     comp_flows.push(f);
-                    for &l2 in &self.flows[f as usize].route.saturable {
+                    for &(l2, _) in &self.flows[f as usize].route.saturable {
                         if self.links[l2 as usize].mark != epoch {
                             self.links[l2 as usize].mark = epoch;
                             stack.push(l2);
@@ -376,15 +400,21 @@ impl<'t> Network<'t> {
         for &l in &comp_links {
             let ls = &mut self.links[l as usize];
             ls.left = ls.cap;
-            ls.unfrozen = ls.flows.len();
+            ls.unfrozen = 0.0;
+        }
+        for &f in &comp_flows {
+            let route = self.flows[f as usize].route.clone();
+            for &(l, w) in &route.saturable {
+                self.links[l as usize].unfrozen += w;
+            }
         }
         let mut n_frozen = 0;
         while n_frozen < comp_flows.len() {
             let mut best: Option<(u32, f64)> = None;
             for &l in &comp_links {
                 let ls = &self.links[l as usize];
-                if ls.unfrozen > 0 {
-                    let share = ls.left / ls.unfrozen as f64;
+                if ls.unfrozen > 1e-9 {
+                    let share = ls.left / ls.unfrozen;
                     if best.is_none_or(|(_, s)| share < s) {
                         best = Some((l, share));
                     }
@@ -400,10 +430,10 @@ impl<'t> Network<'t> {
                 self.flows[f as usize].rate_new(share);
                 n_frozen += 1;
                 let route = self.flows[f as usize].route.clone();
-                for &l2 in &route.saturable {
+                for &(l2, w) in &route.saturable {
                     let ls = &mut self.links[l2 as usize];
-                    ls.left = (ls.left - share).max(0.0);
-                    ls.unfrozen -= 1;
+                    ls.left = (ls.left - share * w).max(0.0);
+                    ls.unfrozen -= w;
                 }
             }
             self.links[l as usize].flows = on_link;
@@ -482,7 +512,7 @@ mod tests {
         let mut net = Network::new(&c.topology, 1.0).unwrap();
         // Two chips of other servers send to chip 0: its NIC downlink (12.5 GB/s) is shared.
         let t = run(&mut net, &[(8, 0, 12.5e6), (16, 0, 12.5e6)]);
-        let lat = 1_500 * 2 + 0 * 2; // NIC uplink + downlink latencies (host links 0)
+        let lat = 2 * 1_500; // NIC uplink + downlink latencies (on-die host links add 0)
         assert_eq!(t[0], 2_000_000 + lat);
         assert_eq!(t[1], 2_000_000 + lat);
     }

@@ -11,7 +11,9 @@ use pangu_strategies::report::{Breakdown, DeviceReport, LinkUse, PathSegment};
 use pangu_strategies::{Category, Plan, StepReport};
 
 use crate::collective::{steps, Step};
+use crate::cost::Calibration;
 use crate::engine::{Queue, Time};
+use crate::fold::Folding;
 use crate::network::{Completion, FlowId, Network};
 use crate::workload::{Label, Stream, Work, Workload};
 use crate::SimError;
@@ -41,6 +43,8 @@ pub struct Run {
     pub times: Vec<(Time, Time)>,
     /// Flow-rate recomputations.
     pub recomputes: u64,
+    /// The symmetry folding used, if any (e.g. "dp 16 (Xor) × tp 8 (Cyclic)").
+    pub folded: Option<String>,
 }
 
 struct Sim<'a> {
@@ -72,16 +76,21 @@ struct Sim<'a> {
 
 const NONE: u32 = u32::MAX;
 
-/// Simulates one step of `plan` given its workload.
+/// Simulates one step of `plan` given its workload (built for the folding's representatives
+/// when `fold` is given).
 pub fn simulate(
     plan: &Plan,
     w: &Workload,
-    link_efficiency: f64,
-    step_overhead: f64,
+    cal: &Calibration,
+    fold: Option<Folding>,
 ) -> Result<Run, SimError> {
     let n = w.tasks.len();
     let devices = w.streams.len();
-    let net = Network::new(&plan.cluster.topology, link_efficiency)?;
+    let step_overhead = cal.collective_step_overhead.0;
+    let mut net = Network::new(&plan.cluster.topology, cal.link_efficiency)?;
+    if let Some(f) = fold {
+        net.set_folding(f);
+    }
     let mut sim = Sim {
         plan,
         w,
@@ -182,13 +191,28 @@ impl Sim<'_> {
                 if self.ready[inst as usize] as usize == self.w.colls[inst as usize].tasks.len() {
                     self.coll_start[inst as usize] = now;
                     let c = &self.w.colls[inst as usize];
-                    self.coll_steps[inst as usize] = steps(
+                    let mut all = steps(
                         c.kind,
                         c.algo,
                         &c.ranks,
                         c.bytes,
                         &self.plan.cluster.topology,
                     );
+                    if let Some(f) = self.net.folding() {
+                        for step in &mut all {
+                            if !f.step_is_symmetric(&c.ranks, step) {
+                                return Err(SimError::Fold(format!(
+                                    "a {:?} {:?} step over {} ranks is not symmetric under {}",
+                                    c.algo,
+                                    c.kind,
+                                    c.ranks.len(),
+                                    f.describe()
+                                )));
+                            }
+                            step.retain(|t| f.is_rep(t.0));
+                        }
+                    }
+                    self.coll_steps[inst as usize] = all;
                     self.next_step(inst, now)?;
                 }
             }
@@ -347,9 +371,9 @@ impl Sim<'_> {
         let s = &plan.strategy;
         let step_ns = self.end.iter().copied().max().unwrap_or(0);
         let step = step_ns as f64 * 1e-9;
-        let devices = self.w.streams.len();
+        let simulated: Vec<usize> = self.w.devices.iter().map(|&d| d as usize).collect();
         // The tail after each device's last compute.
-        for d in 0..devices {
+        for &d in &simulated {
             let tail = step_ns.saturating_sub(self.free_since[d]) as f64 * 1e-9;
             if s.pp > 1 {
                 self.breakdown[d].bubble += tail;
@@ -358,18 +382,21 @@ impl Sim<'_> {
             }
         }
         let mut mean = Breakdown::default();
-        for b in &self.breakdown {
+        for &d in &simulated {
             for c in Category::ALL {
-                *mean.get_mut(c) += b.get(c) / devices as f64;
+                *mean.get_mut(c) += self.breakdown[d].get(c) / simulated.len() as f64;
             }
         }
         let tokens = f64::from(s.global_batch) * f64::from(plan.model.seq_len);
         let peak = cost_peak(plan);
         let n_dev = f64::from(s.devices);
         let mfu = plan.model.flops_per_token() * tokens / (step * n_dev * peak);
-        let hfu = self.w.flops.iter().sum::<f64>() / (step * n_dev * peak);
-        let device_reports = (0..devices)
-            .map(|d| {
+        // Folded: each simulated device stands for n_dev / simulated of them.
+        let executed = self.w.flops.iter().sum::<f64>() * n_dev / simulated.len() as f64;
+        let hfu = executed / (step * n_dev * peak);
+        let device_reports = simulated
+            .iter()
+            .map(|&d| {
                 let stage = plan.mesh.coords(d as u32).pp;
                 DeviceReport {
                     rank: d as u32,
@@ -399,11 +426,13 @@ impl Sim<'_> {
             .copied()
             .zip(self.end.iter().copied())
             .collect();
+        let folded = self.net.folding().map(|f| f.describe());
         Run {
             report,
             events: self.q.events(),
             times,
             recomputes: self.net.recomputes,
+            folded,
         }
     }
 
@@ -415,9 +444,11 @@ impl Sim<'_> {
                 let mut bytes = 0.0;
                 let mut cap = 0.0;
                 let mut max: f64 = 0.0;
-                for (l, carried) in links.iter().zip(self.net.carried()) {
+                for (i, (l, carried)) in links.iter().zip(self.net.carried()).enumerate() {
                     if l.level == level {
-                        bytes += carried;
+                        // Folded: a canonical link's load repeats on every link of its orbit.
+                        let orbit = self.net.folding().map_or(1, |f| f.orbit_size(i as u32));
+                        bytes += carried * f64::from(orbit);
                         cap += l.bandwidth.0;
                         max = max.max(carried / (l.bandwidth.0 * step));
                     }

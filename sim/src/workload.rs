@@ -11,7 +11,7 @@
 //! - pipeline sends and receives are free-standing tasks: a send starts when its forward or
 //!   backward ends, a receive completes when the data has arrived.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use pangu_hardware::Topology;
 use pangu_model::ops::{totals, Op};
@@ -134,6 +134,8 @@ pub struct Workload {
     pub colls: Vec<CollInst>,
     /// FLOPs each device executes (recompute included).
     pub flops: Vec<f64>,
+    /// The ranks that have tasks (all, or one per orbit when folded).
+    pub devices: Vec<u32>,
 }
 
 type SendKey = (bool, u32, u32, u32, u32);
@@ -146,12 +148,13 @@ struct Builder<'a> {
     inst_of: HashMap<(GroupKind, u32, u32), u32>,
     next_seq: HashMap<(GroupKind, u32, u32), u32>,
     algos: HashMap<(GroupKind, u32), CollectiveAlgorithm>,
-    sends: HashMap<SendKey, u32>,
-    recvs: HashMap<SendKey, u32>,
+    sends: BTreeMap<SendKey, u32>,
+    recvs: BTreeMap<SendKey, u32>,
 }
 
-/// Builds the task graph of a plan.
-pub fn build(plan: &Plan, cost: &CostModel) -> Workload {
+/// Builds the task graph of a plan for the given ranks (all ranks, or the representatives of
+/// a symmetry folding).
+pub fn build(plan: &Plan, cost: &CostModel, ranks: &[u32]) -> Workload {
     let n = plan.strategy.devices as usize;
     let mut b = Builder {
         plan,
@@ -165,10 +168,11 @@ pub fn build(plan: &Plan, cost: &CostModel) -> Workload {
         inst_of: HashMap::new(),
         next_seq: HashMap::new(),
         algos: HashMap::new(),
-        sends: HashMap::new(),
-        recvs: HashMap::new(),
+        sends: BTreeMap::new(),
+        recvs: BTreeMap::new(),
     };
-    for rank in 0..n as u32 {
+    b.w.devices = ranks.to_vec();
+    for &rank in ranks {
         b.device(rank);
     }
     let mut pairs: Vec<(u32, u32)> = Vec::new();
@@ -244,6 +248,7 @@ impl Builder<'_> {
     }
 
     /// This device's task in the next collective of a group.
+    #[allow(clippy::too_many_arguments)] // one call site per kind of collective; a struct would only rename them
     fn coll(
         &mut self,
         d: &Dev,
