@@ -302,7 +302,7 @@ fn print_table(out: &mut String, plan: &Plan, notes: &[String]) {
     let bubble = plan.bubble_fraction();
     match s.schedule {
         ScheduleKind::Interleaved { chunks } => outln!(out, "pipeline bubble: {bubble:.3} of stage time (interleaved, {chunks} chunks)"),
-        _ => outln!(out, 
+        _ => outln!(out,
             "pipeline bubble: {bubble:.3} of stage time ((p-1)/(m+p-1) = {:.3} for balanced stages)",
             f64::from(s.pp - 1) / f64::from(s.micro_batches + s.pp - 1)
         ),

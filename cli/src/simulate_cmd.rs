@@ -81,7 +81,7 @@ fn print_table(out: &mut String, plan: &Plan, run: &pangu_sim::Run, wall: f64, n
         plan.cluster.spec.chip.name,
         s.summary()
     );
-    outln!(out, 
+    outln!(out,
         "step time {:.3} s | {:.0} tokens/s ({:.1} per chip) | {:.2} samples/s | MFU {:.3} | HFU {:.3}",
         rep.step_time_s,
         rep.tokens_per_s,
