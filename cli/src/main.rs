@@ -7,6 +7,7 @@ mod args;
 mod output;
 mod plan_cmd;
 mod simulate_cmd;
+mod validate_cmd;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -30,6 +31,8 @@ enum Command {
     /// Simulate one training step event by event: step time, throughput, MFU and where the
     /// time goes, per device and per link level.
     Simulate(simulate_cmd::SimulateArgs),
+    /// Simulate published training runs (a CSV) and compare predicted with published figures.
+    Validate(validate_cmd::ValidateArgs),
     /// List the model presets, or print one as TOML.
     Models(ListArgs),
     /// List the cluster presets, or print one as TOML.
@@ -132,6 +135,7 @@ fn main() {
     let result = match &cli.command {
         Command::Plan(a) => plan_cmd::run(a),
         Command::Simulate(a) => simulate_cmd::run(a),
+        Command::Validate(a) => validate_cmd::run(a),
         Command::Models(a) => models(a),
         Command::Clusters(a) => clusters(a),
     };

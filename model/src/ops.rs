@@ -14,7 +14,9 @@
 //! Recomputation in Large Transformer Models", §4): per layer `s·b·h·(34 + 5·a·s/h)` bytes at
 //! 2-byte activations without parallelism, `s·b·h·(10 + 24/t + 5·a·s/(h·t))` with tensor
 //! parallelism, `s·b·h/t·(34 + 5·a·s/h)` with sequence parallelism too. Selective recompute
-//! drops exactly the ops marked [`Op::selective`] (the `5·a·s/h` term). This module is the
+//! re-runs the attention core (QKᵀ, softmax, dropout, P·V: the ops marked [`Op::selective`])
+//! and drops the activations only it needs, the `5·a·s/h` term ([`Op::selective_drop`]),
+//! keeping Q, K and V (Korthikanti et al. 2022, §5). This module is the
 //! one source of cost numbers for the simulator and the memory model.
 
 use pangu_hardware::{Bytes, Flops};
@@ -94,6 +96,8 @@ pub struct Op {
     pub saved: Bytes,
     /// Selective recompute drops `saved` and recomputes this op in backward.
     pub selective: bool,
+    /// Of `saved`, the bytes selective recompute does not keep.
+    pub selective_drop: Bytes,
     /// Parameter elements held on this device.
     pub params: u64,
     /// Parameters that are a copy of the word embedding (the tied head).
@@ -114,6 +118,7 @@ impl Op {
             bwd_bytes: Bytes(0),
             saved: Bytes(0),
             selective: false,
+            selective_drop: Bytes(0),
             params: 0,
             tied_copy: false,
             comm: None,
@@ -184,8 +189,8 @@ pub fn totals(ops: &[Op]) -> OpTotals {
         t.bwd_flops += o.bwd_flops;
         t.saved += o.saved;
         t.params += o.params;
+        t.saved_selective += o.selective_drop;
         if o.selective {
-            t.saved_selective += o.saved;
             t.selective_fwd_flops += o.fwd_flops;
         }
     }
@@ -316,6 +321,21 @@ impl<'a> Geometry<'a> {
         })
     }
 
+    /// Under sequence parallelism a column-parallel matmul keeps only its sequence shard of
+    /// the input, so backward all-gathers it again before the weight gradient (Korthikanti
+    /// et al. 2022, §4.2.3). Placed after the matmul, so that it runs before its backward.
+    fn regather(&self, name: &'static str) -> Option<Op> {
+        self.sp.then(|| {
+            let mut o = Op::new(name, OpKind::Comm);
+            o.comm = Some(TpComm {
+                fwd: None,
+                bwd: Some(CollectiveKind::AllGather),
+                bytes: Bytes(self.tok * self.d * self.e),
+            });
+            o
+        })
+    }
+
     /// The bytes a column-parallel matmul keeps of its input: the full input, or the
     /// sequence shard under SP (re-gathered in backward).
     fn col_input(&self) -> Bytes {
@@ -368,6 +388,7 @@ impl<'a> Geometry<'a> {
                 d * n + self.bias(n),
             ));
         }
+        ops.extend(self.regather("tp_regather_attn"));
         let mut scores = Op::new("attn_scores", OpKind::BatchMatmul);
         let bh = self.b * hl;
         let sf = 2.0 * (bh * self.s * self.s * hd) as f64;
@@ -377,11 +398,13 @@ impl<'a> Geometry<'a> {
         scores.fwd_bytes = Bytes((2 * tok * qd + bh * self.s * self.s) * e);
         scores.bwd_bytes = Bytes(2 * (2 * tok * qd + bh * self.s * self.s) * e);
         scores.saved = Bytes(tok * (qd + kvl) * e); // Q and K
+        scores.selective = true;
         let (scores_fwd_bytes, scores_bwd_bytes) = (scores.fwd_bytes, scores.bwd_bytes);
         ops.push(scores);
         let probs = bh * self.s * self.s;
         let mut sm = self.elementwise("softmax", OpKind::Softmax, probs, 5.0, Bytes(probs * e));
         sm.selective = true;
+        sm.selective_drop = sm.saved;
         ops.push(sm);
         if self.dropout {
             // mask (1 byte) + dropped probabilities (the input of P·V)
@@ -393,6 +416,7 @@ impl<'a> Geometry<'a> {
                 Bytes(probs + probs * e),
             );
             dr.selective = true;
+            dr.selective_drop = dr.saved;
             ops.push(dr);
         }
         let mut ctx = Op::new("attn_context", OpKind::BatchMatmul);
@@ -402,6 +426,7 @@ impl<'a> Geometry<'a> {
         ctx.fwd_bytes = scores_fwd_bytes;
         ctx.bwd_bytes = scores_bwd_bytes;
         ctx.saved = Bytes(tok * kvl * e); // V
+        ctx.selective = true;
         ops.push(ctx);
         ops.push(self.matmul(
             "attn_out",
@@ -451,6 +476,7 @@ impl<'a> Geometry<'a> {
                 ));
             }
         }
+        ops.extend(self.regather("tp_regather_ffn"));
         ops.push(self.matmul(
             "ffn_down",
             tok,

@@ -24,8 +24,10 @@ pub mod collective;
 pub mod cost;
 pub mod engine;
 pub mod fold;
+pub mod isolated;
 pub mod network;
 pub mod run;
+pub mod validate;
 pub mod workload;
 
 pub use cost::{Calibration, CostModel};

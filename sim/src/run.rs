@@ -14,6 +14,7 @@ use crate::collective::{steps, Step};
 use crate::cost::Calibration;
 use crate::engine::{Queue, Time};
 use crate::fold::Folding;
+use crate::isolated::Exclusive;
 use crate::network::{Completion, FlowId, Network};
 use crate::workload::{Label, Stream, Work, Workload};
 use crate::SimError;
@@ -24,6 +25,8 @@ enum Ev {
     FlowDone(Completion),
     Arrive(Owner),
     StepStart(u32),
+    /// A memoised collective (see [`crate::isolated`]) ends.
+    CollDone(u32),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -72,6 +75,12 @@ struct Sim<'a> {
     stream_index: Vec<usize>,
     /// When every member of a collective had joined.
     coll_start: Vec<Time>,
+    exclusive: Exclusive<'a>,
+    link_efficiency: f64,
+    /// Bytes memoised collectives put on each link, and how many real groups one simulated
+    /// group stands for.
+    memo_load: Vec<f64>,
+    memo_scale: f64,
 }
 
 const NONE: u32 = u32::MAX;
@@ -113,6 +122,10 @@ pub fn simulate(
         done_tasks: 0,
         stream_index: stream_positions(w),
         coll_start: vec![0; w.colls.len()],
+        exclusive: Exclusive::analyse(plan),
+        link_efficiency: cal.link_efficiency,
+        memo_load: vec![0.0; plan.cluster.topology.links().len()],
+        memo_scale: f64::from(plan.strategy.devices) / w.devices.len().max(1) as f64,
     };
     for t in 0..n as u32 {
         if sim.deps[t as usize] == 0 {
@@ -141,6 +154,12 @@ pub fn simulate(
                 }
             }
             Ev::StepStart(i) => sim.start_step(i)?,
+            Ev::CollDone(i) => {
+                let tasks = sim.w.colls[i as usize].tasks.clone();
+                for t in tasks {
+                    sim.task_done(t, now)?;
+                }
+            }
         }
     }
     if sim.done_tasks < n {
@@ -189,31 +208,7 @@ impl Sim<'_> {
             Work::Coll { inst } => {
                 self.ready[inst as usize] += 1;
                 if self.ready[inst as usize] as usize == self.w.colls[inst as usize].tasks.len() {
-                    self.coll_start[inst as usize] = now;
-                    let c = &self.w.colls[inst as usize];
-                    let mut all = steps(
-                        c.kind,
-                        c.algo,
-                        &c.ranks,
-                        c.bytes,
-                        &self.plan.cluster.topology,
-                    );
-                    if let Some(f) = self.net.folding() {
-                        for step in &mut all {
-                            if !f.step_is_symmetric(&c.ranks, step) {
-                                return Err(SimError::Fold(format!(
-                                    "a {:?} {:?} step over {} ranks is not symmetric under {}",
-                                    c.algo,
-                                    c.kind,
-                                    c.ranks.len(),
-                                    f.describe()
-                                )));
-                            }
-                            step.retain(|t| f.is_rep(t.0));
-                        }
-                    }
-                    self.coll_steps[inst as usize] = all;
-                    self.next_step(inst, now)?;
+                    self.start_coll(inst, now)?;
                 }
             }
             Work::Send { .. } | Work::Recv => {}
@@ -308,6 +303,49 @@ impl Sim<'_> {
             self.owner.resize(i + 1, o);
         }
         self.owner[i] = o;
+    }
+
+    /// Every member has joined: run the collective, memoised when its links are its own.
+    fn start_coll(&mut self, inst: u32, now: Time) -> Result<(), SimError> {
+        self.coll_start[inst as usize] = now;
+        let c = &self.w.colls[inst as usize];
+        let topo = &self.plan.cluster.topology;
+        if self.exclusive.is_exclusive(&c.ranks) {
+            let timed = self.exclusive.timed(
+                topo,
+                self.link_efficiency,
+                self.step_overhead,
+                (c.kind, c.algo, &c.ranks, c.bytes),
+            )?;
+            // Folded, one simulated group stands for several real ones.
+            let scale = if self.net.folding().is_some() {
+                self.memo_scale
+            } else {
+                1.0
+            };
+            for &(l, b) in timed.load.iter() {
+                self.memo_load[l as usize] += b * scale;
+            }
+            self.q.push(now + timed.duration, Ev::CollDone(inst));
+            return Ok(());
+        }
+        let mut all = steps(c.kind, c.algo, &c.ranks, c.bytes, topo);
+        if let Some(f) = self.net.folding() {
+            for step in &mut all {
+                if !f.step_is_symmetric(&c.ranks, step) {
+                    return Err(SimError::Fold(format!(
+                        "a {:?} {:?} step over {} ranks is not symmetric under {}",
+                        c.algo,
+                        c.kind,
+                        c.ranks.len(),
+                        f.describe()
+                    )));
+                }
+                step.retain(|t| f.is_rep(t.0));
+            }
+        }
+        self.coll_steps[inst as usize] = all;
+        self.next_step(inst, now)
     }
 
     fn next_step(&mut self, inst: u32, now: Time) -> Result<(), SimError> {
@@ -436,6 +474,15 @@ impl Sim<'_> {
         }
     }
 
+    /// The factor memoised loads of a link were scaled by (1 when not folded).
+    fn memo_scale_of(&self, _link: usize) -> f64 {
+        if self.net.folding().is_some() {
+            self.memo_scale
+        } else {
+            1.0
+        }
+    }
+
     fn link_use(&self, step: f64) -> Vec<LinkUse> {
         let links = self.plan.cluster.topology.links();
         pangu_hardware::Level::ALL
@@ -448,9 +495,11 @@ impl Sim<'_> {
                     if l.level == level {
                         // Folded: a canonical link's load repeats on every link of its orbit.
                         let orbit = self.net.folding().map_or(1, |f| f.orbit_size(i as u32));
-                        bytes += carried * f64::from(orbit);
+                        let memo = self.memo_load[i];
+                        bytes += carried * f64::from(orbit) + memo;
                         cap += l.bandwidth.0;
                         max = max.max(carried / (l.bandwidth.0 * step));
+                        max = max.max(memo / self.memo_scale_of(i) / (l.bandwidth.0 * step));
                     }
                 }
                 (cap > 0.0).then(|| LinkUse {

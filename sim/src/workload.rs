@@ -195,6 +195,9 @@ struct Dev {
     pending: Vec<u32>,
     bucket: f64,
     last_compute: Option<u32>,
+    /// Weight all-gathers still to be waited for, per (chunk, part): part 0 is the
+    /// embedding, 1.. the layers, then the head.
+    gathers: HashMap<(u32, usize), u32>,
 }
 
 impl Builder<'_> {
@@ -348,25 +351,144 @@ impl Builder<'_> {
         self.w.flops[d.rank as usize] += flops;
     }
 
-    fn forward(&mut self, d: &mut Dev, chunk: &Chunk, mb: u32, cat: Category, label: Label) {
+    fn forward(&mut self, d: &mut Dev, chunk: &Chunk, cat: Category, label: Label) {
         let ops = &self.plan.ops;
-        if chunk.embedding {
-            self.run_ops(d, &ops.embedding, false, cat, label);
+        let seq = self.parts(chunk, false);
+        for (k, &(key, _)) in seq.iter().enumerate() {
+            self.need_weights(d, &seq, k);
+            let part: &[Op] = match key.1 {
+                0 if chunk.embedding => &ops.embedding,
+                i if i == chunk.layers.len() + 1 => &ops.head,
+                i => ops.layer(chunk.layers[i - 1]),
+            };
+            self.run_ops(d, part, false, cat, label);
         }
-        for &l in &chunk.layers {
-            self.run_ops(d, ops.layer(l), false, cat, label);
+    }
+
+    /// The parts of a chunk in order of use, as ((chunk, part), parameters): part 0 is the
+    /// embedding, 1.. the layers, then the head.
+    fn parts(&self, chunk: &Chunk, reverse: bool) -> Vec<((u32, usize), u64)> {
+        let ops = &self.plan.ops;
+        let c = chunk.virtual_stage / self.plan.strategy.pp;
+        let mut v = Vec::new();
+        if chunk.embedding {
+            v.push(((c, 0), totals(&ops.embedding).params));
+        }
+        for (i, &l) in chunk.layers.iter().enumerate() {
+            v.push(((c, i + 1), totals(ops.layer(l)).params));
         }
         if chunk.head {
-            self.run_ops(d, &ops.head, false, cat, label);
+            v.push(((c, chunk.layers.len() + 1), totals(&ops.head).params));
         }
-        let _ = mb;
+        if reverse {
+            v.reverse();
+        }
+        v
+    }
+
+    /// Makes part `seq[k]`'s weights available before it runs. MindSpore's optimizer
+    /// parallel gathered them at the start of the step (`prefetch_gathers`). ZeRO-3 frees them
+    /// after use and gathers again for every pass, one part ahead (FSDP's prefetch): the
+    /// gather of part k+1 may start once part k-1 has finished.
+    fn need_weights(&mut self, d: &mut Dev, seq: &[((u32, usize), u64)], k: usize) {
+        let s = &self.plan.strategy;
+        if s.dp <= 1 {
+            return;
+        }
+        match s.opt_shard {
+            OptShard::Mindspore => d.pending.extend(d.gathers.remove(&seq[k].0)),
+            OptShard::Zero3 => {
+                let wb = bytes_per_param(s.precision, s.micro_batches > 1).0 as f64;
+                let ranks = self.group(Axis::Dp, d.rank);
+                let after: Vec<u32> = d.last_compute.into_iter().collect();
+                let cur = match d.gathers.remove(&seq[k].0) {
+                    Some(t) => t,
+                    None => self.coll(
+                        d,
+                        Stream::Dp,
+                        CollectiveKind::AllGather,
+                        GroupKind::Opt,
+                        ranks.clone(),
+                        seq[k].1 as f64 * wb,
+                        Category::OptComm,
+                        &after,
+                    ),
+                };
+                if let Some(&(next, params)) = seq.get(k + 1) {
+                    let t = self.coll(
+                        d,
+                        Stream::Dp,
+                        CollectiveKind::AllGather,
+                        GroupKind::Opt,
+                        ranks,
+                        params as f64 * wb,
+                        Category::OptComm,
+                        &after,
+                    );
+                    d.gathers.insert(next, t);
+                }
+                d.pending.push(cur);
+            }
+            _ => {}
+        }
+    }
+
+    /// MindSpore's optimizer parallel: the weight all-gathers of the whole stage, issued at the
+    /// start of the step on the dp stream in order of use and fused into buckets; each part's
+    /// first use waits for its bucket, so the gathers overlap the forward.
+    fn prefetch_gathers(&mut self, d: &mut Dev, stage: &pangu_strategies::Stage) {
+        let s = &self.plan.strategy;
+        let wb = bytes_per_param(s.precision, s.micro_batches > 1).0 as f64;
+        let ops = &self.plan.ops;
+        let mut parts: Vec<((u32, usize), u64)> = Vec::new();
+        for (c, chunk) in stage.chunks.iter().enumerate() {
+            let c = c as u32;
+            if chunk.embedding {
+                parts.push(((c, 0), totals(&ops.embedding).params));
+            }
+            for (i, &l) in chunk.layers.iter().enumerate() {
+                parts.push(((c, i + 1), totals(ops.layer(l)).params));
+            }
+            if chunk.head {
+                parts.push(((c, chunk.layers.len() + 1), totals(&ops.head).params));
+            }
+        }
+        let ranks = self.group(Axis::Dp, d.rank);
+        let bucket = s.grad_bucket.as_f64();
+        let mut acc = 0.0;
+        let mut waiting: Vec<(u32, usize)> = Vec::new();
+        let n = parts.len();
+        for (i, (key, params)) in parts.into_iter().enumerate() {
+            acc += params as f64 * wb;
+            waiting.push(key);
+            if acc >= bucket || i + 1 == n {
+                let t = self.coll(
+                    d,
+                    Stream::Dp,
+                    CollectiveKind::AllGather,
+                    GroupKind::Opt,
+                    ranks.clone(),
+                    acc,
+                    Category::OptComm,
+                    &[],
+                );
+                for k in waiting.drain(..) {
+                    d.gathers.insert(k, t);
+                }
+                acc = 0.0;
+            }
+        }
     }
 
     fn backward(&mut self, d: &mut Dev, chunk: &Chunk, mb: u32, last: bool) {
         let ops = &self.plan.ops;
         let label = Label::Backward(mb, chunk.virtual_stage);
         let re = Label::Recompute(mb, chunk.virtual_stage);
+        let seq = self.parts(chunk, true);
+        let pos = |key: (u32, usize)| seq.iter().position(|(k, _)| *k == key).unwrap_or(0);
+        let c = chunk.virtual_stage / self.plan.strategy.pp;
         if chunk.head {
+            self.need_weights(d, &seq, pos((c, chunk.layers.len() + 1)));
             self.run_ops(d, &ops.head, true, Category::Compute, label);
             if last {
                 self.grads_ready(d, totals(&ops.head).params);
@@ -377,8 +499,15 @@ impl Builder<'_> {
             _ => 1,
         };
         let layers: Vec<LayerId> = chunk.layers.clone();
-        let groups: Vec<&[LayerId]> = layers.chunks(group).collect();
-        for g in groups.iter().rev() {
+        let groups: Vec<(usize, &[LayerId])> = layers
+            .chunks(group)
+            .enumerate()
+            .map(|(i, g)| (i * group, g))
+            .collect();
+        for &(start, g) in groups.iter().rev() {
+            for j in 0..g.len() {
+                self.need_weights(d, &seq, pos((c, start + g.len() - j)));
+            }
             match self.plan.strategy.remat {
                 Remat::Full | Remat::Every(_) => {
                     for &l in g.iter() {
@@ -415,6 +544,7 @@ impl Builder<'_> {
             }
         }
         if chunk.embedding {
+            self.need_weights(d, &seq, pos((c, 0)));
             self.run_ops(d, &ops.embedding, true, Category::Compute, label);
             if last {
                 self.grads_ready(d, totals(&ops.embedding).params);
@@ -528,23 +658,21 @@ impl Builder<'_> {
                 .copied(),
         );
         let opt = self.compute(d, secs, Category::Compute, Label::Optimizer);
-        if sharded {
+        // ZeRO-1/2 gather the updated weights after the update; MindSpore's optimizer parallel
+        // and ZeRO-3 gather them ahead of use instead (see `prefetch_gathers`).
+        if sharded && matches!(s.opt_shard, OptShard::Zero1 | OptShard::Zero2) {
             let ranks = self.group(Axis::Dp, d.rank);
-            let rounds = if s.opt_shard == OptShard::Zero3 { 2 } else { 1 };
             let bytes = stage.params as f64 * wb as f64;
-            let mut last = opt;
-            for _ in 0..rounds {
-                last = self.coll(
-                    d,
-                    Stream::Dp,
-                    CollectiveKind::AllGather,
-                    GroupKind::Opt,
-                    ranks.clone(),
-                    bytes,
-                    Category::OptComm,
-                    &[last],
-                );
-            }
+            let last = self.coll(
+                d,
+                Stream::Dp,
+                CollectiveKind::AllGather,
+                GroupKind::Opt,
+                ranks,
+                bytes,
+                Category::OptComm,
+                &[opt],
+            );
             d.pending.push(last);
             self.compute(d, 0.0, Category::Compute, Label::StepEnd);
         }
@@ -569,7 +697,12 @@ impl Builder<'_> {
             pending: Vec::new(),
             bucket: 0.0,
             last_compute: None,
+            gathers: HashMap::new(),
         };
+        let s = &plan.strategy;
+        if s.dp > 1 && s.opt_shard == OptShard::Mindspore {
+            self.prefetch_gathers(&mut d, stage);
+        }
         let mut done: HashMap<(bool, u32, u32), u32> = HashMap::new();
         let p = plan.strategy.pp;
         let peer_rank = |peer: u32| plan.mesh.rank(Coords { pp: peer, ..coords });
@@ -581,7 +714,6 @@ impl Builder<'_> {
                     self.forward(
                         &mut d,
                         c,
-                        mb,
                         Category::Compute,
                         Label::Forward(mb, c.virtual_stage),
                     );

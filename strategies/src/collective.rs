@@ -41,9 +41,11 @@ pub enum InterServer {
 ///   servers recursive halving-doubling when the server count is a power of two, ring otherwise
 ///   (CANN `HCCL_ALGO` documentation, Atlas training series). With several chips of the group
 ///   per server the two levels combine hierarchically.
-/// - NCCL (NVIDIA): ring inside a node; across nodes the bandwidth-optimal ring for the large
-///   messages training sends (NCCL switches to trees for small messages at scale; the
-///   simulator refines by size), hierarchical when several chips per node take part.
+/// - NCCL (NVIDIA): rings for the large messages training sends. With one GPU per node in
+///   the group, a flat ring. With several, NCCL runs many channels whose rings cross between
+///   nodes at different GPUs, so the cross-node traffic spreads evenly over all the node's
+///   NICs; for bandwidth that is what the two-level (hierarchical) schedule does, which is
+///   how it is modelled. NCCL's trees serve small all-reduces at scale and are selectable.
 pub fn default_algorithm(
     lib: CollectiveLibrary,
     servers: u32,

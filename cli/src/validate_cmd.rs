@@ -1,0 +1,148 @@
+//! `pangu validate`: simulate published runs and compare.
+
+use anyhow::{Context, Result};
+use clap::Args;
+use pangu_sim::validate::{read_assumptions, read_rows, run_row, summary, Metric, RowResult};
+use serde_json::json;
+
+use crate::output::{emit, outln, print_json, table, tool_field};
+
+/// Options of `pangu validate`.
+#[derive(Debug, Args)]
+pub(crate) struct ValidateArgs {
+    /// CSV with the columns of sim/validation/published-runs.csv.
+    #[arg(
+        long,
+        value_name = "FILE.csv",
+        default_value = "sim/validation/published-runs.csv"
+    )]
+    pub runs: String,
+    /// Per-row assumptions (TOML; default: `<CSV name>.assumptions.toml` next to the CSV).
+    #[arg(long, value_name = "FILE.toml")]
+    pub assumptions: Option<String>,
+    /// Only these row ids (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub rows: Vec<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn fmt_metric(m: Metric, v: f64) -> String {
+    match m {
+        Metric::StepTime => format!("{v:.2} s"),
+        Metric::TflopsPerChip => format!("{v:.1} TFLOP/s"),
+        Metric::TokensPerSPerChip => format!("{v:.0} tok/s"),
+        Metric::Mfu => format!("{v:.3} MFU"),
+    }
+}
+
+/// Runs `pangu validate`.
+pub(crate) fn run(args: &ValidateArgs) -> Result<()> {
+    let text = std::fs::read_to_string(&args.runs)
+        .with_context(|| format!("cannot read {}", args.runs))?;
+    let rows = read_rows(&text, &args.runs)?;
+    let selected: Vec<_> = rows
+        .iter()
+        .filter(|r| {
+            args.rows.is_empty()
+                || args
+                    .rows
+                    .iter()
+                    .any(|id| r.get("row_id").is_some_and(|x| x == id))
+        })
+        .collect();
+    let sidecar = args.assumptions.clone().unwrap_or_else(|| {
+        let p = std::path::Path::new(&args.runs);
+        p.with_extension("assumptions.toml")
+            .to_string_lossy()
+            .into_owned()
+    });
+    let extra = match std::fs::read_to_string(&sidecar) {
+        Ok(t) => read_assumptions(&t, &sidecar)?,
+        Err(e) if args.assumptions.is_none() && e.kind() == std::io::ErrorKind::NotFound => {
+            Default::default()
+        }
+        Err(e) => {
+            return Err(anyhow::anyhow!(
+                "cannot read assumptions file {sidecar}: {e}"
+            ))
+        }
+    };
+    let results: Vec<RowResult> = selected
+        .iter()
+        .map(|r| run_row(r, r.get("row_id").and_then(|id| extra.get(id))))
+        .collect();
+    let (med, max) = summary(&results, false);
+    let (vmed, vmax) = summary(&results, true);
+    if args.json {
+        return print_json(&json!({
+            "tool": tool_field(&text),
+            "rows": results,
+            "median_abs_error": med,
+            "max_abs_error": max,
+            "verified": {"median_abs_error": vmed, "max_abs_error": vmax, "rows": results.iter().filter(|r| r.verified && !r.calibration && r.error.is_some()).count()},
+        }));
+    }
+    let mut out = String::new();
+    let mut rows_t = Vec::new();
+    for r in results.iter().filter(|r| r.error.is_some()) {
+        let (Some(m), Some(p), Some(q), Some(e)) = (r.metric, r.published, r.predicted, r.error)
+        else {
+            continue;
+        };
+        rows_t.push(vec![
+            r.row_id.clone(),
+            fmt_metric(m, p),
+            fmt_metric(m, q),
+            format!("{:+.3}", e),
+            if r.calibration {
+                "calibration".into()
+            } else if r.verified {
+                "verified".into()
+            } else {
+                "-".into()
+            },
+            r.strategy.clone().unwrap_or_default(),
+        ]);
+    }
+    outln!(
+        out,
+        "{}",
+        table(
+            &[
+                "row",
+                "published",
+                "predicted",
+                "error",
+                "gate",
+                "strategy simulated"
+            ],
+            &rows_t
+        )
+    );
+    for r in &results {
+        if !r.assumptions.is_empty() && r.error.is_some() {
+            outln!(
+                out,
+                "assumed for {}: {}",
+                r.row_id,
+                r.assumptions.join("; ")
+            );
+        }
+    }
+    for r in &results {
+        if let Some(why) = &r.skipped {
+            outln!(out, "skipped {}: {why}", r.row_id);
+        }
+    }
+    let f = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.3}"));
+    outln!(
+        out,
+        "all compared rows: median |error| {}, max {}",
+        f(med),
+        f(max)
+    );
+    outln!(out, "verified rows (the gate; Ascend rows calibrate and are excluded): median |error| {}, max {}", f(vmed), f(vmax));
+    emit(&out)
+}
