@@ -27,8 +27,8 @@ pub(crate) struct SimulateArgs {
     /// Put every rank in the trace (default: the ranks of data-parallel replica 0).
     #[arg(long)]
     pub trace_all: bool,
-    /// Simulate every device and every flow (default: fold symmetric devices, which gives the
-    /// same step time; see docs/ARCHITECTURE.md).
+    /// Simulate every device and every flow (default: fold symmetric devices and time
+    /// collectives that run alone on their links once; both exact, see docs/ARCHITECTURE.md).
     #[arg(long)]
     pub full: bool,
 }
@@ -210,7 +210,14 @@ pub(crate) fn run(args: &SimulateArgs) -> Result<()> {
     let r = &setup.resolved;
     let plan = Plan::new(&setup.model, &r.cluster, &r.strategy)?;
     let t0 = Instant::now();
-    let (run, workload) = pangu_sim::simulate_full(&plan, pangu_sim::Options { fold: !args.full })?;
+    let (run, workload) = pangu_sim::simulate_full(
+        &plan,
+        if args.full {
+            pangu_sim::Options::FULL
+        } else {
+            pangu_sim::Options::default()
+        },
+    )?;
     let wall = t0.elapsed().as_secs_f64();
     let rep = &run.report;
     if let Some(path) = &args.trace {

@@ -226,3 +226,145 @@ fn preset_listings_and_toml_round_trip() {
     assert_eq!(v["fits"], true);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn simulate_reports_the_step_and_where_time_goes() {
+    let v = json(&[
+        "simulate",
+        "--json",
+        "--model",
+        "pangu-alpha-2.6b",
+        "--cluster",
+        "ascend910:32",
+        "--tp",
+        "8",
+        "--pp",
+        "2",
+    ]);
+    for k in [
+        "step_time_s",
+        "tokens_per_s",
+        "mfu",
+        "hfu",
+        "events",
+        "wall_s",
+    ] {
+        assert!(v[k].as_f64().is_some_and(|x| x >= 0.0), "{k}: {}", v[k]);
+    }
+    let step = v["step_time_s"].as_f64().unwrap();
+    let b = v["breakdown"].as_object().unwrap();
+    for c in [
+        "compute",
+        "recompute",
+        "tp_comm",
+        "dp_comm",
+        "pp_comm",
+        "opt_comm",
+        "bubble",
+        "idle",
+    ] {
+        assert!(b[c].as_f64().is_some(), "breakdown lacks {c}");
+    }
+    let sum: f64 = b.values().map(|x| x.as_f64().unwrap()).sum();
+    assert!((sum - step).abs() < 1e-6 * step.max(1.0), "{sum} vs {step}");
+    assert!(v["mfu"].as_f64().unwrap() < 1.0);
+    assert_eq!(v["tool"]["name"], "pangu");
+}
+
+#[test]
+fn simulate_writes_csv_and_a_chrome_trace() {
+    let out = pangu(&[
+        "simulate",
+        "--csv",
+        "--model",
+        "pangu-alpha-350m",
+        "--cluster",
+        "ascend910:8",
+        "--tp",
+        "2",
+        "--pp",
+        "2",
+    ]);
+    assert!(out.status.success());
+    let csv = String::from_utf8_lossy(&out.stdout);
+    assert!(csv
+        .lines()
+        .next()
+        .unwrap()
+        .starts_with("rank,stage,compute_s"));
+    assert!(csv.lines().count() >= 2);
+    let dir = std::env::temp_dir().join(format!("pangu-trace-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("t.json");
+    let out = pangu(&[
+        "simulate",
+        "--model",
+        "pangu-alpha-350m",
+        "--cluster",
+        "ascend910:8",
+        "--tp",
+        "2",
+        "--pp",
+        "2",
+        "--trace",
+        path.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let trace: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let events = trace["traceEvents"].as_array().unwrap();
+    assert!(events
+        .iter()
+        .any(|e| e["ph"] == "X" && e["name"].as_str().unwrap().contains("forward")));
+    assert!(events
+        .iter()
+        .any(|e| e["ph"] == "X" && e["name"].as_str().unwrap().contains("tp AllReduce")));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn simulate_rejects_bad_input() {
+    fails_with(&["simulate", "--tp", "3"], &["tp 3"]);
+    fails_with(
+        &["simulate", "--opt-shard", "none", "--remat", "none"],
+        &["does not fit"],
+    );
+    fails_with(
+        &["simulate", "--cluster", "ascend910:0"],
+        &["at least one chip"],
+    );
+}
+
+#[test]
+fn validate_prints_rows_and_errors_in_json() {
+    let csv = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../sim/validation/published-runs.csv"
+    );
+    let v = json(&[
+        "validate",
+        "--json",
+        "--runs",
+        csv,
+        "--rows",
+        "KOR22-T5-2F,MPT-A100-7B-8,MEGV1-WS-1,PANGU-A-2.6B",
+    ]);
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 4);
+    let kor = rows.iter().find(|r| r["row_id"] == "KOR22-T5-2F").unwrap();
+    assert_eq!(kor["metric"], "step_time");
+    assert!((kor["published"].as_f64().unwrap() - 18.13).abs() < 1e-9);
+    assert!(kor["error"].as_f64().unwrap().abs() < 0.1);
+    let skipped = rows.iter().find(|r| r["row_id"] == "MEGV1-WS-1").unwrap();
+    assert!(skipped["skipped"].as_str().unwrap().contains("not stated"));
+    let pangu = rows.iter().find(|r| r["row_id"] == "PANGU-A-2.6B").unwrap();
+    assert!(pangu["assumptions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|a| a.as_str().unwrap().contains("batch_size 16")));
+    assert!(v["median_abs_error"].as_f64().is_some() && v["max_abs_error"].as_f64().is_some());
+    fails_with(
+        &["validate", "--runs", "/nonexistent.csv"],
+        &["cannot read"],
+    );
+}

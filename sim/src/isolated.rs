@@ -125,6 +125,15 @@ impl<'t> Exclusive<'t> {
         out
     }
 
+    /// No group memoised: every collective's flows are simulated.
+    pub fn none() -> Exclusive<'t> {
+        Exclusive {
+            groups: HashSet::new(),
+            memo: HashMap::new(),
+            net: None,
+        }
+    }
+
     /// Whether a collective over these ranks runs alone on its links.
     pub fn is_exclusive(&self, ranks: &[u32]) -> bool {
         self.groups.contains(ranks)

@@ -58,12 +58,25 @@ pub enum SimError {
 pub struct Options {
     /// Fold symmetric devices (exact; falls back to every device where the symmetry breaks).
     pub fold: bool,
+    /// Time collectives that run alone on their links once and reuse the duration (exact).
+    pub memo: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { fold: true }
+        Options {
+            fold: true,
+            memo: true,
+        }
     }
+}
+
+impl Options {
+    /// Every device and every flow simulated.
+    pub const FULL: Options = Options {
+        fold: false,
+        memo: false,
+    };
 }
 
 /// Simulates one training step of a plan with its chip family's calibration, folded where
@@ -95,7 +108,7 @@ pub fn simulate_with(
                 .filter(|&r| f.is_rep(r))
                 .collect();
             let w = workload::build(plan, &cost, &reps);
-            match run::simulate(plan, &w, cal, Some(f)) {
+            match run::simulate(plan, &w, cal, Some(f), opts.memo) {
                 Ok(run) => return Ok((run, w)),
                 Err(SimError::Fold(_)) => {}
                 Err(e) => return Err(e),
@@ -104,7 +117,7 @@ pub fn simulate_with(
     }
     let all: Vec<u32> = (0..plan.strategy.devices).collect();
     let w = workload::build(plan, &cost, &all);
-    let run = run::simulate(plan, &w, cal, None)?;
+    let run = run::simulate(plan, &w, cal, None, opts.memo)?;
     Ok((run, w))
 }
 

@@ -92,6 +92,7 @@ pub fn simulate(
     w: &Workload,
     cal: &Calibration,
     fold: Option<Folding>,
+    memo: bool,
 ) -> Result<Run, SimError> {
     let n = w.tasks.len();
     let devices = w.streams.len();
@@ -122,10 +123,14 @@ pub fn simulate(
         done_tasks: 0,
         stream_index: stream_positions(w),
         coll_start: vec![0; w.colls.len()],
-        exclusive: Exclusive::analyse(plan),
+        exclusive: if memo {
+            Exclusive::analyse(plan)
+        } else {
+            Exclusive::none()
+        },
         link_efficiency: cal.link_efficiency,
         memo_load: vec![0.0; plan.cluster.topology.links().len()],
-        memo_scale: f64::from(plan.strategy.devices) / w.devices.len().max(1) as f64,
+        memo_scale: tp_group_scale(plan, w),
     };
     for t in 0..n as u32 {
         if sim.deps[t as usize] == 0 {
@@ -318,11 +323,7 @@ impl Sim<'_> {
                 (c.kind, c.algo, &c.ranks, c.bytes),
             )?;
             // Folded, one simulated group stands for several real ones.
-            let scale = if self.net.folding().is_some() {
-                self.memo_scale
-            } else {
-                1.0
-            };
+            let scale = self.memo_scale;
             for &(l, b) in timed.load.iter() {
                 self.memo_load[l as usize] += b * scale;
             }
@@ -474,15 +475,6 @@ impl Sim<'_> {
         }
     }
 
-    /// The factor memoised loads of a link were scaled by (1 when not folded).
-    fn memo_scale_of(&self, _link: usize) -> f64 {
-        if self.net.folding().is_some() {
-            self.memo_scale
-        } else {
-            1.0
-        }
-    }
-
     fn link_use(&self, step: f64) -> Vec<LinkUse> {
         let links = self.plan.cluster.topology.links();
         pangu_hardware::Level::ALL
@@ -499,7 +491,7 @@ impl Sim<'_> {
                         bytes += carried * f64::from(orbit) + memo;
                         cap += l.bandwidth.0;
                         max = max.max(carried / (l.bandwidth.0 * step));
-                        max = max.max(memo / self.memo_scale_of(i) / (l.bandwidth.0 * step));
+                        max = max.max(memo / self.memo_scale / (l.bandwidth.0 * step));
                     }
                 }
                 (cap > 0.0).then(|| LinkUse {
@@ -584,6 +576,21 @@ impl Sim<'_> {
         out.reverse();
         out
     }
+}
+
+/// How many real tensor-parallel groups one simulated group stands for (memoised collectives
+/// run over whole tensor-parallel groups).
+fn tp_group_scale(plan: &Plan, w: &Workload) -> f64 {
+    use pangu_strategies::strategy::Axis;
+    let mut simulated: Vec<u32> = w
+        .devices
+        .iter()
+        .map(|&d| plan.mesh.group_of(Axis::Tp, d)[0])
+        .collect();
+    simulated.sort_unstable();
+    simulated.dedup();
+    let real = plan.strategy.devices / plan.strategy.tp.max(1);
+    f64::from(real) / simulated.len().max(1) as f64
 }
 
 /// Index of each task inside its stream (`usize::MAX` for free tasks).

@@ -1,0 +1,117 @@
+//! Fidelity against published runs (sim/validation/published-runs.csv).
+//!
+//! The gate is the `verified` rows, with every hardware family calibrated once
+//! (sim/calibration/*.toml). The two Ascend 910 rows calibrate the Ascend family and are
+//! checked only for being fitted.
+
+#![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
+
+use std::collections::HashMap;
+
+use pangu_sim::validate::{read_assumptions, read_rows, run_row, summary, RowResult};
+
+fn results() -> Vec<RowResult> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("validation");
+    let csv = std::fs::read_to_string(dir.join("published-runs.csv")).unwrap();
+    let extra: HashMap<_, _> = read_assumptions(
+        &std::fs::read_to_string(dir.join("published-runs.assumptions.toml")).unwrap(),
+        "a",
+    )
+    .unwrap();
+    read_rows(&csv, "published-runs.csv")
+        .unwrap()
+        .iter()
+        .map(|r| run_row(r, r.get("row_id").and_then(|id| extra.get(id))))
+        .collect()
+}
+
+#[test]
+fn verified_rows_are_predicted_within_the_targets() {
+    let rows = results();
+    let verified: Vec<&RowResult> = rows
+        .iter()
+        .filter(|r| r.verified && !r.calibration)
+        .collect();
+    // Every verified row with a model shape is simulated, none silently dropped.
+    for r in &verified {
+        assert!(
+            r.error.is_some()
+                || r.skipped
+                    .as_deref()
+                    .is_some_and(|s| s.contains("not stated")),
+            "{}: {:?}",
+            r.row_id,
+            r.skipped
+        );
+    }
+    let n = verified.iter().filter(|r| r.error.is_some()).count();
+    assert!(n >= 20, "only {n} verified rows compared");
+    let (median, max) = summary(&rows, true);
+    let (median, max) = (median.unwrap(), max.unwrap());
+    // Targets: median |error| ≤ 5 %, worst ≤ 12 %. Two H100 FSDP rows without activation
+    // checkpointing miss the worst-row target (MPT-H100-13B-64 at +33 %, MPT-H100-7B-8 at
+    // +13 %: the model lacks compute/communication interference; see docs/validation.md).
+    // These bounds guard against regressions until that is modelled.
+    assert!(median <= 0.05, "median |error| {median}");
+    assert!(max <= 0.35, "max |error| {max}");
+    let within_12 = verified
+        .iter()
+        .filter(|r| r.error.is_some_and(|e| e.abs() <= 0.12))
+        .count();
+    assert!(within_12 + 2 >= n, "{within_12} of {n} rows within 12 %");
+}
+
+#[test]
+fn ascend_rows_are_fitted_and_reported() {
+    for r in results()
+        .iter()
+        .filter(|r| r.calibration && r.error.is_some())
+    {
+        assert!(
+            r.error.unwrap().abs() <= 0.06,
+            "{}: {:?}",
+            r.row_id,
+            r.error
+        );
+        assert!(
+            !r.assumptions.is_empty(),
+            "{}: the batch it assumes must be printed",
+            r.row_id
+        );
+    }
+}
+
+#[test]
+fn bad_csv_is_rejected_with_the_reason() {
+    let e = read_rows("row_id,model\nx,y\n", "bad.csv")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("missing column") && e.contains("layers"), "{e}");
+    let header = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("validation/published-runs.csv"),
+    )
+    .unwrap()
+    .lines()
+    .next()
+    .unwrap()
+    .to_string();
+    let cols = header.split(',').count();
+    let mut row = vec![""; cols];
+    let idx = |name: &str| header.split(',').position(|h| h == name).unwrap();
+    row[idx("row_id")] = "NAN-ROW";
+    row[idx("model")] = "GPT-x";
+    row[idx("layers")] = "NaN";
+    row[idx("hidden")] = "1024";
+    row[idx("heads")] = "16";
+    row[idx("accelerator")] = "A100-SXM4-80GB";
+    row[idx("n_chips")] = "8";
+    row[idx("tp")] = "8";
+    let text = format!("{header}\n{}\n", row.join(","));
+    let rows = read_rows(&text, "nan.csv").unwrap();
+    let r = run_row(&rows[0], None);
+    assert!(
+        r.skipped.as_deref().is_some_and(|s| s.contains("layers")),
+        "{:?}",
+        r.skipped
+    );
+}
