@@ -27,10 +27,20 @@ pub type WeightedRoute = std::rc::Rc<Vec<(LinkId, f64)>>;
 /// How the group acts on one axis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
-    /// `i → i + k mod n`.
-    Cyclic,
-    /// `i → i XOR k` (n a power of two).
+    /// `i → i + k mod n` for `k` a multiple of the stride: the rotations by whole blocks of
+    /// `stride` indices (stride 1: every rotation). Representatives: `i < stride`.
+    Cyclic(u32),
+    /// `i → i XOR k` (n a power of two). Representative: `i = 0`.
     Xor,
+}
+
+impl Action {
+    fn order(self, n: u32) -> u32 {
+        match self {
+            Action::Cyclic(g) => n / g,
+            Action::Xor => n,
+        }
+    }
 }
 
 /// The symmetry group in use and the link orbits it induces.
@@ -47,71 +57,114 @@ pub struct Folding {
 }
 
 impl Folding {
-    /// The largest group under which the plan's topology is symmetric, or `None` when no
-    /// axis folds.
-    pub fn new(plan: &Plan) -> Option<Folding> {
-        let s = &plan.strategy;
-        let topo = &plan.cluster.topology;
-        let pick = |axis: Axis, n: u32| -> Option<Action> {
-            if n <= 1 {
-                return None;
-            }
-            let mut candidates = Vec::new();
-            if axis == Axis::Dp && n.is_power_of_two() {
-                candidates.push(Action::Xor);
-            }
-            candidates.push(Action::Cyclic);
-            candidates.into_iter().find(|&a| {
-                let probe = Folding {
-                    dp: s.dp,
-                    tp: s.tp,
-                    dp_action: (axis == Axis::Dp).then_some(a),
-                    tp_action: (axis == Axis::Tp).then_some(a),
-                    mesh: plan.mesh,
-                    canon: HashMap::new(),
-                    routes: HashMap::new(),
-                };
-                probe
-                    .generators()
-                    .iter()
-                    .all(|&g| probe.is_automorphism(topo, g))
-            })
-        };
-        let dp_action = pick(Axis::Dp, s.dp);
-        let tp_action = pick(Axis::Tp, s.tp);
-        if dp_action.is_none() && tp_action.is_none() {
-            return None;
-        }
-        let f = Folding {
-            dp: s.dp,
-            tp: s.tp,
+    fn with(plan: &Plan, dp_action: Option<Action>, tp_action: Option<Action>) -> Folding {
+        Folding {
+            dp: plan.strategy.dp,
+            tp: plan.strategy.tp,
             dp_action,
             tp_action,
             mesh: plan.mesh,
             canon: HashMap::new(),
             routes: HashMap::new(),
+        }
+    }
+
+    /// The symmetry groups under which the plan's topology is symmetric, largest first (each
+    /// axis: XOR when its size is a power of two, then rotations by the smallest stride that
+    /// maps the topology onto itself). Empty when no axis folds.
+    pub fn candidates(plan: &Plan) -> Vec<Folding> {
+        let s = &plan.strategy;
+        let topo = &plan.cluster.topology;
+        let options = |axis: Axis, n: u32| -> Vec<Action> {
+            if n <= 1 {
+                return Vec::new();
+            }
+            let mut v = Vec::new();
+            let ok = |a: Action| {
+                let probe = match axis {
+                    Axis::Dp => Folding::with(plan, Some(a), None),
+                    _ => Folding::with(plan, None, Some(a)),
+                };
+                probe
+                    .generators()
+                    .iter()
+                    .all(|&g| probe.is_automorphism(topo, g))
+            };
+            if n.is_power_of_two() && ok(Action::Xor) {
+                v.push(Action::Xor);
+            }
+            if let Some(g) = (1..n)
+                .filter(|g| n % g == 0)
+                .find(|&g| ok(Action::Cyclic(g)))
+            {
+                v.push(Action::Cyclic(g));
+            }
+            v
         };
-        // The two actions must also commute as a product group on the topology: check the
-        // generators of the product (already individually checked) — they act on different
-        // coordinates, so the product is a group of order |G_dp|·|G_tp|.
-        Some(f)
+        let dps: Vec<Option<Action>> = options(Axis::Dp, s.dp)
+            .into_iter()
+            .map(Some)
+            .chain([None])
+            .collect();
+        let tps: Vec<Option<Action>> = options(Axis::Tp, s.tp)
+            .into_iter()
+            .map(Some)
+            .chain([None])
+            .collect();
+        let mut out: Vec<Folding> = Vec::new();
+        for &d in &dps {
+            for &t in &tps {
+                if d.is_some() || t.is_some() {
+                    out.push(Folding::with(plan, d, t));
+                }
+            }
+        }
+        out.sort_by_key(|f| std::cmp::Reverse(f.order()));
+        out
+    }
+
+    /// Whether every distinct collective of the workload maps onto itself step by step.
+    pub fn collectives_symmetric(&self, plan: &Plan, w: &crate::workload::Workload) -> bool {
+        let mut seen = std::collections::HashSet::new();
+        w.colls.iter().all(|c| {
+            if !seen.insert((c.kind, c.algo, c.ranks.clone())) {
+                return true;
+            }
+            crate::collective::steps(c.kind, c.algo, &c.ranks, 1.0, &plan.cluster.topology)
+                .iter()
+                .all(|step| self.step_is_symmetric(&c.ranks, step))
+        })
     }
 
     /// Order of the group.
     pub fn order(&self) -> u32 {
-        let d = if self.dp_action.is_some() { self.dp } else { 1 };
-        let t = if self.tp_action.is_some() { self.tp } else { 1 };
-        d * t
+        self.dp_action.map_or(1, |a| a.order(self.dp))
+            * self.tp_action.map_or(1, |a| a.order(self.tp))
     }
 
     /// Which axes fold, for reports.
     pub fn describe(&self) -> String {
+        let name = |a: Action| match a {
+            Action::Xor => "xor".to_string(),
+            Action::Cyclic(1) => "rotation".to_string(),
+            Action::Cyclic(g) => format!("rotation by {g}"),
+        };
         let mut v = Vec::new();
         if let Some(a) = self.dp_action {
-            v.push(format!("dp {} ({:?})", self.dp, a));
+            v.push(format!(
+                "dp {} ({}, {}x)",
+                self.dp,
+                name(a),
+                a.order(self.dp)
+            ));
         }
         if let Some(a) = self.tp_action {
-            v.push(format!("tp {} ({:?})", self.tp, a));
+            v.push(format!(
+                "tp {} ({}, {}x)",
+                self.tp,
+                name(a),
+                a.order(self.tp)
+            ));
         }
         v.join(" × ")
     }
@@ -119,13 +172,18 @@ impl Folding {
     /// Whether a rank is a representative.
     pub fn is_rep(&self, rank: u32) -> bool {
         let c = self.mesh.coords(rank);
-        (self.dp_action.is_none() || c.dp == 0) && (self.tp_action.is_none() || c.tp == 0)
+        let rep = |a: Option<Action>, i: u32| match a {
+            None => true,
+            Some(Action::Xor) => i == 0,
+            Some(Action::Cyclic(g)) => i < g,
+        };
+        rep(self.dp_action, c.dp) && rep(self.tp_action, c.tp)
     }
 
     fn shift(a: Option<Action>, n: u32, i: u32, k: u32) -> u32 {
         match a {
             None => i,
-            Some(Action::Cyclic) => (i + k) % n,
+            Some(Action::Cyclic(_)) => (i + k) % n,
             Some(Action::Xor) => i ^ k,
         }
     }
@@ -141,20 +199,28 @@ impl Folding {
     }
 
     fn elements(&self) -> Vec<(u32, u32)> {
-        let d = if self.dp_action.is_some() { self.dp } else { 1 };
-        let t = if self.tp_action.is_some() { self.tp } else { 1 };
-        (0..d).flat_map(|a| (0..t).map(move |b| (a, b))).collect()
+        let ks = |a: Option<Action>, n: u32| -> Vec<u32> {
+            match a {
+                None => vec![0],
+                Some(Action::Xor) => (0..n).collect(),
+                Some(Action::Cyclic(g)) => (0..n).step_by(g as usize).collect(),
+            }
+        };
+        let (d, t) = (ks(self.dp_action, self.dp), ks(self.tp_action, self.tp));
+        d.iter()
+            .flat_map(|&a| t.iter().map(move |&b| (a, b)))
+            .collect()
     }
 
     fn generators(&self) -> Vec<(u32, u32)> {
         let mut g = Vec::new();
         match self.dp_action {
-            Some(Action::Cyclic) => g.push((1, 0)),
+            Some(Action::Cyclic(s)) => g.push((s, 0)),
             Some(Action::Xor) => g.extend((0..self.dp.trailing_zeros()).map(|b| (1 << b, 0))),
             None => {}
         }
         match self.tp_action {
-            Some(Action::Cyclic) => g.push((0, 1)),
+            Some(Action::Cyclic(s)) => g.push((0, s)),
             Some(Action::Xor) => g.extend((0..self.tp.trailing_zeros()).map(|b| (0, 1 << b))),
             None => {}
         }

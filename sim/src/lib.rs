@@ -103,11 +103,14 @@ pub fn simulate_with(
         cal.clone(),
     )?;
     if opts.fold {
-        if let Some(f) = fold::Folding::new(plan) {
+        for f in fold::Folding::candidates(plan) {
             let reps: Vec<u32> = (0..plan.strategy.devices)
                 .filter(|&r| f.is_rep(r))
                 .collect();
             let w = workload::build(plan, &cost, &reps);
+            if !f.collectives_symmetric(plan, &w) {
+                continue;
+            }
             match run::simulate(plan, &w, cal, Some(f), opts.memo) {
                 Ok(run) => return Ok((run, w)),
                 Err(SimError::Fold(_)) => {}

@@ -81,7 +81,10 @@ fn folding_and_memoisation_give_the_same_step_as_simulating_everything() {
 fn folding_is_used_where_the_topology_is_symmetric() {
     let ps = plans();
     let (_, f) = run(&ps[0].1, Options::default());
-    assert_eq!(f.as_deref(), Some("dp 8 (Xor)")); // tp 8 spans both HCCS islands: no tp fold
+    assert_eq!(
+        f.as_deref(),
+        Some("dp 8 (xor, 8x) × tp 8 (rotation by 4, 2x)")
+    ); // tp 8 spans both HCCS islands: only swapping them is a symmetry
     let (_, f) = run(&ps[2].1, Options::default());
     assert!(
         f.as_deref()
