@@ -80,6 +80,11 @@ impl<E> Queue<E> {
         Some((e.time, e.event))
     }
 
+    /// The next event without taking it.
+    pub fn peek(&self) -> Option<(Time, &E)> {
+        self.heap.peek().map(|e| (e.time, &e.event))
+    }
+
     /// Current time.
     pub fn now(&self) -> Time {
         self.now

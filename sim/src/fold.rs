@@ -15,8 +15,6 @@
 //! the canonical link of each orbit with that weight, and max-min sharing counts weights.
 //! A test checks that folded and full simulations give the same step time.
 
-use std::collections::HashMap;
-
 use pangu_hardware::{LinkId, Node, Topology};
 use pangu_strategies::strategy::Axis;
 use pangu_strategies::{Coords, Plan};
@@ -52,8 +50,8 @@ pub struct Folding {
     tp_action: Option<Action>,
     mesh: pangu_strategies::Mesh,
     /// Canonical link and orbit size of each link, filled on demand.
-    canon: HashMap<LinkId, (LinkId, u32)>,
-    routes: HashMap<(u32, u32), WeightedRoute>,
+    canon: crate::fxhash::FxMap<LinkId, (LinkId, u32)>,
+    routes: crate::fxhash::FxMap<(u32, u32), WeightedRoute>,
 }
 
 impl Folding {
@@ -64,8 +62,8 @@ impl Folding {
             dp_action,
             tp_action,
             mesh: plan.mesh,
-            canon: HashMap::new(),
-            routes: HashMap::new(),
+            canon: Default::default(),
+            routes: Default::default(),
         }
     }
 

@@ -24,6 +24,7 @@ pub mod collective;
 pub mod cost;
 pub mod engine;
 pub mod fold;
+pub mod fxhash;
 pub mod isolated;
 pub mod network;
 pub mod run;

@@ -156,7 +156,8 @@ pub struct Network<'t> {
     links: Vec<LinkState>,
     flows: Vec<Flow>,
     free: Vec<FlowId>,
-    routes: HashMap<(u32, u32), std::rc::Rc<Route>>,
+    routes: crate::fxhash::FxMap<(u32, u32), std::rc::Rc<Route>>,
+    scratch: (Vec<u32>, Vec<FlowId>, Vec<u32>),
     fold: Option<crate::fold::Folding>,
     epoch: u32,
     versions: u64,
@@ -195,7 +196,8 @@ impl<'t> Network<'t> {
             links: state,
             flows: Vec::new(),
             free: Vec::new(),
-            routes: HashMap::new(),
+            routes: Default::default(),
+            scratch: Default::default(),
             fold: None,
             epoch: 0,
             versions: 0,
@@ -255,6 +257,38 @@ impl<'t> Network<'t> {
         dst: u32,
         bytes: f64,
     ) -> Result<(FlowId, Vec<Completion>), SimError> {
+        let (ids, out) = self.start_batch(now, &[(src, dst, bytes)])?;
+        Ok((ids[0], out))
+    }
+
+    /// Starts several transfers at the same instant with one rate computation (the rates
+    /// are those of the final set, as if they had been started one by one).
+    pub fn start_batch(
+        &mut self,
+        now: Time,
+        transfers: &[(u32, u32, f64)],
+    ) -> Result<(Vec<FlowId>, Vec<Completion>), SimError> {
+        let mut out = Vec::new();
+        let mut seeds = Vec::new();
+        let mut ids = Vec::with_capacity(transfers.len());
+        for &(src, dst, bytes) in transfers {
+            ids.push(self.add_flow(now, src, dst, bytes, &mut seeds, &mut out)?);
+        }
+        if !seeds.is_empty() {
+            out.extend(self.recompute(now, &seeds));
+        }
+        Ok((ids, out))
+    }
+
+    fn add_flow(
+        &mut self,
+        now: Time,
+        src: u32,
+        dst: u32,
+        bytes: f64,
+        seeds: &mut Vec<u32>,
+        out: &mut Vec<Completion>,
+    ) -> Result<FlowId, SimError> {
         let route = if src == dst {
             std::rc::Rc::new(Route {
                 all: vec![],
@@ -306,46 +340,54 @@ impl<'t> Network<'t> {
             } else {
                 0
             };
-            return Ok((
-                id,
-                vec![Completion {
-                    flow: id,
-                    version,
-                    finish: now + t,
-                }],
-            ));
+            out.push(Completion {
+                flow: id,
+                version,
+                finish: now + t,
+            });
+            return Ok(id);
         }
         for &(l, _) in &route.saturable {
             self.links[l as usize].flows.push(id);
+            seeds.push(l);
         }
-        let seeds: Vec<u32> = route.saturable.iter().map(|&(l, _)| l).collect();
-        let changes = self.recompute(now, &seeds);
-        Ok((id, changes))
+        Ok(id)
     }
 
     /// Ends a flow's bandwidth phase (its completion event fired with a current version);
     /// returns the path latency still to wait and the completions that changed.
     pub fn finish(&mut self, now: Time, id: FlowId) -> (Time, Vec<Completion>) {
-        let route = self.flows[id as usize].route.clone();
-        let bytes = self.flows[id as usize].bytes;
-        self.flows[id as usize].active = false;
-        for &(l, w) in &route.all {
-            self.links[l as usize].carried += bytes * w;
-        }
-        for &(l, _) in &route.saturable {
-            let fl = &mut self.links[l as usize].flows;
-            if let Some(p) = fl.iter().position(|&f| f == id) {
-                fl.swap_remove(p);
+        let (lat, out) = self.finish_batch(now, &[id]);
+        (lat[0], out)
+    }
+
+    /// Ends several flows at the same instant with one rate computation.
+    pub fn finish_batch(&mut self, now: Time, ids: &[FlowId]) -> (Vec<Time>, Vec<Completion>) {
+        let mut seeds = Vec::new();
+        let mut lats = Vec::with_capacity(ids.len());
+        for &id in ids {
+            let route = self.flows[id as usize].route.clone();
+            let bytes = self.flows[id as usize].bytes;
+            self.flows[id as usize].active = false;
+            for &(l, w) in &route.all {
+                self.links[l as usize].carried += bytes * w;
             }
+            for &(l, _) in &route.saturable {
+                let fl = &mut self.links[l as usize].flows;
+                if let Some(p) = fl.iter().position(|&f| f == id) {
+                    fl.swap_remove(p);
+                }
+                seeds.push(l);
+            }
+            self.free.push(id);
+            lats.push(route.latency);
         }
-        self.free.push(id);
-        let seeds: Vec<u32> = route.saturable.iter().map(|&(l, _)| l).collect();
         let changes = if seeds.is_empty() {
             Vec::new()
         } else {
             self.recompute(now, &seeds)
         };
-        (route.latency, changes)
+        (lats, changes)
     }
 
     /// Whether an event for `flow` with `version` is current.
@@ -364,9 +406,10 @@ impl<'t> Network<'t> {
         self.recomputes += 1;
         self.epoch = self.epoch.wrapping_add(1).max(1);
         let epoch = self.epoch;
-        let mut comp_links: Vec<u32> = Vec::new();
-        let mut comp_flows: Vec<FlowId> = Vec::new();
-        let mut stack: Vec<u32> = Vec::new();
+        let (mut comp_links, mut comp_flows, mut stack) = std::mem::take(&mut self.scratch);
+        comp_links.clear();
+        comp_flows.clear();
+        stack.clear();
         for &l in seeds {
             if self.links[l as usize].mark != epoch {
                 self.links[l as usize].mark = epoch;
@@ -463,6 +506,7 @@ impl<'t> Network<'t> {
                 });
             }
         }
+        self.scratch = (comp_links, comp_flows, stack);
         out
     }
 }

@@ -75,6 +75,8 @@ struct Sim<'a> {
     stream_index: Vec<usize>,
     /// When every member of a collective had joined.
     coll_start: Vec<Time>,
+    /// Latest arrival so far of the current step's transfers, per collective.
+    arrive_max: Vec<Time>,
     exclusive: Exclusive<'a>,
     link_efficiency: f64,
     /// Bytes memoised collectives put on each link, and how many real groups one simulated
@@ -123,6 +125,7 @@ pub fn simulate(
         done_tasks: 0,
         stream_index: stream_positions(w),
         coll_start: vec![0; w.colls.len()],
+        arrive_max: vec![0; w.colls.len()],
         exclusive: if memo {
             Exclusive::analyse(plan)
         } else {
@@ -141,22 +144,49 @@ pub fn simulate(
         match ev {
             Ev::TaskDone(t) => sim.task_done(t, now)?,
             Ev::FlowDone(c) => {
+                // Every current completion at this instant ends together: one rate update.
+                let mut done = Vec::new();
                 if sim.net.is_current(c.flow, c.version) {
-                    let (lat, changes) = sim.net.finish(now, c.flow);
-                    let owner = sim.owner[c.flow as usize];
-                    sim.q.push(now + lat, Ev::Arrive(owner));
-                    for ch in changes {
-                        sim.q.push(ch.finish, Ev::FlowDone(ch));
+                    done.push(c.flow);
+                }
+                while let Some((t, Ev::FlowDone(n))) = sim.q.peek() {
+                    if t != now {
+                        break;
                     }
+                    let n = *n;
+                    sim.q.pop();
+                    if sim.net.is_current(n.flow, n.version) {
+                        done.push(n.flow);
+                    }
+                }
+                if done.is_empty() {
+                    continue;
+                }
+                let (lats, changes) = sim.net.finish_batch(now, &done);
+                for (&flow, lat) in done.iter().zip(lats) {
+                    match sim.owner[flow as usize] {
+                        Owner::Send(t) => sim.q.push(now + lat, Ev::Arrive(Owner::Send(t))),
+                        // A collective step ends when its last transfer arrives: one event for
+                        // the step once its last flow has left, at the latest arrival.
+                        Owner::Coll(i) => {
+                            let i = i as usize;
+                            sim.arrive_max[i] = sim.arrive_max[i].max(now + lat);
+                            sim.pending[i] -= 1;
+                            if sim.pending[i] == 0 {
+                                let at = std::mem::take(&mut sim.arrive_max[i]);
+                                sim.q.push(at, Ev::Arrive(Owner::Coll(i as u32)));
+                            }
+                        }
+                    }
+                }
+                for ch in changes {
+                    sim.q.push(ch.finish, Ev::FlowDone(ch));
                 }
             }
             Ev::Arrive(Owner::Send(t)) => sim.task_done(t, now)?,
             Ev::Arrive(Owner::Coll(i)) => {
-                sim.pending[i as usize] -= 1;
-                if sim.pending[i as usize] == 0 {
-                    sim.step[i as usize] += 1;
-                    sim.next_step(i, now)?;
-                }
+                sim.step[i as usize] += 1;
+                sim.next_step(i, now)?;
             }
             Ev::StepStart(i) => sim.start_step(i)?,
             Ev::CollDone(i) => {
@@ -367,12 +397,15 @@ impl Sim<'_> {
         let i = inst as usize;
         let step = std::mem::take(&mut self.coll_steps[i][self.step[i] as usize]);
         self.pending[i] = step.len() as u32;
-        for &(a, b, bytes) in &step {
-            let (flow, changes) = self.net.start(now, a, b, bytes)?;
+        if step.is_empty() {
+            self.q.push(now, Ev::Arrive(Owner::Coll(inst)));
+        }
+        let (flows, changes) = self.net.start_batch(now, &step)?;
+        for flow in flows {
             self.set_owner(flow, Owner::Coll(inst));
-            for c in changes {
-                self.q.push(c.finish, Ev::FlowDone(c));
-            }
+        }
+        for c in changes {
+            self.q.push(c.finish, Ev::FlowDone(c));
         }
         Ok(())
     }
