@@ -69,10 +69,25 @@ pub(crate) fn run(args: &ValidateArgs) -> Result<()> {
             ))
         }
     };
+    // Progress on stderr, drawn only when it is a terminal (indicatif hides it otherwise).
+    let bar = indicatif::ProgressBar::new(selected.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} validating {pos}/{len} rows [{elapsed}] {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
     let results: Vec<RowResult> = selected
         .iter()
-        .map(|r| run_row(r, r.get("row_id").and_then(|id| extra.get(id))))
+        .map(|r| {
+            let id = r.get("row_id").cloned().unwrap_or_default();
+            bar.set_message(id.clone());
+            let out = run_row(r, extra.get(&id));
+            bar.inc(1);
+            out
+        })
         .collect();
+    bar.finish_and_clear();
     let (med, max) = summary(&results, false);
     let (vmed, vmax) = summary(&results, true);
     if args.json {
