@@ -42,7 +42,7 @@ struct Flow {
     /// Bytes per nanosecond.
     rate: f64,
     updated: Time,
-    version: u64,
+    version: u32,
     active: bool,
     mark: u32,
     /// Epoch in which progressive filling froze this flow.
@@ -144,8 +144,8 @@ fn saturable_links(topo: &Topology) -> Vec<bool> {
 pub struct Completion {
     /// Flow.
     pub flow: FlowId,
-    /// Version to compare at delivery.
-    pub version: u64,
+    /// Version to compare at delivery (a global counter, wrapping after 2^32 changes).
+    pub version: u32,
     /// When its last byte leaves.
     pub finish: Time,
 }
@@ -160,7 +160,7 @@ pub struct Network<'t> {
     scratch: (Vec<u32>, Vec<FlowId>, Vec<u32>),
     fold: Option<crate::fold::Folding>,
     epoch: u32,
-    versions: u64,
+    versions: u32,
     /// Rate recomputations performed (for profiling).
     pub recomputes: u64,
 }
@@ -329,7 +329,7 @@ impl<'t> Network<'t> {
                 .iter()
                 .map(|&(l, w)| self.links[l as usize].cap / w)
                 .fold(f64::INFINITY, f64::min);
-            self.versions += 1;
+            self.versions = self.versions.wrapping_add(1);
             let version = self.versions;
             let f = &mut self.flows[id as usize];
             f.fresh = false;
@@ -391,7 +391,7 @@ impl<'t> Network<'t> {
     }
 
     /// Whether an event for `flow` with `version` is current.
-    pub fn is_current(&self, flow: FlowId, version: u64) -> bool {
+    pub fn is_current(&self, flow: FlowId, version: u32) -> bool {
         let f = &self.flows[flow as usize];
         f.active && f.version == version
     }
@@ -492,7 +492,7 @@ impl<'t> Network<'t> {
             if rate != fl.rate || fl.fresh {
                 fl.fresh = false;
                 fl.rate = rate;
-                self.versions += 1;
+                self.versions = self.versions.wrapping_add(1);
                 fl.version = self.versions;
                 let t = if rate > 0.0 {
                     (fl.remaining / rate).ceil() as Time

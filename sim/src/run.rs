@@ -15,14 +15,15 @@ use crate::cost::Calibration;
 use crate::engine::{Queue, Time};
 use crate::fold::Folding;
 use crate::isolated::Exclusive;
-use crate::network::{Completion, FlowId, Network};
+use crate::network::{FlowId, Network};
 use crate::workload::{Label, Stream, Work, Workload};
 use crate::SimError;
 
 #[derive(Debug, Clone, Copy)]
 enum Ev {
     TaskDone(u32),
-    FlowDone(Completion),
+    /// (flow, version): the flow's bandwidth phase ends now, if the version is current.
+    FlowDone(FlowId, u32),
     Arrive(Owner),
     StepStart(u32),
     /// A memoised collective (see [`crate::isolated`]) ends.
@@ -77,6 +78,7 @@ struct Sim<'a> {
     coll_start: Vec<Time>,
     /// Latest arrival so far of the current step's transfers, per collective.
     arrive_max: Vec<Time>,
+    done_scratch: Vec<FlowId>,
     exclusive: Exclusive<'a>,
     link_efficiency: f64,
     /// Bytes memoised collectives put on each link, and how many real groups one simulated
@@ -126,6 +128,7 @@ pub fn simulate(
         stream_index: stream_positions(w),
         coll_start: vec![0; w.colls.len()],
         arrive_max: vec![0; w.colls.len()],
+        done_scratch: Vec::new(),
         exclusive: if memo {
             Exclusive::analyse(plan)
         } else {
@@ -143,23 +146,24 @@ pub fn simulate(
     while let Some((now, ev)) = sim.q.pop() {
         match ev {
             Ev::TaskDone(t) => sim.task_done(t, now)?,
-            Ev::FlowDone(c) => {
+            Ev::FlowDone(flow, version) => {
                 // Every current completion at this instant ends together: one rate update.
-                let mut done = Vec::new();
-                if sim.net.is_current(c.flow, c.version) {
-                    done.push(c.flow);
+                let mut done = std::mem::take(&mut sim.done_scratch);
+                done.clear();
+                if sim.net.is_current(flow, version) {
+                    done.push(flow);
                 }
-                while let Some((t, Ev::FlowDone(n))) = sim.q.peek() {
+                while let Some((t, &Ev::FlowDone(f, v))) = sim.q.peek() {
                     if t != now {
                         break;
                     }
-                    let n = *n;
                     sim.q.pop();
-                    if sim.net.is_current(n.flow, n.version) {
-                        done.push(n.flow);
+                    if sim.net.is_current(f, v) {
+                        done.push(f);
                     }
                 }
                 if done.is_empty() {
+                    sim.done_scratch = done;
                     continue;
                 }
                 let (lats, changes) = sim.net.finish_batch(now, &done);
@@ -180,8 +184,9 @@ pub fn simulate(
                     }
                 }
                 for ch in changes {
-                    sim.q.push(ch.finish, Ev::FlowDone(ch));
+                    sim.q.push(ch.finish, Ev::FlowDone(ch.flow, ch.version));
                 }
+                sim.done_scratch = done;
             }
             Ev::Arrive(Owner::Send(t)) => sim.task_done(t, now)?,
             Ev::Arrive(Owner::Coll(i)) => {
@@ -324,7 +329,7 @@ impl Sim<'_> {
                 let (flow, changes) = self.net.start(now, task.device, dst, bytes)?;
                 self.set_owner(flow, Owner::Send(t));
                 for c in changes {
-                    self.q.push(c.finish, Ev::FlowDone(c));
+                    self.q.push(c.finish, Ev::FlowDone(c.flow, c.version));
                 }
             }
             _ => self.task_done(t, now)?,
@@ -405,7 +410,7 @@ impl Sim<'_> {
             self.set_owner(flow, Owner::Coll(inst));
         }
         for c in changes {
-            self.q.push(c.finish, Ev::FlowDone(c));
+            self.q.push(c.finish, Ev::FlowDone(c.flow, c.version));
         }
         Ok(())
     }
