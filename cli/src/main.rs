@@ -6,6 +6,7 @@
 mod args;
 mod output;
 mod plan_cmd;
+mod search_cmd;
 mod simulate_cmd;
 mod validate_cmd;
 
@@ -31,6 +32,9 @@ enum Command {
     /// Simulate one training step event by event: step time, throughput, MFU and where the
     /// time goes, per device and per link level.
     Simulate(simulate_cmd::SimulateArgs),
+    /// Search every dp × tp × pp factorisation, micro-batching, schedule, sharding, remat,
+    /// sequence parallelism and placement: rank analytically, refine the best by simulation.
+    Search(search_cmd::SearchArgs),
     /// Simulate published training runs (a CSV) and compare predicted with published figures.
     Validate(validate_cmd::ValidateArgs),
     /// List the model presets, or print one as TOML.
@@ -136,6 +140,7 @@ fn main() {
         Command::Plan(a) => plan_cmd::run(a),
         Command::Simulate(a) => simulate_cmd::run(a),
         Command::Validate(a) => validate_cmd::run(a),
+        Command::Search(a) => search_cmd::run(a),
         Command::Models(a) => models(a),
         Command::Clusters(a) => clusters(a),
     };

@@ -368,3 +368,55 @@ fn validate_prints_rows_and_errors_in_json() {
         &["cannot read"],
     );
 }
+
+#[test]
+fn search_ranks_fitting_strategies_and_explains_failure() {
+    let v = json(&[
+        "search",
+        "--json",
+        "--model",
+        "pangu-alpha-350m",
+        "--cluster",
+        "ascend910:16",
+        "--refine",
+        "4",
+        "--top",
+        "5",
+    ]);
+    let total = v["candidates_total"].as_u64().unwrap();
+    let fitting = v["candidates_fitting"].as_u64().unwrap();
+    assert!(
+        total > 100 && fitting > 0 && fitting <= total,
+        "{total} {fitting}"
+    );
+    let best = &v["best"];
+    let s = &best["strategy"];
+    assert_eq!(
+        s["dp"].as_u64().unwrap() * s["tp"].as_u64().unwrap() * s["pp"].as_u64().unwrap(),
+        16
+    );
+    assert!(best["tokens_per_s"].as_f64().unwrap() > 0.0);
+    assert!(best["memory_bytes"].as_f64().unwrap() < 31.0 * 1024f64.powi(3));
+    assert!(v["wall_s"].as_f64().is_some());
+    // Ranked best first; the refined ones carry a simulated time.
+    let ranked = v["ranked"].as_array().unwrap();
+    assert!(ranked[0]["refined_step_s"].as_f64().is_some());
+    let times: Vec<f64> = ranked
+        .iter()
+        .filter_map(|c| c["refined_step_s"].as_f64())
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
+    // The search beats or matches the reference strategy it was given.
+    let own = v["own"]["step_time_s"].as_f64().unwrap();
+    assert!(best["step_time_s"].as_f64().unwrap() <= own * 1.0001);
+    fails_with(
+        &[
+            "search",
+            "--model",
+            "pangu-alpha-200b",
+            "--cluster",
+            "ascend910:64",
+        ],
+        &["no strategy", "smallest per-device memory found", "GiB"],
+    );
+}

@@ -20,6 +20,7 @@
 //! assert!(run.report.step_time_s > 0.0 && run.report.mfu < 1.0);
 //! ```
 
+pub mod analytic;
 pub mod collective;
 pub mod cost;
 pub mod engine;
@@ -28,6 +29,7 @@ pub mod fxhash;
 pub mod isolated;
 pub mod network;
 pub mod run;
+pub mod search;
 pub mod validate;
 pub mod workload;
 

@@ -29,6 +29,7 @@ pub mod plan;
 pub mod reference;
 pub mod report;
 pub mod schedule;
+pub mod search;
 pub mod strategy;
 
 pub use collective::{CollectiveAlgorithm, CollectiveKind, CommVolume, GroupKind};

@@ -1,0 +1,238 @@
+//! The strategy search space and the cost-model seam.
+//!
+//! The search enumerates strategies for a fixed model, cluster and global batch, prunes the
+//! ones `Plan` rejects or that do not fit in memory, ranks the rest with a fast
+//! [`CostModel`] and refines the best with a slower, more faithful one. The models live in the
+//! simulator crate (analytic and discrete-event); this crate only defines the seam, so the
+//! search never depends on how a step is priced.
+
+use pangu_hardware::Cluster;
+use pangu_model::ModelConfig;
+use serde::Serialize;
+
+use crate::plan::Plan;
+use crate::strategy::{
+    OptShard, Precision, RankOrder, Remat, ScheduleKind, Strategy, DEFAULT_GRAD_BUCKET,
+};
+
+/// Prices one training step of a plan.
+pub trait CostModel: Sync {
+    /// Short name for reports.
+    fn name(&self) -> &'static str;
+    /// Seconds per step.
+    fn step_time(&self, plan: &Plan) -> Result<f64, String>;
+}
+
+/// Which values each dimension may take.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SearchSpace {
+    /// Micro-batch sizes to try.
+    pub micro_batch_sizes: Vec<u32>,
+    /// Schedules to try.
+    pub schedules: Vec<ScheduleKind>,
+    /// Optimizer sharding levels to try.
+    pub opt_shards: Vec<OptShard>,
+    /// Remat modes to try.
+    pub remats: Vec<Remat>,
+    /// Sequence parallelism on/off.
+    pub seq_parallel: Vec<bool>,
+    /// Rank orders (placements) to try.
+    pub rank_orders: Vec<RankOrder>,
+    /// Largest tensor-parallel degree.
+    pub max_tp: u32,
+}
+
+impl Default for SearchSpace {
+    fn default() -> Self {
+        SearchSpace {
+            micro_batch_sizes: vec![1, 2, 4],
+            schedules: vec![
+                ScheduleKind::OneFOneB,
+                ScheduleKind::Interleaved { chunks: 2 },
+            ],
+            opt_shards: vec![
+                OptShard::None,
+                OptShard::Zero1,
+                OptShard::Mindspore,
+                OptShard::Zero3,
+            ],
+            remats: vec![Remat::None, Remat::Selective, Remat::Full],
+            seq_parallel: vec![false, true],
+            rank_orders: vec![
+                RankOrder::PANGU,
+                "dp-pp-tp".parse().unwrap_or(RankOrder::PANGU),
+            ],
+            max_tp: 16,
+        }
+    }
+}
+
+/// Every strategy of the space for `devices` chips and a global batch, in a fixed order.
+/// Dimension products that do not divide, batches that do not split, and choices that make
+/// no difference (sequence parallelism without tp, schedules without pp) are skipped here;
+/// everything else is left to `Plan` validation.
+pub fn enumerate(
+    space: &SearchSpace,
+    devices: u32,
+    global_batch: u32,
+    precision: Precision,
+) -> Vec<Strategy> {
+    let mut out = Vec::new();
+    let divisors = |n: u32| (1..=n).filter(move |d| n % d == 0);
+    for tp in divisors(devices).filter(|&t| t <= space.max_tp && t.is_power_of_two()) {
+        for pp in divisors(devices / tp) {
+            let dp = devices / (tp * pp);
+            if global_batch % dp != 0 {
+                continue;
+            }
+            let per_replica = global_batch / dp;
+            for &mbs in &space.micro_batch_sizes {
+                if per_replica % mbs != 0 {
+                    continue;
+                }
+                let m = per_replica / mbs;
+                for &schedule in &space.schedules {
+                    if pp == 1 && schedule != ScheduleKind::OneFOneB {
+                        continue;
+                    }
+                    for &opt_shard in &space.opt_shards {
+                        if dp == 1 && opt_shard != OptShard::None {
+                            continue;
+                        }
+                        for &remat in &space.remats {
+                            for &sp in &space.seq_parallel {
+                                if sp && tp == 1 {
+                                    continue;
+                                }
+                                for &rank_order in &space.rank_orders {
+                                    out.push(Strategy {
+                                        devices,
+                                        dp,
+                                        tp,
+                                        pp,
+                                        micro_batches: m,
+                                        micro_batch_size: mbs,
+                                        global_batch,
+                                        schedule,
+                                        opt_shard,
+                                        remat,
+                                        seq_parallel: sp,
+                                        precision,
+                                        rank_order,
+                                        layers_per_stage: None,
+                                        grad_bucket: DEFAULT_GRAD_BUCKET,
+                                    });
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A candidate that passed validation, with its memory and costs.
+#[derive(Debug, Clone, Serialize)]
+pub struct Candidate {
+    /// The strategy.
+    pub strategy: Strategy,
+    /// One-line summary.
+    pub summary: String,
+    /// Largest per-device memory in bytes.
+    pub memory_bytes: u64,
+    /// Step time from the fast model.
+    pub fast_step_s: f64,
+    /// Step time from the refining model, for the refined ones.
+    pub refined_step_s: Option<f64>,
+}
+
+impl Candidate {
+    /// The best available step time.
+    pub fn step_s(&self) -> f64 {
+        self.refined_step_s.unwrap_or(self.fast_step_s)
+    }
+}
+
+/// Builds the plan of each strategy, keeps those that validate and fit, and returns them with
+/// the counts (total, valid, fitting) and the smallest memory seen (for "nothing fits").
+pub fn prune(
+    model: &ModelConfig,
+    cluster: &Cluster,
+    strategies: &[Strategy],
+) -> (Vec<Plan>, usize, usize, Option<u64>) {
+    let mut valid = 0;
+    let mut min_mem: Option<u64> = None;
+    let mut fitting = Vec::new();
+    for s in strategies {
+        if let Ok(p) = Plan::build(model, cluster, s) {
+            valid += 1;
+            let mem = p.max_memory().total.0;
+            min_mem = Some(min_mem.map_or(mem, |m| m.min(mem)));
+            if p.fits() {
+                fitting.push(p);
+            }
+        }
+    }
+    let n = fitting.len();
+    (fitting, valid, n, min_mem)
+}
+
+/// The Pareto front over (step time, memory): candidates no other beats on both.
+pub fn pareto(cands: &[Candidate]) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..cands.len()).collect();
+    idx.sort_by(|&a, &b| {
+        cands[a]
+            .step_s()
+            .total_cmp(&cands[b].step_s())
+            .then(cands[a].memory_bytes.cmp(&cands[b].memory_bytes))
+    });
+    let mut front = Vec::new();
+    let mut best_mem = u64::MAX;
+    for i in idx {
+        if cands[i].memory_bytes < best_mem {
+            best_mem = cands[i].memory_bytes;
+            front.push(i);
+        }
+    }
+    front
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enumeration_covers_every_factorisation_and_keeps_the_batch() {
+        let space = SearchSpace {
+            schedules: vec![ScheduleKind::OneFOneB],
+            opt_shards: vec![OptShard::None],
+            remats: vec![Remat::None],
+            seq_parallel: vec![false],
+            rank_orders: vec![RankOrder::PANGU],
+            micro_batch_sizes: vec![1],
+            max_tp: 8,
+        };
+        let all = enumerate(&space, 16, 32, Precision::Fp16);
+        // tp ∈ {1, 2, 4, 8}; pp divides 16/tp: 5 + 4 + 3 + 2 = 14 layouts.
+        assert_eq!(all.len(), 14);
+        for s in &all {
+            assert_eq!(s.dp * s.tp * s.pp, 16);
+            assert_eq!(s.dp * s.micro_batch_size * s.micro_batches, 32);
+        }
+    }
+
+    #[test]
+    fn pareto_keeps_only_undominated() {
+        let c = |t: f64, m: u64| Candidate {
+            strategy: enumerate(&SearchSpace::default(), 8, 8, Precision::Fp16)[0].clone(),
+            summary: String::new(),
+            memory_bytes: m,
+            fast_step_s: t,
+            refined_step_s: None,
+        };
+        let cands = vec![c(1.0, 10), c(2.0, 5), c(1.5, 12), c(3.0, 4)];
+        assert_eq!(pareto(&cands), vec![0, 1, 3]);
+    }
+}
