@@ -111,6 +111,8 @@ pub(crate) fn run(args: &SearchArgs) -> Result<()> {
                 "memory_bytes": best.memory_bytes,
             },
             "own": own.as_ref().map(|(sum, t)| json!({"summary": sum, "step_time_s": t, "tokens_per_s": tokens / t})),
+            "explain_vs_runner_up": res.ranked.get(1).map(|b| pangu_strategies::search::explain(best, b).iter().map(|(c, d)| json!({"category": c.name(), "seconds": d})).collect::<Vec<_>>()),
+            "explain_vs_own": res.ranked.iter().find(|c| own_plan.as_ref().is_some_and(|p| p.strategy == c.strategy)).map(|o| pangu_strategies::search::explain(best, o).iter().map(|(c, d)| json!({"category": c.name(), "seconds": d})).collect::<Vec<_>>()),
             "ranked": res.ranked.iter().take(args.top).collect::<Vec<_>>(),
             "pareto": res.pareto.iter().map(|&i| &res.ranked[i]).collect::<Vec<_>>(),
             "wall_s": wall,
@@ -179,12 +181,40 @@ pub(crate) fn run(args: &SearchArgs) -> Result<()> {
             &rows
         )
     );
+    let why = |a: &pangu_strategies::search::Candidate,
+               b: &pangu_strategies::search::Candidate|
+     -> String {
+        pangu_strategies::search::explain(a, b)
+            .iter()
+            .take(4)
+            .map(|(c, d)| format!("{} {:+.3} s", c.name(), d))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if let Some(second) = res.ranked.get(1).filter(|c| c.refined_step_s.is_some()) {
+        outln!(
+            out,
+            "#1 against #2 (per device, #1 − #2): {}",
+            why(best, second)
+        );
+    }
     if let Some((sum, t)) = &own {
         outln!(
             out,
             "your strategy ({sum}): {t:.3} s simulated; the best is {:.1} % faster",
             (t / best.step_s() - 1.0) * 100.0
         );
+        if let Some(mine) = res
+            .ranked
+            .iter()
+            .find(|c| own_plan.as_ref().is_some_and(|p| p.strategy == c.strategy))
+        {
+            outln!(
+                out,
+                "#1 against yours (per device, #1 − yours): {}",
+                why(best, mine)
+            );
+        }
     }
     outln!(
         out,

@@ -409,6 +409,17 @@ fn search_ranks_fitting_strategies_and_explains_failure() {
     // The search beats or matches the reference strategy it was given.
     let own = v["own"]["step_time_s"].as_f64().unwrap();
     assert!(best["step_time_s"].as_f64().unwrap() <= own * 1.0001);
+    // The winner is explained against the user's strategy, term by term, summing to the gap.
+    let gap: f64 = v["explain_vs_own"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["seconds"].as_f64().unwrap())
+        .sum();
+    assert!(
+        (gap - (best["step_time_s"].as_f64().unwrap() - own)).abs() < 1e-3 * own.max(1.0),
+        "{gap}"
+    );
     fails_with(
         &[
             "search",

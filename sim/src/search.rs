@@ -9,7 +9,7 @@ use pangu_strategies::{Plan, Precision};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::analytic::{Analytic, DiscreteEvent};
+use crate::analytic::Analytic;
 
 /// What a search found.
 #[derive(Debug, Clone, Serialize)]
@@ -71,6 +71,7 @@ pub fn search(
                     memory_bytes: mem,
                     fast_step_s: t,
                     refined_step_s: None,
+                    breakdown: None,
                 }),
                 true,
             ))
@@ -99,15 +100,16 @@ pub fn search(
     let chosen: Vec<usize> = (0..ranked.len())
         .filter(|&i| i < k || own.is_some_and(|o| ranked[i].strategy == *o))
         .collect();
-    let refined: Vec<Option<f64>> = chosen
+    let refined: Vec<Option<pangu_strategies::StepReport>> = chosen
         .par_iter()
         .map(|&i| {
             let plan = Plan::build(model, cluster, &ranked[i].strategy).ok()?;
-            DiscreteEvent.step_time(&plan).ok()
+            crate::simulate(&plan).ok().map(|r| r.report)
         })
         .collect();
     for (&i, r) in chosen.iter().zip(refined) {
-        ranked[i].refined_step_s = r;
+        ranked[i].refined_step_s = r.as_ref().map(|r| r.step_time_s);
+        ranked[i].breakdown = r.map(|r| r.breakdown);
     }
     progress("refined", k, k);
     // Refined candidates first (by simulated time), then the rest by analytic time.

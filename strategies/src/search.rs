@@ -146,6 +146,23 @@ pub struct Candidate {
     pub fast_step_s: f64,
     /// Step time from the refining model, for the refined ones.
     pub refined_step_s: Option<f64>,
+    /// Mean time per device by category, from the refining model.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub breakdown: Option<crate::report::Breakdown>,
+}
+
+/// How two candidates differ, category by category (seconds, `a − b`), largest first.
+pub fn explain(a: &Candidate, b: &Candidate) -> Vec<(crate::report::Category, f64)> {
+    let (Some(x), Some(y)) = (a.breakdown, b.breakdown) else {
+        return Vec::new();
+    };
+    let mut v: Vec<_> = crate::report::Category::ALL
+        .iter()
+        .map(|&c| (c, x.get(c) - y.get(c)))
+        .filter(|(_, d)| d.abs() > 1e-6)
+        .collect();
+    v.sort_by(|p, q| q.1.abs().total_cmp(&p.1.abs()));
+    v
 }
 
 impl Candidate {
@@ -231,6 +248,7 @@ mod tests {
             memory_bytes: m,
             fast_step_s: t,
             refined_step_s: None,
+            breakdown: None,
         };
         let cands = vec![c(1.0, 10), c(2.0, 5), c(1.5, 12), c(3.0, 4)];
         assert_eq!(pareto(&cands), vec![0, 1, 3]);
