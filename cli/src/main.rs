@@ -4,6 +4,7 @@
 //! print tables, or JSON with `--json`. Errors go to stderr with a non-zero exit code.
 
 mod args;
+mod check_cmd;
 mod output;
 mod plan_cmd;
 mod search_cmd;
@@ -35,6 +36,9 @@ enum Command {
     /// Search every dp × tp × pp factorisation, micro-batching, schedule, sharding, remat,
     /// sequence parallelism and placement: rank analytically, refine the best by simulation.
     Search(search_cmd::SearchArgs),
+    /// Run strategy regression checks (files with model, cluster, strategy, expectations);
+    /// non-zero exit when one fails. `--update` records new baselines.
+    Check(check_cmd::CheckArgs),
     /// Simulate published training runs (a CSV) and compare predicted with published figures.
     Validate(validate_cmd::ValidateArgs),
     /// List the model presets, or print one as TOML.
@@ -141,6 +145,7 @@ fn main() {
         Command::Simulate(a) => simulate_cmd::run(a),
         Command::Validate(a) => validate_cmd::run(a),
         Command::Search(a) => search_cmd::run(a),
+        Command::Check(a) => check_cmd::run(a),
         Command::Models(a) => models(a),
         Command::Clusters(a) => clusters(a),
     };

@@ -431,3 +431,35 @@ fn search_ranks_fitting_strategies_and_explains_failure() {
         &["no strategy", "smallest per-device memory found", "GiB"],
     );
 }
+
+#[test]
+fn check_fails_with_a_readable_diff_and_updates_baselines() {
+    let dir = std::env::temp_dir().join(format!("pangu-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("c.toml");
+    let body =
+        "model = \"pangu-alpha-350m\"\ncluster = \"ascend910:8\"\n[strategy]\ntp = 2\npp = 2\n";
+    std::fs::write(&f, format!("{body}[expect]\nmax_step_time_s = 0.0001\n[baseline]\nstep_time_s = 0.001\ntolerance = 0.05\n")).unwrap();
+    let p = f.to_str().unwrap();
+    let out = pangu(&["check", p]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("FAIL")
+            && text.contains("expected at most 0.0001 s")
+            && text.contains("from the baseline"),
+        "{text}"
+    );
+    // --update records the simulated time; then the baseline check passes.
+    std::fs::write(&f, body).unwrap();
+    assert!(pangu(&["check", "--update", p]).status.success());
+    assert!(std::fs::read_to_string(&f).unwrap().contains("[baseline]"));
+    assert!(pangu(&["check", p]).status.success());
+    std::fs::write(
+        &f,
+        "model = \"pangu-alpha-350m\"\ncluster = \"ascend910:8\"\n[expect]\nfast = true\n",
+    )
+    .unwrap();
+    fails_with(&["check", p], &["unknown field", "fast"]);
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -21,6 +21,7 @@
 //! ```
 
 pub mod analytic;
+pub mod check;
 pub mod collective;
 pub mod cost;
 pub mod engine;
