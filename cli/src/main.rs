@@ -9,6 +9,7 @@ mod output;
 mod plan_cmd;
 mod search_cmd;
 mod simulate_cmd;
+mod sweep_cmd;
 mod validate_cmd;
 
 use anyhow::Result;
@@ -36,6 +37,9 @@ enum Command {
     /// Search every dp × tp × pp factorisation, micro-batching, schedule, sharding, remat,
     /// sequence parallelism and placement: rank analytically, refine the best by simulation.
     Search(search_cmd::SearchArgs),
+    /// What-if grid: vary any key of the strategy, model and cluster files; one CSV row per
+    /// point.
+    Sweep(sweep_cmd::SweepArgs),
     /// Run strategy regression checks (files with model, cluster, strategy, expectations);
     /// non-zero exit when one fails. `--update` records new baselines.
     Check(check_cmd::CheckArgs),
@@ -146,6 +150,7 @@ fn main() {
         Command::Validate(a) => validate_cmd::run(a),
         Command::Search(a) => search_cmd::run(a),
         Command::Check(a) => check_cmd::run(a),
+        Command::Sweep(a) => sweep_cmd::run(a),
         Command::Models(a) => models(a),
         Command::Clusters(a) => clusters(a),
     };

@@ -463,3 +463,53 @@ fn check_fails_with_a_readable_diff_and_updates_baselines() {
     fails_with(&["check", p], &["unknown field", "fast"]);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn sweep_writes_one_csv_row_per_point() {
+    let out = pangu(&[
+        "sweep",
+        "--model",
+        "pangu-alpha-350m",
+        "--cluster",
+        "ascend910:8",
+        "--vary",
+        "strategy.tp=1,2,3",
+        "--vary",
+        "cluster.chip.hbm=16 GiB,32 GiB",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let csv = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(
+        lines[0],
+        "strategy.tp,cluster.chip.hbm,step_time_s,tokens_per_s,mfu,max_memory_bytes,fits,error"
+    );
+    assert_eq!(lines.len(), 1 + 6);
+    // tp 3 does not divide the 8 chips: the row says why instead of vanishing.
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("3,") && l.contains("does not divide")),
+        "{csv}"
+    );
+    assert_eq!(
+        lines.iter().filter(|l| l.contains(",true,")).count(),
+        2,
+        "{csv}"
+    );
+    // 16 GiB chips hold neither layout; the row says so and keeps the memory it would need.
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("1,16 GiB,,,,") && l.ends_with("false,does not fit in memory")),
+        "{csv}"
+    );
+    fails_with(
+        &["sweep", "--vary", "tp=1,2"],
+        &["strategy., model. or cluster."],
+    );
+}

@@ -1,0 +1,188 @@
+//! `pangu sweep`: what-if grids over any key of the strategy, model and cluster files.
+//!
+//! `--vary strategy.tp=4,8,16 --vary cluster.network.nic.bandwidth="100 Gbit/s,200 Gbit/s"`:
+//! every combination is applied to the TOML of the inputs (so any key a file can hold can be
+//! varied, nested keys with dots), re-read with the same validation as a file, planned and
+//! simulated. One CSV row per point; a point that is invalid or does not fit keeps its row
+//! with the reason.
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Args;
+use pangu_hardware::{Cluster, ClusterSpec};
+use pangu_model::ModelConfig;
+use pangu_strategies::{resolve_inputs, Plan, StrategySpec};
+
+use crate::args::SetupArgs;
+use crate::output::{emit, outln};
+
+/// Options of `pangu sweep`.
+#[derive(Debug, Args)]
+pub(crate) struct SweepArgs {
+    #[command(flatten)]
+    pub setup: SetupArgs,
+    /// `SECTION.KEY=V1,V2,...` with SECTION one of strategy, model, cluster; repeatable.
+    #[arg(long = "vary", required = true, value_name = "SECTION.KEY=VALUES")]
+    pub vary: Vec<String>,
+    /// Write the CSV here instead of standard output.
+    #[arg(long, value_name = "FILE.csv")]
+    pub out: Option<String>,
+}
+
+struct Axis {
+    section: String,
+    path: Vec<String>,
+    values: Vec<String>,
+}
+
+fn parse_axis(s: &str) -> Result<Axis> {
+    let (key, values) = s
+        .split_once('=')
+        .ok_or_else(|| anyhow!("--vary {s:?}: write SECTION.KEY=V1,V2,..."))?;
+    let mut parts = key.split('.').map(str::to_string);
+    let section = parts.next().unwrap_or_default();
+    if !["strategy", "model", "cluster"].contains(&section.as_str()) {
+        bail!("--vary {s:?}: the key must start with strategy., model. or cluster.");
+    }
+    let path: Vec<String> = parts.collect();
+    if path.is_empty() {
+        bail!("--vary {s:?}: name a key after {section}., e.g. {section}.tp");
+    }
+    let values: Vec<String> = values
+        .split(',')
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+        .collect();
+    if values.is_empty() {
+        bail!("--vary {s:?}: give at least one value");
+    }
+    Ok(Axis {
+        section,
+        path,
+        values,
+    })
+}
+
+/// A TOML value from command-line text: integer, float, boolean, else string.
+fn value(text: &str) -> toml::Value {
+    if let Ok(i) = text.parse::<i64>() {
+        toml::Value::Integer(i)
+    } else if let Ok(f) = text.parse::<f64>() {
+        toml::Value::Float(f)
+    } else if let Ok(b) = text.parse::<bool>() {
+        toml::Value::Boolean(b)
+    } else {
+        toml::Value::String(text.trim_matches('"').to_string())
+    }
+}
+
+fn set(root: &mut toml::Value, path: &[String], v: toml::Value) -> Result<()> {
+    let mut cur = root;
+    for (i, k) in path.iter().enumerate() {
+        let table = cur
+            .as_table_mut()
+            .ok_or_else(|| anyhow!("{} is not a table", path[..i].join(".")))?;
+        if i + 1 == path.len() {
+            table.insert(k.clone(), v);
+            return Ok(());
+        }
+        cur = table
+            .entry(k.clone())
+            .or_insert_with(|| toml::Value::Table(Default::default()));
+    }
+    Ok(())
+}
+
+/// Runs `pangu sweep`.
+pub(crate) fn run(args: &SweepArgs) -> Result<()> {
+    let axes: Vec<Axis> = args
+        .vary
+        .iter()
+        .map(|s| parse_axis(s))
+        .collect::<Result<_>>()?;
+    let model = crate::args::load_model(&args.setup.model)?;
+    let reference = pangu_strategies::reference(&model.name);
+    let cluster = match (&args.setup.cluster, &reference) {
+        (Some(c), _) => crate::args::load_cluster(c)?,
+        (None, Some(r)) => Cluster::from_name(&r.cluster)?,
+        (None, None) => bail!(
+            "model {} has no reference cluster; pass --cluster NAME:N",
+            model.name
+        ),
+    };
+    let base_spec = reference
+        .map(|r| r.strategy)
+        .unwrap_or_default()
+        .overlay(&args.setup.strategy.spec()?);
+    let base_model = toml::Value::try_from(&model).context("model to TOML")?;
+    let base_cluster = toml::Value::try_from(&cluster.spec).context("cluster to TOML")?;
+    let base_strategy = toml::Value::try_from(&base_spec).context("strategy to TOML")?;
+    let total: usize = axes.iter().map(|a| a.values.len()).product();
+    let bar = indicatif::ProgressBar::new(total as u64);
+    let mut csv = String::new();
+    let header: Vec<String> = axes
+        .iter()
+        .map(|a| format!("{}.{}", a.section, a.path.join(".")))
+        .collect();
+    outln!(
+        csv,
+        "{},step_time_s,tokens_per_s,mfu,max_memory_bytes,fits,error",
+        header.join(",")
+    );
+    for i in 0..total {
+        let mut idx = i;
+        let mut m = base_model.clone();
+        let mut c = base_cluster.clone();
+        let mut s = base_strategy.clone();
+        let mut point = Vec::new();
+        for a in &axes {
+            let v = &a.values[idx % a.values.len()];
+            idx /= a.values.len();
+            let target = match a.section.as_str() {
+                "model" => &mut m,
+                "cluster" => &mut c,
+                _ => &mut s,
+            };
+            set(target, &a.path, value(v))?;
+            point.push(v.replace(',', ";"));
+        }
+        let row = evaluate(&m, &c, &s);
+        let cells = match row {
+            Ok((t, tok, mfu, mem, true)) => format!("{t},{tok},{mfu},{mem},true,"),
+            Ok((_, _, _, mem, false)) => format!(",,,{mem},false,does not fit in memory"),
+            Err(e) => format!(",,,,,\"{}\"", e.to_string().replace('"', "'")),
+        };
+        outln!(csv, "{},{cells}", point.join(","));
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    match &args.out {
+        Some(path) => {
+            let tmp = format!("{path}.tmp");
+            std::fs::write(&tmp, &csv).with_context(|| format!("cannot write {tmp}"))?;
+            std::fs::rename(&tmp, path).with_context(|| format!("cannot move {tmp} to {path}"))?;
+            eprintln!("{total} points written to {path}");
+            Ok(())
+        }
+        None => emit(&csv),
+    }
+}
+
+/// Plans and simulates one point: (step s, tokens/s, MFU, memory bytes, fits).
+fn evaluate(
+    m: &toml::Value,
+    c: &toml::Value,
+    s: &toml::Value,
+) -> Result<(f64, f64, f64, u64, bool)> {
+    let model = ModelConfig::from_toml(&toml::to_string(m)?, "model")?;
+    let spec = ClusterSpec::from_toml(&toml::to_string(c)?, "cluster")?;
+    let cluster = Cluster::new(spec)?;
+    let strategy = StrategySpec::from_toml(&toml::to_string(s)?, "strategy")?;
+    let r = resolve_inputs(&model, Some(cluster), &strategy)?;
+    let plan = Plan::build(&model, &r.cluster, &r.strategy)?;
+    let mem = plan.max_memory().total.0;
+    if !plan.fits() {
+        return Ok((0.0, 0.0, 0.0, mem, false));
+    }
+    let rep = pangu_sim::simulate(&plan)?.report;
+    Ok((rep.step_time_s, rep.tokens_per_s, rep.mfu, mem, true))
+}
