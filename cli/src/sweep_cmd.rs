@@ -26,6 +26,10 @@ pub(crate) struct SweepArgs {
     /// Write the CSV here instead of standard output.
     #[arg(long, value_name = "FILE.csv")]
     pub out: Option<String>,
+    /// Also plot tokens/s against the first varied key, one line per combination of the
+    /// others (PNG or SVG by the file's extension).
+    #[arg(long, value_name = "FILE.png|FILE.svg")]
+    pub plot: Option<String>,
 }
 
 struct Axis {
@@ -128,6 +132,7 @@ pub(crate) fn run(args: &SweepArgs) -> Result<()> {
         "{},step_time_s,tokens_per_s,mfu,max_memory_bytes,fits,error",
         header.join(",")
     );
+    let mut points: Vec<(Vec<String>, Option<f64>)> = Vec::with_capacity(total);
     for i in 0..total {
         let mut idx = i;
         let mut m = base_model.clone();
@@ -146,6 +151,10 @@ pub(crate) fn run(args: &SweepArgs) -> Result<()> {
             point.push(v.replace(',', ";"));
         }
         let row = evaluate(&m, &c, &s);
+        points.push((
+            point.clone(),
+            row.as_ref().ok().filter(|r| r.4).map(|r| r.1),
+        ));
         let cells = match row {
             Ok((t, tok, mfu, mem, true)) => format!("{t},{tok},{mfu},{mem},true,"),
             Ok((_, _, _, mem, false)) => format!(",,,{mem},false,does not fit in memory"),
@@ -155,6 +164,10 @@ pub(crate) fn run(args: &SweepArgs) -> Result<()> {
         bar.inc(1);
     }
     bar.finish_and_clear();
+    if let Some(path) = &args.plot {
+        plot(path, &axes, &points, &header)?;
+        eprintln!("plot written to {path}");
+    }
     match &args.out {
         Some(path) => {
             let tmp = format!("{path}.tmp");
@@ -185,4 +198,115 @@ fn evaluate(
     }
     let rep = pangu_sim::simulate(&plan)?.report;
     Ok((rep.step_time_s, rep.tokens_per_s, rep.mfu, mem, true))
+}
+
+/// Tokens/s against the first axis, a line per combination of the other axes.
+fn plot(
+    path: &str,
+    axes: &[Axis],
+    points: &[(Vec<String>, Option<f64>)],
+    header: &[String],
+) -> Result<()> {
+    use plotters::prelude::*;
+    static FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
+    // plotters draws text with this font, so no system font is needed.
+    plotters::style::register_font("sans-serif", FontStyle::Normal, FONT)
+        .map_err(|_| anyhow!("cannot load the bundled font"))?;
+    let n = axes[0].values.len();
+    let ymax = points
+        .iter()
+        .filter_map(|p| p.1)
+        .fold(0.0, f64::max)
+        .max(1.0)
+        * 1.1;
+    let mut series: std::collections::BTreeMap<String, Vec<(usize, f64)>> =
+        std::collections::BTreeMap::new();
+    for (vals, y) in points {
+        let key = vals[1..]
+            .iter()
+            .zip(&header[1..])
+            .map(|(v, h)| format!("{h}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let x = axes[0]
+            .values
+            .iter()
+            .position(|v| v.replace(',', ";") == vals[0])
+            .unwrap_or(0);
+        if let Some(y) = y {
+            series.entry(key).or_default().push((x, *y));
+        }
+    }
+    let labels = axes[0].values.clone();
+    if path.ends_with(".svg") {
+        draw(
+            SVGBackend::new(path, (900, 560)).into_drawing_area(),
+            n,
+            ymax,
+            &labels,
+            &header[0],
+            &series,
+        )
+    } else if path.ends_with(".png") {
+        draw(
+            BitMapBackend::new(path, (900, 560)).into_drawing_area(),
+            n,
+            ymax,
+            &labels,
+            &header[0],
+            &series,
+        )
+    } else {
+        bail!("--plot {path}: use a .png or .svg file name")
+    }
+}
+
+fn draw<DB: plotters::prelude::DrawingBackend>(
+    root: plotters::prelude::DrawingArea<DB, plotters::coord::Shift>,
+    n: usize,
+    ymax: f64,
+    labels: &[String],
+    x_desc: &str,
+    series: &std::collections::BTreeMap<String, Vec<(usize, f64)>>,
+) -> Result<()> {
+    use plotters::prelude::*;
+    root.fill(&WHITE).map_err(|e| anyhow!("{e:?}"))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("pangu sweep: tokens/s", ("sans-serif", 22))
+        .margin(16)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0usize..n.max(2) - 1, 0.0..ymax)
+        .map_err(|e| anyhow!("{e:?}"))?;
+    chart
+        .configure_mesh()
+        .x_desc(x_desc)
+        .y_desc("tokens/s")
+        .x_labels(n)
+        .x_label_formatter(&|i| labels.get(*i).cloned().unwrap_or_default())
+        .draw()
+        .map_err(|e| anyhow!("{e:?}"))?;
+    for (k, (name, pts)) in series.iter().enumerate() {
+        let color = Palette99::pick(k).to_rgba();
+        chart
+            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+            .map_err(|e| anyhow!("{e:?}"))?
+            .label(if name.is_empty() {
+                "tokens/s".to_string()
+            } else {
+                name.clone()
+            })
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color));
+        chart
+            .draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))
+            .map_err(|e| anyhow!("{e:?}"))?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| anyhow!("{e:?}"))?;
+    root.present().map_err(|e| anyhow!("{e:?}"))?;
+    Ok(())
 }

@@ -47,16 +47,13 @@ impl Default for SearchSpace {
         SearchSpace {
             micro_batch_sizes: vec![1, 2, 4],
             schedules: vec![
+                ScheduleKind::Gpipe,
                 ScheduleKind::OneFOneB,
                 ScheduleKind::Interleaved { chunks: 2 },
+                ScheduleKind::Interleaved { chunks: 4 },
             ],
-            opt_shards: vec![
-                OptShard::None,
-                OptShard::Zero1,
-                OptShard::Mindspore,
-                OptShard::Zero3,
-            ],
-            remats: vec![Remat::None, Remat::Selective, Remat::Full],
+            opt_shards: OptShard::ALL.to_vec(),
+            remats: vec![Remat::None, Remat::Selective, Remat::Full, Remat::Every(2)],
             seq_parallel: vec![false, true],
             rank_orders: vec![
                 RankOrder::PANGU,
@@ -79,7 +76,7 @@ pub fn enumerate(
 ) -> Vec<Strategy> {
     let mut out = Vec::new();
     let divisors = |n: u32| (1..=n).filter(move |d| n % d == 0);
-    for tp in divisors(devices).filter(|&t| t <= space.max_tp && t.is_power_of_two()) {
+    for tp in divisors(devices).filter(|&t| t <= space.max_tp) {
         for pp in divisors(devices / tp) {
             let dp = devices / (tp * pp);
             if global_batch % dp != 0 {
