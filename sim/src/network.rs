@@ -347,9 +347,35 @@ impl<'t> Network<'t> {
             });
             return Ok(id);
         }
+        // Alone on every link it can saturate: its rate is its bottleneck and no other flow
+        // changes, so no max-min computation is needed (a later flow joining a link finds it).
+        let alone = route
+            .saturable
+            .iter()
+            .all(|&(l, _)| self.links[l as usize].flows.is_empty());
         for &(l, _) in &route.saturable {
             self.links[l as usize].flows.push(id);
-            seeds.push(l);
+            if !alone {
+                seeds.push(l);
+            }
+        }
+        if alone {
+            let bw = route
+                .saturable
+                .iter()
+                .map(|&(l, w)| self.links[l as usize].cap / w)
+                .fold(f64::INFINITY, f64::min);
+            self.versions = self.versions.wrapping_add(1);
+            let version = self.versions;
+            let f = &mut self.flows[id as usize];
+            f.fresh = false;
+            f.rate = bw;
+            f.version = version;
+            out.push(Completion {
+                flow: id,
+                version,
+                finish: now + (bytes / bw).ceil() as Time,
+            });
         }
         Ok(id)
     }
@@ -377,7 +403,10 @@ impl<'t> Network<'t> {
                 if let Some(p) = fl.iter().position(|&f| f == id) {
                     fl.swap_remove(p);
                 }
-                seeds.push(l);
+                // Others left on the link may speed up; an emptied link changes no one.
+                if !fl.is_empty() {
+                    seeds.push(l);
+                }
             }
             self.free.push(id);
             lats.push(route.latency);
