@@ -324,27 +324,7 @@ impl<'t> Network<'t> {
         let route = self.flows[id as usize].route.clone();
         if route.saturable.is_empty() || bytes <= 0.0 {
             // Nothing can slow it: the narrowest link sets the rate.
-            let bw = route
-                .all
-                .iter()
-                .map(|&(l, w)| self.links[l as usize].cap / w)
-                .fold(f64::INFINITY, f64::min);
-            self.versions = self.versions.wrapping_add(1);
-            let version = self.versions;
-            let f = &mut self.flows[id as usize];
-            f.fresh = false;
-            f.rate = bw;
-            f.version = version;
-            let t = if bw.is_finite() && bytes > 0.0 {
-                (bytes / bw).ceil() as Time
-            } else {
-                0
-            };
-            out.push(Completion {
-                flow: id,
-                version,
-                finish: now + t,
-            });
+            self.run_alone(id, &route.all, now, bytes, out);
             return Ok(id);
         }
         // Alone on every link it can saturate: its rate is its bottleneck and no other flow
@@ -360,24 +340,41 @@ impl<'t> Network<'t> {
             }
         }
         if alone {
-            let bw = route
-                .saturable
-                .iter()
-                .map(|&(l, w)| self.links[l as usize].cap / w)
-                .fold(f64::INFINITY, f64::min);
-            self.versions = self.versions.wrapping_add(1);
-            let version = self.versions;
-            let f = &mut self.flows[id as usize];
-            f.fresh = false;
-            f.rate = bw;
-            f.version = version;
-            out.push(Completion {
-                flow: id,
-                version,
-                finish: now + (bytes / bw).ceil() as Time,
-            });
+            self.run_alone(id, &route.saturable, now, bytes, out);
         }
         Ok(id)
+    }
+
+    /// Gives a flow that nothing else constrains the rate of its narrowest link in `links`
+    /// (with its copies, when folded) and records its completion.
+    fn run_alone(
+        &mut self,
+        id: FlowId,
+        links: &[(u32, f64)],
+        now: Time,
+        bytes: f64,
+        out: &mut Vec<Completion>,
+    ) {
+        let bw = links
+            .iter()
+            .map(|&(l, w)| self.links[l as usize].cap / w)
+            .fold(f64::INFINITY, f64::min);
+        self.versions = self.versions.wrapping_add(1);
+        let version = self.versions;
+        let f = &mut self.flows[id as usize];
+        f.fresh = false;
+        f.rate = bw;
+        f.version = version;
+        let t = if bw.is_finite() && bytes > 0.0 {
+            (bytes / bw).ceil() as Time
+        } else {
+            0
+        };
+        out.push(Completion {
+            flow: id,
+            version,
+            finish: now + t,
+        });
     }
 
     /// Ends a flow's bandwidth phase (its completion event fired with a current version);

@@ -87,26 +87,10 @@ impl Mesh {
     /// All groups along `axis`: each is the ranks that differ only in that coordinate, in
     /// coordinate order. Groups are listed in rank order of their first member.
     pub fn groups(&self, axis: Axis) -> Vec<Vec<u32>> {
-        let mut out = Vec::new();
-        for r in 0..self.size() {
-            let c = self.coords(r);
-            if Self::coord(c, axis) != 0 {
-                continue;
-            }
-            let g = (0..self.extent(axis))
-                .map(|i| {
-                    let mut c = c;
-                    match axis {
-                        Axis::Pp => c.pp = i,
-                        Axis::Dp => c.dp = i,
-                        Axis::Tp => c.tp = i,
-                    }
-                    self.rank(c)
-                })
-                .collect();
-            out.push(g);
-        }
-        out
+        (0..self.size())
+            .filter(|&r| Self::coord(self.coords(r), axis) == 0)
+            .map(|r| self.group_of(axis, r))
+            .collect()
     }
 
     /// The group along `axis` that holds `rank`.
