@@ -51,7 +51,8 @@ pub fn search(
     }
     let total = all.len();
     let done = std::sync::atomic::AtomicUsize::new(0);
-    let priced: Vec<Option<(Option<Candidate>, bool)>> = all
+    // Per valid strategy: its memory, and the candidate when it fits and prices.
+    let priced: Vec<Option<(u64, Option<Candidate>)>> = all
         .par_iter()
         .map(|s| {
             let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -60,35 +61,29 @@ pub fn search(
             }
             let plan = Plan::build(model, cluster, s).ok()?;
             let mem = plan.max_memory().total.0;
-            if !plan.fits() {
-                return Some((None, false));
-            }
-            let t = Analytic.step_time(&plan).ok()?;
-            Some((
-                Some(Candidate {
+            let cand = plan
+                .fits()
+                .then(|| Analytic.step_time(&plan).ok())
+                .flatten()
+                .map(|t| Candidate {
                     summary: s.summary(),
                     strategy: s.clone(),
                     memory_bytes: mem,
                     fast_step_s: t,
                     refined_step_s: None,
                     breakdown: None,
-                }),
-                true,
-            ))
+                });
+            Some((mem, cand))
         })
         .collect();
     let valid = priced.iter().filter(|p| p.is_some()).count();
+    let smallest = priced.iter().flatten().map(|(m, _)| *m).min();
     let mut ranked: Vec<Candidate> = priced
         .into_iter()
         .flatten()
-        .filter_map(|(c, _)| c)
+        .filter_map(|(_, c)| c)
         .collect();
-    let min_memory_bytes = all
-        .iter()
-        .filter_map(|s| Plan::build(model, cluster, s).ok())
-        .map(|p| p.max_memory().total.0)
-        .min()
-        .filter(|_| ranked.is_empty());
+    let min_memory_bytes = smallest.filter(|_| ranked.is_empty());
     let order = |a: &Candidate, b: &Candidate| {
         a.step_s()
             .total_cmp(&b.step_s())

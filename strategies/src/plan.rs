@@ -663,34 +663,36 @@ impl Plan {
     /// What this plan would need with optimizer sharding off, and with remat off: the
     /// (switch, flag, max bytes per device) of each switch that is on.
     pub fn switches_off(&self) -> Vec<(String, String, Bytes)> {
-        let mut out = Vec::new();
-        if self.strategy.opt_shard != OptShard::None {
-            let s = Strategy {
-                opt_shard: OptShard::None,
-                ..self.strategy.clone()
-            };
-            if let Ok(p) = self.with_strategy(&s) {
-                out.push((
-                    "optimizer sharding off".into(),
-                    "--opt-shard none".into(),
-                    p.max_memory().total,
-                ));
-            }
-        }
-        if self.strategy.remat != Remat::None {
-            let s = Strategy {
-                remat: Remat::None,
-                ..self.strategy.clone()
-            };
-            if let Ok(p) = self.with_strategy(&s) {
-                out.push((
-                    "remat off".into(),
-                    "--remat none".into(),
-                    p.max_memory().total,
-                ));
-            }
-        }
-        out
+        let s = &self.strategy;
+        let variants = [
+            (
+                s.opt_shard != OptShard::None,
+                "optimizer sharding off",
+                "--opt-shard none",
+                Strategy {
+                    opt_shard: OptShard::None,
+                    ..s.clone()
+                },
+            ),
+            (
+                s.remat != Remat::None,
+                "remat off",
+                "--remat none",
+                Strategy {
+                    remat: Remat::None,
+                    ..s.clone()
+                },
+            ),
+        ];
+        variants
+            .into_iter()
+            .filter(|(on, ..)| *on)
+            .filter_map(|(_, name, flag, v)| {
+                self.with_strategy(&v)
+                    .ok()
+                    .map(|p| (name.to_string(), flag.to_string(), p.max_memory().total))
+            })
+            .collect()
     }
 
     /// Single changes that would make a plan fit, with the memory each gives.
