@@ -1,9 +1,73 @@
 //! The executor: trains the PanGu-α architecture for real, on CPU, with the same `Plan` the
 //! simulator prices.
 //!
-//! Its job (issues "trainer" and "distributed executor"): fp32 tensor kernels with explicit
-//! forward and backward per layer, the model (embeddings, blocks, query layer, tied head,
-//! loss), the jieba + Unigram tokenizer and packed data, AdamW with warm-up and cosine decay,
-//! checkpoints, and a `Communicator` with threads and MPI backends that interprets the plan's
-//! pipeline action lists and collectives. It depends on `pangu-strategies` and never on the
-//! simulator. Nothing is implemented yet.
+//! - [`kernels`]: fp32 forward and backward kernels (llm.c style), generic over [`Real`] so
+//!   the finite-difference tests run the very same code in f64.
+//! - [`linalg`]: matrix multiply through the `gemm` crate (the only `unsafe`, bounds-checked).
+//! - [`model`]: the parameter layout, forward and backward of the whole model.
+//! - [`tokenizer`]: jieba segmentation + a Unigram vocabulary (Hugging Face `tokenizers`).
+//! - [`data`]: the corpus, packing into `seq + 1` samples with EOD reset, the held-out split.
+//! - [`optim`]: AdamW with PanGu-α's decay rules, warm-up + cosine, global-norm clipping.
+//! - [`checkpoint`]: safetensors + a manifest, written atomically.
+//! - [`train`]: the training loop; [`generate`]: sampling with a KV cache.
+//!
+//! It depends on `pangu-strategies` (the plan, the report types) and never on the simulator.
+
+pub mod checkpoint;
+pub mod data;
+pub mod generate;
+pub mod kernels;
+pub mod linalg;
+pub mod model;
+pub mod optim;
+pub mod real;
+pub mod rng;
+pub mod tokenizer;
+pub mod train;
+
+pub use real::Real;
+
+/// Errors of the trainer: each names what is wrong and what would work.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// The model or strategy asks for something the CPU trainer does not do.
+    #[error("{0}")]
+    Unsupported(String),
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Input data (corpus, tokenizer, checkpoint) is malformed.
+    #[error("{path}: {reason}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A setting is out of range.
+    #[error("{0}")]
+    Config(String),
+}
+
+impl TrainError {
+    /// An I/O error on `path`.
+    pub fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> TrainError {
+        TrainError::Io {
+            path: path.as_ref().display().to_string(),
+            source,
+        }
+    }
+
+    /// Malformed content in `path`.
+    pub fn invalid(path: impl AsRef<std::path::Path>, reason: impl Into<String>) -> TrainError {
+        TrainError::Invalid {
+            path: path.as_ref().display().to_string(),
+            reason: reason.into(),
+        }
+    }
+}

@@ -1,0 +1,568 @@
+//! fp32 (and, for tests, f64) CPU kernels with explicit forward and backward passes.
+//!
+//! The llm.c convention: outputs first, then inputs; backward functions *accumulate* into
+//! parameter gradients and either overwrite or accumulate into input gradients as each says.
+//! Activations are row-major `[T, C]` with `T` = batch × sequence rows. Row-parallel loops use
+//! rayon when more than one thread is configured ([`crate::linalg::threads`]).
+#![allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+
+use rayon::prelude::*;
+
+use crate::linalg::{self, matmul_with, n, t};
+use crate::real::Real;
+use crate::rng;
+
+/// Runs `f(row_index, row)` over the `width`-element rows of `buf`, in parallel when the
+/// trainer uses several threads.
+pub fn for_rows<T: Send, F>(buf: &mut [T], width: usize, f: F)
+where
+    F: Fn(usize, &mut [T]) + Sync + Send,
+{
+    if linalg::threads() > 1 && buf.len() >= 1 << 14 {
+        buf.par_chunks_mut(width)
+            .enumerate()
+            .for_each(|(i, r)| f(i, r));
+    } else {
+        buf.chunks_mut(width).enumerate().for_each(|(i, r)| f(i, r));
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Embedding
+
+/// `out[t] = wte[tokens[t]] + wpe[pos[t]]`. out `[T, d]`, wte `[V, d]`, wpe `[S, d]`.
+pub fn embed_fwd<T: Real>(
+    out: &mut [T],
+    tokens: &[u32],
+    pos: &[u32],
+    wte: &[T],
+    wpe: &[T],
+    d: usize,
+) {
+    for_rows(out, d, |r, o| {
+        let w = &wte[tokens[r] as usize * d..][..d];
+        let p = &wpe[pos[r] as usize * d..][..d];
+        for ((o, &w), &p) in o.iter_mut().zip(w).zip(p) {
+            *o = w + p;
+        }
+    });
+}
+
+/// Accumulates the gradients of an embedding lookup: `dw[ids[t]] += dout[t]`.
+pub fn lookup_bwd<T: Real>(dw: &mut [T], dout: &[T], ids: &[u32], d: usize) {
+    for (r, &id) in ids.iter().enumerate() {
+        let g = &dout[r * d..][..d];
+        let w = &mut dw[id as usize * d..][..d];
+        for (w, &g) in w.iter_mut().zip(g) {
+            *w += g;
+        }
+    }
+}
+
+/// `out[t] = table[ids[t]]`.
+pub fn lookup_fwd<T: Real>(out: &mut [T], ids: &[u32], table: &[T], d: usize) {
+    for_rows(out, d, |r, o| {
+        o.copy_from_slice(&table[ids[r] as usize * d..][..d]);
+    });
+}
+
+// ---------------------------------------------------------------------------------------
+// LayerNorm (eps 1e-5, as [R]'s hand-written LayerNorm)
+
+/// LayerNorm epsilon.
+pub const LN_EPS: f64 = 1e-5;
+
+/// `out = (x - mean) * rstd * g + b` per row; saves mean and 1/std. x, out `[T, d]`.
+pub fn layernorm_fwd<T: Real>(
+    out: &mut [T],
+    mean: &mut [T],
+    rstd: &mut [T],
+    x: &[T],
+    g: &[T],
+    b: &[T],
+    d: usize,
+) {
+    let row = |r: usize, o: &mut [T], m_out: &mut T, s_out: &mut T| {
+        let xr = &x[r * d..][..d];
+        let m = xr.iter().copied().sum::<T>() / T::of(d as f64);
+        let v = xr.iter().map(|&v| (v - m) * (v - m)).sum::<T>() / T::of(d as f64);
+        let s = T::one() / (v + T::of(LN_EPS)).sqrt();
+        for i in 0..d {
+            o[i] = (xr[i] - m) * s * g[i] + b[i];
+        }
+        *m_out = m;
+        *s_out = s;
+    };
+    if linalg::threads() > 1 && out.len() >= 1 << 14 {
+        out.par_chunks_mut(d)
+            .zip(mean.par_iter_mut())
+            .zip(rstd.par_iter_mut())
+            .enumerate()
+            .for_each(|(r, ((o, m), s))| row(r, o, m, s));
+    } else {
+        for (r, ((o, m), s)) in out
+            .chunks_mut(d)
+            .zip(mean.iter_mut())
+            .zip(rstd.iter_mut())
+            .enumerate()
+        {
+            row(r, o, m, s);
+        }
+    }
+}
+
+/// LayerNorm backward: `dx += ∂L/∂x`, `dg += Σ dout·x̂`, `db += Σ dout`.
+#[allow(clippy::too_many_arguments)]
+pub fn layernorm_bwd<T: Real>(
+    dx: &mut [T],
+    dg: &mut [T],
+    db: &mut [T],
+    dout: &[T],
+    x: &[T],
+    g: &[T],
+    mean: &[T],
+    rstd: &[T],
+    d: usize,
+) {
+    let inv_d = T::one() / T::of(d as f64);
+    for_rows(dx, d, |r, dxr| {
+        let xr = &x[r * d..][..d];
+        let dor = &dout[r * d..][..d];
+        let (m, s) = (mean[r], rstd[r]);
+        let mut sum_dn = T::zero();
+        let mut sum_dn_xh = T::zero();
+        for i in 0..d {
+            let dn = dor[i] * g[i];
+            sum_dn += dn;
+            sum_dn_xh += dn * (xr[i] - m) * s;
+        }
+        let (a, c) = (sum_dn * inv_d, sum_dn_xh * inv_d);
+        for i in 0..d {
+            let xh = (xr[i] - m) * s;
+            dxr[i] += (dor[i] * g[i] - a - xh * c) * s;
+        }
+    });
+    for r in 0..x.len() / d {
+        let xr = &x[r * d..][..d];
+        let dor = &dout[r * d..][..d];
+        let (m, s) = (mean[r], rstd[r]);
+        for i in 0..d {
+            dg[i] += dor[i] * (xr[i] - m) * s;
+            db[i] += dor[i];
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Linear layers: y = x·W + b with W stored [in, out]
+
+/// `y = x·W (+ b)`: x `[rows, k]` (row stride `ldx`), W `[k, n]` (row stride `ldw`), y
+/// `[rows, n]` (row stride `ldy`).
+#[allow(clippy::too_many_arguments)]
+pub fn linear_fwd<T: Real>(
+    y: &mut [T],
+    ldy: usize,
+    x: &[T],
+    ldx: usize,
+    w: &[T],
+    ldw: usize,
+    b: Option<&[T]>,
+    rows: usize,
+    k: usize,
+    nn: usize,
+) {
+    match b {
+        Some(b) => {
+            for r in 0..rows {
+                y[r * ldy..][..nn].copy_from_slice(&b[..nn]);
+            }
+            linalg::matmul(y, ldy, n(x, ldx), n(w, ldw), rows, k, nn, true);
+        }
+        None => linalg::matmul(y, ldy, n(x, ldx), n(w, ldw), rows, k, nn, false),
+    }
+}
+
+/// Linear backward. `dw += xᵀ·dy`, `db += Σ_rows dy`, and `dx = dy·Wᵀ` (overwrite) or
+/// `dx += dy·Wᵀ` with `accumulate_dx`; any output may be skipped with `None`.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_bwd<T: Real>(
+    dx: Option<(&mut [T], usize, bool)>,
+    dw: &mut [T],
+    ldw: usize,
+    db: Option<&mut [T]>,
+    dy: &[T],
+    ldy: usize,
+    x: &[T],
+    ldx: usize,
+    w: &[T],
+    rows: usize,
+    k: usize,
+    nn: usize,
+) {
+    linalg::matmul(dw, ldw, t(x, ldx), n(dy, ldy), k, rows, nn, true);
+    if let Some(db) = db {
+        for r in 0..rows {
+            for (b, &g) in db[..nn].iter_mut().zip(&dy[r * ldy..][..nn]) {
+                *b += g;
+            }
+        }
+    }
+    if let Some((dx, lddx, acc)) = dx {
+        linalg::matmul(dx, lddx, n(dy, ldy), t(w, ldw), rows, nn, k, acc);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// GeLU (tanh approximation: Hendrycks & Gimpel 2016; MindSpore's nn.GELU default)
+
+const GELU_C: f64 = 0.797_884_560_802_865_4; // sqrt(2/pi)
+
+/// `out = gelu(x)`.
+pub fn gelu_fwd<T: Real>(out: &mut [T], x: &[T], width: usize) {
+    let c = T::of(GELU_C);
+    let k = T::of(0.044715);
+    let half = T::of(0.5);
+    for_rows(out, width, |r, o| {
+        for (o, &v) in o.iter_mut().zip(&x[r * width..][..width]) {
+            let u = c * (v + k * v * v * v);
+            *o = half * v * (T::one() + u.tanh());
+        }
+    });
+}
+
+/// `dx = dout · gelu'(x)` (overwrites `dx`; `dx` may hold `dout` itself: pass it as both via
+/// [`gelu_bwd_inplace`]).
+pub fn gelu_bwd_inplace<T: Real>(d: &mut [T], x: &[T], width: usize) {
+    let c = T::of(GELU_C);
+    let k = T::of(0.044715);
+    let half = T::of(0.5);
+    let three = T::of(3.0);
+    for_rows(d, width, |r, dr| {
+        for (g, &v) in dr.iter_mut().zip(&x[r * width..][..width]) {
+            let u = c * (v + k * v * v * v);
+            let th = u.tanh();
+            let sech2 = T::one() - th * th;
+            let du = c * (T::one() + three * k * v * v);
+            *g *= half * (T::one() + th) + half * v * sech2 * du;
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------------------
+// Dropout (inverted, counter-based masks: see crate::rng)
+
+/// A dropout site: probability, seed and the stream of this (step, layer, site).
+#[derive(Debug, Clone, Copy)]
+pub struct Dropout {
+    /// Drop probability (0 disables).
+    pub p: f64,
+    /// Run seed.
+    pub seed: u64,
+    /// Stream of this call site.
+    pub stream: u64,
+}
+
+impl Dropout {
+    /// No dropout.
+    pub const OFF: Dropout = Dropout {
+        p: 0.0,
+        seed: 0,
+        stream: 0,
+    };
+
+    /// Whether it drops anything.
+    pub fn active(&self) -> bool {
+        self.p > 0.0
+    }
+
+    /// The scale of element `index`: 0 when dropped, 1/(1-p) when kept.
+    #[inline(always)]
+    pub fn scale<T: Real>(&self, index: u64) -> T {
+        if rng::uniform(self.seed, self.stream, index) < self.p {
+            T::zero()
+        } else {
+            T::of(1.0 / (1.0 - self.p))
+        }
+    }
+
+    /// Applies the mask in place to rows of `width` elements, where row r of this buffer is
+    /// global row `row_ids[r]` (so masks do not depend on how rows are split across devices).
+    pub fn apply<T: Real>(&self, x: &mut [T], width: usize, row_ids: &[u64]) {
+        if !self.active() {
+            return;
+        }
+        for_rows(x, width, |r, xr| {
+            let base = row_ids[r] * width as u64;
+            for (i, v) in xr.iter_mut().enumerate() {
+                *v *= self.scale::<T>(base + i as u64);
+            }
+        });
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Causal multi-head attention with document masking
+
+/// Shapes of one attention call.
+#[derive(Debug, Clone, Copy)]
+pub struct AttnDims {
+    /// Sequences.
+    pub b: usize,
+    /// Sequence length.
+    pub s: usize,
+    /// Heads (on this device).
+    pub h: usize,
+    /// Head size.
+    pub hd: usize,
+}
+
+impl AttnDims {
+    /// Width of the merged heads (h·hd).
+    pub fn width(&self) -> usize {
+        self.h * self.hd
+    }
+}
+
+/// Attention forward. `qkv` `[B·S, 3·w]` holds Q, K, V column blocks (each head `hd` wide);
+/// `start[b·S+i]` is the position inside the sample where token i's document begins, so token
+/// i attends to `start..=i` only (causal plus the EOD reset of [R]'s `get_input_data`).
+/// Writes `probs` `[B, H, S, S]` (softmax, masked entries exactly 0), `probs_drop` (after
+/// dropout, only when dropout is active) and `out` `[B·S, w]`.
+pub fn attention_fwd<T: Real>(
+    out: &mut [T],
+    probs: &mut [T],
+    probs_drop: &mut [T],
+    qkv: &[T],
+    start: &[u32],
+    dims: AttnDims,
+    drop: Dropout,
+    sample_ids: &[u64],
+) {
+    let AttnDims { s, h, hd, .. } = dims;
+    let w = dims.width();
+    let scale = T::of(1.0 / (hd as f64).sqrt());
+    let work = |b: usize, out_b: &mut [T], probs_b: &mut [T], pd_b: &mut [T]| {
+        let qkv_b = &qkv[b * s * 3 * w..][..s * 3 * w];
+        let st = &start[b * s..][..s];
+        for hh in 0..h {
+            let p = &mut probs_b[hh * s * s..][..s * s];
+            let q = &qkv_b[hh * hd..];
+            let k = &qkv_b[w + hh * hd..];
+            matmul_with(p, s, n(q, 3 * w), t(k, 3 * w), s, hd, s, false, 1);
+            for i in 0..s {
+                let row = &mut p[i * s..][..s];
+                let lo = st[i] as usize;
+                let mut mx = T::neg_infinity();
+                for &v in &row[lo..=i] {
+                    mx = mx.max(v * scale);
+                }
+                let mut sum = T::zero();
+                for v in &mut row[lo..=i] {
+                    *v = (*v * scale - mx).exp();
+                    sum += *v;
+                }
+                let inv = T::one() / sum;
+                for v in &mut row[lo..=i] {
+                    *v *= inv;
+                }
+                row[..lo].fill(T::zero());
+                row[i + 1..].fill(T::zero());
+            }
+            let v = &qkv_b[2 * w + hh * hd..];
+            let o = &mut out_b[hh * hd..];
+            if drop.active() {
+                let pd = &mut pd_b[hh * s * s..][..s * s];
+                let base = (sample_ids[b] * h as u64 + hh as u64) * (s * s) as u64;
+                for (j, (d, &pv)) in pd.iter_mut().zip(p.iter()).enumerate() {
+                    *d = pv * drop.scale::<T>(base + j as u64);
+                }
+                matmul_with(o, w, n(pd, s), n(v, 3 * w), s, s, hd, false, 1);
+            } else {
+                matmul_with(o, w, n(p, s), n(v, 3 * w), s, s, hd, false, 1);
+            }
+        }
+    };
+    let hs2 = h * s * s;
+    let pd_len = if drop.active() { hs2 } else { 0 };
+    if linalg::threads() > 1 {
+        if pd_len > 0 {
+            out.par_chunks_mut(s * w)
+                .zip(probs.par_chunks_mut(hs2))
+                .zip(probs_drop.par_chunks_mut(hs2))
+                .enumerate()
+                .for_each(|(b, ((o, p), pd))| work(b, o, p, pd));
+        } else {
+            out.par_chunks_mut(s * w)
+                .zip(probs.par_chunks_mut(hs2))
+                .enumerate()
+                .for_each(|(b, (o, p))| work(b, o, p, &mut []));
+        }
+    } else {
+        for (b, (o, p)) in out.chunks_mut(s * w).zip(probs.chunks_mut(hs2)).enumerate() {
+            let pd = if pd_len > 0 {
+                &mut probs_drop[b * hs2..][..hs2]
+            } else {
+                &mut []
+            };
+            work(b, o, p, pd);
+        }
+    }
+}
+
+/// Attention backward: writes `dqkv` `[B·S, 3·w]` (overwrite) from `dout` `[B·S, w]`, using
+/// the saved `probs` / `probs_drop` and `scratch` of `B·S·S` elements.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_bwd<T: Real>(
+    dqkv: &mut [T],
+    scratch: &mut [T],
+    dout: &[T],
+    qkv: &[T],
+    probs: &[T],
+    probs_drop: &[T],
+    start: &[u32],
+    dims: AttnDims,
+    drop: Dropout,
+    sample_ids: &[u64],
+) {
+    let AttnDims { s, h, hd, .. } = dims;
+    let w = dims.width();
+    let scale = T::of(1.0 / (hd as f64).sqrt());
+    let work = |b: usize, dqkv_b: &mut [T], dp: &mut [T]| {
+        let qkv_b = &qkv[b * s * 3 * w..][..s * 3 * w];
+        let dout_b = &dout[b * s * w..][..s * w];
+        let st = &start[b * s..][..s];
+        for hh in 0..h {
+            let p = &probs[(b * h + hh) * s * s..][..s * s];
+            let pd = if drop.active() {
+                &probs_drop[(b * h + hh) * s * s..][..s * s]
+            } else {
+                p
+            };
+            let q = &qkv_b[hh * hd..];
+            let k = &qkv_b[w + hh * hd..];
+            let v = &qkv_b[2 * w + hh * hd..];
+            let d_o = &dout_b[hh * hd..];
+            // dV = P_dropᵀ·dO
+            matmul_with(
+                &mut dqkv_b[2 * w + hh * hd..],
+                3 * w,
+                t(pd, s),
+                n(d_o, w),
+                s,
+                s,
+                hd,
+                false,
+                1,
+            );
+            // dP_drop = dO·Vᵀ
+            matmul_with(dp, s, n(d_o, w), t(v, 3 * w), s, hd, s, false, 1);
+            let base = (sample_ids[b] * h as u64 + hh as u64) * (s * s) as u64;
+            for i in 0..s {
+                let lo = st[i] as usize;
+                let pr = &p[i * s..][..s];
+                let dr = &mut dp[i * s..][..s];
+                if drop.active() {
+                    for j in lo..=i {
+                        dr[j] *= drop.scale::<T>(base + (i * s + j) as u64);
+                    }
+                }
+                let mut dot = T::zero();
+                for j in lo..=i {
+                    dot += pr[j] * dr[j];
+                }
+                for j in lo..=i {
+                    dr[j] = pr[j] * (dr[j] - dot) * scale;
+                }
+                dr[..lo].fill(T::zero());
+                dr[i + 1..].fill(T::zero());
+            }
+            // dQ = dS·K, dK = dSᵀ·Q
+            matmul_with(
+                &mut dqkv_b[hh * hd..],
+                3 * w,
+                n(dp, s),
+                n(k, 3 * w),
+                s,
+                s,
+                hd,
+                false,
+                1,
+            );
+            matmul_with(
+                &mut dqkv_b[w + hh * hd..],
+                3 * w,
+                t(dp, s),
+                n(q, 3 * w),
+                s,
+                s,
+                hd,
+                false,
+                1,
+            );
+        }
+    };
+    if linalg::threads() > 1 {
+        dqkv.par_chunks_mut(s * 3 * w)
+            .zip(scratch.par_chunks_mut(s * s))
+            .enumerate()
+            .for_each(|(b, (d, sc))| work(b, d, sc));
+    } else {
+        for (b, (d, sc)) in dqkv
+            .chunks_mut(s * 3 * w)
+            .zip(scratch.chunks_mut(s * s))
+            .enumerate()
+        {
+            work(b, d, sc);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Softmax cross-entropy
+
+/// Turns `logits` `[T, V]` into probabilities in place and writes each row's
+/// `-ln p[target]` into `losses` (computed in f64 for the log-sum-exp).
+pub fn softmax_xent_fwd<T: Real>(logits: &mut [T], losses: &mut [f64], targets: &[u32], v: usize) {
+    let rows = logits.len() / v;
+    let mut lse = vec![0.0f64; rows];
+    // First pass in parallel: probabilities; second: losses (cheap).
+    for_rows(logits, v, |_, row| {
+        let mx = row.iter().copied().fold(T::neg_infinity(), T::max);
+        let mut sum = T::zero();
+        for x in row.iter_mut() {
+            *x = (*x - mx).exp();
+            sum += *x;
+        }
+        let inv = T::one() / sum;
+        for x in row.iter_mut() {
+            *x *= inv;
+        }
+    });
+    for (r, l) in lse.iter_mut().enumerate() {
+        let p = logits[r * v + targets[r] as usize].f64();
+        *l = -(p.max(f64::MIN_POSITIVE)).ln();
+    }
+    losses[..rows].copy_from_slice(&lse);
+}
+
+/// Turns the probabilities in place into `dlogits = (p - onehot(target)) · weight[row]`.
+pub fn softmax_xent_bwd<T: Real>(probs: &mut [T], targets: &[u32], weights: &[f64], v: usize) {
+    for_rows(probs, v, |r, row| {
+        let w = T::of(weights[r]);
+        if weights[r] == 0.0 {
+            row.fill(T::zero());
+            return;
+        }
+        for x in row.iter_mut() {
+            *x *= w;
+        }
+        row[targets[r] as usize] -= w;
+    });
+}
+
+/// Adds `src` into `dst` element-wise.
+pub fn add_into<T: Real>(dst: &mut [T], src: &[T]) {
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d += s;
+    }
+}
