@@ -10,6 +10,7 @@ mod plan_cmd;
 mod search_cmd;
 mod simulate_cmd;
 mod sweep_cmd;
+mod train_cmd;
 mod validate_cmd;
 
 use anyhow::Result;
@@ -45,6 +46,13 @@ enum Command {
     Check(check_cmd::CheckArgs),
     /// Simulate published training runs (a CSV) and compare predicted with published figures.
     Validate(validate_cmd::ValidateArgs),
+    /// Train the model for real on the CPU (one device): Chinese text, AdamW, checkpoints;
+    /// `--bench` times the step on random tokens.
+    Train(train_cmd::TrainArgs),
+    /// Continue a prompt with a trained checkpoint (KV cache; temperature, top-k, top-p).
+    Generate(train_cmd::GenerateArgs),
+    /// Train or inspect the jieba + Unigram tokenizer.
+    Tokenizer(train_cmd::TokenizerArgs),
     /// List the model presets, or print one as TOML.
     Models(ListArgs),
     /// List the cluster presets, or print one as TOML.
@@ -151,6 +159,9 @@ fn main() {
         Command::Search(a) => search_cmd::run(a),
         Command::Check(a) => check_cmd::run(a),
         Command::Sweep(a) => sweep_cmd::run(a),
+        Command::Train(a) => train_cmd::run(a),
+        Command::Generate(a) => train_cmd::generate(a),
+        Command::Tokenizer(a) => train_cmd::tokenizer(a),
         Command::Models(a) => models(a),
         Command::Clusters(a) => clusters(a),
     };

@@ -200,6 +200,14 @@ fn evaluate(
     Ok((rep.step_time_s, rep.tokens_per_s, rep.mfu, mem, true))
 }
 
+/// Registers the bundled font as "sans-serif": plotters draws text with it, so no system font
+/// is needed.
+pub(crate) fn register_font() -> Result<()> {
+    static FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
+    plotters::style::register_font("sans-serif", plotters::style::FontStyle::Normal, FONT)
+        .map_err(|_| anyhow!("cannot load the bundled font"))
+}
+
 /// Tokens/s against the first axis, a line per combination of the other axes.
 fn plot(
     path: &str,
@@ -208,10 +216,7 @@ fn plot(
     header: &[String],
 ) -> Result<()> {
     use plotters::prelude::*;
-    static FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
-    // plotters draws text with this font, so no system font is needed.
-    plotters::style::register_font("sans-serif", FontStyle::Normal, FONT)
-        .map_err(|_| anyhow!("cannot load the bundled font"))?;
+    register_font()?;
     let n = axes[0].values.len();
     let ymax = points
         .iter()

@@ -1,1 +1,309 @@
-//! TODO
+//! Text generation with a KV cache: one token at a time, each layer's keys and values of
+//! earlier positions kept, sampling with temperature, top-k and top-p (nucleus).
+
+use crate::kernels as k;
+use crate::model::{special, Dims, FfnBufs, Model};
+use crate::rng::Counter;
+
+/// Sampling settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Sampling {
+    /// Softmax temperature (0: greedy).
+    pub temperature: f64,
+    /// Keep only the k most likely tokens (0: all).
+    pub top_k: usize,
+    /// Keep the smallest set whose probability reaches p (1: all).
+    pub top_p: f64,
+    /// Seed.
+    pub seed: u64,
+}
+
+/// Per-layer key/value cache of one sequence.
+#[derive(Debug)]
+pub struct KvCache {
+    /// Keys `[layers][S·d]`.
+    k: Vec<Vec<f32>>,
+    /// Values `[layers][S·d]`.
+    v: Vec<Vec<f32>>,
+    /// Positions filled.
+    pub len: usize,
+}
+
+impl KvCache {
+    /// An empty cache for `dims` (room for the full sequence length).
+    pub fn new(dims: &Dims) -> KvCache {
+        KvCache {
+            k: vec![vec![0.0; dims.s * dims.d]; dims.layers],
+            v: vec![vec![0.0; dims.s * dims.d]; dims.layers],
+            len: 0,
+        }
+    }
+}
+
+/// Scratch vectors of one decoding step.
+struct Scratch {
+    x: Vec<f32>,
+    ln: Vec<f32>,
+    qin: Vec<f32>,
+    qkv: Vec<f32>,
+    att: Vec<f32>,
+    tmp: Vec<f32>,
+    up: Vec<f32>,
+    act: Vec<f32>,
+    scores: Vec<f32>,
+    logits: Vec<f32>,
+    mean: [f32; 1],
+    rstd: [f32; 1],
+}
+
+/// Runs token `tok` at the next position through the model, appending to the cache; returns
+/// the logits of the next token.
+pub fn step<'a>(
+    model: &Model,
+    p: &[f32],
+    cache: &mut KvCache,
+    tok: u32,
+    scratch: &'a mut Vec<f32>,
+) -> &'a [f32] {
+    let Dims { d, h, f, v, .. } = model.dims();
+    let hd = d / h;
+    let lay = &model.layout;
+    let pos = cache.len;
+    let mut s = Scratch {
+        x: vec![0.0; d],
+        ln: vec![0.0; d],
+        qin: vec![0.0; d],
+        qkv: vec![0.0; 3 * d],
+        att: vec![0.0; d],
+        tmp: vec![0.0; d],
+        up: vec![0.0; f],
+        act: vec![0.0; f],
+        scores: vec![0.0; pos + 1],
+        logits: std::mem::take(scratch),
+        mean: [0.0],
+        rstd: [0.0],
+    };
+    s.logits.resize(v, 0.0);
+    k::embed_fwd(
+        &mut s.x,
+        &[tok],
+        &[pos as u32],
+        &p[lay.wte.clone()],
+        &p[lay.wpe.clone()],
+        d,
+    );
+    let nl = lay.layers.len();
+    for (l, lp) in lay.layers.iter().enumerate() {
+        let query = model.dims().query && l + 1 == nl;
+        k::layernorm_fwd(
+            &mut s.ln,
+            &mut s.mean,
+            &mut s.rstd,
+            &s.x,
+            &p[lp.ln1_g.clone()],
+            &p[lp.ln1_b.clone()],
+            d,
+        );
+        let w = &p[lp.w_qkv.clone()];
+        let b = &p[lp.b_qkv.clone()];
+        if query {
+            s.qin
+                .copy_from_slice(&p[lay.wqe.clone()][pos * d..(pos + 1) * d]);
+            k::linear_fwd(
+                &mut s.qkv,
+                3 * d,
+                &s.qin,
+                d,
+                w,
+                3 * d,
+                Some(&b[..d]),
+                1,
+                d,
+                d,
+            );
+            k::linear_fwd(
+                &mut s.qkv[d..],
+                3 * d,
+                &s.ln,
+                d,
+                &w[d..],
+                3 * d,
+                Some(&b[d..]),
+                1,
+                d,
+                2 * d,
+            );
+        } else {
+            k::linear_fwd(&mut s.qkv, 3 * d, &s.ln, d, w, 3 * d, Some(b), 1, d, 3 * d);
+        }
+        cache.k[l][pos * d..(pos + 1) * d].copy_from_slice(&s.qkv[d..2 * d]);
+        cache.v[l][pos * d..(pos + 1) * d].copy_from_slice(&s.qkv[2 * d..]);
+        let scale = 1.0 / (hd as f32).sqrt();
+        for hh in 0..h {
+            let q = &s.qkv[hh * hd..(hh + 1) * hd];
+            let mut mx = f32::NEG_INFINITY;
+            for j in 0..=pos {
+                let kj = &cache.k[l][j * d + hh * hd..j * d + (hh + 1) * hd];
+                let dot: f32 = q.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale;
+                s.scores[j] = dot;
+                mx = mx.max(dot);
+            }
+            let mut sum = 0.0;
+            for sc in &mut s.scores[..=pos] {
+                *sc = (*sc - mx).exp();
+                sum += *sc;
+            }
+            let o = &mut s.att[hh * hd..(hh + 1) * hd];
+            o.fill(0.0);
+            for j in 0..=pos {
+                let w = s.scores[j] / sum;
+                let vj = &cache.v[l][j * d + hh * hd..j * d + (hh + 1) * hd];
+                for (o, &vv) in o.iter_mut().zip(vj) {
+                    *o += w * vv;
+                }
+            }
+        }
+        k::linear_fwd(
+            &mut s.tmp,
+            d,
+            &s.att,
+            d,
+            &p[lp.w_o.clone()],
+            d,
+            Some(&p[lp.b_o.clone()]),
+            1,
+            d,
+            d,
+        );
+        k::add_into(&mut s.x, &s.tmp);
+        crate::model::ffn_fwd(
+            p,
+            lp,
+            &s.x,
+            FfnBufs {
+                ln: &mut s.ln,
+                mean: &mut s.mean,
+                rstd: &mut s.rstd,
+                up: &mut s.up,
+                act: &mut s.act,
+            },
+            &mut s.tmp,
+            1,
+            d,
+            f,
+        );
+        k::add_into(&mut s.x, &s.tmp);
+    }
+    k::layernorm_fwd(
+        &mut s.ln,
+        &mut s.mean,
+        &mut s.rstd,
+        &s.x,
+        &p[lay.lnf_g.clone()],
+        &p[lay.lnf_b.clone()],
+        d,
+    );
+    crate::linalg::matmul(
+        &mut s.logits,
+        v,
+        crate::linalg::n(&s.ln, d),
+        crate::linalg::t(&p[lay.wte.clone()], d),
+        1,
+        d,
+        v,
+        false,
+    );
+    cache.len += 1;
+    *scratch = s.logits;
+    scratch
+}
+
+/// Picks the next token from `logits` (only the first `vocab` entries are real pieces).
+pub fn sample(logits: &[f32], vocab: usize, cfg: &Sampling, rng: &mut Counter) -> u32 {
+    let logits = &logits[..vocab.min(logits.len())];
+    if cfg.temperature <= 0.0 {
+        return logits
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map_or(0, |(i, _)| i as u32);
+    }
+    let mut idx: Vec<usize> = (0..logits.len()).collect();
+    idx.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+    if cfg.top_k > 0 {
+        idx.truncate(cfg.top_k);
+    }
+    let mx = f64::from(logits[idx[0]]);
+    let mut probs: Vec<f64> = idx
+        .iter()
+        .map(|&i| ((f64::from(logits[i]) - mx) / cfg.temperature).exp())
+        .collect();
+    let total: f64 = probs.iter().sum();
+    probs.iter_mut().for_each(|p| *p /= total);
+    if cfg.top_p < 1.0 {
+        let mut acc = 0.0;
+        let mut keep = probs.len();
+        for (i, p) in probs.iter().enumerate() {
+            acc += p;
+            if acc >= cfg.top_p {
+                keep = i + 1;
+                break;
+            }
+        }
+        probs.truncate(keep);
+        idx.truncate(keep);
+        let t: f64 = probs.iter().sum();
+        probs.iter_mut().for_each(|p| *p /= t);
+    }
+    let u = rng.next_f64();
+    let mut acc = 0.0;
+    for (&i, &p) in idx.iter().zip(&probs) {
+        acc += p;
+        if u < acc {
+            return i as u32;
+        }
+    }
+    idx[idx.len() - 1] as u32
+}
+
+/// Continues `prompt` by up to `max_new` tokens (stopping at EOD/EOT or the sequence length);
+/// returns the new tokens.
+pub fn generate(
+    model: &Model,
+    p: &[f32],
+    prompt: &[u32],
+    max_new: usize,
+    vocab: usize,
+    cfg: &Sampling,
+) -> Vec<u32> {
+    let dims = model.dims();
+    let mut cache = KvCache::new(&dims);
+    let mut logits = Vec::new();
+    let mut rng = Counter::new(cfg.seed);
+    let prompt: &[u32] = if prompt.is_empty() {
+        &[special::EOD]
+    } else {
+        prompt
+    };
+    let prompt = &prompt[prompt.len().saturating_sub(dims.s)..];
+    for &t in prompt {
+        step(model, p, &mut cache, t, &mut logits);
+    }
+    let mut out = Vec::new();
+    while out.len() < max_new && cache.len < dims.s {
+        let next = sample(&logits, vocab, cfg, &mut rng);
+        if next == special::EOD || next == special::EOT {
+            break;
+        }
+        out.push(next);
+        step(model, p, &mut cache, next, &mut logits);
+    }
+    if out.len() < max_new && cache.len >= dims.s {
+        // The cache is full: the last sampled token still counts.
+        let next = sample(&logits, vocab, cfg, &mut rng);
+        if next != special::EOD && next != special::EOT {
+            out.push(next);
+        }
+    }
+    out
+}

@@ -225,7 +225,7 @@ pub fn gelu_fwd<T: Real>(out: &mut [T], x: &[T], width: usize) {
     for_rows(out, width, |r, o| {
         for (o, &v) in o.iter_mut().zip(&x[r * width..][..width]) {
             let u = c * (v + k * v * v * v);
-            *o = half * v * (T::one() + u.tanh());
+            *o = half * v * (T::one() + u.tanh_fast());
         }
     });
 }
@@ -240,7 +240,7 @@ pub fn gelu_bwd_inplace<T: Real>(d: &mut [T], x: &[T], width: usize) {
     for_rows(d, width, |r, dr| {
         for (g, &v) in dr.iter_mut().zip(&x[r * width..][..width]) {
             let u = c * (v + k * v * v * v);
-            let th = u.tanh();
+            let th = u.tanh_fast();
             let sech2 = T::one() - th * th;
             let du = c * (T::one() + three * k * v * v);
             *g *= half * (T::one() + th) + half * v * sech2 * du;
@@ -358,7 +358,7 @@ pub fn attention_fwd<T: Real>(
                 }
                 let mut sum = T::zero();
                 for v in &mut row[lo..=i] {
-                    *v = (*v * scale - mx).exp();
+                    *v = (*v * scale - mx).exp_fast();
                     sum += *v;
                 }
                 let inv = T::one() / sum;
@@ -530,7 +530,7 @@ pub fn softmax_xent_fwd<T: Real>(logits: &mut [T], losses: &mut [f64], targets: 
         let mx = row.iter().copied().fold(T::neg_infinity(), T::max);
         let mut sum = T::zero();
         for x in row.iter_mut() {
-            *x = (*x - mx).exp();
+            *x = (*x - mx).exp_fast();
             sum += *x;
         }
         let inv = T::one() / sum;

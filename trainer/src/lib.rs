@@ -13,6 +13,7 @@
 //!
 //! It depends on `pangu-strategies` (the plan, the report types) and never on the simulator.
 
+pub mod bench;
 pub mod checkpoint;
 pub mod data;
 pub mod generate;

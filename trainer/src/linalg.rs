@@ -12,14 +12,45 @@
 #![allow(unsafe_code)]
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crate::real::Real;
 
 static THREADS: AtomicUsize = AtomicUsize::new(1);
 
-/// Sets how many threads large matrix multiplies use (1 = the calling thread only).
+static POOL: Mutex<Option<Arc<rayon::ThreadPool>>> = Mutex::new(None);
+
+/// Sets how many threads the kernels use (1 = the calling thread only) and builds the pool
+/// they run in.
 pub fn set_threads(n: usize) {
-    THREADS.store(n.max(1), Ordering::Relaxed);
+    let n = n.max(1);
+    THREADS.store(n, Ordering::Relaxed);
+    let mut pool = POOL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if n > 1 && pool.as_ref().is_none_or(|p| p.current_num_threads() != n) {
+        *pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build()
+            .ok()
+            .map(Arc::new);
+    }
+}
+
+/// Runs `f` on the kernels' thread pool, so that exactly [`threads`] threads compute (the
+/// caller sleeps meanwhile instead of competing with the pool's workers for the cores).
+pub fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    let pool = if threads() > 1 {
+        POOL.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    } else {
+        None
+    };
+    match pool {
+        Some(p) => p.install(f),
+        None => f(),
+    }
 }
 
 /// Threads large matrix multiplies use.

@@ -655,40 +655,23 @@ impl Model {
             self.drop(train, step, l, Site::AttnOut)
                 .apply(&mut a.mid, d, &batch.row_ids);
             k::add_into(&mut a.mid, x);
-            k::layernorm_fwd(
-                &mut a.ln2,
-                &mut a.ln2_mean,
-                &mut a.ln2_rstd,
-                &a.mid,
-                &p[lp.ln2_g.clone()],
-                &p[lp.ln2_b.clone()],
-                d,
-            );
-            k::linear_fwd(
-                &mut a.up,
-                f,
-                &a.ln2,
-                d,
-                &p[lp.w_up.clone()],
-                f,
-                Some(&p[lp.b_up.clone()]),
-                rows,
-                d,
-                f,
-            );
-            k::gelu_fwd(&mut a.act, &a.up, f);
-            // y = mid + dropout(act·Wdown + bdown)
-            k::linear_fwd(
+            // y = mid + dropout(FFN(LN2(mid)))
+            let m = &a.mid;
+            ffn_fwd(
+                p,
+                lp,
+                m,
+                FfnBufs {
+                    ln: &mut a.ln2,
+                    mean: &mut a.ln2_mean,
+                    rstd: &mut a.ln2_rstd,
+                    up: &mut a.up,
+                    act: &mut a.act,
+                },
                 y,
-                d,
-                &a.act,
-                f,
-                &p[lp.w_down.clone()],
-                d,
-                Some(&p[lp.b_down.clone()]),
                 rows,
-                f,
                 d,
+                f,
             );
             self.drop(train, step, l, Site::FfnOut)
                 .apply(y, d, &batch.row_ids);
@@ -953,6 +936,63 @@ impl Model {
             k::lookup_bwd(gp, &acts.dx, &batch.pos, d);
         }
     }
+}
+
+/// Buffers of the FFN sub-layer's forward pass.
+pub(crate) struct FfnBufs<'a, T> {
+    pub(crate) ln: &'a mut [T],
+    pub(crate) mean: &'a mut [T],
+    pub(crate) rstd: &'a mut [T],
+    pub(crate) up: &'a mut [T],
+    pub(crate) act: &'a mut [T],
+}
+
+/// `out = GeLU(LN2(x)·W_up + b_up)·W_down + b_down` (no dropout, no residual): shared by
+/// training and KV-cache decoding.
+pub(crate) fn ffn_fwd<T: Real>(
+    p: &[T],
+    lp: &LayerParams,
+    x: &[T],
+    b: FfnBufs<'_, T>,
+    out: &mut [T],
+    rows: usize,
+    d: usize,
+    f: usize,
+) {
+    k::layernorm_fwd(
+        b.ln,
+        b.mean,
+        b.rstd,
+        x,
+        &p[lp.ln2_g.clone()],
+        &p[lp.ln2_b.clone()],
+        d,
+    );
+    k::linear_fwd(
+        b.up,
+        f,
+        b.ln,
+        d,
+        &p[lp.w_up.clone()],
+        f,
+        Some(&p[lp.b_up.clone()]),
+        rows,
+        d,
+        f,
+    );
+    k::gelu_fwd(b.act, b.up, f);
+    k::linear_fwd(
+        out,
+        d,
+        b.act,
+        f,
+        &p[lp.w_down.clone()],
+        d,
+        Some(&p[lp.b_down.clone()]),
+        rows,
+        f,
+        d,
+    );
 }
 
 /// The sub-slice of `r` (and the rest, unused).

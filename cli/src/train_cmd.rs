@@ -1,0 +1,614 @@
+//! `pangu train`, `pangu tokenizer train` and `pangu generate`: the CPU executor.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use pangu_trainer::bench::{self, BenchShape};
+use pangu_trainer::data;
+use pangu_trainer::generate::{self, Sampling};
+use pangu_trainer::model::Model;
+use pangu_trainer::tokenizer::Tokenizer;
+use pangu_trainer::train::{Eval, Run, Settings, StepInfo};
+use serde_json::json;
+
+use crate::args::load_model;
+use crate::output::{emit, outln, print_json};
+
+/// The corpus shipped in the repository.
+const DEFAULT_CORPUS: &str = "data/zh_poetry_hans.txt";
+
+/// The default corpus: `data/…` under the current directory, else the repository's copy.
+fn default_corpus() -> PathBuf {
+    let here = PathBuf::from(DEFAULT_CORPUS);
+    if here.is_file() {
+        return here;
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(DEFAULT_CORPUS)
+}
+
+fn threads_default() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Options of `pangu train`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct TrainArgs {
+    /// Model preset or TOML file.
+    #[arg(long, default_value = "pangu-alpha-tiny")]
+    model: String,
+    /// UTF-8 corpus; documents separated by blank lines (default: data/zh_poetry_hans.txt).
+    #[arg(long)]
+    corpus: Option<PathBuf>,
+    /// Tokenizer file (default: `OUT/tokenizer.json`, trained on the corpus's training split
+    /// with the model's vocabulary size when absent).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// Optimizer steps of the run; the cosine decay ends here (default 2000).
+    #[arg(long)]
+    steps: Option<u64>,
+    /// Stop after this many minutes of wall time even before --steps (the schedule is kept).
+    #[arg(long)]
+    minutes: Option<f64>,
+    /// Samples per optimizer step (default: the model preset's global batch).
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Micro-batches per step; gradients accumulate over them.
+    #[arg(long, default_value_t = 1)]
+    micro_batches: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    /// Final learning rate of the cosine decay (default: lr / 10).
+    #[arg(long)]
+    lr_end: Option<f64>,
+    /// Linear warm-up steps (default: 2 % of --steps).
+    #[arg(long)]
+    lr_warmup: Option<u64>,
+    /// Dropout probability (default: the model's, 0.1 for PanGu-α).
+    #[arg(long)]
+    dropout: Option<f64>,
+    /// Seed of weights, dropout masks and data order.
+    #[arg(long, default_value_t = 1234)]
+    seed: u64,
+    /// Compute threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Evaluate on held-out samples every this many steps (0: only at the end).
+    #[arg(long, default_value_t = 100)]
+    eval_every: u64,
+    /// Held-out samples per periodic evaluation (the final one uses all).
+    #[arg(long, default_value_t = 256)]
+    val_samples: usize,
+    /// Write a checkpoint every this many steps (and at the end) into --out.
+    #[arg(long, default_value_t = 500)]
+    checkpoint_every: u64,
+    /// Run folder: checkpoints, tokenizer, curve.csv, curve.png, report.json, train.log.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue the run in this checkpoint (a step folder or a run folder).
+    #[arg(long, value_name = "DIR")]
+    resume: Option<PathBuf>,
+    /// Precision the strategy names; the CPU executor computes in fp32 whatever it is.
+    #[arg(long)]
+    precision: Option<String>,
+    /// Print JSON (losses per step, validation, throughput, memory).
+    #[arg(long)]
+    json: bool,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+    /// Benchmark the training step on random tokens instead (shape flags below).
+    #[arg(long)]
+    bench: bool,
+    /// Bench: ordinary layers (the query layer is extra).
+    #[arg(long, default_value_t = 4)]
+    layers: u32,
+    /// Bench: hidden size.
+    #[arg(long, default_value_t = 256)]
+    hidden: u32,
+    /// Bench: attention heads.
+    #[arg(long, default_value_t = 4)]
+    heads: u32,
+    /// Bench: sequence length.
+    #[arg(long, default_value_t = 128)]
+    seq: u32,
+    /// Bench: vocabulary size.
+    #[arg(long, default_value_t = 8000)]
+    vocab: u32,
+    /// Bench: untimed steps before the timed ones.
+    #[arg(long, default_value_t = 5)]
+    warmup: u32,
+    /// Bench: GPT-2 shape (no query layer).
+    #[arg(long)]
+    no_query_layer: bool,
+}
+
+pub(crate) fn run(a: &TrainArgs) -> Result<()> {
+    let threads = a.threads.unwrap_or_else(threads_default);
+    if threads == 0 {
+        bail!("--threads must be at least 1");
+    }
+    if a.bench {
+        return run_bench(a, threads);
+    }
+    bench::set_threads(threads);
+    let corpus_path = a.corpus.clone().unwrap_or_else(default_corpus);
+    let text = data::read_corpus(&corpus_path)?;
+    let (train_text, val_text) = data::split(&text);
+    if let Some(p) = &a.precision {
+        if p != "fp32" {
+            eprintln!("note: the strategy names {p}; the CPU executor computes in fp32");
+        }
+    }
+    let mut run = if let Some(dir) = &a.resume {
+        Run::resume(dir, train_text, val_text)?
+    } else {
+        let cfg = load_model(&a.model)?;
+        let steps = a.steps.unwrap_or(2000);
+        let mut s = Settings::for_model(&cfg, steps);
+        s.batch = a.batch.unwrap_or(s.batch);
+        s.micro_batches = a.micro_batches;
+        s.lr = a.lr;
+        s.lr_end = a.lr_end.unwrap_or(a.lr / 10.0);
+        s.warmup = a.lr_warmup.unwrap_or(s.warmup);
+        s.dropout = a.dropout.unwrap_or(s.dropout);
+        s.seed = a.seed;
+        let tok = tokenizer_for(a, &cfg, train_text)?;
+        Run::new(&cfg, s, tok, train_text, val_text)?
+    };
+    if a.resume.is_some() {
+        if let Some(steps) = a.steps {
+            run.settings.steps = steps;
+        }
+    }
+    let out = a.out.clone();
+    if let Some(o) = &out {
+        std::fs::create_dir_all(o).with_context(|| format!("cannot create {}", o.display()))?;
+        run.tokenizer.save(&o.join("tokenizer.json"))?;
+    }
+    let mem = run.memory();
+    let mut log = String::new();
+    outln!(
+        log,
+        "model {} ({} parameters), {} training / {} held-out samples of {} tokens, batch {} × {} micro-batches, \
+         {} threads, fp32, tokenizer {} pieces",
+        run.cfg.name,
+        run.state.params.len(),
+        run.train.samples(),
+        run.val.samples(),
+        run.cfg.seq_len + 1,
+        run.settings.batch,
+        run.settings.micro_batches,
+        threads,
+        run.tokenizer.vocab_size()
+    );
+    if !a.json {
+        eprint!("{log}");
+    }
+    let total = run.settings.steps;
+    let start_step = run.step;
+    let pb = if a.quiet || a.json {
+        ProgressBar::hidden()
+    } else {
+        let pb = ProgressBar::new(total);
+        pb.set_style(
+            ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  ETA {eta}")
+                .map_err(|e| anyhow!("{e}"))?,
+        );
+        pb.set_position(start_step);
+        pb
+    };
+    let mut curve: Vec<(StepInfo, Option<Eval>)> = Vec::new();
+    let t0 = Instant::now();
+    let deadline = a.minutes.map(|m| m * 60.0);
+    let mut tok_rates = Vec::new();
+    while run.step < total {
+        if deadline.is_some_and(|d| t0.elapsed().as_secs_f64() >= d) {
+            break;
+        }
+        let info = run.step();
+        if !info.loss.is_finite() {
+            bail!(
+                "the loss became {} at step {}: lower --lr (now {})",
+                info.loss,
+                info.step,
+                run.settings.lr
+            );
+        }
+        tok_rates.push(info.tokens_per_s);
+        let ev = if a.eval_every > 0 && info.step % a.eval_every == 0 {
+            Some(run.evaluate(a.val_samples))
+        } else {
+            None
+        };
+        pb.set_message(format!(
+            "loss {:.3}  {:.0} tok/s{}",
+            info.loss,
+            info.tokens_per_s,
+            ev.map_or(String::new(), |e| format!(
+                "  val {:.3}/char",
+                e.loss_per_char
+            ))
+        ));
+        pb.set_position(info.step);
+        if let (Some(o), true) = (
+            &out,
+            a.checkpoint_every > 0 && info.step % a.checkpoint_every == 0,
+        ) {
+            run.save(o)?;
+        }
+        curve.push((info, ev));
+    }
+    pb.finish_and_clear();
+    let final_eval = run.evaluate(usize::MAX);
+    let mut median = tok_rates.clone();
+    median.sort_by(f64::total_cmp);
+    let tokens_per_s = median.get(median.len() / 2).copied().unwrap_or(0.0);
+    if let Some(o) = &out {
+        let dir = run.save(o)?;
+        write_curve(o, start_step, &curve)?;
+        plot_curve(&o.join("curve.png"), o)?;
+        outln!(log, "checkpoint {}", dir.display());
+    }
+    let losses: Vec<f64> = curve.iter().map(|(s, _)| s.loss).collect();
+    let report = json!({
+        "model": run.cfg.name,
+        "params": run.state.params.len(),
+        "steps": run.step,
+        "steps_this_run": run.step - start_step,
+        "wall_s": t0.elapsed().as_secs_f64(),
+        "losses": losses,
+        "val_loss": final_eval.loss,
+        "val_loss_per_char": final_eval.loss_per_char,
+        "val_perplexity": final_eval.perplexity,
+        "val_samples": final_eval.samples,
+        "evals": curve.iter().filter_map(|(_, e)| *e).collect::<Vec<_>>(),
+        "tokens_per_s": tokens_per_s,
+        "threads": threads,
+        "precision": "fp32",
+        "settings": run.settings,
+        "memory": mem,
+    });
+    if let Some(o) = &out {
+        std::fs::write(
+            o.join("report.json"),
+            serde_json::to_string_pretty(&report)?,
+        )?;
+    }
+    if a.json {
+        return print_json(&report);
+    }
+    outln!(
+        log,
+        "step {}: train loss {:.4}, held-out loss {:.4}/token = {:.4} nats/char (perplexity {:.1}) on {} samples; \
+         {:.0} tokens/s median",
+        run.step,
+        losses.last().copied().unwrap_or(f64::NAN),
+        final_eval.loss,
+        final_eval.loss_per_char,
+        final_eval.perplexity,
+        final_eval.samples,
+        tokens_per_s
+    );
+    outln!(
+        log,
+        "memory allocated: weights {} B, gradients {} B, Adam {} B, activations+scratch {} B, total {} B",
+        mem.weights,
+        mem.gradients,
+        mem.optimizer,
+        mem.activations,
+        mem.total
+    );
+    if let Some(o) = &out {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(o.join("train.log"))?;
+        f.write_all(log.as_bytes())?;
+    }
+    emit(&log)
+}
+
+fn tokenizer_for(
+    a: &TrainArgs,
+    cfg: &pangu_model::ModelConfig,
+    train_text: &str,
+) -> Result<Tokenizer> {
+    if let Some(p) = &a.tokenizer {
+        return Ok(Tokenizer::load(p)?);
+    }
+    if let Some(o) = &a.out {
+        let p = o.join("tokenizer.json");
+        if p.is_file() {
+            return Ok(Tokenizer::load(&p)?);
+        }
+    }
+    if !a.json && !a.quiet {
+        eprintln!(
+            "training a {}-piece tokenizer on the training split (jieba + Unigram)…",
+            cfg.vocab
+        );
+    }
+    Ok(Tokenizer::train(train_text, cfg.vocab as usize)?)
+}
+
+/// Appends the rows of this run to `curve.csv` (keeping rows up to the resumed step).
+fn write_curve(out: &Path, start_step: u64, curve: &[(StepInfo, Option<Eval>)]) -> Result<()> {
+    let path = out.join("curve.csv");
+    let mut text = String::from("step,loss,lr,grad_norm,tokens_per_s,val_loss,val_loss_per_char\n");
+    if let Ok(old) = std::fs::read_to_string(&path) {
+        for line in old.lines().skip(1) {
+            let step: u64 = line
+                .split(',')
+                .next()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(u64::MAX);
+            if step <= start_step {
+                text.push_str(line);
+                text.push('\n');
+            }
+        }
+    }
+    for (s, e) in curve {
+        outln!(
+            text,
+            "{},{:.6},{:.3e},{:.4},{:.1},{},{}",
+            s.step,
+            s.loss,
+            s.lr,
+            s.grad_norm,
+            s.tokens_per_s,
+            e.map_or(String::new(), |e| format!("{:.6}", e.loss)),
+            e.map_or(String::new(), |e| format!("{:.6}", e.loss_per_char))
+        );
+    }
+    pangu_trainer::checkpoint::write_atomic(&path, text.as_bytes())?;
+    Ok(())
+}
+
+/// Training loss (per token) and held-out loss (per character) against step, from curve.csv.
+fn plot_curve(path: &Path, out: &Path) -> Result<()> {
+    use plotters::prelude::*;
+    let text = std::fs::read_to_string(out.join("curve.csv"))?;
+    let (mut train, mut val) = (Vec::new(), Vec::new());
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split(',').collect();
+        let step: f64 = f.first().and_then(|s| s.parse().ok()).unwrap_or(0.0);
+        if let Some(l) = f.get(1).and_then(|s| s.parse::<f64>().ok()) {
+            train.push((step, l));
+        }
+        if let Some(l) = f.get(6).and_then(|s| s.parse::<f64>().ok()) {
+            val.push((step, l));
+        }
+    }
+    if train.is_empty() {
+        return Ok(());
+    }
+    crate::sweep_cmd::register_font()?;
+    let xmax = train.iter().map(|p| p.0).fold(1.0, f64::max);
+    let ymax = train
+        .iter()
+        .chain(&val)
+        .map(|p| p.1)
+        .fold(0.0, f64::max)
+        .min(12.0)
+        * 1.05;
+    let root = BitMapBackend::new(path, (900, 560)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| anyhow!("{e:?}"))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("pangu train: loss", ("sans-serif", 22))
+        .margin(16)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..xmax, 0.0..ymax)
+        .map_err(|e| anyhow!("{e:?}"))?;
+    chart
+        .configure_mesh()
+        .x_desc("step")
+        .y_desc("nats")
+        .draw()
+        .map_err(|e| anyhow!("{e:?}"))?;
+    let blue = RGBColor(40, 90, 200);
+    let red = RGBColor(210, 60, 40);
+    chart
+        .draw_series(LineSeries::new(train, blue.stroke_width(1)))
+        .map_err(|e| anyhow!("{e:?}"))?
+        .label("training loss per token")
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], blue));
+    chart
+        .draw_series(LineSeries::new(val.clone(), red.stroke_width(2)))
+        .map_err(|e| anyhow!("{e:?}"))?
+        .label("held-out loss per character")
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], red));
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| anyhow!("{e:?}"))?;
+    root.present().map_err(|e| anyhow!("{e:?}"))?;
+    Ok(())
+}
+
+fn run_bench(a: &TrainArgs, threads: usize) -> Result<()> {
+    let shape = BenchShape {
+        layers: a.layers,
+        hidden: a.hidden,
+        heads: a.heads,
+        seq: a.seq,
+        vocab: a.vocab,
+        batch: a.batch.unwrap_or(8) as u32,
+        steps: a.steps.unwrap_or(20) as u32,
+        warmup: a.warmup,
+        threads,
+        no_query_layer: a.no_query_layer,
+    };
+    let r = bench::run(&shape)?;
+    if a.json {
+        return print_json(&serde_json::to_value(&r)?);
+    }
+    let mut o = String::new();
+    outln!(
+        o,
+        "shape: {}+{} layers, hidden {}, {} heads, seq {}, vocab {}, batch {}; {} threads; {} parameters",
+        shape.layers,
+        u32::from(!shape.no_query_layer),
+        shape.hidden,
+        shape.heads,
+        shape.seq,
+        shape.vocab,
+        shape.batch,
+        threads,
+        r.params
+    );
+    outln!(
+        o,
+        "{:.1} ms/step (median of {} clean of {} timed steps), {:.0} tokens/s, {:.1} GFLOP/s ({:.1} GFLOP/step)",
+        r.ms_per_step,
+        r.clean_steps,
+        r.step_ms.len(),
+        r.tokens_per_s,
+        r.gflops,
+        r.flops_per_step / 1e9
+    );
+    outln!(o, "allocated: {} bytes", r.allocated_bytes);
+    emit(&o)
+}
+
+/// Options of `pangu tokenizer`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct TokenizerArgs {
+    #[command(subcommand)]
+    cmd: TokenizerCmd,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum TokenizerCmd {
+    /// Train a jieba + Unigram vocabulary on a corpus's training split (the held-out 5 % is
+    /// left out) and write it.
+    Train {
+        /// UTF-8 corpus (default: data/zh_poetry_hans.txt).
+        #[arg(long)]
+        corpus: Option<PathBuf>,
+        /// Pieces, the 10 special ones included.
+        #[arg(long, default_value_t = 8000)]
+        vocab: usize,
+        /// Output file.
+        #[arg(long, default_value = "tokenizer.json")]
+        out: PathBuf,
+    },
+    /// Show how a text is split into pieces.
+    Encode {
+        /// Tokenizer file.
+        #[arg(long)]
+        tokenizer: PathBuf,
+        /// Text.
+        text: String,
+    },
+}
+
+pub(crate) fn tokenizer(a: &TokenizerArgs) -> Result<()> {
+    match &a.cmd {
+        TokenizerCmd::Train { corpus, vocab, out } => {
+            let path = corpus.clone().unwrap_or_else(default_corpus);
+            let text = data::read_corpus(&path)?;
+            let (train, _) = data::split(&text);
+            let t0 = Instant::now();
+            let tok = Tokenizer::train(train, *vocab)?;
+            tok.save(out)?;
+            let ids = tok.encode(train);
+            emit(&format!(
+                "{}: {} pieces (hash {:016x}) in {:.1} s; the training split is {} characters in {} tokens ({:.3} tokens per character)\n",
+                out.display(),
+                tok.vocab_size(),
+                tok.hash(),
+                t0.elapsed().as_secs_f64(),
+                train.chars().count(),
+                ids.len(),
+                ids.len() as f64 / train.chars().count().max(1) as f64
+            ))
+        }
+        TokenizerCmd::Encode { tokenizer, text } => {
+            let tok = Tokenizer::load(tokenizer)?;
+            let ids = tok.encode(text);
+            let pieces: Vec<String> = ids
+                .iter()
+                .map(|&i| format!("{}:{}", i, tok.decode(&[i]).replace('\n', "▃")))
+                .collect();
+            emit(&format!("{}\n", pieces.join(" ")))
+        }
+    }
+}
+
+/// Options of `pangu generate`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct GenerateArgs {
+    /// Checkpoint (a step folder or a run folder).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Text to continue.
+    #[arg(long, default_value = "")]
+    prompt: String,
+    /// New tokens at most.
+    #[arg(long, default_value_t = 64)]
+    max_tokens: usize,
+    /// Sampling temperature (0: greedy).
+    #[arg(long, default_value_t = 0.8)]
+    temperature: f64,
+    /// Sample among the k most likely tokens (0: all).
+    #[arg(long, default_value_t = 40)]
+    top_k: usize,
+    /// Nucleus sampling threshold.
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f64,
+    /// Seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) fn generate(a: &GenerateArgs) -> Result<()> {
+    if !(0.0..=1.0).contains(&a.top_p) || a.temperature < 0.0 {
+        bail!("--top-p must be in [0, 1] and --temperature at least 0");
+    }
+    let dir = pangu_trainer::checkpoint::resolve(&a.checkpoint)?;
+    let (man, _) = pangu_trainer::checkpoint::read_manifest(&dir)?;
+    let model = Model::new(&man.model, man.seed)?;
+    let (_, state, tok_bytes) = pangu_trainer::checkpoint::load(&dir, &model.layout)?;
+    let tok = Tokenizer::from_json(&tok_bytes, &dir.join("tokenizer.json"))?;
+    let prompt = tok.encode(&a.prompt);
+    let t0 = Instant::now();
+    let cfg = Sampling {
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        seed: a.seed,
+    };
+    let ids = generate::generate(
+        &model,
+        &state.params,
+        &prompt,
+        a.max_tokens,
+        tok.vocab_size(),
+        &cfg,
+    );
+    let secs = t0.elapsed().as_secs_f64();
+    let text = tok.decode(&ids);
+    if a.json {
+        return print_json(&json!({
+            "prompt": a.prompt,
+            "completion": text,
+            "tokens": ids,
+            "step": man.step,
+            "tokens_per_s": ids.len() as f64 / secs.max(1e-9),
+        }));
+    }
+    emit(&format!("{}{}\n", a.prompt, text))
+}
