@@ -158,6 +158,21 @@ pub(crate) fn run(a: &TrainArgs) -> Result<()> {
         s.warmup = a.lr_warmup.unwrap_or(s.warmup);
         s.dropout = a.dropout.unwrap_or(s.dropout);
         s.seed = a.seed;
+        // Check the model and the memory before spending time on a tokenizer.
+        let model = pangu_trainer::model::Model::new(&cfg, s.seed)?;
+        s.validate()?;
+        let need = pangu_trainer::train::required_bytes(&model, &s);
+        if let Some(avail) = pangu_trainer::train::available_bytes() {
+            if need > avail {
+                bail!(
+                    "model '{}' needs {:.1} GiB for fp32 weights, gradients, Adam state and activations, but this \
+                     machine has {:.1} GiB available: train pangu-alpha-tiny or pangu-alpha-small, or lower --batch",
+                    cfg.name,
+                    need as f64 / (1u64 << 30) as f64,
+                    avail as f64 / (1u64 << 30) as f64
+                );
+            }
+        }
         let tok = tokenizer_for(a, &cfg, train_text)?;
         Run::new(&cfg, s, tok, train_text, val_text)?
     };
@@ -190,6 +205,7 @@ pub(crate) fn run(a: &TrainArgs) -> Result<()> {
     if !a.json {
         eprint!("{log}");
     }
+    let header_len = log.len();
     let total = run.settings.steps;
     let start_step = run.step;
     let pb = if a.quiet || a.json {
@@ -243,6 +259,10 @@ pub(crate) fn run(a: &TrainArgs) -> Result<()> {
             run.save(o)?;
         }
         curve.push((info, ev));
+        if let (Some(o), Some(_)) = (&out, ev) {
+            // The curve so far, so a long run can be watched while it trains.
+            write_curve(o, start_step, &curve)?;
+        }
     }
     pb.finish_and_clear();
     let final_eval = run.evaluate(usize::MAX);
@@ -311,7 +331,8 @@ pub(crate) fn run(a: &TrainArgs) -> Result<()> {
             .open(o.join("train.log"))?;
         f.write_all(log.as_bytes())?;
     }
-    emit(&log)
+    // The header line already went to stderr.
+    emit(&log[header_len..])
 }
 
 fn tokenizer_for(
@@ -476,7 +497,16 @@ fn run_bench(a: &TrainArgs, threads: usize) -> Result<()> {
         r.gflops,
         r.flops_per_step / 1e9
     );
-    outln!(o, "allocated: {} bytes", r.allocated_bytes);
+    match r.plan_bytes {
+        Some(p) => outln!(
+            o,
+            "allocated: {} bytes; the memory model of the same plan (fp32, 1 device): {} bytes ({:+.1} %)",
+            r.allocated_bytes,
+            p,
+            (r.allocated_bytes as f64 / p as f64 - 1.0) * 100.0
+        ),
+        None => outln!(o, "allocated: {} bytes", r.allocated_bytes),
+    }
     emit(&o)
 }
 

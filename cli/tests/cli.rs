@@ -513,3 +513,167 @@ fn sweep_writes_one_csv_row_per_point() {
         &["strategy., model. or cluster."],
     );
 }
+
+/// A small model file and a corpus slice for the trainer commands.
+fn trainer_inputs(name: &str) -> (std::path::PathBuf, String, String) {
+    let dir = std::env::temp_dir().join(format!("pangu-cli-train-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let model = dir.join("model.toml");
+    std::fs::write(
+        &model,
+        "name = \"cli-test\"\nlayers = 2\nhidden = 32\nheads = 2\nffn = 128\nvocab = 2500\nseq_len = 32\n\
+         query_layer = true\ndropout = 0.1\nglobal_batch = 4\n",
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../data/zh_poetry_hans.txt"
+    ))
+    .unwrap();
+    let cut = text[..40_000].rfind("\n\n").unwrap() + 2;
+    let corpus = dir.join("corpus.txt");
+    std::fs::write(&corpus, &text[..cut]).unwrap();
+    (
+        dir.clone(),
+        model.display().to_string(),
+        corpus.display().to_string(),
+    )
+}
+
+#[test]
+fn train_then_resume_then_generate() {
+    let (dir, model, corpus) = trainer_inputs("run");
+    let out = dir.join("run").display().to_string();
+    let v = json(&[
+        "train",
+        "--model",
+        &model,
+        "--corpus",
+        &corpus,
+        "--steps",
+        "6",
+        "--eval-every",
+        "3",
+        "--val-samples",
+        "8",
+        "--out",
+        &out,
+        "--threads",
+        "1",
+        "--json",
+    ]);
+    assert_eq!(v["steps"], 6);
+    assert_eq!(v["losses"].as_array().unwrap().len(), 6);
+    assert!(v["val_loss_per_char"].as_f64().unwrap() > 0.0);
+    assert!(v["tokens_per_s"].as_f64().unwrap() > 0.0);
+    assert_eq!(v["precision"], "fp32");
+    for f in [
+        "curve.csv",
+        "curve.png",
+        "report.json",
+        "tokenizer.json",
+        "latest",
+    ] {
+        assert!(dir.join("run").join(f).is_file(), "{f} missing");
+    }
+    // Resume and extend the run to 8 steps: the curve keeps the first 6 rows.
+    let v = json(&[
+        "train", "--resume", &out, "--corpus", &corpus, "--steps", "8", "--out", &out, "--json",
+    ]);
+    assert_eq!(v["steps"], 8);
+    assert_eq!(v["steps_this_run"], 2);
+    let curve = std::fs::read_to_string(dir.join("run/curve.csv")).unwrap();
+    assert_eq!(curve.lines().count(), 1 + 8, "{curve}");
+    let g = json(&[
+        "generate",
+        "--checkpoint",
+        &out,
+        "--prompt",
+        "春风",
+        "--max-tokens",
+        "5",
+        "--json",
+    ]);
+    assert!(g["tokens"].as_array().unwrap().len() <= 5);
+    assert_eq!(g["prompt"], "春风");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn trainer_bad_input_is_reported() {
+    let (dir, model, corpus) = trainer_inputs("bad");
+    let missing = dir.join("missing.txt").display().to_string();
+    fails_with(
+        &[
+            "train", "--model", &model, "--corpus", &missing, "--steps", "1",
+        ],
+        &["missing.txt"],
+    );
+    fails_with(
+        &[
+            "train",
+            "--model",
+            &model,
+            "--corpus",
+            &corpus,
+            "--steps",
+            "1",
+            "--batch",
+            "4",
+            "--micro-batches",
+            "3",
+        ],
+        &["--micro-batches 3", "divide"],
+    );
+    fails_with(
+        &["generate", "--checkpoint", &dir.display().to_string()],
+        &["no checkpoint here"],
+    );
+    fails_with(
+        &[
+            "train",
+            "--model",
+            "gpt3-175b",
+            "--corpus",
+            &corpus,
+            "--steps",
+            "1",
+        ],
+        &["needs", "GiB", "pangu-alpha-tiny"],
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn train_bench_reports_throughput() {
+    let v = json(&[
+        "train",
+        "--bench",
+        "--layers",
+        "1",
+        "--hidden",
+        "32",
+        "--heads",
+        "2",
+        "--seq",
+        "16",
+        "--vocab",
+        "100",
+        "--batch",
+        "2",
+        "--steps",
+        "3",
+        "--warmup",
+        "1",
+        "--threads",
+        "1",
+        "--json",
+    ]);
+    assert!(v["tokens_per_s"].as_f64().unwrap() > 0.0);
+    assert_eq!(v["step_ms"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        v["params"],
+        32 * 100 + 2 * 16 * 32 + 2 * (12 * 32 * 32 + 13 * 32) + 64
+    );
+}

@@ -61,6 +61,29 @@ pub struct BenchResult {
     pub clean_steps: usize,
     /// Bytes the trainer allocated (weights, gradients, Adam, activations).
     pub allocated_bytes: u64,
+    /// The strategies crate's memory model for the same plan (one fp32 device, no remat).
+    pub plan_bytes: Option<u64>,
+}
+
+/// Per-device bytes the strategies crate's memory model predicts for training `cfg` on one
+/// fp32 CPU device (dp = tp = pp = 1, one micro-batch of `batch`, no remat or sharding).
+pub fn plan_bytes(cfg: &ModelConfig, batch: u32) -> Option<u64> {
+    use pangu_strategies::{strategy, OptShard, Plan, Precision, Remat, StrategySpec};
+    let cluster = pangu_hardware::Cluster::from_name("cpu-host:1").ok()?;
+    let spec = StrategySpec {
+        dp: Some(1),
+        tp: Some(1),
+        pp: Some(1),
+        micro_batches: Some(1),
+        global_batch: Some(batch),
+        precision: Some(Precision::Fp32),
+        remat: Some(Remat::None),
+        opt_shard: Some(OptShard::None),
+        ..StrategySpec::default()
+    };
+    let (s, _) = strategy::resolve(&spec, &spec, batch, 1).ok()?;
+    let plan = Plan::build(cfg, &cluster, &s).ok()?;
+    Some(plan.max_memory().total.0)
 }
 
 impl BenchShape {
@@ -199,5 +222,6 @@ pub fn run(shape: &BenchShape) -> Result<BenchResult, TrainError> {
         wait_ms,
         clean_steps,
         allocated_bytes: 4 * 4 * n as u64 + acts.bytes(),
+        plan_bytes: plan_bytes(&cfg, shape.batch),
     })
 }

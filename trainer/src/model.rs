@@ -447,6 +447,17 @@ impl<T: Real> Acts<T> {
         }
     }
 
+    /// Bytes [`Acts::new`] would allocate, without allocating.
+    pub fn bytes_for(dims: &Dims, b: usize, dropout: bool) -> u64 {
+        let (d, f, v, s, h, l) = (dims.d, dims.f, dims.v, dims.s, dims.h, dims.layers);
+        let rows = b * s;
+        let probs = b * h * s * s * (1 + usize::from(dropout));
+        let per_layer = rows * (7 * d + 4 + 2 * f) + probs;
+        let qin = if dims.query { rows * d } else { 0 };
+        let other = (l + 1) * rows * d + rows * (d + 2) + rows * v + rows * (6 * d + f) + b * s * s;
+        ((l * per_layer + qin + other) * std::mem::size_of::<T>() + rows * 8) as u64
+    }
+
     /// Bytes held by these buffers.
     pub fn bytes(&self) -> u64 {
         let sz = std::mem::size_of::<T>() as u64;

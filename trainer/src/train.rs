@@ -139,6 +139,42 @@ pub struct Memory {
     pub total: u64,
 }
 
+/// Bytes a run of `model` with `settings` allocates: fp32 weights, gradients, Adam m and v,
+/// and the buffers of one micro-batch.
+pub fn required_bytes(model: &Model, settings: &Settings) -> u64 {
+    let micro = settings.batch / settings.micro_batches.max(1);
+    16 * model.layout.total as u64
+        + Acts::<f32>::bytes_for(&model.dims(), micro, settings.dropout > 0.0)
+}
+
+/// Memory the OS reports as available (`MemAvailable` of /proc/meminfo), if readable.
+pub fn available_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Refuses a run that cannot fit in this machine's memory (instead of failing to allocate).
+fn check_memory(cfg: &ModelConfig, model: &Model, settings: &Settings) -> Result<(), TrainError> {
+    let need = required_bytes(model, settings);
+    if let Some(avail) = available_bytes() {
+        if need > avail {
+            let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+            return Err(TrainError::Config(format!(
+                "model '{}' needs {:.1} GiB for fp32 weights, gradients, Adam state and one micro-batch of {} \
+                 samples, but this machine has {:.1} GiB available: train pangu-alpha-tiny or pangu-alpha-small, \
+                 or lower --batch / raise --micro-batches",
+                cfg.name,
+                gib(need),
+                settings.batch / settings.micro_batches.max(1),
+                gib(avail)
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// A training run in memory.
 pub struct Run {
     /// The model configuration.
@@ -183,6 +219,7 @@ impl Run {
     ) -> Result<Run, TrainError> {
         settings.validate()?;
         let mut model = Model::new(cfg, settings.seed)?;
+        check_memory(cfg, &model, &settings)?;
         model.dropout = settings.dropout;
         let params = model.layout.init::<f32>(settings.seed);
         let n = params.len();

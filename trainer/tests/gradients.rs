@@ -241,6 +241,15 @@ fn loss_of_a_fresh_model_is_near_ln_vocab_and_pad_rows_do_not_count() {
     assert_eq!(batch.pos, vec![0, 1, 2, 0, 1, 2, 0, 1, 2, 3, 4, 5]);
     let p: Vec<f64> = model.layout.init(1);
     let mut acts = Acts::<f64>::new(&model.dims(), batch.b, false);
+    assert_eq!(
+        acts.bytes(),
+        Acts::<f64>::bytes_for(&model.dims(), batch.b, false)
+    );
+    let with_drop = Acts::<f32>::new(&model.dims(), 3, true);
+    assert_eq!(
+        with_drop.bytes(),
+        Acts::<f32>::bytes_for(&model.dims(), 3, true)
+    );
     let loss = model.forward(&p, &mut acts, &batch, 0, false);
     assert!((loss - 13f64.ln()).abs() < 0.05, "loss {loss}");
     assert_eq!(model.layout.total as u64, cfg.params().total);
