@@ -15,6 +15,7 @@
 
 pub mod bench;
 pub mod checkpoint;
+pub mod comm;
 pub mod data;
 pub mod generate;
 pub mod kernels;

@@ -48,6 +48,33 @@ impl AdamW {
         lr: f64,
         t: u64,
     ) {
+        use rayon::prelude::*;
+        const CHUNK: usize = 1 << 16;
+        if crate::linalg::threads() > 1 && p.len() > CHUNK {
+            p.par_chunks_mut(CHUNK)
+                .zip(m.par_chunks_mut(CHUNK))
+                .zip(v.par_chunks_mut(CHUNK))
+                .zip(g.par_chunks(CHUNK).zip(decay.par_chunks(CHUNK)))
+                .for_each(|(((p, m), v), (g, d))| {
+                    self.update_serial(p, m, v, g, d, grad_scale, lr, t)
+                });
+        } else {
+            self.update_serial(p, m, v, g, decay, grad_scale, lr, t);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn update_serial(
+        &self,
+        p: &mut [f32],
+        m: &mut [f32],
+        v: &mut [f32],
+        g: &[f32],
+        decay: &[bool],
+        grad_scale: f32,
+        lr: f64,
+        t: u64,
+    ) {
         let (b1, b2) = (self.beta1 as f32, self.beta2 as f32);
         let bc1 = 1.0 - self.beta1.powi(t as i32);
         let bc2 = 1.0 - self.beta2.powi(t as i32);
@@ -97,9 +124,15 @@ impl Schedule {
 
 /// Sum of squares of `g`, accumulated in f64 (the partial norms of shards and stages add up).
 pub fn sum_squares(g: &[f32]) -> f64 {
-    g.chunks(4096)
-        .map(|c| c.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>())
-        .sum()
+    use rayon::prelude::*;
+    // Fixed chunks summed in order: the result does not depend on the thread count.
+    let part = |c: &[f32]| c.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>();
+    if crate::linalg::threads() > 1 {
+        let parts: Vec<f64> = g.par_chunks(4096).map(part).collect();
+        parts.iter().sum()
+    } else {
+        g.chunks(4096).map(part).sum()
+    }
 }
 
 /// The factor that scales gradients of global norm `norm` to at most `max_norm`.
