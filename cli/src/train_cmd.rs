@@ -102,6 +102,29 @@ pub(crate) struct TrainArgs {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    /// Data-parallel ranks (threads of this process).
+    #[arg(long, default_value_t = 1)]
+    dp: usize,
+    /// Tensor-parallel degree (the executor runs dp and optimizer sharding so far).
+    #[arg(long, default_value_t = 1)]
+    tp: usize,
+    /// Pipeline stages (the executor runs dp and optimizer sharding so far).
+    #[arg(long, default_value_t = 1)]
+    pp: usize,
+    /// Optimizer sharding across the dp ranks: none, mindspore, zero1 or zero2 (each rank
+    /// updates its chunk of the parameters).
+    #[arg(long, default_value = "none")]
+    opt_shard: String,
+    /// Collective algorithm of the gradient reduction: ring, halving-doubling or
+    /// double-binary-tree.
+    #[arg(long, default_value = "ring")]
+    collective: String,
+    /// Communication backend (threads; mpi is not built yet).
+    #[arg(long, default_value = "threads")]
+    backend: String,
+    /// Seconds a rank waits for a peer before the run stops with an error.
+    #[arg(long, default_value_t = 60.0)]
+    comm_timeout: f64,
     /// Benchmark the training step on random tokens instead (shape flags below).
     #[arg(long)]
     bench: bool,
@@ -135,6 +158,20 @@ pub(crate) fn run(a: &TrainArgs) -> Result<()> {
     }
     if a.bench {
         return run_bench(a, threads);
+    }
+    if a.tp > 1 || a.pp > 1 {
+        bail!(
+            "--tp {} --pp {}: the executor runs data parallelism and optimizer sharding so far; tensor and \
+             pipeline parallelism are simulated (`pangu simulate`) but not yet executed",
+            a.tp,
+            a.pp
+        );
+    }
+    if a.backend != "threads" {
+        bail!("--backend {}: only `threads` is built so far", a.backend);
+    }
+    if a.dp > 1 {
+        return run_dp(a, threads);
     }
     bench::set_threads(threads);
     let corpus_path = a.corpus.clone().unwrap_or_else(default_corpus);
@@ -333,6 +370,96 @@ pub(crate) fn run(a: &TrainArgs) -> Result<()> {
     }
     // The header line already went to stderr.
     emit(&log[header_len..])
+}
+
+/// `pangu train --dp N`: data-parallel (and optimizer-sharded) training on threads.
+fn run_dp(a: &TrainArgs, threads: usize) -> Result<()> {
+    use pangu_strategies::CollectiveAlgorithm;
+    use pangu_trainer::dist::{self, DistConfig, Sharding};
+    let sharding = match a.opt_shard.as_str() {
+        "none" => Sharding::None,
+        "mindspore" | "zero1" | "zero2" => Sharding::Optimizer,
+        other => bail!("--opt-shard {other}: use none, mindspore, zero1 or zero2"),
+    };
+    let algo = match a.collective.as_str() {
+        "ring" => CollectiveAlgorithm::Ring,
+        "halving-doubling" => CollectiveAlgorithm::HalvingDoubling,
+        "double-binary-tree" => CollectiveAlgorithm::DoubleBinaryTree,
+        other => bail!("--collective {other}: use ring, halving-doubling or double-binary-tree"),
+    };
+    if a.resume.is_some() {
+        bail!("--resume with --dp > 1: distributed checkpoints are not built yet");
+    }
+    // Ranks are threads; each computes on one core's worth of kernels.
+    bench::set_threads(1);
+    let cfg = load_model(&a.model)?;
+    let steps = a.steps.unwrap_or(2000);
+    let mut s = Settings::for_model(&cfg, steps);
+    s.batch = a.batch.unwrap_or(s.batch);
+    s.micro_batches = a.micro_batches;
+    s.lr = a.lr;
+    s.lr_end = a.lr_end.unwrap_or(a.lr / 10.0);
+    s.warmup = a.lr_warmup.unwrap_or(s.warmup);
+    s.dropout = a.dropout.unwrap_or(s.dropout);
+    s.seed = a.seed;
+    s.validate()?;
+    let corpus_path = a.corpus.clone().unwrap_or_else(default_corpus);
+    let text = data::read_corpus(&corpus_path)?;
+    let (train_text, _) = data::split(&text);
+    let tok = tokenizer_for(a, &cfg, train_text)?;
+    let packed = data::Packed::new(&tok, train_text, cfg.seq_len as usize);
+    let dc = DistConfig {
+        dp: a.dp,
+        sharding,
+        algo,
+        timeout: std::time::Duration::from_secs_f64(a.comm_timeout.max(0.001)),
+    };
+    if !a.json {
+        eprintln!(
+            "model {}: dp {} on threads ({} cores here), optimizer sharding {:?}, {:?} collectives, fp32",
+            cfg.name, a.dp, threads, sharding, algo
+        );
+    }
+    let r = dist::train_threads(&cfg, &s, &dc, &packed, steps)?;
+    let tokens = (s.batch as u64 * steps * u64::from(cfg.seq_len)) as f64;
+    let report = json!({
+        "model": cfg.name,
+        "dp": a.dp,
+        "opt_shard": a.opt_shard,
+        "collective": a.collective,
+        "backend": "threads",
+        "steps": steps,
+        "losses": r.losses,
+        "tokens_per_s": tokens / r.wall_s.max(1e-9),
+        "wall_s": r.wall_s,
+        "ranks": r.ranks,
+        "precision": "fp32",
+    });
+    if a.json {
+        return print_json(&report);
+    }
+    let mut o = String::new();
+    for (i, l) in r.losses.iter().enumerate() {
+        outln!(o, "step {}: loss {:.4}", i + 1, l);
+    }
+    for rk in &r.ranks {
+        outln!(
+            o,
+            "rank {}: compute {:.2} s, communication {:.2} s, optimizer {:.2} s, {} bytes allocated",
+            rk.rank,
+            rk.compute_s,
+            rk.comm_s,
+            rk.optimizer_s,
+            rk.allocated_bytes
+        );
+    }
+    outln!(
+        o,
+        "{:.0} tokens/s over {:.1} s",
+        tokens / r.wall_s.max(1e-9),
+        r.wall_s
+    );
+    emit(&o)
 }
 
 fn tokenizer_for(

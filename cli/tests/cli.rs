@@ -677,3 +677,58 @@ fn train_bench_reports_throughput() {
         32 * 100 + 2 * 16 * 32 + 2 * (12 * 32 * 32 + 13 * 32) + 64
     );
 }
+
+#[test]
+fn data_parallel_training_matches_one_device_from_the_cli() {
+    let (dir, model, corpus) = trainer_inputs("dp");
+    let tok = dir.join("tok.json").display().to_string();
+    let out = pangu(&[
+        "tokenizer",
+        "train",
+        "--corpus",
+        &corpus,
+        "--vocab",
+        "2500",
+        "--out",
+        &tok,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let common = [
+        "--model",
+        &model,
+        "--corpus",
+        &corpus,
+        "--tokenizer",
+        &tok,
+        "--steps",
+        "3",
+        "--json",
+    ];
+    let one = json(&[&["train", "--eval-every", "0"][..], &common[..]].concat());
+    let dp = json(
+        &[
+            &["train", "--dp", "2", "--opt-shard", "mindspore"][..],
+            &common[..],
+        ]
+        .concat(),
+    );
+    let a = one["losses"].as_array().unwrap();
+    let b = dp["losses"].as_array().unwrap();
+    assert_eq!(a.len(), 3);
+    for (x, y) in a.iter().zip(b) {
+        assert!(
+            (x.as_f64().unwrap() - y.as_f64().unwrap()).abs() < 1e-4,
+            "{a:?} vs {b:?}"
+        );
+    }
+    assert_eq!(dp["ranks"].as_array().unwrap().len(), 2);
+    fails_with(
+        &[&["train", "--tp", "2"][..], &common[..]].concat(),
+        &["--tp 2", "not yet executed"],
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

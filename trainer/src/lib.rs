@@ -17,6 +17,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod comm;
 pub mod data;
+pub mod dist;
 pub mod generate;
 pub mod kernels;
 pub mod linalg;

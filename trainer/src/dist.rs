@@ -1,0 +1,269 @@
+//! The distributed executor, data-parallel dimension: `dp` ranks (threads) each run the
+//! single-device model on their share of every micro-batch, and their gradients are combined
+//! with the plan's collective algorithm.
+//!
+//! - Plain data parallelism: gradients all-reduced (summed: each rank's loss rows are already
+//!   weighted by 1/(counted rows of the whole step), so the sum is the single-device gradient),
+//!   then every rank runs the same AdamW update on the full buffer.
+//! - Optimizer parallelism (MindSpore's optimizer parallel, ZeRO-1/2 semantics): gradients
+//!   reduce-scattered, each rank keeps Adam moments for and updates only its [`chunk`] of the
+//!   flat parameter buffer, then the parameters are all-gathered. The global gradient norm for
+//!   clipping is the all-reduced sum of the shards' squares.
+//!
+//! Samples, dropout masks and the learning-rate schedule are those of the single-device run
+//! with the same seed and global batch (masks are keyed on global sample indices), so the two
+//! differ only in the order of floating-point additions; tests hold them to 1e-4.
+
+use std::time::{Duration, Instant};
+
+use pangu_model::ModelConfig;
+use pangu_strategies::CollectiveAlgorithm;
+use serde::Serialize;
+
+use crate::comm::{chunk, threads, CommError, Communicator};
+use crate::data::{Order, Packed};
+use crate::model::{special, Acts, Batch, Model};
+use crate::optim;
+use crate::train::Settings;
+use crate::TrainError;
+
+/// How the data-parallel ranks share the optimizer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Sharding {
+    /// Every rank holds and updates everything.
+    None,
+    /// Each rank updates its chunk of the parameters (optimizer state sharded).
+    Optimizer,
+}
+
+/// The distributed settings.
+#[derive(Debug, Clone, Copy)]
+pub struct DistConfig {
+    /// Data-parallel ranks.
+    pub dp: usize,
+    /// Optimizer sharding.
+    pub sharding: Sharding,
+    /// Collective algorithm of the gradient reduction.
+    pub algo: CollectiveAlgorithm,
+    /// How long a rank waits on a peer before giving up.
+    pub timeout: Duration,
+}
+
+/// What one rank measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct RankReport {
+    /// Rank.
+    pub rank: usize,
+    /// Seconds computing (forward and backward).
+    pub compute_s: f64,
+    /// Seconds in gradient and parameter collectives.
+    pub comm_s: f64,
+    /// Seconds in the optimizer update.
+    pub optimizer_s: f64,
+    /// Bytes this rank allocated (weights, gradients, its Adam state, activations).
+    pub allocated_bytes: u64,
+}
+
+/// The result of a distributed run.
+#[derive(Debug, Clone, Serialize)]
+pub struct DistResult {
+    /// Mean training loss per step (identical on every rank).
+    pub losses: Vec<f64>,
+    /// Final parameters (rank 0's, which equal every rank's).
+    #[serde(skip)]
+    pub params: Vec<f32>,
+    /// Per rank.
+    pub ranks: Vec<RankReport>,
+    /// Wall time.
+    pub wall_s: f64,
+}
+
+/// Trains `steps` steps of `cfg` on `data` with `dp` thread ranks.
+pub fn train_threads(
+    cfg: &ModelConfig,
+    settings: &Settings,
+    dist: &DistConfig,
+    data: &Packed,
+    steps: u64,
+) -> Result<DistResult, TrainError> {
+    settings.validate()?;
+    let micro = settings.batch / settings.micro_batches;
+    if dist.dp == 0 || micro % dist.dp != 0 {
+        return Err(TrainError::Config(format!(
+            "dp {} must divide the micro-batch of {} samples (batch {} / {} micro-batches)",
+            dist.dp, micro, settings.batch, settings.micro_batches
+        )));
+    }
+    let t0 = Instant::now();
+    let comms = threads::group(dist.dp, dist.timeout);
+    let results: Vec<Result<(Vec<f64>, Vec<f32>, RankReport), TrainError>> =
+        std::thread::scope(|s| {
+            let handles: Vec<_> = comms
+                .into_iter()
+                .map(|mut c| s.spawn(move || rank_loop(cfg, settings, dist, data, steps, &mut c)))
+                .collect();
+            handles
+                .into_iter()
+                .enumerate()
+                .map(|(r, h)| {
+                    h.join().unwrap_or_else(|e| {
+                        let msg = e
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| e.downcast_ref::<String>().cloned())
+                            .unwrap_or_default();
+                        Err(TrainError::Config(format!("rank {r} panicked: {msg}")))
+                    })
+                })
+                .collect()
+        });
+    // Report the root cause first: a panic or timeout rather than the peers that saw it leave.
+    let mut errors: Vec<TrainError> = Vec::new();
+    let mut ok = Vec::new();
+    for r in results {
+        match r {
+            Ok(v) => ok.push(v),
+            Err(e) => errors.push(e),
+        }
+    }
+    if !errors.is_empty() {
+        errors.sort_by_key(|e| e.to_string().contains("has stopped"));
+        let msgs: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        return Err(TrainError::Config(format!(
+            "distributed run failed: {}",
+            msgs.join("; ")
+        )));
+    }
+    let mut ranks = Vec::new();
+    let mut first = None;
+    for (losses, params, rep) in ok {
+        if first.is_none() {
+            first = Some((losses, params));
+        }
+        ranks.push(rep);
+    }
+    let (losses, params) = first.unwrap_or_default();
+    Ok(DistResult {
+        losses,
+        params,
+        ranks,
+        wall_s: t0.elapsed().as_secs_f64(),
+    })
+}
+
+fn comm_err(e: CommError) -> TrainError {
+    TrainError::Config(e.to_string())
+}
+
+/// One rank's training loop.
+fn rank_loop(
+    cfg: &ModelConfig,
+    settings: &Settings,
+    dist: &DistConfig,
+    data: &Packed,
+    steps: u64,
+    comm: &mut dyn Communicator,
+) -> Result<(Vec<f64>, Vec<f32>, RankReport), TrainError> {
+    let rank = comm.rank();
+    let dp = dist.dp;
+    let mut model = Model::new(cfg, settings.seed)?;
+    model.dropout = settings.dropout;
+    let dims = model.dims();
+    let s = dims.s;
+    let mut p = model.layout.init::<f32>(settings.seed);
+    let n = p.len();
+    let shard = match dist.sharding {
+        Sharding::None => 0..n,
+        Sharding::Optimizer => chunk(n, dp, rank),
+    };
+    let (mut m, mut v) = (vec![0.0f32; shard.len()], vec![0.0f32; shard.len()]);
+    let mut g = vec![0.0f32; n];
+    let decay = model.layout.decay_mask();
+    let micro = settings.batch / settings.micro_batches;
+    let per_rank = micro / dp;
+    let mut acts = Acts::<f32>::new(&dims, per_rank, settings.dropout > 0.0);
+    let allocated_bytes = 4 * (2 * n + 2 * shard.len()) as u64 + acts.bytes();
+    let mut order = Order::new(settings.seed, data.samples());
+    let schedule = optim::Schedule {
+        peak: settings.lr,
+        end: settings.lr_end,
+        warmup: settings.warmup,
+        total: settings.steps,
+    };
+    let mut losses = Vec::new();
+    let (mut compute_s, mut comm_s, mut optimizer_s) = (0.0, 0.0, 0.0);
+    for step in 0..steps {
+        let first = step * settings.batch as u64;
+        let ks: Vec<u64> = (first..first + settings.batch as u64).collect();
+        let idx: Vec<usize> = ks.iter().map(|&k| order.at(k)).collect();
+        let total: usize = idx
+            .iter()
+            .map(|&i| {
+                data.sample(i)[..s]
+                    .iter()
+                    .filter(|&&t| t != special::PAD)
+                    .count()
+            })
+            .sum();
+        let t = Instant::now();
+        g.fill(0.0);
+        let mut loss = 0.0;
+        for (mk, mi) in ks.chunks(micro).zip(idx.chunks(micro)) {
+            let mine = rank * per_rank..(rank + 1) * per_rank;
+            let samples: Vec<&[u32]> = mi[mine.clone()].iter().map(|&i| data.sample(i)).collect();
+            let mut batch = Batch::from_samples(&samples, &mk[mine], s);
+            batch.normalise(total);
+            loss += model.forward(&p, &mut acts, &batch, step, true);
+            model.backward(&p, &mut g, &mut acts, &batch, step, true);
+        }
+        compute_s += t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let sq = match dist.sharding {
+            Sharding::None => {
+                comm.all_reduce(&mut g, dist.algo).map_err(comm_err)?;
+                optim::sum_squares(&g)
+            }
+            Sharding::Optimizer => {
+                let mine = comm.reduce_scatter(&mut g, dist.algo).map_err(comm_err)?;
+                let mut part = [optim::sum_squares(&g[mine]) as f32];
+                comm.all_reduce(&mut part, dist.algo).map_err(comm_err)?;
+                f64::from(part[0])
+            }
+        };
+        let mut l = [loss as f32];
+        comm.all_reduce(&mut l, dist.algo).map_err(comm_err)?;
+        comm_s += t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let scale = optim::clip_scale(sq.sqrt(), settings.clip) as f32;
+        let lr = schedule.lr(step + 1);
+        settings.adamw.update(
+            &mut p[shard.clone()],
+            &mut m,
+            &mut v,
+            &g[shard.clone()],
+            &decay[shard.clone()],
+            scale,
+            lr,
+            step + 1,
+        );
+        optimizer_s += t.elapsed().as_secs_f64();
+        if dist.sharding == Sharding::Optimizer {
+            let t = Instant::now();
+            comm.all_gather(&mut p, dist.algo).map_err(comm_err)?;
+            comm_s += t.elapsed().as_secs_f64();
+        }
+        losses.push(f64::from(l[0]));
+    }
+    Ok((
+        losses,
+        p,
+        RankReport {
+            rank,
+            compute_s,
+            comm_s,
+            optimizer_s,
+            allocated_bytes,
+        },
+    ))
+}
