@@ -97,7 +97,7 @@ pub fn train_threads(
     }
     let t0 = Instant::now();
     let comms = threads::group(dist.dp, dist.timeout);
-    let results: Vec<Result<(Vec<f64>, Vec<f32>, RankReport), TrainError>> =
+    let results: Vec<Result<RankOutput, TrainError>> =
         std::thread::scope(|s| {
             let handles: Vec<_> = comms
                 .into_iter()
@@ -152,6 +152,9 @@ pub fn train_threads(
     })
 }
 
+/// A rank's losses, final parameters and measurements.
+type RankOutput = (Vec<f64>, Vec<f32>, RankReport);
+
 fn comm_err(e: CommError) -> TrainError {
     TrainError::Config(e.to_string())
 }
@@ -164,7 +167,7 @@ fn rank_loop(
     data: &Packed,
     steps: u64,
     comm: &mut dyn Communicator,
-) -> Result<(Vec<f64>, Vec<f32>, RankReport), TrainError> {
+) -> Result<RankOutput, TrainError> {
     let rank = comm.rank();
     let dp = dist.dp;
     let mut model = Model::new(cfg, settings.seed)?;
