@@ -48,7 +48,7 @@ enum Command {
     Validate(validate_cmd::ValidateArgs),
     /// Train the model for real on the CPU (one device): Chinese text, AdamW, checkpoints;
     /// `--bench` times the step on random tokens.
-    Train(train_cmd::TrainArgs),
+    Train(Box<train_cmd::TrainArgs>),
     /// Continue a prompt with a trained checkpoint (KV cache; temperature, top-k, top-p).
     Generate(train_cmd::GenerateArgs),
     /// Train or inspect the jieba + Unigram tokenizer.
