@@ -4,8 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages the test suite needs (none yet); installed only when missing.
-PACKAGES=()
+# Debian packages the test suite needs; installed only when missing.
+# libopenmpi-dev openmpi-bin libclang-dev: the MPI backend of the executor (mpi crate, mpirun).
+PACKAGES=(libopenmpi-dev openmpi-bin libclang-dev)
 missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -20,3 +21,5 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 cargo test --workspace --locked
+# The MPI backend: a build with the `mpi` feature and multi-process runs under mpirun.
+cargo test --locked -p pangu-cli --features mpi --test mpi

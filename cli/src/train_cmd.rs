@@ -167,8 +167,14 @@ pub(crate) fn run(a: &TrainArgs) -> Result<()> {
             a.pp
         );
     }
-    if a.backend != "threads" {
-        bail!("--backend {}: only `threads` is built so far", a.backend);
+    match a.backend.as_str() {
+        "threads" => {}
+        "mpi" if cfg!(feature = "mpi") => return run_dp(a, threads),
+        "mpi" => bail!(
+            "--backend mpi: this binary was built without MPI; build it with `cargo build --release --features mpi` \
+             (needs Debian's libopenmpi-dev, openmpi-bin and libclang-dev) and start it with `mpirun -np N`"
+        ),
+        other => bail!("--backend {other}: use threads or mpi"),
     }
     if a.dp > 1 {
         return run_dp(a, threads);
@@ -420,14 +426,20 @@ fn run_dp(a: &TrainArgs, threads: usize) -> Result<()> {
             cfg.name, a.dp, threads, sharding, algo
         );
     }
-    let r = dist::train_threads(&cfg, &s, &dc, &packed, steps)?;
+    let r = if a.backend == "mpi" {
+        mpi_rank(&cfg, &s, &dc, &packed, steps)?
+    } else {
+        Some(dist::train_threads(&cfg, &s, &dc, &packed, steps)?)
+    };
+    // Under MPI only rank 0 reports.
+    let Some(r) = r else { return Ok(()) };
     let tokens = (s.batch as u64 * steps * u64::from(cfg.seq_len)) as f64;
     let report = json!({
         "model": cfg.name,
         "dp": a.dp,
         "opt_shard": a.opt_shard,
         "collective": a.collective,
-        "backend": "threads",
+        "backend": a.backend,
         "steps": steps,
         "losses": r.losses,
         "tokens_per_s": tokens / r.wall_s.max(1e-9),
@@ -460,6 +472,30 @@ fn run_dp(a: &TrainArgs, threads: usize) -> Result<()> {
         r.wall_s
     );
     emit(&o)
+}
+
+/// This process's part of an MPI run: `Some` on rank 0 (which reports), `None` elsewhere.
+#[cfg(feature = "mpi")]
+fn mpi_rank(
+    cfg: &pangu_model::ModelConfig,
+    s: &Settings,
+    dc: &pangu_trainer::dist::DistConfig,
+    packed: &data::Packed,
+    steps: u64,
+) -> Result<Option<pangu_trainer::dist::DistResult>> {
+    let (rank, r) = pangu_trainer::dist::train_mpi(cfg, s, dc, packed, steps)?;
+    Ok((rank == 0).then_some(r))
+}
+
+#[cfg(not(feature = "mpi"))]
+fn mpi_rank(
+    _: &pangu_model::ModelConfig,
+    _: &Settings,
+    _: &pangu_trainer::dist::DistConfig,
+    _: &data::Packed,
+    _: u64,
+) -> Result<Option<pangu_trainer::dist::DistResult>> {
+    bail!("this binary was built without MPI")
 }
 
 fn tokenizer_for(

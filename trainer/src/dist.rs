@@ -97,27 +97,26 @@ pub fn train_threads(
     }
     let t0 = Instant::now();
     let comms = threads::group(dist.dp, dist.timeout);
-    let results: Vec<Result<RankOutput, TrainError>> =
-        std::thread::scope(|s| {
-            let handles: Vec<_> = comms
-                .into_iter()
-                .map(|mut c| s.spawn(move || rank_loop(cfg, settings, dist, data, steps, &mut c)))
-                .collect();
-            handles
-                .into_iter()
-                .enumerate()
-                .map(|(r, h)| {
-                    h.join().unwrap_or_else(|e| {
-                        let msg = e
-                            .downcast_ref::<&str>()
-                            .map(|s| s.to_string())
-                            .or_else(|| e.downcast_ref::<String>().cloned())
-                            .unwrap_or_default();
-                        Err(TrainError::Config(format!("rank {r} panicked: {msg}")))
-                    })
+    let results: Vec<Result<RankOutput, TrainError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = comms
+            .into_iter()
+            .map(|mut c| s.spawn(move || rank_loop(cfg, settings, dist, data, steps, &mut c)))
+            .collect();
+        handles
+            .into_iter()
+            .enumerate()
+            .map(|(r, h)| {
+                h.join().unwrap_or_else(|e| {
+                    let msg = e
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| e.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    Err(TrainError::Config(format!("rank {r} panicked: {msg}")))
                 })
-                .collect()
-        });
+            })
+            .collect()
+    });
     // Report the root cause first: a panic or timeout rather than the peers that saw it leave.
     let mut errors: Vec<TrainError> = Vec::new();
     let mut ok = Vec::new();
@@ -154,6 +153,49 @@ pub fn train_threads(
 
 /// A rank's losses, final parameters and measurements.
 type RankOutput = (Vec<f64>, Vec<f32>, RankReport);
+
+/// Trains on this process's rank of an MPI job (`mpirun -np N`): the group is
+/// `MPI_COMM_WORLD`, whose size must equal `dist.dp`. Every rank returns the same losses.
+#[cfg(feature = "mpi")]
+pub fn train_mpi(
+    cfg: &ModelConfig,
+    settings: &Settings,
+    dist: &DistConfig,
+    data: &Packed,
+    steps: u64,
+) -> Result<(usize, DistResult), TrainError> {
+    settings.validate()?;
+    let mut comm = crate::comm::mpi_backend::init(dist.timeout)
+        .ok_or_else(|| TrainError::Config("MPI is already initialised in this process".into()))?;
+    if comm.size() != dist.dp {
+        return Err(TrainError::Config(format!(
+            "--dp {} but mpirun started {} processes: pass -np {} to mpirun (or --dp {})",
+            dist.dp,
+            comm.size(),
+            dist.dp,
+            comm.size()
+        )));
+    }
+    let micro = settings.batch / settings.micro_batches;
+    if micro % dist.dp != 0 {
+        return Err(TrainError::Config(format!(
+            "dp {} must divide the micro-batch of {} samples (batch {} / {} micro-batches)",
+            dist.dp, micro, settings.batch, settings.micro_batches
+        )));
+    }
+    let t0 = Instant::now();
+    let rank = comm.rank();
+    let (losses, params, rep) = rank_loop(cfg, settings, dist, data, steps, &mut comm)?;
+    Ok((
+        rank,
+        DistResult {
+            losses,
+            params,
+            ranks: vec![rep],
+            wall_s: t0.elapsed().as_secs_f64(),
+        },
+    ))
+}
 
 fn comm_err(e: CommError) -> TrainError {
     TrainError::Config(e.to_string())
