@@ -28,6 +28,60 @@ where
 }
 
 // ---------------------------------------------------------------------------------------
+// Reductions in 8 independent lanes: the compiler vectorises them (a single running float sum
+// cannot be reordered, so it stays scalar), and the order of additions is still fixed.
+
+/// Sum of `x` (8 lane partial sums, then the lanes in order).
+#[inline]
+pub fn sum8<T: Real>(x: &[T]) -> T {
+    let mut acc = [T::zero(); 8];
+    let chunks = x.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for l in 0..8 {
+            acc[l] += c[l];
+        }
+    }
+    let mut s = acc.iter().fold(T::zero(), |a, &b| a + b);
+    for &r in rest {
+        s += r;
+    }
+    s
+}
+
+/// Maximum of `x` (−∞ when empty).
+#[inline]
+pub fn max8<T: Real>(x: &[T]) -> T {
+    let mut acc = [T::neg_infinity(); 8];
+    let chunks = x.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for l in 0..8 {
+            acc[l] = if c[l] > acc[l] { c[l] } else { acc[l] };
+        }
+    }
+    let mut m = acc
+        .iter()
+        .fold(T::neg_infinity(), |a, &b| if b > a { b } else { a });
+    for &r in rest {
+        if r > m {
+            m = r;
+        }
+    }
+    m
+}
+
+/// `x ← e^(x·scale − max)` and returns the sum (the body of a softmax).
+#[inline]
+fn exp_shifted<T: Real>(x: &mut [T], scale: T) -> T {
+    let mx = max8(x) * scale;
+    for v in x.iter_mut() {
+        *v = (*v * scale - mx).exp_fast();
+    }
+    sum8(x)
+}
+
+// ---------------------------------------------------------------------------------------
 // Embedding
 
 /// `out[t] = wte[tokens[t]] + wpe[pos[t]]`. out `[T, d]`, wte `[V, d]`, wpe `[S, d]`.
@@ -84,8 +138,11 @@ pub fn layernorm_fwd<T: Real>(
 ) {
     let row = |r: usize, o: &mut [T], m_out: &mut T, s_out: &mut T| {
         let xr = &x[r * d..][..d];
-        let m = xr.iter().copied().sum::<T>() / T::of(d as f64);
-        let v = xr.iter().map(|&v| (v - m) * (v - m)).sum::<T>() / T::of(d as f64);
+        let m = sum8(xr) / T::of(d as f64);
+        for i in 0..d {
+            o[i] = (xr[i] - m) * (xr[i] - m);
+        }
+        let v = sum8(o) / T::of(d as f64);
         let s = T::one() / (v + T::of(LN_EPS)).sqrt();
         for i in 0..d {
             o[i] = (xr[i] - m) * s * g[i] + b[i];
@@ -352,15 +409,8 @@ pub fn attention_fwd<T: Real>(
             for i in 0..s {
                 let row = &mut p[i * s..][..s];
                 let lo = st[i] as usize;
-                let mut mx = T::neg_infinity();
-                for &v in &row[lo..=i] {
-                    mx = mx.max(v * scale);
-                }
-                let mut sum = T::zero();
-                for v in &mut row[lo..=i] {
-                    *v = (*v * scale - mx).exp_fast();
-                    sum += *v;
-                }
+                // scale > 0, so max(x)·scale = max(x·scale).
+                let sum = exp_shifted(&mut row[lo..=i], scale);
                 let inv = T::one() / sum;
                 for v in &mut row[lo..=i] {
                     *v *= inv;
@@ -527,12 +577,7 @@ pub fn softmax_xent_fwd<T: Real>(logits: &mut [T], losses: &mut [f64], targets: 
     let mut lse = vec![0.0f64; rows];
     // First pass in parallel: probabilities; second: losses (cheap).
     for_rows(logits, v, |_, row| {
-        let mx = row.iter().copied().fold(T::neg_infinity(), T::max);
-        let mut sum = T::zero();
-        for x in row.iter_mut() {
-            *x = (*x - mx).exp_fast();
-            sum += *x;
-        }
+        let sum = exp_shifted(row, T::one());
         let inv = T::one() / sum;
         for x in row.iter_mut() {
             *x *= inv;

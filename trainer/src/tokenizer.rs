@@ -60,6 +60,32 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
+/// The Unigram trainer gives characters that pruning removed the scores `min + k·1e-4`, k
+/// counting in the iteration order of a randomly seeded hash set, so which character gets which
+/// k varies from run to run. The set of scores does not: hand them out again in character
+/// order, which makes training deterministic.
+fn canonical_penalties(pieces: &mut [(String, f64)]) {
+    let Some(min) = pieces.iter().map(|p| p.1).min_by(f64::total_cmp) else {
+        return;
+    };
+    const STEP: f64 = 1e-4;
+    let n = pieces.len() as f64;
+    let on_ladder = |s: f64| {
+        let k = (s - min) / STEP;
+        k >= -1e-6 && k < n && (k - k.round()).abs() < 1e-6
+    };
+    let idx: Vec<usize> = (0..pieces.len())
+        .filter(|&i| on_ladder(pieces[i].1))
+        .collect();
+    let mut scores: Vec<f64> = idx.iter().map(|&i| pieces[i].1).collect();
+    scores.sort_by(|a, b| b.total_cmp(a));
+    let mut names: Vec<String> = idx.iter().map(|&i| pieces[i].0.clone()).collect();
+    names.sort();
+    for ((&i, name), score) in idx.iter().zip(names).zip(scores) {
+        pieces[i] = (name, score);
+    }
+}
+
 fn words<'a>(jieba: &Jieba, line: &'a str) -> Vec<&'a str> {
     jieba.cut(line, false)
 }
@@ -110,6 +136,7 @@ impl Tokenizer {
             .filter(|(p, _)| !SPECIALS.contains(&p.as_str()))
             .cloned()
             .collect();
+        canonical_penalties(&mut rest);
         rest.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         let vocab_list: Vec<(String, f64)> = SPECIALS
             .iter()
