@@ -164,12 +164,38 @@ pub fn matmul_with<T: Real>(
     b.check(k, n, "B");
     let (ars, acs) = a.strides();
     let (brs, bcs) = b.strides();
-    // Below ~2 MFLOP the threads' start-up costs more than it saves.
-    let par = if threads > 1 && (m * n * k) >= (1 << 20) {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
+    // Several threads: split C's rows into one block per thread, each a single-threaded
+    // multiply (the threads never synchronise inside a product). Below ~1 MFLOP, or with too
+    // few rows, one thread does it all.
+    if threads > 1 && (m * n * k) >= (1 << 20) && m >= 16 * threads {
+        use rayon::prelude::*;
+        let mut parts = Vec::with_capacity(threads);
+        let mut rest = &mut c[..];
+        let mut r0 = 0;
+        for i in 0..threads {
+            let rows = m / threads + usize::from(i < m % threads);
+            let take = if i + 1 == threads {
+                rest.len()
+            } else {
+                rows * ldc
+            };
+            let (head, tail) = rest.split_at_mut(take.min(rest.len()));
+            let off = if a.trans { r0 } else { r0 * a.ld };
+            parts.push((head, off, rows));
+            rest = tail;
+            r0 += rows;
+        }
+        parts.into_par_iter().for_each(|(cp, off, rows)| {
+            let sub = Op {
+                data: &a.data[off..],
+                ld: a.ld,
+                trans: a.trans,
+            };
+            matmul_with(cp, ldc, sub, b, rows, k, n, accumulate, 1);
+        });
+        return;
+    }
+    let par = gemm::Parallelism::None;
     // SAFETY: every element the kernel reads or writes was bounds-checked above against the
     // slices, which outlive the call; `c` is borrowed mutably so nothing else aliases it.
     unsafe {
@@ -244,6 +270,27 @@ mod tests {
             matmul(&mut c, n, ao, bo, m, k, n, true);
             for (x, y) in c.iter().zip(&want) {
                 assert!((x - 2.0 * y).abs() < 1e-12);
+            }
+        }
+    }
+
+    #[test]
+    fn row_blocks_on_several_threads_match_one_thread() {
+        let (m, k, n) = (67, 129, 130);
+        let a: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.1)
+            .collect();
+        let at: Vec<f32> = (0..k * m).map(|i| a[(i % m) * k + i / m]).collect();
+        let b: Vec<f32> = (0..k * n)
+            .map(|i| ((i * 5 % 11) as f32 - 5.0) * 0.1)
+            .collect();
+        for ao in [super::n(&a, k), super::t(&at, m)] {
+            let mut one = vec![0.5f32; m * n];
+            let mut two = one.clone();
+            matmul_with(&mut one, n, ao, super::n(&b, n), m, k, n, true, 1);
+            matmul_with(&mut two, n, ao, super::n(&b, n), m, k, n, true, 3);
+            for (x, y) in one.iter().zip(&two) {
+                assert!((x - y).abs() < 1e-4, "{x} vs {y}");
             }
         }
     }
