@@ -611,6 +611,7 @@ fn plot_curve(path: &Path, out: &Path) -> Result<()> {
         .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], red));
     chart
         .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()
