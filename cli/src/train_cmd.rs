@@ -445,6 +445,7 @@ fn run_dp(a: &TrainArgs, threads: usize) -> Result<()> {
         "tokens_per_s": tokens / r.wall_s.max(1e-9),
         "wall_s": r.wall_s,
         "ranks": r.ranks,
+        "step_report": r.report,
         "precision": "fp32",
     });
     if a.json {
@@ -465,6 +466,18 @@ fn run_dp(a: &TrainArgs, threads: usize) -> Result<()> {
             rk.allocated_bytes
         );
     }
+    let b = &r.report.breakdown;
+    outln!(
+        o,
+        "measured step {:.3} s (MFU {:.3} of the cores' fp32 peak); per device: compute {:.3} s, \
+         dp_comm {:.3} s, opt_comm {:.3} s, idle {:.3} s",
+        r.report.step_time_s,
+        r.report.mfu,
+        b.compute,
+        b.dp_comm,
+        b.opt_comm,
+        b.idle
+    );
     outln!(
         o,
         "{:.0} tokens/s over {:.1} s",

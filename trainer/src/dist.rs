@@ -17,7 +17,8 @@
 use std::time::{Duration, Instant};
 
 use pangu_model::ModelConfig;
-use pangu_strategies::CollectiveAlgorithm;
+use pangu_strategies::report::DeviceReport;
+use pangu_strategies::{Breakdown, CollectiveAlgorithm, StepReport};
 use serde::Serialize;
 
 use crate::comm::{chunk, threads, CommError, Communicator};
@@ -57,8 +58,12 @@ pub struct RankReport {
     pub rank: usize,
     /// Seconds computing (forward and backward).
     pub compute_s: f64,
-    /// Seconds in gradient and parameter collectives.
+    /// Seconds in gradient reductions (and the norm and loss reductions).
     pub comm_s: f64,
+    /// Seconds in the parameter all-gather of optimizer sharding.
+    pub gather_s: f64,
+    /// Seconds of the whole loop on this rank.
+    pub wall_s: f64,
     /// Seconds in the optimizer update.
     pub optimizer_s: f64,
     /// Bytes this rank allocated (weights, gradients, its Adam state, activations).
@@ -77,6 +82,68 @@ pub struct DistResult {
     pub ranks: Vec<RankReport>,
     /// Wall time.
     pub wall_s: f64,
+    /// The measured step report (the simulator's type and categories, per device).
+    pub report: StepReport,
+}
+
+/// The measured counterpart of the simulator's step report: per device, compute (forward,
+/// backward and the optimizer update), dp_comm (gradient reduction), opt_comm (the parameter
+/// gather of optimizer sharding) and idle (the rest of the step), averaged over the steps;
+/// MFU against the cores' fp32 peak (`cpu-host` preset, one core per rank).
+pub fn measured_report(
+    cfg: &ModelConfig,
+    settings: &Settings,
+    ranks: &[RankReport],
+    steps: u64,
+) -> StepReport {
+    let st = steps.max(1) as f64;
+    let devices: Vec<DeviceReport> = ranks
+        .iter()
+        .map(|r| {
+            let step = r.wall_s / st;
+            let mut b = Breakdown {
+                compute: (r.compute_s + r.optimizer_s) / st,
+                dp_comm: r.comm_s / st,
+                opt_comm: r.gather_s / st,
+                ..Breakdown::default()
+            };
+            b.idle = (step - b.compute - b.dp_comm - b.opt_comm).max(0.0);
+            DeviceReport {
+                rank: r.rank as u32,
+                stage: 0,
+                breakdown: b,
+                peak_memory_bytes: r.allocated_bytes,
+            }
+        })
+        .collect();
+    let step_time_s = ranks.iter().map(|r| r.wall_s / st).fold(0.0, f64::max);
+    let n = devices.len().max(1) as f64;
+    let mut mean = Breakdown::default();
+    for d in &devices {
+        mean.compute += d.breakdown.compute / n;
+        mean.dp_comm += d.breakdown.dp_comm / n;
+        mean.opt_comm += d.breakdown.opt_comm / n;
+        mean.idle += d.breakdown.idle / n;
+    }
+    let tokens = settings.batch as f64 * f64::from(cfg.seq_len);
+    let tokens_per_s = tokens / step_time_s.max(1e-12);
+    let peak = pangu_hardware::Cluster::from_name("cpu-host:1")
+        .ok()
+        .and_then(|c| c.spec.chip.fp32.map(|r| r.0))
+        .unwrap_or(f64::NAN);
+    let mfu = cfg.flops_per_token() * tokens_per_s / (peak * n);
+    StepReport {
+        step_time_s,
+        tokens_per_s,
+        samples_per_s: settings.batch as f64 / step_time_s.max(1e-12),
+        mfu,
+        hfu: mfu,
+        breakdown: mean,
+        devices,
+        critical_path: Vec::new(),
+        links: Vec::new(),
+        peak_memory_bytes: ranks.iter().map(|r| r.allocated_bytes).max().unwrap_or(0),
+    }
 }
 
 /// Trains `steps` steps of `cfg` on `data` with `dp` thread ranks.
@@ -143,11 +210,13 @@ pub fn train_threads(
         ranks.push(rep);
     }
     let (losses, params) = first.unwrap_or_default();
+    let report = measured_report(cfg, settings, &ranks, steps);
     Ok(DistResult {
         losses,
         params,
         ranks,
         wall_s: t0.elapsed().as_secs_f64(),
+        report,
     })
 }
 
@@ -186,13 +255,16 @@ pub fn train_mpi(
     let t0 = Instant::now();
     let rank = comm.rank();
     let (losses, params, rep) = rank_loop(cfg, settings, dist, data, steps, &mut comm)?;
+    let ranks = vec![rep];
+    let report = measured_report(cfg, settings, &ranks, steps);
     Ok((
         rank,
         DistResult {
             losses,
             params,
-            ranks: vec![rep],
+            ranks,
             wall_s: t0.elapsed().as_secs_f64(),
+            report,
         },
     ))
 }
@@ -237,7 +309,8 @@ fn rank_loop(
         total: settings.steps,
     };
     let mut losses = Vec::new();
-    let (mut compute_s, mut comm_s, mut optimizer_s) = (0.0, 0.0, 0.0);
+    let (mut compute_s, mut comm_s, mut optimizer_s, mut gather_s) = (0.0, 0.0, 0.0, 0.0);
+    let loop_start = Instant::now();
     for step in 0..steps {
         let first = step * settings.batch as u64;
         let ks: Vec<u64> = (first..first + settings.batch as u64).collect();
@@ -296,7 +369,7 @@ fn rank_loop(
         if dist.sharding == Sharding::Optimizer {
             let t = Instant::now();
             comm.all_gather(&mut p, dist.algo).map_err(comm_err)?;
-            comm_s += t.elapsed().as_secs_f64();
+            gather_s += t.elapsed().as_secs_f64();
         }
         losses.push(f64::from(l[0]));
     }
@@ -307,6 +380,8 @@ fn rank_loop(
             rank,
             compute_s,
             comm_s,
+            gather_s,
+            wall_s: loop_start.elapsed().as_secs_f64(),
             optimizer_s,
             allocated_bytes,
         },

@@ -71,6 +71,18 @@ fn data_and_optimizer_parallel_match_single_device() {
             let d = rel_diff(&r.params, &single.state.params);
             assert!(d < 1e-4, "dp {dp} {sharding:?}: weights differ by {d}");
             assert_eq!(r.ranks.len(), dp);
+            // The measured report: each device's categories sum to its own step time.
+            assert_eq!(r.report.devices.len(), dp);
+            for (d, rk) in r.report.devices.iter().zip(&r.ranks) {
+                let b = &d.breakdown;
+                let sum = b.compute + b.dp_comm + b.opt_comm + b.idle;
+                assert!(
+                    (sum - rk.wall_s / 5.0).abs() < 1e-9 || b.idle == 0.0,
+                    "{b:?}"
+                );
+                assert_eq!(sharding == Sharding::Optimizer, b.opt_comm > 0.0);
+            }
+            assert!(r.report.mfu > 0.0 && r.report.tokens_per_s > 0.0);
             // Sharding leaves each rank Adam moments for 1/dp of the parameters.
             match sharding {
                 Sharding::None => {
