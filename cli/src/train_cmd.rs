@@ -72,6 +72,9 @@ pub(crate) struct TrainArgs {
     /// Dropout probability (default: the model's, 0.1 for PanGu-α).
     #[arg(long)]
     dropout: Option<f64>,
+    /// Rematerialisation: none, or full (keep layer inputs, recompute layers in backward).
+    #[arg(long, default_value = "none")]
+    remat: String,
     /// Seed of weights, dropout masks and data order.
     #[arg(long, default_value_t = 1234)]
     seed: u64,
@@ -201,6 +204,7 @@ pub(crate) fn run(a: &TrainArgs) -> Result<()> {
         s.warmup = a.lr_warmup.unwrap_or(s.warmup);
         s.dropout = a.dropout.unwrap_or(s.dropout);
         s.seed = a.seed;
+        s.remat = remat_flag(&a.remat)?;
         // Check the model and the memory before spending time on a tokenizer.
         let model = pangu_trainer::model::Model::new(&cfg, s.seed)?;
         s.validate()?;
@@ -408,6 +412,7 @@ fn run_dp(a: &TrainArgs, threads: usize) -> Result<()> {
     s.warmup = a.lr_warmup.unwrap_or(s.warmup);
     s.dropout = a.dropout.unwrap_or(s.dropout);
     s.seed = a.seed;
+    s.remat = remat_flag(&a.remat)?;
     s.validate()?;
     let corpus_path = a.corpus.clone().unwrap_or_else(default_corpus);
     let text = data::read_corpus(&corpus_path)?;
@@ -509,6 +514,16 @@ fn mpi_rank(
     _: u64,
 ) -> Result<Option<pangu_trainer::dist::DistResult>> {
     bail!("this binary was built without MPI")
+}
+
+fn remat_flag(v: &str) -> Result<bool> {
+    match v {
+        "none" => Ok(false),
+        "full" => Ok(true),
+        other => bail!(
+            "--remat {other}: the executor does none or full (selective and every:K are simulated, not yet executed)"
+        ),
+    }
 }
 
 fn tokenizer_for(

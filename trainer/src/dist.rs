@@ -299,7 +299,7 @@ fn rank_loop(
     let decay = model.layout.decay_mask();
     let micro = settings.batch / settings.micro_batches;
     let per_rank = micro / dp;
-    let mut acts = Acts::<f32>::new(&dims, per_rank, settings.dropout > 0.0);
+    let mut acts = Acts::<f32>::with_remat(&dims, per_rank, settings.dropout > 0.0, settings.remat);
     let allocated_bytes = 4 * (2 * n + 2 * shard.len()) as u64 + acts.bytes();
     let mut order = Order::new(settings.seed, data.samples());
     let schedule = optim::Schedule {

@@ -377,6 +377,8 @@ pub struct LayerActs<T> {
 #[derive(Debug, Clone)]
 pub struct Acts<T> {
     b: usize,
+    /// Full rematerialisation: one layer's buffers, refilled by recomputation in backward.
+    remat: bool,
     /// Residual stream entering each layer, and leaving the last `[L+1][b·s·d]`.
     res: Vec<Vec<T>>,
     layers: Vec<LayerActs<T>>,
@@ -400,15 +402,23 @@ impl<T: Real> Acts<T> {
     /// Buffers for micro-batches of `b` samples; `dropout` says whether to keep the dropped
     /// attention probabilities too.
     pub fn new(dims: &Dims, b: usize, dropout: bool) -> Acts<T> {
+        Acts::with_remat(dims, b, dropout, false)
+    }
+
+    /// Buffers under full rematerialisation (`remat`): only each layer's input is kept; one
+    /// layer's saved activations are recomputed in backward (Chen et al. 2016; PanGu-α's
+    /// `recompute`), so the results equal those without it.
+    pub fn with_remat(dims: &Dims, b: usize, dropout: bool, remat: bool) -> Acts<T> {
         let (d, f, v, s, h) = (dims.d, dims.f, dims.v, dims.s, dims.h);
         let rows = b * s;
         let z = |n: usize| vec![T::zero(); n];
-        let layers = (0..dims.layers)
+        let kept = if remat { 1 } else { dims.layers };
+        let layers = (0..kept)
             .map(|i| LayerActs {
                 ln1: z(rows * d),
                 ln1_mean: z(rows),
                 ln1_rstd: z(rows),
-                qin: if dims.query && i + 1 == dims.layers {
+                qin: if dims.query && (remat || i + 1 == dims.layers) {
                     z(rows * d)
                 } else {
                     Vec::new()
@@ -431,6 +441,7 @@ impl<T: Real> Acts<T> {
             .collect();
         Acts {
             b,
+            remat,
             res: (0..=dims.layers).map(|_| z(rows * d)).collect(),
             layers,
             lnf: z(rows * d),
@@ -449,13 +460,19 @@ impl<T: Real> Acts<T> {
 
     /// Bytes [`Acts::new`] would allocate, without allocating.
     pub fn bytes_for(dims: &Dims, b: usize, dropout: bool) -> u64 {
+        Acts::<T>::bytes_for_remat(dims, b, dropout, false)
+    }
+
+    /// [`Acts::bytes_for`] with or without full rematerialisation.
+    pub fn bytes_for_remat(dims: &Dims, b: usize, dropout: bool, remat: bool) -> u64 {
         let (d, f, v, s, h, l) = (dims.d, dims.f, dims.v, dims.s, dims.h, dims.layers);
+        let kept = if remat { 1 } else { l };
         let rows = b * s;
         let probs = b * h * s * s * (1 + usize::from(dropout));
         let per_layer = rows * (7 * d + 4 + 2 * f) + probs;
         let qin = if dims.query { rows * d } else { 0 };
         let other = (l + 1) * rows * d + rows * (d + 2) + rows * v + rows * (6 * d + f) + b * s * s;
-        ((l * per_layer + qin + other) * std::mem::size_of::<T>() + rows * 8) as u64
+        ((kept * per_layer + qin + other) * std::mem::size_of::<T>() + rows * 8) as u64
     }
 
     /// Bytes held by these buffers.
@@ -548,6 +565,126 @@ impl Model {
         }
     }
 
+    /// Forward pass of layer `l`: `y = layer(x)`, saving what backward needs in `a`.
+    #[allow(clippy::too_many_arguments)]
+    fn layer_fwd<T: Real>(
+        &self,
+        p: &[T],
+        l: usize,
+        x: &[T],
+        y: &mut [T],
+        a: &mut LayerActs<T>,
+        batch: &Batch,
+        step: u64,
+        train: bool,
+        ad: AttnDims,
+    ) {
+        let Dims { d, f, s, .. } = self.dims();
+        let rows = batch.b * s;
+        let lay = &self.layout;
+        let nl = lay.layers.len();
+        let lp = &lay.layers[l];
+        let query = self.dims().query && l + 1 == nl;
+        k::layernorm_fwd(
+            &mut a.ln1,
+            &mut a.ln1_mean,
+            &mut a.ln1_rstd,
+            x,
+            &p[lp.ln1_g.clone()],
+            &p[lp.ln1_b.clone()],
+            d,
+        );
+        let w = &p[lp.w_qkv.clone()];
+        let bq = &p[lp.b_qkv.clone()];
+        if query {
+            k::lookup_fwd(&mut a.qin, &batch.pos, &p[lay.wqe.clone()], d);
+            k::linear_fwd(
+                &mut a.qkv,
+                3 * d,
+                &a.qin,
+                d,
+                w,
+                3 * d,
+                Some(&bq[..d]),
+                rows,
+                d,
+                d,
+            );
+            k::linear_fwd(
+                &mut a.qkv[d..],
+                3 * d,
+                &a.ln1,
+                d,
+                &w[d..],
+                3 * d,
+                Some(&bq[d..]),
+                rows,
+                d,
+                2 * d,
+            );
+        } else {
+            k::linear_fwd(
+                &mut a.qkv,
+                3 * d,
+                &a.ln1,
+                d,
+                w,
+                3 * d,
+                Some(bq),
+                rows,
+                d,
+                3 * d,
+            );
+        }
+        k::attention_fwd(
+            &mut a.att,
+            &mut a.probs,
+            &mut a.probs_drop,
+            &a.qkv,
+            &batch.start,
+            ad,
+            self.drop(train, step, l, Site::AttnProbs),
+            &batch.sample_ids,
+        );
+        // mid = x + dropout(att·Wo + bo)
+        k::linear_fwd(
+            &mut a.mid,
+            d,
+            &a.att,
+            d,
+            &p[lp.w_o.clone()],
+            d,
+            Some(&p[lp.b_o.clone()]),
+            rows,
+            d,
+            d,
+        );
+        self.drop(train, step, l, Site::AttnOut)
+            .apply(&mut a.mid, d, &batch.row_ids);
+        k::add_into(&mut a.mid, x);
+        // y = mid + dropout(FFN(LN2(mid)))
+        let m = &a.mid;
+        ffn_fwd(
+            p,
+            lp,
+            m,
+            FfnBufs {
+                ln: &mut a.ln2,
+                mean: &mut a.ln2_mean,
+                rstd: &mut a.ln2_rstd,
+                up: &mut a.up,
+                act: &mut a.act,
+            },
+            y,
+            rows,
+            d,
+            f,
+        );
+        self.drop(train, step, l, Site::FfnOut)
+            .apply(y, d, &batch.row_ids);
+        k::add_into(y, &a.mid);
+    }
+
     /// Forward pass of `batch`; returns Σ weight·loss over rows (the step's loss contribution)
     /// and leaves per-row losses in `acts.losses`. `step` keys the dropout masks.
     pub fn forward<T: Real>(
@@ -558,7 +695,7 @@ impl Model {
         step: u64,
         train: bool,
     ) -> f64 {
-        let Dims { d, h, f, v, s, .. } = self.dims();
+        let Dims { d, h, v, s, .. } = self.dims();
         let rows = batch.b * s;
         assert_eq!(
             acts.b, batch.b,
@@ -583,110 +720,19 @@ impl Model {
         };
         let nl = lay.layers.len();
         for l in 0..nl {
-            let lp = &lay.layers[l];
-            let query = self.dims().query && l + 1 == nl;
             let (before, after) = acts.res.split_at_mut(l + 1);
-            let x = &before[l];
-            let y = &mut after[0];
-            let a = &mut acts.layers[l];
-            k::layernorm_fwd(
-                &mut a.ln1,
-                &mut a.ln1_mean,
-                &mut a.ln1_rstd,
-                x,
-                &p[lp.ln1_g.clone()],
-                &p[lp.ln1_b.clone()],
-                d,
-            );
-            let w = &p[lp.w_qkv.clone()];
-            let bq = &p[lp.b_qkv.clone()];
-            if query {
-                k::lookup_fwd(&mut a.qin, &batch.pos, &p[lay.wqe.clone()], d);
-                k::linear_fwd(
-                    &mut a.qkv,
-                    3 * d,
-                    &a.qin,
-                    d,
-                    w,
-                    3 * d,
-                    Some(&bq[..d]),
-                    rows,
-                    d,
-                    d,
-                );
-                k::linear_fwd(
-                    &mut a.qkv[d..],
-                    3 * d,
-                    &a.ln1,
-                    d,
-                    &w[d..],
-                    3 * d,
-                    Some(&bq[d..]),
-                    rows,
-                    d,
-                    2 * d,
-                );
-            } else {
-                k::linear_fwd(
-                    &mut a.qkv,
-                    3 * d,
-                    &a.ln1,
-                    d,
-                    w,
-                    3 * d,
-                    Some(bq),
-                    rows,
-                    d,
-                    3 * d,
-                );
-            }
-            k::attention_fwd(
-                &mut a.att,
-                &mut a.probs,
-                &mut a.probs_drop,
-                &a.qkv,
-                &batch.start,
-                ad,
-                self.drop(train, step, l, Site::AttnProbs),
-                &batch.sample_ids,
-            );
-            // mid = x + dropout(att·Wo + bo)
-            k::linear_fwd(
-                &mut a.mid,
-                d,
-                &a.att,
-                d,
-                &p[lp.w_o.clone()],
-                d,
-                Some(&p[lp.b_o.clone()]),
-                rows,
-                d,
-                d,
-            );
-            self.drop(train, step, l, Site::AttnOut)
-                .apply(&mut a.mid, d, &batch.row_ids);
-            k::add_into(&mut a.mid, x);
-            // y = mid + dropout(FFN(LN2(mid)))
-            let m = &a.mid;
-            ffn_fwd(
+            let slot = if acts.remat { 0 } else { l };
+            self.layer_fwd(
                 p,
-                lp,
-                m,
-                FfnBufs {
-                    ln: &mut a.ln2,
-                    mean: &mut a.ln2_mean,
-                    rstd: &mut a.ln2_rstd,
-                    up: &mut a.up,
-                    act: &mut a.act,
-                },
-                y,
-                rows,
-                d,
-                f,
+                l,
+                &before[l],
+                &mut after[0],
+                &mut acts.layers[slot],
+                batch,
+                step,
+                train,
+                ad,
             );
-            self.drop(train, step, l, Site::FfnOut)
-                .apply(y, d, &batch.row_ids);
-            k::add_into(y, &a.mid);
         }
         k::layernorm_fwd(
             &mut acts.lnf,
@@ -779,8 +825,27 @@ impl Model {
         for l in (0..nl).rev() {
             let lp = &lay.layers[l];
             let query = self.dims().query && l + 1 == nl;
+            let slot = if acts.remat {
+                // Recompute this layer's forward from its kept input (same dropout masks, so
+                // the same values; its output rewrites res[l+1] with identical numbers).
+                let (before, after) = acts.res.split_at_mut(l + 1);
+                self.layer_fwd(
+                    p,
+                    l,
+                    &before[l],
+                    &mut after[0],
+                    &mut acts.layers[0],
+                    batch,
+                    step,
+                    train,
+                    ad,
+                );
+                0
+            } else {
+                l
+            };
             let x = &acts.res[l];
-            let a = &acts.layers[l];
+            let a = &acts.layers[slot];
             // y = mid + drop(act·Wd + bd): the FFN branch's gradient is drop-mask ⊙ dx.
             acts.dtmp.copy_from_slice(&acts.dx);
             self.drop(train, step, l, Site::FfnOut)

@@ -113,3 +113,20 @@ fn a_bad_split_is_rejected_with_the_reason() {
         .to_string();
     assert!(e.contains("dp 3 must divide the micro-batch of 4"), "{e}");
 }
+
+#[test]
+fn remat_with_data_parallelism_changes_nothing() {
+    let (cfg, mut s, single) = setup(0.1);
+    let plain = DistConfig {
+        dp: 2,
+        sharding: Sharding::None,
+        algo: CollectiveAlgorithm::Ring,
+        timeout: Duration::from_secs(60),
+    };
+    let a = train_threads(&cfg, &s, &plain, &single.train, 3).unwrap();
+    s.remat = true;
+    let b = train_threads(&cfg, &s, &plain, &single.train, 3).unwrap();
+    assert_eq!(a.losses, b.losses);
+    assert_eq!(a.params, b.params);
+    assert!(b.ranks[0].allocated_bytes < a.ranks[0].allocated_bytes);
+}

@@ -254,3 +254,27 @@ fn loss_of_a_fresh_model_is_near_ln_vocab_and_pad_rows_do_not_count() {
     assert!((loss - 13f64.ln()).abs() < 0.05, "loss {loss}");
     assert_eq!(model.layout.total as u64, cfg.params().total);
 }
+
+#[test]
+fn full_remat_changes_nothing_and_keeps_one_layer() {
+    for (query, dropout) in [(true, 0.2), (false, 0.0)] {
+        let cfg = micro_config(query, dropout);
+        let model = Model::new(&cfg, 3).unwrap();
+        let batch = micro_batch();
+        let p: Vec<f64> = model.layout.init(9);
+        let mut plain = Acts::<f64>::new(&model.dims(), batch.b, dropout > 0.0);
+        let mut remat = Acts::<f64>::with_remat(&model.dims(), batch.b, dropout > 0.0, true);
+        let l1 = model.forward(&p, &mut plain, &batch, 4, true);
+        let l2 = model.forward(&p, &mut remat, &batch, 4, true);
+        assert_eq!(l1, l2);
+        let (mut g1, mut g2) = (vec![0.0; p.len()], vec![0.0; p.len()]);
+        model.backward(&p, &mut g1, &mut plain, &batch, 4, true);
+        model.backward(&p, &mut g2, &mut remat, &batch, 4, true);
+        assert_eq!(g1, g2, "remat must give bit-identical gradients");
+        assert!(remat.bytes() < plain.bytes());
+        assert_eq!(
+            remat.bytes(),
+            Acts::<f64>::bytes_for_remat(&model.dims(), batch.b, dropout > 0.0, true)
+        );
+    }
+}
