@@ -195,31 +195,7 @@ pub(crate) fn run(a: &TrainArgs) -> Result<()> {
         Run::resume(dir, train_text, val_text)?
     } else {
         let cfg = load_model(&a.model)?;
-        let steps = a.steps.unwrap_or(2000);
-        let mut s = Settings::for_model(&cfg, steps);
-        s.batch = a.batch.unwrap_or(s.batch);
-        s.micro_batches = a.micro_batches;
-        s.lr = a.lr;
-        s.lr_end = a.lr_end.unwrap_or(a.lr / 10.0);
-        s.warmup = a.lr_warmup.unwrap_or(s.warmup);
-        s.dropout = a.dropout.unwrap_or(s.dropout);
-        s.seed = a.seed;
-        s.remat = remat_flag(&a.remat)?;
-        // Check the model and the memory before spending time on a tokenizer.
-        let model = pangu_trainer::model::Model::new(&cfg, s.seed)?;
-        s.validate()?;
-        let need = pangu_trainer::train::required_bytes(&model, &s);
-        if let Some(avail) = pangu_trainer::train::available_bytes() {
-            if need > avail {
-                bail!(
-                    "model '{}' needs {:.1} GiB for fp32 weights, gradients, Adam state and activations, but this \
-                     machine has {:.1} GiB available: train pangu-alpha-tiny or pangu-alpha-small, or lower --batch",
-                    cfg.name,
-                    need as f64 / (1u64 << 30) as f64,
-                    avail as f64 / (1u64 << 30) as f64
-                );
-            }
-        }
+        let s = settings_from(a, &cfg)?;
         let tok = tokenizer_for(a, &cfg, train_text)?;
         Run::new(&cfg, s, tok, train_text, val_text)?
     };
@@ -403,17 +379,8 @@ fn run_dp(a: &TrainArgs, threads: usize) -> Result<()> {
     // Ranks are threads; each computes on one core's worth of kernels.
     bench::set_threads(1);
     let cfg = load_model(&a.model)?;
-    let steps = a.steps.unwrap_or(2000);
-    let mut s = Settings::for_model(&cfg, steps);
-    s.batch = a.batch.unwrap_or(s.batch);
-    s.micro_batches = a.micro_batches;
-    s.lr = a.lr;
-    s.lr_end = a.lr_end.unwrap_or(a.lr / 10.0);
-    s.warmup = a.lr_warmup.unwrap_or(s.warmup);
-    s.dropout = a.dropout.unwrap_or(s.dropout);
-    s.seed = a.seed;
-    s.remat = remat_flag(&a.remat)?;
-    s.validate()?;
+    let s = settings_from(a, &cfg)?;
+    let steps = s.steps;
     let corpus_path = a.corpus.clone().unwrap_or_else(default_corpus);
     let text = data::read_corpus(&corpus_path)?;
     let (train_text, _) = data::split(&text);
@@ -514,6 +481,23 @@ fn mpi_rank(
     _: u64,
 ) -> Result<Option<pangu_trainer::dist::DistResult>> {
     bail!("this binary was built without MPI")
+}
+
+/// The run's settings from the flags, validated, and the memory checked before anything is
+/// tokenised or allocated.
+fn settings_from(a: &TrainArgs, cfg: &pangu_model::ModelConfig) -> Result<Settings> {
+    let mut s = Settings::for_model(cfg, a.steps.unwrap_or(2000));
+    s.batch = a.batch.unwrap_or(s.batch);
+    s.micro_batches = a.micro_batches;
+    s.lr = a.lr;
+    s.lr_end = a.lr_end.unwrap_or(a.lr / 10.0);
+    s.warmup = a.lr_warmup.unwrap_or(s.warmup);
+    s.dropout = a.dropout.unwrap_or(s.dropout);
+    s.seed = a.seed;
+    s.remat = remat_flag(&a.remat)?;
+    s.validate()?;
+    pangu_trainer::train::check_memory(cfg, &s)?;
+    Ok(s)
 }
 
 fn remat_flag(v: &str) -> Result<bool> {

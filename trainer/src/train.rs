@@ -160,9 +160,11 @@ pub fn available_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// Refuses a run that cannot fit in this machine's memory (instead of failing to allocate).
-fn check_memory(cfg: &ModelConfig, model: &Model, settings: &Settings) -> Result<(), TrainError> {
-    let need = required_bytes(model, settings);
+/// Refuses a run that cannot fit in this machine's memory (instead of failing to allocate);
+/// cheap, so callers check before tokenising a corpus.
+pub fn check_memory(cfg: &ModelConfig, settings: &Settings) -> Result<(), TrainError> {
+    let model = Model::new(cfg, settings.seed)?;
+    let need = required_bytes(&model, settings);
     if let Some(avail) = available_bytes() {
         if need > avail {
             let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
@@ -224,7 +226,7 @@ impl Run {
     ) -> Result<Run, TrainError> {
         settings.validate()?;
         let mut model = Model::new(cfg, settings.seed)?;
-        check_memory(cfg, &model, &settings)?;
+        check_memory(cfg, &settings)?;
         model.dropout = settings.dropout;
         let params = model.layout.init::<f32>(settings.seed);
         let n = params.len();
