@@ -39,7 +39,6 @@ pub struct Tokenizer {
     pieces: Vec<String>,
     /// The file's bytes (kept as read, so saving a loaded tokenizer reproduces its file).
     json: Vec<u8>,
-    hash: u64,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -48,7 +47,7 @@ impl std::fmt::Debug for Tokenizer {
             f,
             "Tokenizer({} pieces, hash {:016x})",
             self.pieces.len(),
-            self.hash
+            self.hash()
         )
     }
 }
@@ -163,7 +162,6 @@ impl Tokenizer {
             .collect();
         Tokenizer {
             jieba,
-            hash: fnv1a(&json),
             json,
             model,
             pieces,
@@ -210,9 +208,9 @@ impl Tokenizer {
         self.pieces.len()
     }
 
-    /// Content hash of the vocabulary.
+    /// Content hash of the vocabulary (of its file's bytes).
     pub fn hash(&self) -> u64 {
-        self.hash
+        fnv1a(&self.json)
     }
 
     /// Token ids of `text` (no EOD added).

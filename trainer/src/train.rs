@@ -197,7 +197,6 @@ pub struct Run {
     acts: Acts<f32>,
     /// The tokenizer.
     pub tokenizer: Tokenizer,
-    tokenizer_json: Vec<u8>,
     /// Training split.
     pub train: Packed,
     /// Held-out split.
@@ -274,7 +273,6 @@ impl Run {
         }
         let micro = settings.batch / settings.micro_batches;
         let acts = Acts::with_remat(&model.dims(), micro, settings.dropout > 0.0, settings.remat);
-        let tokenizer_json = tokenizer.to_json();
         Ok(Run {
             cfg: cfg.clone(),
             grads: vec![0.0; state.params.len()],
@@ -285,7 +283,6 @@ impl Run {
             state,
             acts,
             tokenizer,
-            tokenizer_json,
             train,
             val,
             step,
@@ -451,7 +448,7 @@ impl Run {
             &self.model.layout,
             &self.state,
             &man,
-            &self.tokenizer_json,
+            &self.tokenizer.to_json(),
         )
     }
 
