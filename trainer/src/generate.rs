@@ -27,20 +27,37 @@ pub struct KvCache {
     v: Vec<Vec<f32>>,
     /// Positions filled.
     pub len: usize,
+    /// Buffers of one decoding step, allocated once with the cache.
+    work: Scratch,
 }
 
 impl KvCache {
     /// An empty cache for `dims` (room for the full sequence length).
     pub fn new(dims: &Dims) -> KvCache {
+        let (d, f) = (dims.d, dims.f);
         KvCache {
-            k: vec![vec![0.0; dims.s * dims.d]; dims.layers],
-            v: vec![vec![0.0; dims.s * dims.d]; dims.layers],
+            k: vec![vec![0.0; dims.s * d]; dims.layers],
+            v: vec![vec![0.0; dims.s * d]; dims.layers],
             len: 0,
+            work: Scratch {
+                x: vec![0.0; d],
+                ln: vec![0.0; d],
+                qin: vec![0.0; d],
+                qkv: vec![0.0; 3 * d],
+                att: vec![0.0; d],
+                tmp: vec![0.0; d],
+                up: vec![0.0; f],
+                act: vec![0.0; f],
+                scores: vec![0.0; dims.s],
+                mean: [0.0],
+                rstd: [0.0],
+            },
         }
     }
 }
 
 /// Scratch vectors of one decoding step.
+#[derive(Debug)]
 struct Scratch {
     x: Vec<f32>,
     ln: Vec<f32>,
@@ -51,7 +68,6 @@ struct Scratch {
     up: Vec<f32>,
     act: Vec<f32>,
     scores: Vec<f32>,
-    logits: Vec<f32>,
     mean: [f32; 1],
     rstd: [f32; 1],
 }
@@ -69,21 +85,13 @@ pub fn step<'a>(
     let hd = d / h;
     let lay = &model.layout;
     let pos = cache.len;
-    let mut s = Scratch {
-        x: vec![0.0; d],
-        ln: vec![0.0; d],
-        qin: vec![0.0; d],
-        qkv: vec![0.0; 3 * d],
-        att: vec![0.0; d],
-        tmp: vec![0.0; d],
-        up: vec![0.0; f],
-        act: vec![0.0; f],
-        scores: vec![0.0; pos + 1],
-        logits: std::mem::take(scratch),
-        mean: [0.0],
-        rstd: [0.0],
-    };
-    s.logits.resize(v, 0.0);
+    let KvCache {
+        k: kc,
+        v: vc,
+        work: s,
+        ..
+    } = cache;
+    scratch.resize(v, 0.0);
     k::embed_fwd(
         &mut s.x,
         &[tok],
@@ -136,14 +144,14 @@ pub fn step<'a>(
         } else {
             k::linear_fwd(&mut s.qkv, 3 * d, &s.ln, d, w, 3 * d, Some(b), 1, d, 3 * d);
         }
-        cache.k[l][pos * d..(pos + 1) * d].copy_from_slice(&s.qkv[d..2 * d]);
-        cache.v[l][pos * d..(pos + 1) * d].copy_from_slice(&s.qkv[2 * d..]);
+        kc[l][pos * d..(pos + 1) * d].copy_from_slice(&s.qkv[d..2 * d]);
+        vc[l][pos * d..(pos + 1) * d].copy_from_slice(&s.qkv[2 * d..]);
         let scale = 1.0 / (hd as f32).sqrt();
         for hh in 0..h {
             let q = &s.qkv[hh * hd..(hh + 1) * hd];
             let mut mx = f32::NEG_INFINITY;
             for j in 0..=pos {
-                let kj = &cache.k[l][j * d + hh * hd..j * d + (hh + 1) * hd];
+                let kj = &kc[l][j * d + hh * hd..j * d + (hh + 1) * hd];
                 let dot: f32 = q.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale;
                 s.scores[j] = dot;
                 mx = mx.max(dot);
@@ -157,7 +165,7 @@ pub fn step<'a>(
             o.fill(0.0);
             for j in 0..=pos {
                 let w = s.scores[j] / sum;
-                let vj = &cache.v[l][j * d + hh * hd..j * d + (hh + 1) * hd];
+                let vj = &vc[l][j * d + hh * hd..j * d + (hh + 1) * hd];
                 for (o, &vv) in o.iter_mut().zip(vj) {
                     *o += w * vv;
                 }
@@ -204,7 +212,7 @@ pub fn step<'a>(
         d,
     );
     crate::linalg::matmul(
-        &mut s.logits,
+        scratch,
         v,
         crate::linalg::n(&s.ln, d),
         crate::linalg::t(&p[lay.wte.clone()], d),
@@ -214,7 +222,6 @@ pub fn step<'a>(
         false,
     );
     cache.len += 1;
-    *scratch = s.logits;
     scratch
 }
 

@@ -342,6 +342,23 @@ impl Dropout {
         }
     }
 
+    /// `src` with the mask applied: `src` itself when nothing is dropped, else a masked copy
+    /// in `tmp` (so the common no-dropout case copies nothing).
+    pub fn masked<'a, T: Real>(
+        &self,
+        src: &'a [T],
+        tmp: &'a mut [T],
+        width: usize,
+        row_ids: &[u64],
+    ) -> &'a [T] {
+        if !self.active() {
+            return src;
+        }
+        tmp.copy_from_slice(src);
+        self.apply(tmp, width, row_ids);
+        tmp
+    }
+
     /// Applies the mask in place to rows of `width` elements, where row r of this buffer is
     /// global row `row_ids[r]` (so masks do not depend on how rows are split across devices).
     pub fn apply<T: Real>(&self, x: &mut [T], width: usize, row_ids: &[u64]) {
@@ -574,7 +591,6 @@ pub fn attention_bwd<T: Real>(
 /// `-ln p[target]` into `losses` (computed in f64 for the log-sum-exp).
 pub fn softmax_xent_fwd<T: Real>(logits: &mut [T], losses: &mut [f64], targets: &[u32], v: usize) {
     let rows = logits.len() / v;
-    let mut lse = vec![0.0f64; rows];
     // First pass in parallel: probabilities; second: losses (cheap).
     for_rows(logits, v, |_, row| {
         let sum = exp_shifted(row, T::one());
@@ -583,11 +599,10 @@ pub fn softmax_xent_fwd<T: Real>(logits: &mut [T], losses: &mut [f64], targets: 
             *x *= inv;
         }
     });
-    for (r, l) in lse.iter_mut().enumerate() {
+    for (r, l) in losses[..rows].iter_mut().enumerate() {
         let p = logits[r * v + targets[r] as usize].f64();
         *l = -(p.max(f64::MIN_POSITIVE)).ln();
     }
-    losses[..rows].copy_from_slice(&lse);
 }
 
 /// Turns the probabilities in place into `dlogits = (p - onehot(target)) · weight[row]`.

@@ -847,9 +847,12 @@ impl Model {
             let x = &acts.res[l];
             let a = &acts.layers[slot];
             // y = mid + drop(act·Wd + bd): the FFN branch's gradient is drop-mask ⊙ dx.
-            acts.dtmp.copy_from_slice(&acts.dx);
-            self.drop(train, step, l, Site::FfnOut)
-                .apply(&mut acts.dtmp, d, &batch.row_ids);
+            let dy = self.drop(train, step, l, Site::FfnOut).masked(
+                &acts.dx,
+                &mut acts.dtmp,
+                d,
+                &batch.row_ids,
+            );
             {
                 let (gw, gb) = two_ranges(g, &lp.w_down, &lp.b_down);
                 k::linear_bwd(
@@ -857,7 +860,7 @@ impl Model {
                     gw,
                     d,
                     Some(gb),
-                    &acts.dtmp,
+                    dy,
                     d,
                     &a.act,
                     f,
@@ -900,9 +903,12 @@ impl Model {
                 );
             }
             // mid = x + drop(att·Wo + bo)
-            acts.dtmp.copy_from_slice(&acts.dx);
-            self.drop(train, step, l, Site::AttnOut)
-                .apply(&mut acts.dtmp, d, &batch.row_ids);
+            let dy = self.drop(train, step, l, Site::AttnOut).masked(
+                &acts.dx,
+                &mut acts.dtmp,
+                d,
+                &batch.row_ids,
+            );
             {
                 let (gw, gb) = two_ranges(g, &lp.w_o, &lp.b_o);
                 k::linear_bwd(
@@ -910,7 +916,7 @@ impl Model {
                     gw,
                     d,
                     Some(gb),
-                    &acts.dtmp,
+                    dy,
                     d,
                     &a.att,
                     d,
