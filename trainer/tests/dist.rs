@@ -76,9 +76,11 @@ fn data_and_optimizer_parallel_match_single_device() {
             for (d, rk) in r.report.devices.iter().zip(&r.ranks) {
                 let b = &d.breakdown;
                 let sum = b.compute + b.dp_comm + b.opt_comm + b.idle;
+                // The timed parts lie inside the rank's loop, so idle is never clamped.
                 assert!(
-                    (sum - rk.wall_s / 5.0).abs() < 1e-9 || b.idle == 0.0,
-                    "{b:?}"
+                    (sum - rk.wall_s / 5.0).abs() < 1e-9,
+                    "{b:?} vs {}",
+                    rk.wall_s / 5.0
                 );
                 assert_eq!(sharding == Sharding::Optimizer, b.opt_comm > 0.0);
             }
