@@ -14,7 +14,7 @@ use pangu_trainer::tokenizer::Tokenizer;
 use pangu_trainer::train::{Eval, Run, Settings, StepInfo};
 use serde_json::json;
 
-use crate::args::load_model;
+use crate::args::{load_model, StrategyArgs};
 use crate::output::{emit, outln, print_json};
 
 /// The corpus shipped in the repository.
@@ -54,12 +54,10 @@ pub(crate) struct TrainArgs {
     /// Stop after this many minutes of wall time even before --steps (the schedule is kept).
     #[arg(long)]
     minutes: Option<f64>,
-    /// Samples per optimizer step (default: the model preset's global batch).
+    /// Samples per optimizer step (default: the model preset's global batch; the same as
+    /// --global-batch).
     #[arg(long)]
     batch: Option<usize>,
-    /// Micro-batches per step; gradients accumulate over them.
-    #[arg(long, default_value_t = 1)]
-    micro_batches: usize,
     /// Peak learning rate.
     #[arg(long, default_value_t = 1e-3)]
     lr: f64,
@@ -72,9 +70,6 @@ pub(crate) struct TrainArgs {
     /// Dropout probability (default: the model's, 0.1 for PanGu-α).
     #[arg(long)]
     dropout: Option<f64>,
-    /// Rematerialisation: none, or full (keep layer inputs, recompute layers in backward).
-    #[arg(long, default_value = "none")]
-    remat: String,
     /// Seed of weights, dropout masks and data order.
     #[arg(long, default_value_t = 1234)]
     seed: u64,
@@ -96,33 +91,20 @@ pub(crate) struct TrainArgs {
     /// Continue the run in this checkpoint (a step folder or a run folder).
     #[arg(long, value_name = "DIR")]
     resume: Option<PathBuf>,
-    /// Precision the strategy names; the CPU executor computes in fp32 whatever it is.
-    #[arg(long)]
-    precision: Option<String>,
     /// Print JSON (losses per step, validation, throughput, memory).
     #[arg(long)]
     json: bool,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
-    /// Data-parallel ranks (threads of this process).
-    #[arg(long, default_value_t = 1)]
-    dp: usize,
-    /// Tensor-parallel degree (the executor runs dp and optimizer sharding so far).
-    #[arg(long, default_value_t = 1)]
-    tp: usize,
-    /// Pipeline stages (the executor runs dp and optimizer sharding so far).
-    #[arg(long, default_value_t = 1)]
-    pp: usize,
-    /// Optimizer sharding across the dp ranks: none, mindspore, zero1 or zero2 (each rank
-    /// updates its chunk of the parameters).
-    #[arg(long, default_value = "none")]
-    opt_shard: String,
-    /// Collective algorithm of the gradient reduction: ring, halving-doubling or
-    /// double-binary-tree.
+    /// The strategy, as `pangu plan` takes it (a file and/or inline flags); with more than
+    /// one device, each rank is a thread (or an MPI process with --backend mpi).
+    #[command(flatten)]
+    strategy: StrategyArgs,
+    /// Collective algorithm of the reductions: ring, halving-doubling or double-binary-tree.
     #[arg(long, default_value = "ring")]
     collective: String,
-    /// Communication backend (threads; mpi is not built yet).
+    /// Communication backend: threads (one process) or mpi (`mpirun -np N pangu train …`).
     #[arg(long, default_value = "threads")]
     backend: String,
     /// Seconds a rank waits for a peer before the run stops with an error.
@@ -162,32 +144,26 @@ pub(crate) fn run(a: &TrainArgs) -> Result<()> {
     if a.bench {
         return run_bench(a, threads);
     }
-    if a.tp > 1 || a.pp > 1 {
-        bail!(
-            "--tp {} --pp {}: the executor runs data parallelism and optimizer sharding so far; tensor and \
-             pipeline parallelism are simulated (`pangu simulate`) but not yet executed",
-            a.tp,
-            a.pp
-        );
-    }
+    let spec = a.strategy.spec()?;
+    let devices = spec.dp.unwrap_or(1) * spec.tp.unwrap_or(1) * spec.pp.unwrap_or(1);
     match a.backend.as_str() {
         "threads" => {}
-        "mpi" if cfg!(feature = "mpi") => return run_dp(a, threads),
+        "mpi" if cfg!(feature = "mpi") => return run_dist(a, &spec),
         "mpi" => bail!(
             "--backend mpi: this binary was built without MPI; build it with `cargo build --release --features mpi` \
              (needs Debian's libopenmpi-dev, openmpi-bin and libclang-dev) and start it with `mpirun -np N`"
         ),
         other => bail!("--backend {other}: use threads or mpi"),
     }
-    if a.dp > 1 {
-        return run_dp(a, threads);
+    if devices > 1 {
+        return run_dist(a, &spec);
     }
     bench::set_threads(threads);
     let corpus_path = a.corpus.clone().unwrap_or_else(default_corpus);
     let text = data::read_corpus(&corpus_path)?;
     let (train_text, val_text) = data::split(&text);
-    if let Some(p) = &a.precision {
-        if p != "fp32" {
+    if let Some(p) = spec.precision {
+        if p != pangu_strategies::Precision::Fp32 {
             eprintln!("note: the strategy names {p}; the CPU executor computes in fp32");
         }
     }
@@ -195,7 +171,7 @@ pub(crate) fn run(a: &TrainArgs) -> Result<()> {
         Run::resume(dir, train_text, val_text)?
     } else {
         let cfg = load_model(&a.model)?;
-        let s = settings_from(a, &cfg)?;
+        let s = settings_from(a, &cfg, &spec)?;
         let tok = tokenizer_for(a, &cfg, train_text)?;
         Run::new(&cfg, s, tok, train_text, val_text)?
     };
@@ -358,15 +334,11 @@ pub(crate) fn run(a: &TrainArgs) -> Result<()> {
     emit(&log[header_len..])
 }
 
-/// `pangu train --dp N`: data-parallel (and optimizer-sharded) training on threads.
-fn run_dp(a: &TrainArgs, threads: usize) -> Result<()> {
+/// `pangu train` with more than one device: the strategy's plan on this machine (one virtual
+/// device per rank), executed on threads or MPI processes.
+fn run_dist(a: &TrainArgs, spec: &pangu_strategies::StrategySpec) -> Result<()> {
     use pangu_strategies::CollectiveAlgorithm;
-    use pangu_trainer::dist::{self, DistConfig, Sharding};
-    let sharding = match a.opt_shard.as_str() {
-        "none" => Sharding::None,
-        "mindspore" | "zero1" | "zero2" => Sharding::Optimizer,
-        other => bail!("--opt-shard {other}: use none, mindspore, zero1 or zero2"),
-    };
+    use pangu_trainer::dist::{self, DistConfig};
     let algo = match a.collective.as_str() {
         "ring" => CollectiveAlgorithm::Ring,
         "halving-doubling" => CollectiveAlgorithm::HalvingDoubling,
@@ -374,12 +346,21 @@ fn run_dp(a: &TrainArgs, threads: usize) -> Result<()> {
         other => bail!("--collective {other}: use ring, halving-doubling or double-binary-tree"),
     };
     if a.resume.is_some() {
-        bail!("--resume with --dp > 1: distributed checkpoints are not built yet");
+        bail!("--resume with more than one device: distributed checkpoints are not built yet");
     }
-    // Ranks are threads; each computes on one core's worth of kernels.
+    // Ranks are threads or processes; each computes on one core's worth of kernels.
     bench::set_threads(1);
     let cfg = load_model(&a.model)?;
-    let s = settings_from(a, &cfg)?;
+    let mut spec = spec.clone();
+    spec.global_batch = global_batch(a, &spec)?.or(Some(cfg.global_batch));
+    let plan = dist::plan_for(&cfg, &spec)?;
+    let st = &plan.strategy;
+    // The plan checked each device's memory; the settings follow it.
+    let mut s = base_settings(a, &cfg);
+    s.batch = st.global_batch as usize;
+    s.micro_batches = st.micro_batches as usize;
+    s.remat = st.remat == pangu_strategies::Remat::Full;
+    dist::check_plan(&plan, &s)?;
     let steps = s.steps;
     let corpus_path = a.corpus.clone().unwrap_or_else(default_corpus);
     let text = data::read_corpus(&corpus_path)?;
@@ -387,29 +368,40 @@ fn run_dp(a: &TrainArgs, threads: usize) -> Result<()> {
     let tok = tokenizer_for(a, &cfg, train_text)?;
     let packed = data::Packed::new(&tok, train_text, cfg.seq_len as usize);
     let dc = DistConfig {
-        dp: a.dp,
-        sharding,
         algo,
         timeout: std::time::Duration::from_secs_f64(a.comm_timeout.max(0.001)),
     };
+    let describe = format!(
+        "dp {} × tp {} × pp {} ({} schedule, {} micro-batches of {}), optimizer sharding {}, remat {}",
+        st.dp, st.tp, st.pp, st.schedule, st.micro_batches, st.micro_batch_size, st.opt_shard, st.remat
+    );
     if !a.json {
         eprintln!(
-            "model {}: dp {} on threads ({} cores here), optimizer sharding {:?}, {:?} collectives, fp32",
-            cfg.name, a.dp, threads, sharding, algo
+            "model {}: {describe}; {} ranks on {} ({} cores here), {:?} collectives, fp32",
+            cfg.name,
+            plan.mesh.size(),
+            a.backend,
+            threads_default(),
+            algo
         );
     }
     let r = if a.backend == "mpi" {
-        mpi_rank(&cfg, &s, &dc, &packed, steps)?
+        mpi_rank(&plan, &s, &dc, &packed, steps)?
     } else {
-        Some(dist::train_threads(&cfg, &s, &dc, &packed, steps)?)
+        Some(dist::train_threads(&plan, &s, &dc, &packed, steps)?)
     };
     // Under MPI only rank 0 reports.
     let Some(r) = r else { return Ok(()) };
     let tokens = (s.batch as u64 * steps * u64::from(cfg.seq_len)) as f64;
     let report = json!({
         "model": cfg.name,
-        "dp": a.dp,
-        "opt_shard": a.opt_shard,
+        "strategy": st,
+        "dp": st.dp,
+        "tp": st.tp,
+        "pp": st.pp,
+        "schedule": st.schedule.to_string(),
+        "opt_shard": st.opt_shard.to_string(),
+        "remat": st.remat.to_string(),
         "collective": a.collective,
         "backend": a.backend,
         "steps": steps,
@@ -420,6 +412,13 @@ fn run_dp(a: &TrainArgs, threads: usize) -> Result<()> {
         "step_report": r.report,
         "precision": "fp32",
     });
+    if let Some(o) = &a.out {
+        std::fs::create_dir_all(o).with_context(|| format!("cannot create {}", o.display()))?;
+        std::fs::write(
+            o.join("report.json"),
+            serde_json::to_string_pretty(&report)?,
+        )?;
+    }
     if a.json {
         return print_json(&report);
     }
@@ -427,28 +426,42 @@ fn run_dp(a: &TrainArgs, threads: usize) -> Result<()> {
     for (i, l) in r.losses.iter().enumerate() {
         outln!(o, "step {}: loss {:.4}", i + 1, l);
     }
-    for rk in &r.ranks {
+    outln!(
+        o,
+        "{:>4} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>12}",
+        "rank",
+        "stage",
+        "compute",
+        "tp_comm",
+        "pp_comm",
+        "bubble",
+        "dp_comm",
+        "opt_comm",
+        "idle",
+        "bytes"
+    );
+    for (d, rk) in r.report.devices.iter().zip(&r.ranks) {
+        let b = &d.breakdown;
         outln!(
             o,
-            "rank {}: compute {:.2} s, communication {:.2} s, optimizer {:.2} s, {} bytes allocated",
+            "{:>4} {:>5} {:>9.4} {:>9.4} {:>9.4} {:>9.4} {:>9.4} {:>9.4} {:>9.4} {:>12}",
             rk.rank,
-            rk.compute_s,
-            rk.comm_s,
-            rk.optimizer_s,
+            rk.stage,
+            b.compute,
+            b.tp_comm,
+            b.pp_comm,
+            b.bubble,
+            b.dp_comm,
+            b.opt_comm,
+            b.idle,
             rk.allocated_bytes
         );
     }
-    let b = &r.report.breakdown;
     outln!(
         o,
-        "measured step {:.3} s (MFU {:.3} of the cores' fp32 peak); per device: compute {:.3} s, \
-         dp_comm {:.3} s, opt_comm {:.3} s, idle {:.3} s",
+        "measured step {:.3} s (seconds per step per device above; MFU {:.3} of the cores' fp32 peak)",
         r.report.step_time_s,
-        r.report.mfu,
-        b.compute,
-        b.dp_comm,
-        b.opt_comm,
-        b.idle
+        r.report.mfu
     );
     outln!(
         o,
@@ -462,19 +475,19 @@ fn run_dp(a: &TrainArgs, threads: usize) -> Result<()> {
 /// This process's part of an MPI run: `Some` on rank 0 (which reports), `None` elsewhere.
 #[cfg(feature = "mpi")]
 fn mpi_rank(
-    cfg: &pangu_model::ModelConfig,
+    plan: &pangu_strategies::Plan,
     s: &Settings,
     dc: &pangu_trainer::dist::DistConfig,
     packed: &data::Packed,
     steps: u64,
 ) -> Result<Option<pangu_trainer::dist::DistResult>> {
-    let (rank, r) = pangu_trainer::dist::train_mpi(cfg, s, dc, packed, steps)?;
+    let (rank, r) = pangu_trainer::dist::train_mpi(plan, s, dc, packed, steps)?;
     Ok((rank == 0).then_some(r))
 }
 
 #[cfg(not(feature = "mpi"))]
 fn mpi_rank(
-    _: &pangu_model::ModelConfig,
+    _: &pangu_strategies::Plan,
     _: &Settings,
     _: &pangu_trainer::dist::DistConfig,
     _: &data::Packed,
@@ -483,30 +496,52 @@ fn mpi_rank(
     bail!("this binary was built without MPI")
 }
 
-/// The run's settings from the flags, validated, and the memory checked before anything is
-/// tokenised or allocated.
-fn settings_from(a: &TrainArgs, cfg: &pangu_model::ModelConfig) -> Result<Settings> {
+/// The optimizer, schedule, dropout and seed settings of the flags.
+fn base_settings(a: &TrainArgs, cfg: &pangu_model::ModelConfig) -> Settings {
     let mut s = Settings::for_model(cfg, a.steps.unwrap_or(2000));
-    s.batch = a.batch.unwrap_or(s.batch);
-    s.micro_batches = a.micro_batches;
     s.lr = a.lr;
     s.lr_end = a.lr_end.unwrap_or(a.lr / 10.0);
     s.warmup = a.lr_warmup.unwrap_or(s.warmup);
     s.dropout = a.dropout.unwrap_or(s.dropout);
     s.seed = a.seed;
-    s.remat = remat_flag(&a.remat)?;
+    s
+}
+
+/// The run's settings from the flags, validated, and the memory checked before anything is
+/// tokenised or allocated.
+fn settings_from(
+    a: &TrainArgs,
+    cfg: &pangu_model::ModelConfig,
+    spec: &pangu_strategies::StrategySpec,
+) -> Result<Settings> {
+    let mut s = base_settings(a, cfg);
+    s.batch = global_batch(a, spec)?.map_or(s.batch, |b| b as usize);
+    s.micro_batches = spec.micro_batches.unwrap_or(1) as usize;
+    s.remat = remat_flag(spec.remat)?;
     s.validate()?;
     pangu_trainer::train::check_memory(cfg, &s)?;
     Ok(s)
 }
 
-fn remat_flag(v: &str) -> Result<bool> {
+fn remat_flag(v: Option<pangu_strategies::Remat>) -> Result<bool> {
+    use pangu_strategies::Remat;
     match v {
-        "none" => Ok(false),
-        "full" => Ok(true),
-        other => bail!(
+        None | Some(Remat::None) => Ok(false),
+        Some(Remat::Full) => Ok(true),
+        Some(other) => bail!(
             "--remat {other}: the executor does none or full (selective and every:K are simulated, not yet executed)"
         ),
+    }
+}
+
+/// The global batch of --batch or --global-batch (the same thing; they must agree).
+fn global_batch(a: &TrainArgs, spec: &pangu_strategies::StrategySpec) -> Result<Option<u32>> {
+    match (a.batch, spec.global_batch) {
+        (Some(b), Some(g)) if b as u32 != g => {
+            bail!("--batch {b} and a global batch of {g}: give one of them")
+        }
+        (Some(b), _) => Ok(Some(b as u32)),
+        (None, g) => Ok(g),
     }
 }
 

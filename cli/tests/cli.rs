@@ -726,9 +726,50 @@ fn data_parallel_training_matches_one_device_from_the_cli() {
         );
     }
     assert_eq!(dp["ranks"].as_array().unwrap().len(), 2);
+    // All three dimensions on 8 threads, a pipeline schedule of the strategies crate.
+    let three = json(
+        &[
+            &[
+                "train",
+                "--dp",
+                "2",
+                "--tp",
+                "2",
+                "--pp",
+                "2",
+                "--micro-batches",
+                "2",
+                "--schedule",
+                "gpipe",
+            ][..],
+            &common[..],
+        ]
+        .concat(),
+    );
+    let c = three["losses"].as_array().unwrap();
+    for (x, y) in a.iter().zip(c) {
+        assert!(
+            (x.as_f64().unwrap() - y.as_f64().unwrap()).abs() < 1e-4,
+            "{a:?} vs {c:?}"
+        );
+    }
+    assert_eq!(three["ranks"].as_array().unwrap().len(), 8);
+    assert_eq!(three["schedule"], "gpipe");
+    let devices = three["step_report"]["devices"].as_array().unwrap();
+    assert!(devices
+        .iter()
+        .all(|d| d["breakdown"]["tp_comm"].as_f64().unwrap() > 0.0));
     fails_with(
-        &[&["train", "--tp", "2"][..], &common[..]].concat(),
-        &["--tp 2", "not yet executed"],
+        &[&["train", "--tp", "3"][..], &common[..]].concat(),
+        &["tp 3"],
+    );
+    fails_with(
+        &[
+            &["train", "--tp", "2", "--precision", "fp16"][..],
+            &common[..],
+        ]
+        .concat(),
+        &["precision fp16", "fp32"],
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,6 +1,7 @@
 //! The MPI backend end to end (built with `--features mpi`; scripts/test.sh runs it):
-//! `mpirun -np 4 pangu train --backend mpi --dp 4` gives the single-device losses within 1e-4,
-//! and a killed rank stops the whole job quickly.
+//! `mpirun -np 4 pangu train --backend mpi` with data, optimizer, tensor and pipeline
+//! parallelism gives the single-device losses within 1e-4, and a killed rank stops the whole
+//! job quickly.
 #![cfg(feature = "mpi")]
 #![allow(clippy::unwrap_used)]
 
@@ -97,19 +98,15 @@ fn four_mpi_processes_match_one_device() {
         "{}",
         String::from_utf8_lossy(&one.stderr)
     );
-    for shard in ["none", "mindspore"] {
+    for plan in [
+        "--dp 4 --opt-shard none --collective halving-doubling",
+        "--dp 4 --opt-shard mindspore --collective halving-doubling",
+        "--tp 2 --pp 2 --micro-batches 2 --schedule 1f1b",
+        "--dp 2 --pp 2 --micro-batches 2 --schedule gpipe --opt-shard zero1",
+    ] {
         let out = mpirun("4")
-            .args([
-                "train",
-                "--backend",
-                "mpi",
-                "--dp",
-                "4",
-                "--opt-shard",
-                shard,
-                "--collective",
-                "halving-doubling",
-            ])
+            .args(["train", "--backend", "mpi"])
+            .args(plan.split(' '))
             .args(["--steps", "3", "--json"])
             .args(&args)
             .output()
@@ -122,7 +119,7 @@ fn four_mpi_processes_match_one_device() {
         let (a, b) = (losses(&one.stdout), losses(&out.stdout));
         assert_eq!(a.len(), 3);
         for (x, y) in a.iter().zip(&b) {
-            assert!((x - y).abs() < 1e-4, "{shard}: {a:?} vs {b:?}");
+            assert!((x - y).abs() < 1e-4, "{plan}: {a:?} vs {b:?}");
         }
     }
     // A wrong process count is explained.

@@ -514,9 +514,13 @@ pub mod mpi_backend {
         }
     }
 
-    /// Initialises MPI (once per process); `None` when it is already initialised.
-    pub fn init(timeout: Duration) -> Option<MpiComm> {
-        let universe = mpi::initialize()?;
+    /// Initialises MPI (once per process); `None` when it is already initialised. Sends are
+    /// buffered (`MPI_Bsend`, the schedule's semantics: a send never waits for its receiver)
+    /// through an attached buffer of `send_buffer` bytes, which must hold every message a rank
+    /// may have in flight at once.
+    pub fn init(timeout: Duration, send_buffer: usize) -> Option<MpiComm> {
+        let mut universe = mpi::initialize()?;
+        universe.set_buffer_size(send_buffer);
         let world = universe.world();
         let rank = world.rank() as usize;
         let size = world.size() as usize;
@@ -598,7 +602,7 @@ pub mod mpi_backend {
 
         fn send(&mut self, to: usize, data: &[f32], op: &'static str) -> Result<(), CommError> {
             self.watch(op, to);
-            self.world.process_at_rank(to as i32).send(data);
+            self.world.process_at_rank(to as i32).buffered_send(data);
             self.done();
             Ok(())
         }

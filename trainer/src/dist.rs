@@ -1,71 +1,79 @@
-//! The distributed executor, data-parallel dimension: `dp` ranks (threads) each run the
-//! single-device model on their share of every micro-batch, and their gradients are combined
-//! with the plan's collective algorithm.
+//! The distributed executor: a validated [`Plan`] run for real, one rank per device of its
+//! mesh, on threads or MPI processes. All five dimensions come from the plan's objects:
 //!
-//! - Plain data parallelism: gradients all-reduced (summed: each rank's loss rows are already
-//!   weighted by 1/(counted rows of the whole step), so the sum is the single-device gradient),
-//!   then every rank runs the same AdamW update on the full buffer.
-//! - Optimizer parallelism (MindSpore's optimizer parallel, ZeRO-1/2 semantics): gradients
-//!   reduce-scattered, each rank keeps Adam moments for and updates only its [`chunk`] of the
-//!   flat parameter buffer, then the parameters are all-gathered. The global gradient norm for
-//!   clipping is the all-reduced sum of the shards' squares.
+//! - Pipeline: each rank holds the model chunks of its stage ([`Plan::stages`]) and executes
+//!   its stage's action list of [`Plan::schedule`] (GPipe, 1F1B, interleaved) — literally the
+//!   data the simulator runs. Activations go forward and gradients back as point-to-point
+//!   messages; sends are buffered, receives block (the schedule's semantics).
+//! - Op-level model parallelism (PanGu-α / Megatron): Q, K, V and FFN-up split by columns,
+//!   attention output and FFN-down by rows, heads across the group ([`Part`]); the layer sums
+//!   over the tensor-parallel group after the row-split projections in forward and after the
+//!   column-split ones in backward ([`Reduce`]).
+//! - Data parallelism: each replica runs its share of every micro-batch; gradients are summed
+//!   with the plan's collective algorithm in buckets of the strategy's `grad_bucket` bytes.
+//! - Optimizer parallelism (MindSpore's optimizer parallel, ZeRO semantics): gradients
+//!   reduce-scattered over the data-parallel group, each rank updates its [`chunk`] of the
+//!   weights and keeps Adam moments for it only, weights all-gathered.
+//! - Rematerialisation: full (each layer's input kept, the layer recomputed in backward).
+//! - The tied embedding: the first and last virtual stages both hold the word table; their
+//!   gradients are summed between them before the update, so both copies stay equal.
 //!
-//! Samples, dropout masks and the learning-rate schedule are those of the single-device run
-//! with the same seed and global batch (masks are keyed on global sample indices), so the two
-//! differ only in the order of floating-point additions; tests hold them to 1e-4.
+//! Every rank's loss rows are weighted by 1/(counted rows of the whole step), so sums over
+//! ranks give the single-device gradient; samples, dropout masks (keyed on global sample,
+//! row, layer and head indices) and the schedule of learning rates are those of one device.
+//! The runs differ from one device only in the order of floating-point additions; tests hold
+//! losses and weights to 1e-4.
 
+use std::collections::HashMap;
+use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use pangu_model::ModelConfig;
 use pangu_strategies::report::DeviceReport;
-use pangu_strategies::{Breakdown, CollectiveAlgorithm, StepReport};
+use pangu_strategies::schedule::Action;
+use pangu_strategies::strategy::{OptShard, Precision, Remat, StrategySpec};
+use pangu_strategies::{Breakdown, CollectiveAlgorithm, LayerId, Plan, StepReport};
 use serde::Serialize;
 
 use crate::comm::{chunk, threads, CommError, Communicator};
 use crate::data::{Order, Packed};
-use crate::model::{special, Acts, Batch, Model};
+use crate::model::{special, Acts, Batch, Layout, Model, Part, Reduce};
 use crate::optim;
 use crate::train::Settings;
 use crate::TrainError;
 
-/// How the data-parallel ranks share the optimizer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Sharding {
-    /// Every rank holds and updates everything.
-    None,
-    /// Each rank updates its chunk of the parameters (optimizer state sharded).
-    Optimizer,
-}
-
-/// The distributed settings.
+/// How the executor communicates.
 #[derive(Debug, Clone, Copy)]
 pub struct DistConfig {
-    /// Data-parallel ranks.
-    pub dp: usize,
-    /// Optimizer sharding.
-    pub sharding: Sharding,
-    /// Collective algorithm of the gradient reduction.
+    /// Collective algorithm of the gradient reductions (the simulator's enum).
     pub algo: CollectiveAlgorithm,
     /// How long a rank waits on a peer before giving up.
     pub timeout: Duration,
 }
 
-/// What one rank measured.
-#[derive(Debug, Clone, Serialize)]
+/// What one rank measured (seconds summed over the steps).
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct RankReport {
     /// Rank.
     pub rank: usize,
-    /// Seconds computing (forward and backward).
+    /// Pipeline stage.
+    pub stage: usize,
+    /// Forward and backward compute (the tensor-parallel sums inside excluded).
     pub compute_s: f64,
-    /// Seconds in gradient reductions (and the norm and loss reductions).
-    pub comm_s: f64,
-    /// Seconds in the parameter all-gather of optimizer sharding.
-    pub gather_s: f64,
-    /// Seconds of the whole loop on this rank.
-    pub wall_s: f64,
-    /// Seconds in the optimizer update.
+    /// Sums over the tensor-parallel group inside the layers.
+    pub tp_comm_s: f64,
+    /// Sending activations and gradients to the neighbouring stages.
+    pub pp_comm_s: f64,
+    /// Waiting for a neighbouring stage's activation or gradient (the pipeline bubble).
+    pub bubble_s: f64,
+    /// Gradient reductions (data parallel, the tied embedding, the norm and the loss).
+    pub dp_comm_s: f64,
+    /// The weight all-gather of optimizer sharding.
+    pub opt_comm_s: f64,
+    /// The optimizer update.
     pub optimizer_s: f64,
+    /// The whole loop on this rank.
+    pub wall_s: f64,
     /// Bytes this rank allocated (weights, gradients, its Adam state, activations).
     pub allocated_bytes: u64,
 }
@@ -75,7 +83,8 @@ pub struct RankReport {
 pub struct DistResult {
     /// Mean training loss per step (identical on every rank).
     pub losses: Vec<f64>,
-    /// Final parameters (rank 0's, which equal every rank's).
+    /// Final parameters of the whole model, assembled from the ranks' parts (threads
+    /// backend; under MPI only this process's part is known and this is empty).
     #[serde(skip)]
     pub params: Vec<f32>,
     /// Per rank.
@@ -86,13 +95,74 @@ pub struct DistResult {
     pub report: StepReport,
 }
 
-/// The measured counterpart of the simulator's step report: per device, compute (forward,
-/// backward and the optimizer update), dp_comm (gradient reduction), opt_comm (the parameter
-/// gather of optimizer sharding) and idle (the rest of the step), averaged over the steps;
-/// MFU against the cores' fp32 peak (`cpu-host` preset, one core per rank).
+/// The plan of `spec` for `cfg` on this machine: the `cpu-host` preset with one virtual
+/// device per rank (dp × tp × pp; dp defaults to 1), fp32 unless the spec says otherwise.
+pub fn plan_for(cfg: &ModelConfig, spec: &StrategySpec) -> Result<Plan, TrainError> {
+    let mut spec = spec.clone();
+    spec.precision.get_or_insert(Precision::Fp32);
+    let devices = spec.dp.unwrap_or(1) * spec.tp.unwrap_or(1) * spec.pp.unwrap_or(1);
+    spec.dp.get_or_insert(1);
+    spec.devices = Some(devices);
+    let cluster = host_cluster(devices)?;
+    let (strategy, _) =
+        pangu_strategies::strategy::resolve(&spec, &spec, cfg.global_batch, devices)
+            .map_err(|e| TrainError::Config(e.to_string()))?;
+    Plan::new(cfg, &cluster, &strategy).map_err(|e| TrainError::Config(e.to_string()))
+}
+
+/// This machine as `devices` virtual devices: the `cpu-host` preset with every device in one
+/// server (threads or processes of one machine) and the machine's memory split between them.
+pub fn host_cluster(devices: u32) -> Result<pangu_hardware::Cluster, TrainError> {
+    let err = |e: pangu_hardware::HardwareError| TrainError::Config(e.to_string());
+    let text = pangu_hardware::preset_toml("cpu-host").map_err(err)?;
+    let mut spec = pangu_hardware::ClusterSpec::from_toml(text, "cpu-host").map_err(err)?;
+    let machine = spec.chip.hbm.0 * u64::from(spec.server.chips);
+    let devices = devices.max(1);
+    spec.chips = devices;
+    spec.server.chips = devices;
+    spec.chip.hbm = pangu_hardware::Bytes(machine / u64::from(devices));
+    pangu_hardware::Cluster::new(spec).map_err(err)
+}
+
+/// Checks that the executor can run `plan` with `settings`; the error names the value.
+pub fn check_plan(plan: &Plan, settings: &Settings) -> Result<(), TrainError> {
+    settings.validate()?;
+    let s = &plan.strategy;
+    if s.precision != Precision::Fp32 {
+        return Err(TrainError::Unsupported(format!(
+            "precision {}: the CPU executor trains in fp32 (set precision = \"fp32\")",
+            s.precision
+        )));
+    }
+    if !matches!(s.remat, Remat::None | Remat::Full) {
+        return Err(TrainError::Unsupported(format!(
+            "remat {}: the executor recomputes whole layers (remat none or full)",
+            s.remat
+        )));
+    }
+    if s.seq_parallel && s.tp > 1 {
+        return Err(TrainError::Unsupported(
+            "seq_parallel: the executor runs op-level parallelism without sequence splitting; set seq_parallel = false".into(),
+        ));
+    }
+    if settings.batch != s.global_batch as usize
+        || settings.micro_batches != s.micro_batches as usize
+    {
+        return Err(TrainError::Config(format!(
+            "the training settings ask for batch {} in {} micro-batches but the plan has global batch {} in {} micro-batches",
+            settings.batch, settings.micro_batches, s.global_batch, s.micro_batches
+        )));
+    }
+    Ok(())
+}
+
+/// The measured counterpart of the simulator's step report: per device, the categories of
+/// [`Breakdown`] averaged over the steps (compute includes the optimizer update and, under
+/// remat, the recomputation; idle is the rest of the step); MFU against the cores' fp32 peak
+/// (`cpu-host` preset, one core per rank).
 pub fn measured_report(
     cfg: &ModelConfig,
-    settings: &Settings,
+    global_batch: usize,
     ranks: &[RankReport],
     steps: u64,
 ) -> StepReport {
@@ -103,14 +173,18 @@ pub fn measured_report(
             let step = r.wall_s / st;
             let mut b = Breakdown {
                 compute: (r.compute_s + r.optimizer_s) / st,
-                dp_comm: r.comm_s / st,
-                opt_comm: r.gather_s / st,
+                tp_comm: r.tp_comm_s / st,
+                pp_comm: r.pp_comm_s / st,
+                bubble: r.bubble_s / st,
+                dp_comm: r.dp_comm_s / st,
+                opt_comm: r.opt_comm_s / st,
                 ..Breakdown::default()
             };
-            b.idle = (step - b.compute - b.dp_comm - b.opt_comm).max(0.0);
+            let busy = b.compute + b.tp_comm + b.pp_comm + b.bubble + b.dp_comm + b.opt_comm;
+            b.idle = (step - busy).max(0.0);
             DeviceReport {
                 rank: r.rank as u32,
-                stage: 0,
+                stage: r.stage as u32,
                 breakdown: b,
                 peak_memory_bytes: r.allocated_bytes,
             }
@@ -120,12 +194,16 @@ pub fn measured_report(
     let n = devices.len().max(1) as f64;
     let mut mean = Breakdown::default();
     for d in &devices {
-        mean.compute += d.breakdown.compute / n;
-        mean.dp_comm += d.breakdown.dp_comm / n;
-        mean.opt_comm += d.breakdown.opt_comm / n;
-        mean.idle += d.breakdown.idle / n;
+        let b = &d.breakdown;
+        mean.compute += b.compute / n;
+        mean.tp_comm += b.tp_comm / n;
+        mean.pp_comm += b.pp_comm / n;
+        mean.bubble += b.bubble / n;
+        mean.dp_comm += b.dp_comm / n;
+        mean.opt_comm += b.opt_comm / n;
+        mean.idle += b.idle / n;
     }
-    let tokens = settings.batch as f64 * f64::from(cfg.seq_len);
+    let tokens = global_batch as f64 * f64::from(cfg.seq_len);
     let tokens_per_s = tokens / step_time_s.max(1e-12);
     let peak = pangu_hardware::Cluster::from_name("cpu-host:1")
         .ok()
@@ -135,7 +213,7 @@ pub fn measured_report(
     StepReport {
         step_time_s,
         tokens_per_s,
-        samples_per_s: settings.batch as f64 / step_time_s.max(1e-12),
+        samples_per_s: global_batch as f64 / step_time_s.max(1e-12),
         mfu,
         hfu: mfu,
         breakdown: mean,
@@ -146,28 +224,22 @@ pub fn measured_report(
     }
 }
 
-/// Trains `steps` steps of `cfg` on `data` with `dp` thread ranks.
+/// Trains `steps` steps of `plan` on `data` with one thread per rank of its mesh.
 pub fn train_threads(
-    cfg: &ModelConfig,
+    plan: &Plan,
     settings: &Settings,
     dist: &DistConfig,
     data: &Packed,
     steps: u64,
 ) -> Result<DistResult, TrainError> {
-    settings.validate()?;
-    let micro = settings.batch / settings.micro_batches;
-    if dist.dp == 0 || micro % dist.dp != 0 {
-        return Err(TrainError::Config(format!(
-            "dp {} must divide the micro-batch of {} samples (batch {} / {} micro-batches)",
-            dist.dp, micro, settings.batch, settings.micro_batches
-        )));
-    }
+    check_plan(plan, settings)?;
+    let world = plan.mesh.size() as usize;
     let t0 = Instant::now();
-    let comms = threads::group(dist.dp, dist.timeout);
+    let comms = threads::group(world, dist.timeout);
     let results: Vec<Result<RankOutput, TrainError>> = std::thread::scope(|s| {
         let handles: Vec<_> = comms
             .into_iter()
-            .map(|mut c| s.spawn(move || rank_loop(cfg, settings, dist, data, steps, &mut c)))
+            .map(|mut c| s.spawn(move || rank_loop(plan, settings, dist, data, steps, &mut c)))
             .collect();
         handles
             .into_iter()
@@ -201,16 +273,20 @@ pub fn train_threads(
             msgs.join("; ")
         )));
     }
+    let whole = Layout::new(&plan.model)?;
+    let mut params = vec![0.0f32; whole.total];
     let mut ranks = Vec::new();
-    let mut first = None;
-    for (losses, params, rep) in ok {
-        if first.is_none() {
-            first = Some((losses, params));
+    let mut losses = Vec::new();
+    for out in ok {
+        for (layout, p) in &out.parts {
+            layout.scatter(&whole, p, &mut params);
         }
-        ranks.push(rep);
+        if losses.is_empty() {
+            losses = out.losses;
+        }
+        ranks.push(out.report);
     }
-    let (losses, params) = first.unwrap_or_default();
-    let report = measured_report(cfg, settings, &ranks, steps);
+    let report = measured_report(&plan.model, settings.batch, &ranks, steps);
     Ok(DistResult {
         losses,
         params,
@@ -220,48 +296,47 @@ pub fn train_threads(
     })
 }
 
-/// A rank's losses, final parameters and measurements.
-type RankOutput = (Vec<f64>, Vec<f32>, RankReport);
-
-/// Trains on this process's rank of an MPI job (`mpirun -np N`): the group is
-/// `MPI_COMM_WORLD`, whose size must equal `dist.dp`. Every rank returns the same losses.
+/// Trains on this process's rank of an MPI job (`mpirun -np N`): the world's size must equal
+/// the plan's device count. Every rank returns the same losses and its own measurements.
 #[cfg(feature = "mpi")]
 pub fn train_mpi(
-    cfg: &ModelConfig,
+    plan: &Plan,
     settings: &Settings,
     dist: &DistConfig,
     data: &Packed,
     steps: u64,
 ) -> Result<(usize, DistResult), TrainError> {
-    settings.validate()?;
-    let mut comm = crate::comm::mpi_backend::init(dist.timeout)
+    check_plan(plan, settings)?;
+    // Buffered sends: every pipeline message of a step may be in flight at once, plus the
+    // whole-buffer messages of the tree collectives (MPI_BSEND_OVERHEAD is under 1 KiB).
+    let st = &plan.strategy;
+    let act =
+        4 * st.micro_batch_size as usize * plan.model.seq_len as usize * plan.model.hidden as usize;
+    let msgs = 2 * (st.micro_batches * st.schedule.chunks()) as usize + 8;
+    let params = 4 * plan.model.params().total as usize;
+    let send_buffer = msgs * (act + 1024) + 2 * (params + 1024);
+    let mut comm = crate::comm::mpi_backend::init(dist.timeout, send_buffer)
         .ok_or_else(|| TrainError::Config("MPI is already initialised in this process".into()))?;
-    if comm.size() != dist.dp {
+    let world = plan.mesh.size() as usize;
+    if comm.size() != world {
         return Err(TrainError::Config(format!(
-            "--dp {} but mpirun started {} processes: pass -np {} to mpirun (or --dp {})",
-            dist.dp,
-            comm.size(),
-            dist.dp,
+            "the plan has {world} devices (dp {} × tp {} × pp {}) but mpirun started {} processes: pass -np {world} to mpirun",
+            plan.strategy.dp,
+            plan.strategy.tp,
+            plan.strategy.pp,
             comm.size()
-        )));
-    }
-    let micro = settings.batch / settings.micro_batches;
-    if micro % dist.dp != 0 {
-        return Err(TrainError::Config(format!(
-            "dp {} must divide the micro-batch of {} samples (batch {} / {} micro-batches)",
-            dist.dp, micro, settings.batch, settings.micro_batches
         )));
     }
     let t0 = Instant::now();
     let rank = comm.rank();
-    let (losses, params, rep) = rank_loop(cfg, settings, dist, data, steps, &mut comm)?;
-    let ranks = vec![rep];
-    let report = measured_report(cfg, settings, &ranks, steps);
+    let out = rank_loop(plan, settings, dist, data, steps, &mut comm)?;
+    let ranks = vec![out.report];
+    let report = measured_report(&plan.model, settings.batch, &ranks, steps);
     Ok((
         rank,
         DistResult {
-            losses,
-            params,
+            losses: out.losses,
+            params: Vec::new(),
             ranks,
             wall_s: t0.elapsed().as_secs_f64(),
             report,
@@ -273,34 +348,247 @@ fn comm_err(e: CommError) -> TrainError {
     TrainError::Config(e.to_string())
 }
 
+/// A view of some ranks of a communicator as a group of their own (`members[i]` is the
+/// parent's rank of the group's rank `i`).
+pub struct Sub<'a> {
+    parent: &'a mut dyn Communicator,
+    members: &'a [usize],
+    me: usize,
+}
+
+impl<'a> Sub<'a> {
+    /// The group of `members` (which must hold the parent's own rank).
+    pub fn new(parent: &'a mut dyn Communicator, members: &'a [usize]) -> Sub<'a> {
+        let me = members
+            .iter()
+            .position(|&r| r == parent.rank())
+            .unwrap_or(0);
+        Sub {
+            parent,
+            members,
+            me,
+        }
+    }
+}
+
+impl Communicator for Sub<'_> {
+    fn rank(&self) -> usize {
+        self.me
+    }
+
+    fn size(&self) -> usize {
+        self.members.len()
+    }
+
+    fn send(&mut self, to: usize, data: &[f32], op: &'static str) -> Result<(), CommError> {
+        self.parent.send(self.members[to], data, op)
+    }
+
+    fn recv(&mut self, from: usize, buf: &mut [f32], op: &'static str) -> Result<(), CommError> {
+        self.parent.recv(self.members[from], buf, op)
+    }
+
+    fn recv_add(
+        &mut self,
+        from: usize,
+        buf: &mut [f32],
+        op: &'static str,
+    ) -> Result<(), CommError> {
+        self.parent.recv_add(self.members[from], buf, op)
+    }
+
+    fn exchange(
+        &mut self,
+        to: usize,
+        data: &[f32],
+        from: usize,
+        buf: &mut [f32],
+        add: bool,
+        op: &'static str,
+    ) -> Result<(), CommError> {
+        self.parent
+            .exchange(self.members[to], data, self.members[from], buf, add, op)
+    }
+}
+
+/// The sums over the tensor-parallel group inside the layers; the first error is kept and
+/// every later call returns at once.
+struct TpReduce<'a> {
+    world: &'a mut dyn Communicator,
+    members: &'a [usize],
+    algo: CollectiveAlgorithm,
+    error: Option<CommError>,
+    secs: f64,
+}
+
+impl Reduce<f32> for TpReduce<'_> {
+    fn all_reduce(&mut self, buf: &mut [f32]) {
+        if self.members.len() < 2 || self.error.is_some() {
+            return;
+        }
+        let t = Instant::now();
+        if let Err(e) = Sub::new(&mut *self.world, self.members).all_reduce(buf, self.algo) {
+            self.error = Some(e);
+        }
+        self.secs += t.elapsed().as_secs_f64();
+    }
+}
+
+/// One model chunk of this rank: its part of the model, weights, gradients, Adam moments for
+/// its optimizer shard, and activation buffers for the micro-batches in flight.
+struct ChunkState {
+    model: Model,
+    p: Vec<f32>,
+    g: Vec<f32>,
+    m: Vec<f32>,
+    v: Vec<f32>,
+    decay: Vec<bool>,
+    shard: Range<usize>,
+    acts: Vec<Acts<f32>>,
+    free: Vec<usize>,
+    slot_of: HashMap<u32, usize>,
+    counted: Vec<Range<usize>>,
+}
+
+impl ChunkState {
+    fn slot(&mut self, mb: u32) -> Result<usize, TrainError> {
+        if let Some(&s) = self.slot_of.get(&mb) {
+            return Ok(s);
+        }
+        let s = self.free.pop().ok_or_else(|| {
+            TrainError::Config(format!(
+                "schedule keeps more micro-batches in flight than counted (micro-batch {mb})"
+            ))
+        })?;
+        self.slot_of.insert(mb, s);
+        Ok(s)
+    }
+
+    fn release(&mut self, mb: u32) {
+        if let Some(s) = self.slot_of.remove(&mb) {
+            self.free.push(s);
+        }
+    }
+}
+
+/// The most micro-batches of each chunk a stage's action list holds at once.
+fn in_flight(actions: &[Action], chunks: usize) -> Vec<usize> {
+    let mut now = vec![0usize; chunks];
+    let mut peak = vec![0usize; chunks];
+    for a in actions {
+        match *a {
+            Action::Forward { chunk, .. } => {
+                let c = chunk as usize;
+                now[c] += 1;
+                peak[c] = peak[c].max(now[c]);
+            }
+            Action::Backward { chunk, .. } => now[chunk as usize] -= 1,
+            _ => {}
+        }
+    }
+    peak
+}
+
+/// A rank's losses, its parts' final weights and its measurements.
+struct RankOutput {
+    losses: Vec<f64>,
+    parts: Vec<(Layout, Vec<f32>)>,
+    report: RankReport,
+}
+
+/// Global layer indices of a chunk of the plan.
+fn layer_range(cfg: &ModelConfig, layers: &[LayerId]) -> Range<usize> {
+    let idx = |l: &LayerId| match l {
+        LayerId::Block(i) => *i as usize,
+        LayerId::Query => cfg.layers as usize - 1,
+    };
+    match (layers.first(), layers.last()) {
+        (Some(a), Some(b)) => idx(a)..idx(b) + 1,
+        _ => 0..0,
+    }
+}
+
 /// One rank's training loop.
 fn rank_loop(
-    cfg: &ModelConfig,
+    plan: &Plan,
     settings: &Settings,
     dist: &DistConfig,
     data: &Packed,
     steps: u64,
-    comm: &mut dyn Communicator,
+    world: &mut dyn Communicator,
 ) -> Result<RankOutput, TrainError> {
-    let rank = comm.rank();
-    let dp = dist.dp;
-    let mut model = Model::new(cfg, settings.seed)?;
-    model.dropout = settings.dropout;
-    let dims = model.dims();
-    let s = dims.s;
-    let mut p = model.layout.init::<f32>(settings.seed);
-    let n = p.len();
-    let shard = match dist.sharding {
-        Sharding::None => 0..n,
-        Sharding::Optimizer => chunk(n, dp, rank),
+    let cfg = &plan.model;
+    let st = &plan.strategy;
+    let mesh = plan.mesh;
+    let rank = world.rank();
+    let me = mesh.coords(rank as u32);
+    let (dp, tp, pp) = (st.dp as usize, st.tp as usize, st.pp as usize);
+    let (dpi, tpi, stage) = (me.dp as usize, me.tp as usize, me.pp as usize);
+    let at = |pp: u32, dp: u32, tp: u32| {
+        mesh.rank(pangu_strategies::mesh::Coords { pp, dp, tp }) as usize
     };
-    let (mut m, mut v) = (vec![0.0f32; shard.len()], vec![0.0f32; shard.len()]);
-    let mut g = vec![0.0f32; n];
-    let decay = model.layout.decay_mask();
+    let dp_group: Vec<usize> = (0..st.dp).map(|d| at(me.pp, d, me.tp)).collect();
+    let tp_group: Vec<usize> = (0..st.tp).map(|t| at(me.pp, me.dp, t)).collect();
+    let pp_group: Vec<usize> = (0..st.pp).map(|p| at(p, me.dp, me.tp)).collect();
+    let embed_group: Vec<usize> = vec![pp_group[0], pp_group[pp - 1]];
+    let world_group: Vec<usize> = (0..world.size()).collect();
+    let sharded = st.opt_shard != OptShard::None && dp > 1;
+    let remat = st.remat == Remat::Full;
+    let dropout = settings.dropout > 0.0;
     let micro = settings.batch / settings.micro_batches;
     let per_rank = micro / dp;
-    let mut acts = Acts::<f32>::with_remat(&dims, per_rank, settings.dropout > 0.0, settings.remat);
-    let allocated_bytes = 4 * (2 * n + 2 * shard.len()) as u64 + acts.bytes();
+    let actions = &plan.schedule.stages[stage];
+    let stage_plan = &plan.stages[stage];
+    let flight = in_flight(actions, stage_plan.chunks.len());
+    let mut chunks: Vec<ChunkState> = Vec::new();
+    let whole = Layout::new(cfg)?;
+    let whole_p = whole.init::<f32>(settings.seed);
+    for (ci, c) in stage_plan.chunks.iter().enumerate() {
+        let part = Part {
+            tp,
+            tp_rank: tpi,
+            layers: layer_range(cfg, &c.layers),
+            embedding: c.embedding,
+            head: c.head,
+        };
+        let layout = Layout::part(cfg, &part)?;
+        let p = layout.gather(&whole, &whole_p);
+        let n = p.len();
+        let shard = if sharded { chunk(n, dp, dpi) } else { 0..n };
+        let mut model = Model::new(cfg, settings.seed)?;
+        model.dropout = settings.dropout;
+        let decay = layout.decay_mask();
+        let counted = layout.counted_ranges();
+        model.layout = layout;
+        let slots = flight[ci].max(1);
+        let acts = (0..slots)
+            .map(|_| Acts::for_part(&model.layout, per_rank, dropout, remat))
+            .collect();
+        chunks.push(ChunkState {
+            model,
+            g: vec![0.0; n],
+            m: vec![0.0; shard.len()],
+            v: vec![0.0; shard.len()],
+            p,
+            decay,
+            shard,
+            acts,
+            free: (0..slots).rev().collect(),
+            slot_of: HashMap::new(),
+            counted,
+        });
+    }
+    drop(whole_p);
+    let allocated_bytes: u64 = chunks
+        .iter()
+        .map(|c| {
+            4 * (2 * c.p.len() + 2 * c.shard.len()) as u64
+                + c.acts.iter().map(Acts::bytes).sum::<u64>()
+        })
+        .sum();
+    // Virtual stages 0 and last hold the tied word table.
+    let embed_chunk = chunks.iter().position(|c| c.model.layout.part.embedding);
+    let head_chunk = chunks.iter().position(|c| c.model.layout.part.head);
     let mut order = Order::new(settings.seed, data.samples());
     let schedule = optim::Schedule {
         peak: settings.lr,
@@ -308,8 +596,15 @@ fn rank_loop(
         warmup: settings.warmup,
         total: settings.steps,
     };
+    let bucket = (st.grad_bucket.0 / 4).max(1) as usize;
+    let s = cfg.seq_len as usize;
+    let mut rep = RankReport {
+        rank,
+        stage,
+        allocated_bytes,
+        ..RankReport::default()
+    };
     let mut losses = Vec::new();
-    let (mut compute_s, mut comm_s, mut optimizer_s, mut gather_s) = (0.0, 0.0, 0.0, 0.0);
     let loop_start = Instant::now();
     for step in 0..steps {
         let first = step * settings.batch as u64;
@@ -324,66 +619,227 @@ fn rank_loop(
                     .count()
             })
             .sum();
-        let t = Instant::now();
-        g.fill(0.0);
-        let mut loss = 0.0;
-        for (mk, mi) in ks.chunks(micro).zip(idx.chunks(micro)) {
-            let mine = rank * per_rank..(rank + 1) * per_rank;
-            let samples: Vec<&[u32]> = mi[mine.clone()].iter().map(|&i| data.sample(i)).collect();
-            let mut batch = Batch::from_samples(&samples, &mk[mine], s);
-            batch.normalise(total);
-            loss += model.forward(&p, &mut acts, &batch, step, true);
-            model.backward(&p, &mut g, &mut acts, &batch, step, true);
+        let batches: Vec<Batch> = ks
+            .chunks(micro)
+            .zip(idx.chunks(micro))
+            .map(|(mk, mi)| {
+                let mine = dpi * per_rank..(dpi + 1) * per_rank;
+                let samples: Vec<&[u32]> =
+                    mi[mine.clone()].iter().map(|&i| data.sample(i)).collect();
+                let mut b = Batch::from_samples(&samples, &mk[mine], s);
+                b.normalise(total);
+                b
+            })
+            .collect();
+        for c in &mut chunks {
+            c.g.fill(0.0);
         }
-        compute_s += t.elapsed().as_secs_f64();
+        let mut loss = 0.0f64;
+        for a in actions {
+            match *a {
+                Action::RecvActivation { mb, chunk, peer } => {
+                    let c = &mut chunks[chunk as usize];
+                    let slot = c.slot(mb)?;
+                    let t = Instant::now();
+                    Sub::new(world, &pp_group)
+                        .recv(
+                            peer as usize,
+                            c.acts[slot].input_mut(),
+                            "pipeline activation",
+                        )
+                        .map_err(comm_err)?;
+                    rep.bubble_s += t.elapsed().as_secs_f64();
+                }
+                Action::Forward { mb, chunk } => {
+                    let c = &mut chunks[chunk as usize];
+                    let slot = c.slot(mb)?;
+                    let t = Instant::now();
+                    let mut red = TpReduce {
+                        world: &mut *world,
+                        members: &tp_group,
+                        algo: dist.algo,
+                        error: None,
+                        secs: 0.0,
+                    };
+                    loss += c.model.forward_part(
+                        &c.p,
+                        &mut c.acts[slot],
+                        &batches[mb as usize],
+                        step,
+                        true,
+                        &mut red,
+                    );
+                    if let Some(e) = red.error {
+                        return Err(comm_err(e));
+                    }
+                    rep.tp_comm_s += red.secs;
+                    rep.compute_s += t.elapsed().as_secs_f64() - red.secs;
+                }
+                Action::SendActivation { mb, chunk, peer } => {
+                    let c = &mut chunks[chunk as usize];
+                    let slot = c.slot(mb)?;
+                    let t = Instant::now();
+                    Sub::new(world, &pp_group)
+                        .send(peer as usize, c.acts[slot].output(), "pipeline activation")
+                        .map_err(comm_err)?;
+                    rep.pp_comm_s += t.elapsed().as_secs_f64();
+                }
+                Action::RecvGradient { mb, chunk, peer } => {
+                    let c = &mut chunks[chunk as usize];
+                    let slot = c.slot(mb)?;
+                    let t = Instant::now();
+                    Sub::new(world, &pp_group)
+                        .recv(peer as usize, c.acts[slot].grad_mut(), "pipeline gradient")
+                        .map_err(comm_err)?;
+                    rep.bubble_s += t.elapsed().as_secs_f64();
+                }
+                Action::Backward { mb, chunk } => {
+                    let c = &mut chunks[chunk as usize];
+                    let slot = c.slot(mb)?;
+                    let t = Instant::now();
+                    let mut red = TpReduce {
+                        world: &mut *world,
+                        members: &tp_group,
+                        algo: dist.algo,
+                        error: None,
+                        secs: 0.0,
+                    };
+                    c.model.backward_part(
+                        &c.p,
+                        &mut c.g,
+                        &mut c.acts[slot],
+                        &batches[mb as usize],
+                        step,
+                        true,
+                        &mut red,
+                    );
+                    if let Some(e) = red.error {
+                        return Err(comm_err(e));
+                    }
+                    rep.tp_comm_s += red.secs;
+                    rep.compute_s += t.elapsed().as_secs_f64() - red.secs;
+                    if c.model.layout.part.embedding {
+                        c.release(mb);
+                    }
+                }
+                Action::SendGradient { mb, chunk, peer } => {
+                    let c = &mut chunks[chunk as usize];
+                    let slot = c.slot(mb)?;
+                    let t = Instant::now();
+                    Sub::new(world, &pp_group)
+                        .send(peer as usize, c.acts[slot].grad(), "pipeline gradient")
+                        .map_err(comm_err)?;
+                    rep.pp_comm_s += t.elapsed().as_secs_f64();
+                    c.release(mb);
+                }
+                Action::OptimizerStep => {}
+            }
+        }
+        // Gradient reductions: the tied word table between the first and last virtual stage,
+        // then each chunk over the data-parallel group.
         let t = Instant::now();
-        let sq = match dist.sharding {
-            Sharding::None => {
-                comm.all_reduce(&mut g, dist.algo).map_err(comm_err)?;
-                optim::sum_squares(&g)
+        match (embed_chunk, head_chunk) {
+            (Some(e), Some(h)) if e != h => {
+                let r = chunks[e].model.layout.wte.clone();
+                let (a, b) = if e < h {
+                    let (x, y) = chunks.split_at_mut(h);
+                    (&mut x[e], &mut y[0])
+                } else {
+                    let (x, y) = chunks.split_at_mut(e);
+                    (&mut y[0], &mut x[h])
+                };
+                let rb = b.model.layout.wte.clone();
+                for (x, y) in a.g[r.clone()].iter_mut().zip(&mut b.g[rb.clone()]) {
+                    *x += *y;
+                    *y = *x;
+                }
             }
-            Sharding::Optimizer => {
-                let mine = comm.reduce_scatter(&mut g, dist.algo).map_err(comm_err)?;
-                let mut part = [optim::sum_squares(&g[mine]) as f32];
-                comm.all_reduce(&mut part, dist.algo).map_err(comm_err)?;
-                f64::from(part[0])
+            (Some(e), None) if pp > 1 => {
+                let r = chunks[e].model.layout.wte.clone();
+                Sub::new(world, &embed_group)
+                    .all_reduce(&mut chunks[e].g[r], dist.algo)
+                    .map_err(comm_err)?;
             }
+            (None, Some(h)) if pp > 1 => {
+                let r = chunks[h].model.layout.wte.clone();
+                Sub::new(world, &embed_group)
+                    .all_reduce(&mut chunks[h].g[r], dist.algo)
+                    .map_err(comm_err)?;
+            }
+            _ => {}
+        }
+        let mut sq = 0.0f64;
+        for c in &mut chunks {
+            if dp > 1 {
+                let mut group = Sub::new(world, &dp_group);
+                if sharded {
+                    let mine = group
+                        .reduce_scatter(&mut c.g, dist.algo)
+                        .map_err(comm_err)?;
+                    debug_assert_eq!(mine, c.shard);
+                } else {
+                    for b in c.g.chunks_mut(bucket) {
+                        group.all_reduce(b, dist.algo).map_err(comm_err)?;
+                    }
+                }
+            }
+            // This rank's share of the global gradient norm: its optimizer shard (or, when
+            // every replica holds everything, replica 0's copy), counted once across the
+            // tensor-parallel group and the tied table.
+            if sharded || dpi == 0 {
+                for r in &c.counted {
+                    let lo = r.start.max(c.shard.start);
+                    let hi = r.end.min(c.shard.end);
+                    if lo < hi {
+                        sq += optim::sum_squares(&c.g[lo..hi]);
+                    }
+                }
+            }
+        }
+        let head_loss = if head_chunk.is_some() && tpi == 0 {
+            loss
+        } else {
+            0.0
         };
-        let mut l = [loss as f32];
-        comm.all_reduce(&mut l, dist.algo).map_err(comm_err)?;
-        comm_s += t.elapsed().as_secs_f64();
-        let t = Instant::now();
-        let scale = optim::clip_scale(sq.sqrt(), settings.clip) as f32;
-        let lr = schedule.lr(step + 1);
-        settings.adamw.update(
-            &mut p[shard.clone()],
-            &mut m,
-            &mut v,
-            &g[shard.clone()],
-            &decay[shard.clone()],
-            scale,
-            lr,
-            step + 1,
-        );
-        optimizer_s += t.elapsed().as_secs_f64();
-        if dist.sharding == Sharding::Optimizer {
-            let t = Instant::now();
-            comm.all_gather(&mut p, dist.algo).map_err(comm_err)?;
-            gather_s += t.elapsed().as_secs_f64();
+        let mut sums = [sq as f32, head_loss as f32];
+        if world_group.len() > 1 {
+            Sub::new(world, &world_group)
+                .all_reduce(&mut sums, dist.algo)
+                .map_err(comm_err)?;
         }
-        losses.push(f64::from(l[0]));
+        rep.dp_comm_s += t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let scale = optim::clip_scale(f64::from(sums[0]).sqrt(), settings.clip) as f32;
+        let lr = schedule.lr(step + 1);
+        for c in &mut chunks {
+            let sh = c.shard.clone();
+            settings.adamw.update(
+                &mut c.p[sh.clone()],
+                &mut c.m,
+                &mut c.v,
+                &c.g[sh.clone()],
+                &c.decay[sh],
+                scale,
+                lr,
+                step + 1,
+            );
+        }
+        rep.optimizer_s += t.elapsed().as_secs_f64();
+        if sharded {
+            let t = Instant::now();
+            for c in &mut chunks {
+                Sub::new(world, &dp_group)
+                    .all_gather(&mut c.p, dist.algo)
+                    .map_err(comm_err)?;
+            }
+            rep.opt_comm_s += t.elapsed().as_secs_f64();
+        }
+        losses.push(f64::from(sums[1]));
     }
-    Ok((
+    rep.wall_s = loop_start.elapsed().as_secs_f64();
+    Ok(RankOutput {
         losses,
-        p,
-        RankReport {
-            rank,
-            compute_s,
-            comm_s,
-            gather_s,
-            wall_s: loop_start.elapsed().as_secs_f64(),
-            optimizer_s,
-            allocated_bytes,
-        },
-    ))
+        parts: chunks.into_iter().map(|c| (c.model.layout, c.p)).collect(),
+        report: rep,
+    })
 }

@@ -199,6 +199,7 @@ pub fn step<'a>(
             1,
             d,
             f,
+            true,
         );
         k::add_into(&mut s.x, &s.tmp);
     }

@@ -388,9 +388,25 @@ pub struct AttnDims {
     pub h: usize,
     /// Head size.
     pub hd: usize,
+    /// Global index of this device's first head (dropout masks are keyed on global heads).
+    pub h0: usize,
+    /// Heads of the whole layer.
+    pub h_all: usize,
 }
 
 impl AttnDims {
+    /// All `h` heads of one device.
+    pub fn whole(b: usize, s: usize, h: usize, hd: usize) -> AttnDims {
+        AttnDims {
+            b,
+            s,
+            h,
+            hd,
+            h0: 0,
+            h_all: h,
+        }
+    }
+
     /// Width of the merged heads (h·hd).
     pub fn width(&self) -> usize {
         self.h * self.hd
@@ -439,7 +455,8 @@ pub fn attention_fwd<T: Real>(
             let o = &mut out_b[hh * hd..];
             if drop.active() {
                 let pd = &mut pd_b[hh * s * s..][..s * s];
-                let base = (sample_ids[b] * h as u64 + hh as u64) * (s * s) as u64;
+                let base =
+                    (sample_ids[b] * dims.h_all as u64 + (dims.h0 + hh) as u64) * (s * s) as u64;
                 for (j, (d, &pv)) in pd.iter_mut().zip(p.iter()).enumerate() {
                     *d = pv * drop.scale::<T>(base + j as u64);
                 }
@@ -523,7 +540,7 @@ pub fn attention_bwd<T: Real>(
             );
             // dP_drop = dO·Vᵀ
             matmul_with(dp, s, n(d_o, w), t(v, 3 * w), s, hd, s, false, 1);
-            let base = (sample_ids[b] * h as u64 + hh as u64) * (s * s) as u64;
+            let base = (sample_ids[b] * dims.h_all as u64 + (dims.h0 + hh) as u64) * (s * s) as u64;
             for i in 0..s {
                 let lo = st[i] as usize;
                 let pr = &p[i * s..][..s];

@@ -50,6 +50,64 @@ pub struct TensorInfo {
     /// Constant initial value when `init_std` is 0.
     #[serde(skip)]
     pub init_value: f64,
+    /// How this device's tensor is cut from the whole model's.
+    pub split: Split,
+    /// Index of the whole tensor in the whole model's layout (keys its initial values).
+    #[serde(skip)]
+    pub global: usize,
+}
+
+/// How a tensor of a tensor-parallel device relates to the whole model's tensor (Megatron's
+/// and PanGu-α's op-level split: Q, K, V and FFN-up by columns, attention output and FFN-down
+/// by rows; everything else replicated).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Split {
+    /// The whole tensor (replicated across the tensor-parallel group).
+    Whole,
+    /// The last dimension is `blocks` equal blocks (Q | K | V); each device holds its
+    /// `1/tp` of every block.
+    Cols {
+        /// Blocks side by side.
+        blocks: usize,
+    },
+    /// Each device holds `1/tp` of the first dimension.
+    Rows,
+}
+
+/// The share of the model one device holds: a range of layers (a pipeline model chunk, with
+/// the embedding when it is the first and the final norm and tied head when it is the last)
+/// and a tensor-parallel slice of each layer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Part {
+    /// Tensor-parallel degree.
+    pub tp: usize,
+    /// This device's index in its tensor-parallel group.
+    pub tp_rank: usize,
+    /// Global indices of the layers held (the query layer is the last of the model's).
+    pub layers: Range<usize>,
+    /// Holds the embeddings (the first virtual stage).
+    pub embedding: bool,
+    /// Holds the final LayerNorm, the head and the loss (the last virtual stage).
+    pub head: bool,
+}
+
+impl Part {
+    /// The whole model of `layers` layers on one device.
+    pub fn whole(layers: usize) -> Part {
+        Part {
+            tp: 1,
+            tp_rank: 0,
+            layers: 0..layers,
+            embedding: true,
+            head: true,
+        }
+    }
+
+    /// Whether this is the whole model.
+    pub fn is_whole(&self, layers: usize) -> bool {
+        self.tp == 1 && self.layers == (0..layers) && self.embedding && self.head
+    }
 }
 
 impl TensorInfo {
@@ -115,12 +173,21 @@ pub struct Dims {
     pub layers: usize,
     /// Whether the last layer is the query layer.
     pub query: bool,
+    /// Heads on this device (`h / tp`).
+    pub hl: usize,
+    /// FFN columns on this device (`f / tp`).
+    pub fl: usize,
 }
 
 impl Dims {
     /// Head size.
     pub fn hd(&self) -> usize {
         self.d / self.h
+    }
+
+    /// Width of this device's heads (`d / tp`).
+    pub fn dl(&self) -> usize {
+        self.hl * self.hd()
     }
 }
 
@@ -145,11 +212,18 @@ pub struct Layout {
     pub lnf_b: Range<usize>,
     /// Total elements.
     pub total: usize,
+    /// The share of the model this layout holds.
+    pub part: Part,
 }
 
 impl Layout {
-    /// The layout of `cfg`; errors name the field the trainer cannot run.
+    /// The layout of the whole of `cfg`; errors name the field the trainer cannot run.
     pub fn new(cfg: &ModelConfig) -> Result<Layout, TrainError> {
+        Layout::part(cfg, &Part::whole(cfg.layers as usize))
+    }
+
+    /// The layout of one device's `part` of `cfg`.
+    pub fn part(cfg: &ModelConfig, part: &Part) -> Result<Layout, TrainError> {
         let unsupported = |field: &str, why: &str| {
             Err(TrainError::Unsupported(format!(
                 "model '{}': {field} {why} (the CPU trainer runs the PanGu-α architecture: learned positions, \
@@ -177,69 +251,137 @@ impl Layout {
         if cfg.kv_heads() != cfg.heads {
             return unsupported("kv_heads", "differs from heads");
         }
+        let (h, f, l) = (cfg.heads as usize, cfg.ffn as usize, cfg.layers as usize);
+        let tp = part.tp;
+        if tp == 0 || h % tp != 0 || f % tp != 0 || part.tp_rank >= tp {
+            return Err(TrainError::Config(format!(
+                "model '{}': tensor-parallel degree {tp} must divide the heads ({h}) and the FFN size ({f})",
+                cfg.name
+            )));
+        }
+        if part.layers.end > l || part.layers.start > part.layers.end {
+            return Err(TrainError::Config(format!(
+                "model '{}' has {l} layers; a part cannot hold layers {:?}",
+                cfg.name, part.layers
+            )));
+        }
         let dims = Dims {
             d: cfg.hidden as usize,
-            h: cfg.heads as usize,
-            f: cfg.ffn as usize,
+            h,
+            f,
             v: cfg.vocab as usize,
             s: cfg.seq_len as usize,
-            layers: cfg.layers as usize,
+            layers: l,
             query: cfg.query_layer,
+            hl: h / tp,
+            fl: f / tp,
         };
-        let (d, f, v, s, l) = (dims.d, dims.f, dims.v, dims.s, dims.layers);
+        let whole = if part.is_whole(l) {
+            None
+        } else {
+            Some(Layout::new(cfg)?)
+        };
+        let (d, v, s) = (dims.d, dims.v, dims.s);
+        let (dl, fl) = (dims.dl(), dims.fl);
         let mut tensors = Vec::new();
         let mut off = 0usize;
-        let mut add = |name: String, shape: Vec<usize>, decay: bool, std: f64, value: f64| {
-            let len: usize = shape.iter().product();
-            tensors.push(TensorInfo {
-                name,
-                shape,
-                offset: off,
-                decay,
-                init_std: std,
-                init_value: value,
-            });
-            off += len;
-            off - len..off
-        };
+        let mut add =
+            |name: String, shape: Vec<usize>, split: Split, decay: bool, std: f64, value: f64| {
+                let len: usize = shape.iter().product();
+                let global = match &whole {
+                    Some(w) => w.tensors.iter().position(|t| t.name == name).unwrap_or(0),
+                    None => tensors.len(),
+                };
+                tensors.push(TensorInfo {
+                    name,
+                    shape,
+                    offset: off,
+                    decay,
+                    init_std: std,
+                    init_value: value,
+                    split,
+                    global,
+                });
+                off += len;
+                off - len..off
+            };
+        let holds_query = dims.query && part.layers.contains(&(l - 1));
+        let n = |keep: bool, rows: usize| if keep { rows } else { 0 };
+        use Split::{Cols, Rows, Whole};
         // Initialisation of [R] pangu_alpha.py (pangu-alpha.md §1.6): embeddings N(0, 0.02);
         // the projections into the residual stream N(0, 0.02/sqrt(2L)); FFN up N(0, 0.02);
         // biases 0, LayerNorm gain 1. Q/K/V use MindSpore's Dense default, whose value the
         // reference could not confirm: N(0, 0.02) as every other input projection here.
         let std = 0.02;
         let std_out = 0.02 / (2.0 * l as f64).sqrt();
-        let wte = add("embedding.word".into(), vec![v, d], true, std, 0.0);
-        let wpe = add("embedding.position".into(), vec![s, d], true, std, 0.0);
+        let (emb, head) = (part.embedding, part.head);
+        let wte = add(
+            "embedding.word".into(),
+            vec![n(emb || head, v), d],
+            Whole,
+            true,
+            std,
+            0.0,
+        );
+        let wpe = add(
+            "embedding.position".into(),
+            vec![n(emb, s), d],
+            Whole,
+            true,
+            std,
+            0.0,
+        );
         let wqe = add(
             "embedding.query".into(),
-            vec![if dims.query { s } else { 0 }, d],
+            vec![n(holds_query, s), d],
+            Whole,
             true,
             std,
             0.0,
         );
         let mut layers = Vec::new();
-        for i in 0..l {
+        for i in part.layers.clone() {
             let p = |n: &str| format!("layers.{i}.{n}");
+            let qkv = Cols { blocks: 3 };
+            let col = Cols { blocks: 1 };
             layers.push(LayerParams {
-                ln1_g: add(p("ln1.gamma"), vec![d], false, 0.0, 1.0),
-                ln1_b: add(p("ln1.beta"), vec![d], false, 0.0, 0.0),
-                w_qkv: add(p("attn.qkv.weight"), vec![d, 3 * d], true, std, 0.0),
-                b_qkv: add(p("attn.qkv.bias"), vec![3 * d], false, 0.0, 0.0),
-                w_o: add(p("attn.out.weight"), vec![d, d], true, std_out, 0.0),
-                b_o: add(p("attn.out.bias"), vec![d], false, 0.0, 0.0),
-                ln2_g: add(p("ln2.gamma"), vec![d], false, 0.0, 1.0),
-                ln2_b: add(p("ln2.beta"), vec![d], false, 0.0, 0.0),
-                w_up: add(p("ffn.up.weight"), vec![d, f], true, std, 0.0),
-                b_up: add(p("ffn.up.bias"), vec![f], false, 0.0, 0.0),
-                w_down: add(p("ffn.down.weight"), vec![f, d], true, std_out, 0.0),
-                b_down: add(p("ffn.down.bias"), vec![d], false, 0.0, 0.0),
+                ln1_g: add(p("ln1.gamma"), vec![d], Whole, false, 0.0, 1.0),
+                ln1_b: add(p("ln1.beta"), vec![d], Whole, false, 0.0, 0.0),
+                w_qkv: add(p("attn.qkv.weight"), vec![d, 3 * dl], qkv, true, std, 0.0),
+                b_qkv: add(p("attn.qkv.bias"), vec![3 * dl], qkv, false, 0.0, 0.0),
+                w_o: add(p("attn.out.weight"), vec![dl, d], Rows, true, std_out, 0.0),
+                b_o: add(p("attn.out.bias"), vec![d], Whole, false, 0.0, 0.0),
+                ln2_g: add(p("ln2.gamma"), vec![d], Whole, false, 0.0, 1.0),
+                ln2_b: add(p("ln2.beta"), vec![d], Whole, false, 0.0, 0.0),
+                w_up: add(p("ffn.up.weight"), vec![d, fl], col, true, std, 0.0),
+                b_up: add(p("ffn.up.bias"), vec![fl], col, false, 0.0, 0.0),
+                w_down: add(p("ffn.down.weight"), vec![fl, d], Rows, true, std_out, 0.0),
+                b_down: add(p("ffn.down.bias"), vec![d], Whole, false, 0.0, 0.0),
             });
         }
-        let lnf_g = add("final_ln.gamma".into(), vec![d], false, 0.0, 1.0);
-        let lnf_b = add("final_ln.beta".into(), vec![d], false, 0.0, 0.0);
+        let lnf_g = add(
+            "final_ln.gamma".into(),
+            vec![n(head, d)],
+            Whole,
+            false,
+            0.0,
+            1.0,
+        );
+        let lnf_b = add(
+            "final_ln.beta".into(),
+            vec![n(head, d)],
+            Whole,
+            false,
+            0.0,
+            0.0,
+        );
         let total = lnf_b.end;
-        if !dims.query {
-            tensors.retain(|t| t.name != "embedding.query");
+        // Tensors this part does not hold (and the query table of a model without one).
+        tensors.retain(|t| !t.is_empty());
+        if whole.is_none() {
+            for (i, t) in tensors.iter_mut().enumerate() {
+                t.global = i;
+            }
         }
         Ok(Layout {
             dims,
@@ -251,23 +393,77 @@ impl Layout {
             lnf_g,
             lnf_b,
             total,
+            part: part.clone(),
         })
     }
 
     /// Initial parameters for `seed` (each element a pure function of seed, tensor and index).
     pub fn init<T: Real>(&self, seed: u64) -> Vec<T> {
         let mut p = vec![T::zero(); self.total];
-        for (ti, t) in self.tensors.iter().enumerate() {
-            let s = rng::stream(&[0x1417, ti as u64]);
+        for t in &self.tensors {
+            let s = rng::stream(&[0x1417, t.global as u64]);
             for (i, x) in p[t.range()].iter_mut().enumerate() {
                 *x = if t.init_std > 0.0 {
-                    T::of(t.init_std * rng::normal(seed, s, i as u64))
+                    let gi = self.global_index(t, i);
+                    T::of(t.init_std * rng::normal(seed, s, gi as u64))
                 } else {
                     T::of(t.init_value)
                 };
             }
         }
         p
+    }
+
+    /// The index inside the whole model's tensor of element `i` of this part's tensor `t`.
+    pub fn global_index(&self, t: &TensorInfo, i: usize) -> usize {
+        let (tp, r) = (self.part.tp, self.part.tp_rank);
+        match t.split {
+            Split::Whole => i,
+            _ if tp == 1 => i,
+            Split::Rows => r * t.len() + i,
+            Split::Cols { blocks } => {
+                let width = *t.shape.last().unwrap_or(&1);
+                let (row, j) = (i / width, i % width);
+                let lw = width / blocks;
+                let (blk, jj) = (j / lw, j % lw);
+                row * width * tp + blk * lw * tp + r * lw + jj
+            }
+        }
+    }
+
+    /// Copies this part's values `local` into their places in the whole model's buffer `out`
+    /// (laid out by `whole`).
+    pub fn scatter<T: Copy>(&self, whole: &Layout, local: &[T], out: &mut [T]) {
+        for t in &self.tensors {
+            let w = &whole.tensors[t.global];
+            for i in 0..t.len() {
+                out[w.offset + self.global_index(t, i)] = local[t.offset + i];
+            }
+        }
+    }
+
+    /// This part's values cut from the whole model's buffer `src` (laid out by `whole`).
+    pub fn gather<T: Copy + Default>(&self, whole: &Layout, src: &[T]) -> Vec<T> {
+        let mut out = vec![T::default(); self.total];
+        for t in &self.tensors {
+            let w = &whole.tensors[t.global];
+            for i in 0..t.len() {
+                out[t.offset + i] = src[w.offset + self.global_index(t, i)];
+            }
+        }
+        out
+    }
+
+    /// Ranges of the elements this device counts in global sums over the model (the gradient
+    /// norm): a tensor replicated over the tensor-parallel group counts on its rank 0 only,
+    /// and the tied word embedding counts where the embedding lives, not in the head's copy.
+    pub fn counted_ranges(&self) -> Vec<Range<usize>> {
+        self.tensors
+            .iter()
+            .filter(|t| t.split != Split::Whole || self.part.tp == 1 || self.part.tp_rank == 0)
+            .filter(|t| self.part.embedding || t.name != "embedding.word")
+            .map(TensorInfo::range)
+            .collect()
     }
 
     /// A 0/1 mask per element: 1 where AdamW applies weight decay.
@@ -398,9 +594,56 @@ pub struct Acts<T> {
     dscratch: Vec<T>,
 }
 
+/// What a part's activation buffers hold: `layers` layers (the query layer among them when
+/// `query`), and the head's buffers when `head`.
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    layers: usize,
+    query: bool,
+    head: bool,
+}
+
+impl Shape {
+    fn whole(dims: &Dims) -> Shape {
+        Shape {
+            layers: dims.layers,
+            query: dims.query,
+            head: true,
+        }
+    }
+
+    fn of(layout: &Layout) -> Shape {
+        let d = &layout.dims;
+        Shape {
+            layers: layout.layers.len(),
+            query: d.query && layout.part.layers.contains(&(d.layers - 1)),
+            head: layout.part.head,
+        }
+    }
+
+    /// Elements of one kept layer, of the query input, and of everything else; and f64 rows.
+    fn elems(&self, dims: &Dims, b: usize, dropout: bool) -> (usize, usize, usize, usize) {
+        let (d, s, dl, fl, hl) = (dims.d, dims.s, dims.dl(), dims.fl, dims.hl);
+        let rows = b * s;
+        let probs = b * hl * s * s * (1 + usize::from(dropout));
+        // ln1, mid, ln2 (d); qkv (3·dl); att (dl); up, act (fl); four LayerNorm statistics.
+        let per_layer = rows * (3 * d + 4 * dl + 2 * fl + 4) + probs;
+        let qin = if self.query { rows * d } else { 0 };
+        let head = if self.head {
+            rows * (d + 2) + rows * dims.v
+        } else {
+            0
+        };
+        // Residual stream, head, backward scratch (dx, dtmp, dtmp2; dqkv; dff; scores).
+        let other = (self.layers + 1) * rows * d + head + rows * (3 * d + 3 * dl + fl) + b * s * s;
+        let f64_rows = if self.head { rows } else { 0 };
+        (per_layer, qin, other, f64_rows)
+    }
+}
+
 impl<T: Real> Acts<T> {
-    /// Buffers for micro-batches of `b` samples; `dropout` says whether to keep the dropped
-    /// attention probabilities too.
+    /// Buffers for micro-batches of `b` samples through the whole model; `dropout` says
+    /// whether to keep the dropped attention probabilities too.
     pub fn new(dims: &Dims, b: usize, dropout: bool) -> Acts<T> {
         Acts::with_remat(dims, b, dropout, false)
     }
@@ -409,51 +652,67 @@ impl<T: Real> Acts<T> {
     /// layer's saved activations are recomputed in backward (Chen et al. 2016; PanGu-α's
     /// `recompute`), so the results equal those without it.
     pub fn with_remat(dims: &Dims, b: usize, dropout: bool, remat: bool) -> Acts<T> {
-        let (d, f, v, s, h) = (dims.d, dims.f, dims.v, dims.s, dims.h);
+        Acts::build(dims, Shape::whole(dims), b, dropout, remat)
+    }
+
+    /// Buffers for one device's part of the model (`layout`).
+    pub fn for_part(layout: &Layout, b: usize, dropout: bool, remat: bool) -> Acts<T> {
+        Acts::build(&layout.dims, Shape::of(layout), b, dropout, remat)
+    }
+
+    fn build(dims: &Dims, shape: Shape, b: usize, dropout: bool, remat: bool) -> Acts<T> {
+        let (d, v, s) = (dims.d, dims.v, dims.s);
+        let (dl, fl, hl) = (dims.dl(), dims.fl, dims.hl);
         let rows = b * s;
         let z = |n: usize| vec![T::zero(); n];
-        let kept = if remat { 1 } else { dims.layers };
+        let nl = shape.layers;
+        let kept = if remat { nl.min(1) } else { nl };
         let layers = (0..kept)
             .map(|i| LayerActs {
                 ln1: z(rows * d),
                 ln1_mean: z(rows),
                 ln1_rstd: z(rows),
-                qin: if dims.query && (remat || i + 1 == dims.layers) {
+                qin: if shape.query && (remat || i + 1 == nl) {
                     z(rows * d)
                 } else {
                     Vec::new()
                 },
-                qkv: z(rows * 3 * d),
-                probs: z(b * h * s * s),
+                qkv: z(rows * 3 * dl),
+                probs: z(b * hl * s * s),
                 probs_drop: if dropout {
-                    z(b * h * s * s)
+                    z(b * hl * s * s)
                 } else {
                     Vec::new()
                 },
-                att: z(rows * d),
+                att: z(rows * dl),
                 mid: z(rows * d),
                 ln2: z(rows * d),
                 ln2_mean: z(rows),
                 ln2_rstd: z(rows),
-                up: z(rows * f),
-                act: z(rows * f),
+                up: z(rows * fl),
+                act: z(rows * fl),
             })
             .collect();
+        let hz = |n: usize| if shape.head { z(n) } else { Vec::new() };
         Acts {
             b,
             remat,
-            res: (0..=dims.layers).map(|_| z(rows * d)).collect(),
+            res: (0..=nl).map(|_| z(rows * d)).collect(),
             layers,
-            lnf: z(rows * d),
-            lnf_mean: z(rows),
-            lnf_rstd: z(rows),
-            logits: z(rows * v),
-            losses: vec![0.0; rows],
+            lnf: hz(rows * d),
+            lnf_mean: hz(rows),
+            lnf_rstd: hz(rows),
+            logits: hz(rows * v),
+            losses: if shape.head {
+                vec![0.0; rows]
+            } else {
+                Vec::new()
+            },
             dx: z(rows * d),
             dtmp: z(rows * d),
             dtmp2: z(rows * d),
-            dqkv: z(rows * 3 * d),
-            dff: z(rows * f),
+            dqkv: z(rows * 3 * dl),
+            dff: z(rows * fl),
             dscratch: z(b * s * s),
         }
     }
@@ -465,14 +724,44 @@ impl<T: Real> Acts<T> {
 
     /// [`Acts::bytes_for`] with or without full rematerialisation.
     pub fn bytes_for_remat(dims: &Dims, b: usize, dropout: bool, remat: bool) -> u64 {
-        let (d, f, v, s, h, l) = (dims.d, dims.f, dims.v, dims.s, dims.h, dims.layers);
-        let kept = if remat { 1 } else { l };
-        let rows = b * s;
-        let probs = b * h * s * s * (1 + usize::from(dropout));
-        let per_layer = rows * (7 * d + 4 + 2 * f) + probs;
-        let qin = if dims.query { rows * d } else { 0 };
-        let other = (l + 1) * rows * d + rows * (d + 2) + rows * v + rows * (6 * d + f) + b * s * s;
-        ((kept * per_layer + qin + other) * std::mem::size_of::<T>() + rows * 8) as u64
+        Acts::<T>::bytes_of(dims, Shape::whole(dims), b, dropout, remat)
+    }
+
+    /// Bytes [`Acts::for_part`] would allocate, without allocating.
+    pub fn bytes_for_part(layout: &Layout, b: usize, dropout: bool, remat: bool) -> u64 {
+        Acts::<T>::bytes_of(&layout.dims, Shape::of(layout), b, dropout, remat)
+    }
+
+    fn bytes_of(dims: &Dims, shape: Shape, b: usize, dropout: bool, remat: bool) -> u64 {
+        let (per_layer, qin, other, f64_rows) = shape.elems(dims, b, dropout);
+        let kept = if remat {
+            shape.layers.min(1)
+        } else {
+            shape.layers
+        };
+        ((kept * per_layer + qin + other) * std::mem::size_of::<T>() + f64_rows * 8) as u64
+    }
+
+    /// The part's input activation `[b·s, d]` (fill it before [`Model::forward_part`] of a
+    /// part without the embedding).
+    pub fn input_mut(&mut self) -> &mut [T] {
+        &mut self.res[0]
+    }
+
+    /// The part's output activation after [`Model::forward_part`] (of a part without the head).
+    pub fn output(&self) -> &[T] {
+        &self.res[self.res.len() - 1]
+    }
+
+    /// The gradient of the part's output (fill it before [`Model::backward_part`] of a part
+    /// without the head); after backward, the gradient of its input.
+    pub fn grad_mut(&mut self) -> &mut [T] {
+        &mut self.dx
+    }
+
+    /// The gradient of the part's input after [`Model::backward_part`].
+    pub fn grad(&self) -> &[T] {
+        &self.dx
     }
 
     /// Bytes held by these buffers.
@@ -527,6 +816,22 @@ enum Site {
     FfnOut = 3,
 }
 
+/// The all-reduce over a tensor-parallel group that op-level model parallelism needs inside
+/// a layer (after the row-split projections in forward, after the column-split ones in
+/// backward). Errors are kept by the implementation and checked after the pass.
+pub trait Reduce<T> {
+    /// Sums `buf` over the group, in place.
+    fn all_reduce(&mut self, buf: &mut [T]);
+}
+
+/// One device: nothing to reduce.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Alone;
+
+impl<T> Reduce<T> for Alone {
+    fn all_reduce(&mut self, _buf: &mut [T]) {}
+}
+
 /// The model: its layout and dropout rate (parameters live outside, so optimizers, shards and
 /// checkpoints handle plain slices).
 #[derive(Debug, Clone)]
@@ -578,13 +883,17 @@ impl Model {
         step: u64,
         train: bool,
         ad: AttnDims,
+        red: &mut dyn Reduce<T>,
     ) {
-        let Dims { d, f, s, .. } = self.dims();
+        let dims = self.dims();
+        let Dims { d, s, fl, .. } = dims;
+        let dl = dims.dl();
         let rows = batch.b * s;
         let lay = &self.layout;
-        let nl = lay.layers.len();
-        let lp = &lay.layers[l];
-        let query = self.dims().query && l + 1 == nl;
+        let lp = &lay.layers[l - lay.part.layers.start];
+        let query = dims.query && l + 1 == dims.layers;
+        // Row-split projections add their bias once, on tensor-parallel rank 0.
+        let rank0 = lay.part.tp_rank == 0;
         k::layernorm_fwd(
             &mut a.ln1,
             &mut a.ln1_mean,
@@ -600,40 +909,40 @@ impl Model {
             k::lookup_fwd(&mut a.qin, &batch.pos, &p[lay.wqe.clone()], d);
             k::linear_fwd(
                 &mut a.qkv,
-                3 * d,
+                3 * dl,
                 &a.qin,
                 d,
                 w,
-                3 * d,
-                Some(&bq[..d]),
+                3 * dl,
+                Some(&bq[..dl]),
                 rows,
                 d,
-                d,
+                dl,
             );
             k::linear_fwd(
-                &mut a.qkv[d..],
-                3 * d,
+                &mut a.qkv[dl..],
+                3 * dl,
                 &a.ln1,
                 d,
-                &w[d..],
-                3 * d,
-                Some(&bq[d..]),
+                &w[dl..],
+                3 * dl,
+                Some(&bq[dl..]),
                 rows,
                 d,
-                2 * d,
+                2 * dl,
             );
         } else {
             k::linear_fwd(
                 &mut a.qkv,
-                3 * d,
+                3 * dl,
                 &a.ln1,
                 d,
                 w,
-                3 * d,
+                3 * dl,
                 Some(bq),
                 rows,
                 d,
-                3 * d,
+                3 * dl,
             );
         }
         k::attention_fwd(
@@ -646,19 +955,20 @@ impl Model {
             self.drop(train, step, l, Site::AttnProbs),
             &batch.sample_ids,
         );
-        // mid = x + dropout(att·Wo + bo)
+        // mid = x + dropout(att·Wo + bo), summed over the tensor-parallel group.
         k::linear_fwd(
             &mut a.mid,
             d,
             &a.att,
-            d,
+            dl,
             &p[lp.w_o.clone()],
             d,
-            Some(&p[lp.b_o.clone()]),
+            rank0.then(|| &p[lp.b_o.clone()]),
             rows,
-            d,
+            dl,
             d,
         );
+        red.all_reduce(&mut a.mid);
         self.drop(train, step, l, Site::AttnOut)
             .apply(&mut a.mid, d, &batch.row_ids);
         k::add_into(&mut a.mid, x);
@@ -678,15 +988,18 @@ impl Model {
             y,
             rows,
             d,
-            f,
+            fl,
+            rank0,
         );
+        red.all_reduce(y);
         self.drop(train, step, l, Site::FfnOut)
             .apply(y, d, &batch.row_ids);
         k::add_into(y, &a.mid);
     }
 
-    /// Forward pass of `batch`; returns Σ weight·loss over rows (the step's loss contribution)
-    /// and leaves per-row losses in `acts.losses`. `step` keys the dropout masks.
+    /// Forward pass of `batch` through the whole model; returns Σ weight·loss over rows (the
+    /// step's loss contribution) and leaves per-row losses in `acts.losses`. `step` keys the
+    /// dropout masks.
     pub fn forward<T: Real>(
         &self,
         p: &[T],
@@ -695,44 +1008,87 @@ impl Model {
         step: u64,
         train: bool,
     ) -> f64 {
-        let Dims { d, h, v, s, .. } = self.dims();
+        self.forward_part(p, acts, batch, step, train, &mut Alone)
+    }
+
+    /// Backward pass after [`Model::forward`] of the same batch: accumulates into `g`.
+    pub fn backward<T: Real>(
+        &self,
+        p: &[T],
+        g: &mut [T],
+        acts: &mut Acts<T>,
+        batch: &Batch,
+        step: u64,
+        train: bool,
+    ) {
+        self.backward_part(p, g, acts, batch, step, train, &mut Alone);
+    }
+
+    fn attn_dims(&self, b: usize) -> AttnDims {
+        let dims = self.dims();
+        AttnDims {
+            b,
+            s: dims.s,
+            h: dims.hl,
+            hd: dims.hd(),
+            h0: self.layout.part.tp_rank * dims.hl,
+            h_all: dims.h,
+        }
+    }
+
+    /// Forward pass of this device's part of the model ([`Layout::part`]). Without the
+    /// embedding, the input activation must be in [`Acts::input_mut`]; without the head, the
+    /// output is left in [`Acts::output`] and 0 is returned. `red` sums over the
+    /// tensor-parallel group.
+    pub fn forward_part<T: Real>(
+        &self,
+        p: &[T],
+        acts: &mut Acts<T>,
+        batch: &Batch,
+        step: u64,
+        train: bool,
+        red: &mut dyn Reduce<T>,
+    ) -> f64 {
+        let Dims { d, v, s, .. } = self.dims();
         let rows = batch.b * s;
         assert_eq!(
             acts.b, batch.b,
             "activation buffers were sized for another batch"
         );
         let lay = &self.layout;
-        k::embed_fwd(
-            &mut acts.res[0],
-            &batch.tokens,
-            &batch.pos,
-            &p[lay.wte.clone()],
-            &p[lay.wpe.clone()],
-            d,
-        );
-        self.drop(train, step, 0, Site::Embedding)
-            .apply(&mut acts.res[0], d, &batch.row_ids);
-        let ad = AttnDims {
-            b: batch.b,
-            s,
-            h,
-            hd: d / h,
-        };
+        if lay.part.embedding {
+            k::embed_fwd(
+                &mut acts.res[0],
+                &batch.tokens,
+                &batch.pos,
+                &p[lay.wte.clone()],
+                &p[lay.wpe.clone()],
+                d,
+            );
+            self.drop(train, step, 0, Site::Embedding)
+                .apply(&mut acts.res[0], d, &batch.row_ids);
+        }
+        let ad = self.attn_dims(batch.b);
+        let first = lay.part.layers.start;
         let nl = lay.layers.len();
-        for l in 0..nl {
-            let (before, after) = acts.res.split_at_mut(l + 1);
-            let slot = if acts.remat { 0 } else { l };
+        for li in 0..nl {
+            let (before, after) = acts.res.split_at_mut(li + 1);
+            let slot = if acts.remat { 0 } else { li };
             self.layer_fwd(
                 p,
-                l,
-                &before[l],
+                first + li,
+                &before[li],
                 &mut after[0],
                 &mut acts.layers[slot],
                 batch,
                 step,
                 train,
                 ad,
+                red,
             );
+        }
+        if !lay.part.head {
+            return 0.0;
         }
         k::layernorm_fwd(
             &mut acts.lnf,
@@ -762,8 +1118,11 @@ impl Model {
             .sum()
     }
 
-    /// Backward pass after [`Model::forward`] of the same batch: accumulates into `g`.
-    pub fn backward<T: Real>(
+    /// Backward pass of this device's part after [`Model::forward_part`] of the same batch:
+    /// accumulates into `g`. Without the head, the gradient of the part's output must be in
+    /// [`Acts::grad_mut`]; without the embedding, the gradient of its input is left in
+    /// [`Acts::grad`].
+    pub fn backward_part<T: Real>(
         &self,
         p: &[T],
         g: &mut [T],
@@ -771,38 +1130,42 @@ impl Model {
         batch: &Batch,
         step: u64,
         train: bool,
+        red: &mut dyn Reduce<T>,
     ) {
-        let Dims { d, h, f, v, s, .. } = self.dims();
+        let dims = self.dims();
+        let Dims { d, v, s, fl, .. } = dims;
+        let dl = dims.dl();
         let rows = batch.b * s;
         let lay = &self.layout;
         let nl = lay.layers.len();
-        k::softmax_xent_bwd(&mut acts.logits, &batch.targets, &batch.weights, v);
-        // dlnf = dlogits·wte ; dwte += dlogitsᵀ·lnf
-        {
-            let (gw, _) = split_range(g, &lay.wte);
+        let first = lay.part.layers.start;
+        if lay.part.head {
+            k::softmax_xent_bwd(&mut acts.logits, &batch.targets, &batch.weights, v);
+            // dlnf = dlogits·wte ; dwte += dlogitsᵀ·lnf
+            {
+                let (gw, _) = split_range(g, &lay.wte);
+                crate::linalg::matmul(
+                    gw,
+                    d,
+                    crate::linalg::t(&acts.logits, v),
+                    crate::linalg::n(&acts.lnf, d),
+                    v,
+                    rows,
+                    d,
+                    true,
+                );
+            }
             crate::linalg::matmul(
-                gw,
+                &mut acts.dtmp,
                 d,
-                crate::linalg::t(&acts.logits, v),
-                crate::linalg::n(&acts.lnf, d),
-                v,
+                crate::linalg::n(&acts.logits, v),
+                crate::linalg::n(&p[lay.wte.clone()], d),
                 rows,
+                v,
                 d,
-                true,
+                false,
             );
-        }
-        crate::linalg::matmul(
-            &mut acts.dtmp,
-            d,
-            crate::linalg::n(&acts.logits, v),
-            crate::linalg::n(&p[lay.wte.clone()], d),
-            rows,
-            v,
-            d,
-            false,
-        );
-        acts.dx.fill(T::zero());
-        {
+            acts.dx.fill(T::zero());
             let (dg, db) = two_ranges(g, &lay.lnf_g, &lay.lnf_b);
             k::layernorm_bwd(
                 &mut acts.dx,
@@ -816,35 +1179,32 @@ impl Model {
                 d,
             );
         }
-        let ad = AttnDims {
-            b: batch.b,
-            s,
-            h,
-            hd: d / h,
-        };
-        for l in (0..nl).rev() {
-            let lp = &lay.layers[l];
-            let query = self.dims().query && l + 1 == nl;
+        let ad = self.attn_dims(batch.b);
+        for li in (0..nl).rev() {
+            let l = first + li;
+            let lp = &lay.layers[li];
+            let query = dims.query && l + 1 == dims.layers;
             let slot = if acts.remat {
                 // Recompute this layer's forward from its kept input (same dropout masks, so
-                // the same values; its output rewrites res[l+1] with identical numbers).
-                let (before, after) = acts.res.split_at_mut(l + 1);
+                // the same values; its output rewrites res[li+1] with identical numbers).
+                let (before, after) = acts.res.split_at_mut(li + 1);
                 self.layer_fwd(
                     p,
                     l,
-                    &before[l],
+                    &before[li],
                     &mut after[0],
                     &mut acts.layers[0],
                     batch,
                     step,
                     train,
                     ad,
+                    red,
                 );
                 0
             } else {
-                l
+                li
             };
-            let x = &acts.res[l];
+            let x = &acts.res[li];
             let a = &acts.layers[slot];
             // y = mid + drop(act·Wd + bd): the FFN branch's gradient is drop-mask ⊙ dx.
             let dy = self.drop(train, step, l, Site::FfnOut).masked(
@@ -856,38 +1216,40 @@ impl Model {
             {
                 let (gw, gb) = two_ranges(g, &lp.w_down, &lp.b_down);
                 k::linear_bwd(
-                    Some((&mut acts.dff, f, false)),
+                    Some((&mut acts.dff, fl, false)),
                     gw,
                     d,
                     Some(gb),
                     dy,
                     d,
                     &a.act,
-                    f,
+                    fl,
                     &p[lp.w_down.clone()],
                     rows,
-                    f,
+                    fl,
                     d,
                 );
             }
-            k::gelu_bwd_inplace(&mut acts.dff, &a.up, f);
+            k::gelu_bwd_inplace(&mut acts.dff, &a.up, fl);
             {
                 let (gw, gb) = two_ranges(g, &lp.w_up, &lp.b_up);
                 k::linear_bwd(
                     Some((&mut acts.dtmp2, d, false)),
                     gw,
-                    f,
+                    fl,
                     Some(gb),
                     &acts.dff,
-                    f,
+                    fl,
                     &a.ln2,
                     d,
                     &p[lp.w_up.clone()],
                     rows,
                     d,
-                    f,
+                    fl,
                 );
             }
+            // The column-split FFN-up saw the whole input: its input gradient is summed.
+            red.all_reduce(&mut acts.dtmp2);
             {
                 let (dg, db) = two_ranges(g, &lp.ln2_g, &lp.ln2_b);
                 k::layernorm_bwd(
@@ -912,24 +1274,24 @@ impl Model {
             {
                 let (gw, gb) = two_ranges(g, &lp.w_o, &lp.b_o);
                 k::linear_bwd(
-                    Some((&mut acts.dtmp2, d, false)),
+                    Some((&mut acts.dtmp2[..rows * dl], dl, false)),
                     gw,
                     d,
                     Some(gb),
                     dy,
                     d,
                     &a.att,
-                    d,
+                    dl,
                     &p[lp.w_o.clone()],
                     rows,
-                    d,
+                    dl,
                     d,
                 );
             }
             k::attention_bwd(
                 &mut acts.dqkv,
                 &mut acts.dscratch,
-                &acts.dtmp2,
+                &acts.dtmp2[..rows * dl],
                 &a.qkv,
                 &a.probs,
                 &a.probs_drop,
@@ -946,49 +1308,51 @@ impl Model {
                     k::linear_bwd(
                         Some((&mut acts.dtmp, d, false)),
                         gw,
-                        3 * d,
-                        Some(&mut gb[..d]),
+                        3 * dl,
+                        Some(&mut gb[..dl]),
                         &acts.dqkv,
-                        3 * d,
+                        3 * dl,
                         &a.qin,
                         d,
                         w,
                         rows,
                         d,
-                        d,
+                        dl,
                     );
                     k::linear_bwd(
                         Some((&mut acts.dtmp2, d, false)),
-                        &mut gw[d..],
-                        3 * d,
-                        Some(&mut gb[d..]),
-                        &acts.dqkv[d..],
-                        3 * d,
+                        &mut gw[dl..],
+                        3 * dl,
+                        Some(&mut gb[dl..]),
+                        &acts.dqkv[dl..],
+                        3 * dl,
                         &a.ln1,
                         d,
-                        &w[d..],
+                        &w[dl..],
                         rows,
                         d,
-                        2 * d,
+                        2 * dl,
                     );
                 } else {
                     k::linear_bwd(
                         Some((&mut acts.dtmp2, d, false)),
                         gw,
-                        3 * d,
+                        3 * dl,
                         Some(gb),
                         &acts.dqkv,
-                        3 * d,
+                        3 * dl,
                         &a.ln1,
                         d,
                         w,
                         rows,
                         d,
-                        3 * d,
+                        3 * dl,
                     );
                 }
             }
+            red.all_reduce(&mut acts.dtmp2);
             if query {
+                red.all_reduce(&mut acts.dtmp);
                 let (gq, _) = split_range(g, &lay.wqe);
                 k::lookup_bwd(gq, &acts.dtmp, &batch.pos, d);
             }
@@ -1006,6 +1370,9 @@ impl Model {
                     d,
                 );
             }
+        }
+        if !lay.part.embedding {
+            return;
         }
         self.drop(train, step, 0, Site::Embedding)
             .apply(&mut acts.dx, d, &batch.row_ids);
@@ -1029,8 +1396,8 @@ pub(crate) struct FfnBufs<'a, T> {
     pub(crate) act: &'a mut [T],
 }
 
-/// `out = GeLU(LN2(x)·W_up + b_up)·W_down + b_down` (no dropout, no residual): shared by
-/// training and KV-cache decoding.
+/// `out = GeLU(LN2(x)·W_up + b_up)·W_down (+ b_down when `down_bias`)` (no dropout, no
+/// residual): shared by training and KV-cache decoding. `f` is this device's FFN width.
 pub(crate) fn ffn_fwd<T: Real>(
     p: &[T],
     lp: &LayerParams,
@@ -1040,6 +1407,7 @@ pub(crate) fn ffn_fwd<T: Real>(
     rows: usize,
     d: usize,
     f: usize,
+    down_bias: bool,
 ) {
     k::layernorm_fwd(
         b.ln,
@@ -1070,7 +1438,7 @@ pub(crate) fn ffn_fwd<T: Real>(
         f,
         &p[lp.w_down.clone()],
         d,
-        Some(&p[lp.b_down.clone()]),
+        down_bias.then(|| &p[lp.b_down.clone()]),
         rows,
         f,
         d,

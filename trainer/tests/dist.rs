@@ -1,32 +1,37 @@
-//! Data and optimizer parallelism on threads equal the single-device run (same seed, global
-//! batch and samples) within 1e-4: losses per step and the final weights.
+//! The distributed executor on threads equals the single-device run (same seed, global batch
+//! and samples) within 1e-4 — losses per step and the final weights — for a matrix of plans:
+//! each dimension alone, pairs, and dp2·tp2·pp2 on 8 devices; every schedule; optimizer
+//! sharding on and off; remat on and off.
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
 use std::time::Duration;
 
 use pangu_model::ModelConfig;
-use pangu_strategies::CollectiveAlgorithm;
+use pangu_strategies::{CollectiveAlgorithm, StrategySpec};
 use pangu_trainer::data;
-use pangu_trainer::dist::{train_threads, DistConfig, Sharding};
+use pangu_trainer::dist::{plan_for, train_threads, DistConfig, DistResult};
 use pangu_trainer::tokenizer::Tokenizer;
 use pangu_trainer::train::{Run, Settings};
+
+const STEPS: u64 = 5;
 
 fn setup(dropout: f64) -> (ModelConfig, Settings, Run) {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/zh_poetry_hans.txt");
     let text = data::read_corpus(&p).unwrap();
     let cut = text[..40_000].rfind("\n\n").unwrap() + 2;
     let (train, val) = data::split(&text[..cut]);
+    // 4 layers (the last the query layer), 4 heads: room for tp 4, pp 4 and interleaving.
     let cfg = ModelConfig::from_toml(
         &format!(
-            "name = \"dist-test\"\nlayers = 3\nhidden = 32\nheads = 2\nffn = 128\nvocab = 2500\nseq_len = 32\n\
+            "name = \"dist-test\"\nlayers = 4\nhidden = 32\nheads = 4\nffn = 128\nvocab = 2500\nseq_len = 32\n\
              query_layer = true\ndropout = {dropout}\nglobal_batch = 8\n"
         ),
         "test",
     )
     .unwrap();
     let tok = Tokenizer::train(train, 2500).unwrap();
-    let mut s = Settings::for_model(&cfg, 5);
+    let mut s = Settings::for_model(&cfg, STEPS);
     s.micro_batches = 2;
     s.lr = 3e-3;
     s.warmup = 2;
@@ -41,94 +46,148 @@ fn rel_diff(a: &[f32], b: &[f32]) -> f64 {
     (num / den).sqrt()
 }
 
+fn spec(toml: &str) -> StrategySpec {
+    StrategySpec::from_toml(toml, "test").unwrap()
+}
+
+fn run(
+    cfg: &ModelConfig,
+    s: &Settings,
+    single: &Run,
+    toml: &str,
+    algo: CollectiveAlgorithm,
+) -> DistResult {
+    let plan = plan_for(cfg, &spec(toml)).unwrap_or_else(|e| panic!("{toml}: {e}"));
+    let mut s = s.clone();
+    s.micro_batches = plan.strategy.micro_batches as usize;
+    let dist = DistConfig {
+        algo,
+        timeout: Duration::from_secs(60),
+    };
+    train_threads(&plan, &s, &dist, &single.train, STEPS).unwrap_or_else(|e| panic!("{toml}: {e}"))
+}
+
 #[test]
-fn data_and_optimizer_parallel_match_single_device() {
-    for dropout in [0.0, 0.1] {
-        let (cfg, s, mut single) = setup(dropout);
-        let losses: Vec<f64> = (0..5).map(|_| single.step().loss).collect();
-        let n = single.state.params.len() as u64;
-        let mut unsharded_bytes = std::collections::BTreeMap::new();
-        for (dp, sharding, algo) in [
-            (2, Sharding::None, CollectiveAlgorithm::Ring),
-            (4, Sharding::None, CollectiveAlgorithm::HalvingDoubling),
-            (2, Sharding::Optimizer, CollectiveAlgorithm::Ring),
-            (4, Sharding::Optimizer, CollectiveAlgorithm::HalvingDoubling),
-            (4, Sharding::None, CollectiveAlgorithm::DoubleBinaryTree),
-        ] {
-            let dist = DistConfig {
-                dp,
-                sharding,
-                algo,
-                timeout: Duration::from_secs(60),
-            };
-            let r = train_threads(&cfg, &s, &dist, &single.train, 5).unwrap();
-            for (a, b) in r.losses.iter().zip(&losses) {
-                assert!(
-                    (a - b).abs() < 1e-4,
-                    "dp {dp} {sharding:?} {algo:?} dropout {dropout}: loss {a} vs {b}"
-                );
-            }
-            let d = rel_diff(&r.params, &single.state.params);
-            assert!(d < 1e-4, "dp {dp} {sharding:?}: weights differ by {d}");
-            assert_eq!(r.ranks.len(), dp);
-            // The measured report: each device's categories sum to its own step time.
-            assert_eq!(r.report.devices.len(), dp);
-            for (d, rk) in r.report.devices.iter().zip(&r.ranks) {
-                let b = &d.breakdown;
-                let sum = b.compute + b.dp_comm + b.opt_comm + b.idle;
-                // The timed parts lie inside the rank's loop, so idle is never clamped.
-                assert!(
-                    (sum - rk.wall_s / 5.0).abs() < 1e-9,
-                    "{b:?} vs {}",
-                    rk.wall_s / 5.0
-                );
-                assert_eq!(sharding == Sharding::Optimizer, b.opt_comm > 0.0);
-            }
-            assert!(r.report.mfu > 0.0 && r.report.tokens_per_s > 0.0);
-            // Sharding leaves each rank Adam moments for 1/dp of the parameters.
-            match sharding {
-                Sharding::None => {
-                    unsharded_bytes.insert(dp, r.ranks[0].allocated_bytes);
-                }
-                Sharding::Optimizer => {
-                    let full = unsharded_bytes[&dp];
-                    let saved =
-                        8 * n - 8 * pangu_trainer::comm::chunk(n as usize, dp, 0).len() as u64;
-                    assert_eq!(r.ranks[0].allocated_bytes, full - saved);
-                }
-            }
+fn every_dimension_and_their_combinations_match_single_device() {
+    let (cfg, s, mut single) = setup(0.0);
+    let losses: Vec<f64> = (0..STEPS).map(|_| single.step().loss).collect();
+    use CollectiveAlgorithm::{DoubleBinaryTree as Tree, HalvingDoubling as Hd, Ring};
+    let plans: &[(&str, CollectiveAlgorithm)] = &[
+        ("dp = 2", Ring),
+        ("dp = 4", Hd),
+        ("dp = 4\nopt_shard = \"zero1\"", Hd),
+        ("dp = 2\nopt_shard = \"mindspore\"", Tree),
+        ("tp = 2", Ring),
+        ("tp = 4", Hd),
+        ("pp = 2\nschedule = \"1f1b\"", Ring),
+        ("pp = 2\nschedule = \"gpipe\"", Ring),
+        ("pp = 4\nschedule = \"1f1b\"\nmicro_batches = 4", Ring),
+        ("pp = 2\nschedule = \"interleaved:2\"", Ring),
+        ("dp = 2\ntp = 2", Ring),
+        ("dp = 2\npp = 2\nopt_shard = \"zero1\"", Ring),
+        ("tp = 2\npp = 2\nremat = \"full\"", Hd),
+        ("dp = 2\ntp = 2\npp = 2", Ring),
+        (
+            "dp = 2\ntp = 2\npp = 2\nschedule = \"gpipe\"\nopt_shard = \"zero1\"\nremat = \"full\"",
+            Tree,
+        ),
+    ];
+    for &(toml, algo) in plans {
+        let r = run(&cfg, &s, &single, toml, algo);
+        let name = toml.replace('\n', " ");
+        for (a, b) in r.losses.iter().zip(&losses) {
+            assert!((a - b).abs() < 1e-4, "{name}: loss {a} vs {b}");
         }
+        assert_eq!(r.losses.len(), losses.len());
+        let d = rel_diff(&r.params, &single.state.params);
+        assert!(d < 1e-4, "{name}: weights differ by {d}");
+        // The measured report: each device's categories sum to its own step time.
+        assert_eq!(r.report.devices.len(), r.ranks.len());
+        for (dv, rk) in r.report.devices.iter().zip(&r.ranks) {
+            let b = &dv.breakdown;
+            let sum =
+                b.compute + b.tp_comm + b.pp_comm + b.bubble + b.dp_comm + b.opt_comm + b.idle;
+            assert!(
+                (sum - rk.wall_s / STEPS as f64).abs() < 1e-9,
+                "{name}: {b:?}"
+            );
+            assert_eq!(toml.contains("tp = "), b.tp_comm > 0.0, "{name}: {b:?}");
+            assert_eq!(
+                toml.contains("opt_shard"),
+                b.opt_comm > 0.0,
+                "{name}: {b:?}"
+            );
+        }
+        assert!(r.report.mfu > 0.0 && r.report.tokens_per_s > 0.0);
     }
 }
 
 #[test]
-fn a_bad_split_is_rejected_with_the_reason() {
-    let (cfg, s, single) = setup(0.0);
-    let dist = DistConfig {
-        dp: 3,
-        sharding: Sharding::None,
-        algo: CollectiveAlgorithm::Ring,
-        timeout: Duration::from_secs(5),
-    };
-    let e = train_threads(&cfg, &s, &dist, &single.train, 1)
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("dp 3 must divide the micro-batch of 4"), "{e}");
+fn dropout_masks_follow_global_indices_across_tensor_and_pipeline_splits() {
+    let (cfg, s, mut single) = setup(0.1);
+    let losses: Vec<f64> = (0..STEPS).map(|_| single.step().loss).collect();
+    let r = run(
+        &cfg,
+        &s,
+        &single,
+        "dp = 2\ntp = 2\npp = 2",
+        CollectiveAlgorithm::Ring,
+    );
+    for (a, b) in r.losses.iter().zip(&losses) {
+        assert!((a - b).abs() < 1e-4, "loss {a} vs {b}");
+    }
+    assert!(rel_diff(&r.params, &single.state.params) < 1e-4);
 }
 
 #[test]
-fn remat_with_data_parallelism_changes_nothing() {
-    let (cfg, mut s, single) = setup(0.1);
-    let plain = DistConfig {
-        dp: 2,
-        sharding: Sharding::None,
+fn sharding_and_remat_cut_the_bytes_each_rank_allocates() {
+    let (cfg, s, single) = setup(0.0);
+    let plain = run(&cfg, &s, &single, "dp = 4", CollectiveAlgorithm::Ring);
+    let sharded = run(
+        &cfg,
+        &s,
+        &single,
+        "dp = 4\nopt_shard = \"zero1\"",
+        CollectiveAlgorithm::Ring,
+    );
+    let n = single.state.params.len();
+    let saved = 8 * (n - pangu_trainer::comm::chunk(n, 4, 0).len()) as u64;
+    assert_eq!(
+        sharded.ranks[0].allocated_bytes,
+        plain.ranks[0].allocated_bytes - saved
+    );
+    let remat = run(
+        &cfg,
+        &s,
+        &single,
+        "dp = 4\nremat = \"full\"",
+        CollectiveAlgorithm::Ring,
+    );
+    assert_eq!(plain.losses, remat.losses, "remat alone changes nothing");
+    assert_eq!(plain.params, remat.params);
+    assert!(remat.ranks[0].allocated_bytes < plain.ranks[0].allocated_bytes);
+    // Tensor parallelism splits the layer weights.
+    let tp = run(&cfg, &s, &single, "tp = 2", CollectiveAlgorithm::Ring);
+    assert!(tp.ranks[0].allocated_bytes < plain.ranks[0].allocated_bytes);
+}
+
+#[test]
+fn bad_plans_are_rejected_with_the_reason() {
+    let (cfg, _, _) = setup(0.0);
+    let e = plan_for(&cfg, &spec("dp = 3")).unwrap_err().to_string();
+    assert!(e.contains("global batch 8 does not split over dp 3"), "{e}");
+    let e = plan_for(&cfg, &spec("tp = 3")).unwrap_err().to_string();
+    assert!(e.contains("tp 3") || e.contains("tp = 3"), "{e}");
+    let e = plan_for(&cfg, &spec("pp = 8")).unwrap_err().to_string();
+    assert!(e.contains("pp 8") || e.contains("8 stages"), "{e}");
+    let (cfg, s, single) = setup(0.0);
+    let plan = plan_for(&cfg, &spec("tp = 2\nprecision = \"fp16\"")).unwrap();
+    let dist = DistConfig {
         algo: CollectiveAlgorithm::Ring,
-        timeout: Duration::from_secs(60),
+        timeout: Duration::from_secs(5),
     };
-    let a = train_threads(&cfg, &s, &plain, &single.train, 3).unwrap();
-    s.remat = true;
-    let b = train_threads(&cfg, &s, &plain, &single.train, 3).unwrap();
-    assert_eq!(a.losses, b.losses);
-    assert_eq!(a.params, b.params);
-    assert!(b.ranks[0].allocated_bytes < a.ranks[0].allocated_bytes);
+    let e = train_threads(&plan, &s, &dist, &single.train, 1)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("fp32"), "{e}");
 }

@@ -114,12 +114,7 @@ fn linear_backward_matches_finite_differences() {
 
 #[test]
 fn attention_backward_matches_finite_differences_with_masks_and_dropout() {
-    let dims = AttnDims {
-        b: 2,
-        s: 5,
-        h: 2,
-        hd: 3,
-    };
+    let dims = AttnDims::whole(2, 5, 2, 3);
     let w = dims.width();
     let rows = dims.b * dims.s;
     // Sample 0 holds two documents (the second starts at position 2), sample 1 one.
