@@ -155,7 +155,11 @@ pub(crate) fn run(a: &TrainArgs) -> Result<()> {
         ),
         other => bail!("--backend {other}: use threads or mpi"),
     }
-    if devices > 1 {
+    let sharded_resume = match &a.resume {
+        Some(dir) => pangu_trainer::sharded::is_sharded(dir)?,
+        None => false,
+    };
+    if devices > 1 || sharded_resume {
         return run_dist(a, &spec);
     }
     bench::set_threads(threads);
@@ -345,18 +349,47 @@ fn run_dist(a: &TrainArgs, spec: &pangu_strategies::StrategySpec) -> Result<()> 
         "double-binary-tree" => CollectiveAlgorithm::DoubleBinaryTree,
         other => bail!("--collective {other}: use ring, halving-doubling or double-binary-tree"),
     };
-    if a.resume.is_some() {
-        bail!("--resume with more than one device: distributed checkpoints are not built yet");
-    }
     // Ranks are threads or processes; each computes on one core's worth of kernels.
     bench::set_threads(1);
-    let cfg = load_model(&a.model)?;
+    // A checkpoint of any plan (or of one device) resumes under the strategy given here, or
+    // under its own when none is given: the ranks cut their parts from the whole state.
+    let loaded = match &a.resume {
+        Some(dir) => Some(pangu_trainer::sharded::load_whole(dir)?),
+        None => None,
+    };
     let mut spec = spec.clone();
-    spec.global_batch = global_batch(a, &spec)?.or(Some(cfg.global_batch));
+    let (cfg, mut s) = match &loaded {
+        Some(l) => {
+            let mut s: Settings = serde_json::from_value(l.settings.clone())
+                .with_context(|| format!("{}: settings", l.dir.display()))?;
+            if let Some(steps) = a.steps {
+                s.steps = steps;
+            }
+            if spec == pangu_strategies::StrategySpec::default() {
+                if let Some(old) = &l.strategy {
+                    spec = old.to_spec();
+                    spec.devices = None;
+                }
+            }
+            if spec.global_batch.is_some_and(|g| g as usize != s.batch) {
+                bail!(
+                    "the checkpoint trained with a global batch of {}; a resumed run keeps it (drop --global-batch/--batch)",
+                    s.batch
+                );
+            }
+            spec.global_batch = Some(s.batch as u32);
+            (l.model.clone(), s)
+        }
+        None => {
+            let cfg = load_model(&a.model)?;
+            spec.global_batch = global_batch(a, &spec)?.or(Some(cfg.global_batch));
+            let s = base_settings(a, &cfg);
+            (cfg, s)
+        }
+    };
     let plan = dist::plan_for(&cfg, &spec)?;
     let st = &plan.strategy;
     // The plan checked each device's memory; the settings follow it.
-    let mut s = base_settings(a, &cfg);
     s.batch = st.global_batch as usize;
     s.micro_batches = st.micro_batches as usize;
     s.remat = st.remat == pangu_strategies::Remat::Full;
@@ -365,8 +398,38 @@ fn run_dist(a: &TrainArgs, spec: &pangu_strategies::StrategySpec) -> Result<()> 
     let corpus_path = a.corpus.clone().unwrap_or_else(default_corpus);
     let text = data::read_corpus(&corpus_path)?;
     let (train_text, _) = data::split(&text);
-    let tok = tokenizer_for(a, &cfg, train_text)?;
+    let tok = match &loaded {
+        Some(l) => {
+            let t = Tokenizer::from_json(&l.tokenizer_json, &l.dir.join("tokenizer.json"))?;
+            if format!("{:016x}", t.hash()) != l.tokenizer_hash {
+                bail!(
+                    "{}: the tokenizer does not match the manifest's hash",
+                    l.dir.display()
+                );
+            }
+            t
+        }
+        None => tokenizer_for(a, &cfg, train_text)?,
+    };
     let packed = data::Packed::new(&tok, train_text, cfg.seq_len as usize);
+    let save = a.out.as_ref().map(|o| dist::Save {
+        dir: o.clone(),
+        every: a.checkpoint_every,
+        tokenizer_json: tok.to_json(),
+        tokenizer_hash: format!("{:016x}", tok.hash()),
+    });
+    let io = dist::Io {
+        resume: loaded.as_ref().map(|l| (l.step, &l.state)),
+        save: save.as_ref(),
+    };
+    if let Some(l) = &loaded {
+        if l.step >= steps {
+            bail!(
+                "the checkpoint is at step {} and the run ends at step {steps}: pass a larger --steps",
+                l.step
+            );
+        }
+    }
     let dc = DistConfig {
         algo,
         timeout: std::time::Duration::from_secs_f64(a.comm_timeout.max(0.001)),
@@ -386,13 +449,16 @@ fn run_dist(a: &TrainArgs, spec: &pangu_strategies::StrategySpec) -> Result<()> 
         );
     }
     let r = if a.backend == "mpi" {
-        mpi_rank(&plan, &s, &dc, &packed, steps)?
+        mpi_rank(&plan, &s, &dc, &packed, steps, io)?
     } else {
-        Some(dist::train_threads(&plan, &s, &dc, &packed, steps)?)
+        Some(dist::train_threads_with(
+            &plan, &s, &dc, &packed, steps, io,
+        )?)
     };
     // Under MPI only rank 0 reports.
     let Some(r) = r else { return Ok(()) };
-    let tokens = (s.batch as u64 * steps * u64::from(cfg.seq_len)) as f64;
+    let start = loaded.as_ref().map_or(0, |l| l.step);
+    let tokens = (s.batch as u64 * (steps - start) * u64::from(cfg.seq_len)) as f64;
     let report = json!({
         "model": cfg.name,
         "strategy": st,
@@ -411,6 +477,7 @@ fn run_dist(a: &TrainArgs, spec: &pangu_strategies::StrategySpec) -> Result<()> 
         "ranks": r.ranks,
         "step_report": r.report,
         "precision": "fp32",
+        "resumed_from": loaded.as_ref().map(|l| l.step),
     });
     if let Some(o) = &a.out {
         std::fs::create_dir_all(o).with_context(|| format!("cannot create {}", o.display()))?;
@@ -424,7 +491,10 @@ fn run_dist(a: &TrainArgs, spec: &pangu_strategies::StrategySpec) -> Result<()> 
     }
     let mut o = String::new();
     for (i, l) in r.losses.iter().enumerate() {
-        outln!(o, "step {}: loss {:.4}", i + 1, l);
+        outln!(o, "step {}: loss {:.4}", start + i as u64 + 1, l);
+    }
+    if let Some(dir) = &a.out {
+        outln!(o, "sharded checkpoints in {}", dir.display());
     }
     outln!(
         o,
@@ -480,8 +550,9 @@ fn mpi_rank(
     dc: &pangu_trainer::dist::DistConfig,
     packed: &data::Packed,
     steps: u64,
+    io: pangu_trainer::dist::Io<'_>,
 ) -> Result<Option<pangu_trainer::dist::DistResult>> {
-    let (rank, r) = pangu_trainer::dist::train_mpi(plan, s, dc, packed, steps)?;
+    let (rank, r) = pangu_trainer::dist::train_mpi(plan, s, dc, packed, steps, io)?;
     Ok((rank == 0).then_some(r))
 }
 
@@ -492,6 +563,7 @@ fn mpi_rank(
     _: &pangu_trainer::dist::DistConfig,
     _: &data::Packed,
     _: u64,
+    _: pangu_trainer::dist::Io<'_>,
 ) -> Result<Option<pangu_trainer::dist::DistResult>> {
     bail!("this binary was built without MPI")
 }

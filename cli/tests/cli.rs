@@ -759,6 +759,52 @@ fn data_parallel_training_matches_one_device_from_the_cli() {
     assert!(devices
         .iter()
         .all(|d| d["breakdown"]["tp_comm"].as_f64().unwrap() > 0.0));
+    // Sharded checkpoints: train dp2·tp2 for 4 steps, resume step 2 re-sharded to tp2·pp2.
+    let ck = dir.join("ck").display().to_string();
+    let first = json(
+        &[
+            &[
+                "train",
+                "--dp",
+                "2",
+                "--tp",
+                "2",
+                "--steps",
+                "4",
+                "--checkpoint-every",
+                "2",
+                "--out",
+                &ck,
+            ][..],
+            &common[..6],
+            &["--json"][..],
+        ]
+        .concat(),
+    );
+    let step2 = format!("{ck}/step-00000002");
+    let resumed = json(&[
+        "train", "--resume", &step2, "--tp", "2", "--pp", "2", "--steps", "4", "--corpus", &corpus,
+        "--json",
+    ]);
+    assert_eq!(resumed["pp"], 2);
+    assert_eq!(resumed["resumed_from"], 2);
+    let (f, r) = (
+        first["losses"].as_array().unwrap(),
+        resumed["losses"].as_array().unwrap(),
+    );
+    assert_eq!((f.len(), r.len()), (4, 2));
+    for (x, y) in f[2..].iter().zip(r) {
+        assert!(
+            (x.as_f64().unwrap() - y.as_f64().unwrap()).abs() < 1e-4,
+            "{f:?} vs {r:?}"
+        );
+    }
+    fails_with(
+        &[
+            "train", "--resume", &step2, "--steps", "2", "--corpus", &corpus,
+        ],
+        &["at step 2", "larger --steps"],
+    );
     fails_with(
         &[&["train", "--tp", "3"][..], &common[..]].concat(),
         &["tp 3"],

@@ -211,8 +211,17 @@ pub fn read_manifest(dir: &Path) -> Result<(Manifest, BTreeMap<String, Vec<u8>>)
             format!("format '{}' is not '{FORMAT}'", man.format),
         ));
     }
+    let files = read_hashed(dir, &man.files)?;
+    Ok((man, files))
+}
+
+/// Reads the files a manifest lists (name → FNV-1a hash) from `dir`, checking each hash.
+pub fn read_hashed(
+    dir: &Path,
+    listed: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, Vec<u8>>, TrainError> {
     let mut files = BTreeMap::new();
-    for (f, h) in &man.files {
+    for (f, h) in listed {
         let p = dir.join(f);
         let bytes = std::fs::read(&p).map_err(|e| TrainError::io(&p, e))?;
         let got = format!("{:016x}", fnv1a(&bytes));
@@ -224,7 +233,7 @@ pub fn read_manifest(dir: &Path) -> Result<(Manifest, BTreeMap<String, Vec<u8>>)
         }
         files.insert(f.clone(), bytes);
     }
-    Ok((man, files))
+    Ok(files)
 }
 
 /// Loads a checkpoint for `layout`: the manifest, the state and the tokenizer file's bytes.

@@ -26,6 +26,7 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use pangu_model::ModelConfig;
@@ -39,6 +40,7 @@ use crate::comm::{chunk, threads, CommError, Communicator};
 use crate::data::{Order, Packed};
 use crate::model::{special, Acts, Batch, Layout, Model, Part, Reduce};
 use crate::optim;
+use crate::sharded::{self, WholeState};
 use crate::train::Settings;
 use crate::TrainError;
 
@@ -224,13 +226,47 @@ pub fn measured_report(
     }
 }
 
-/// Trains `steps` steps of `plan` on `data` with one thread per rank of its mesh.
+/// Where a run starts and what it saves.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Io<'a> {
+    /// Start after this many steps from this whole-model state (a checkpoint of any plan).
+    pub resume: Option<(u64, &'a WholeState)>,
+    /// Write sharded checkpoints.
+    pub save: Option<&'a Save>,
+}
+
+/// Sharded checkpointing of a run.
+#[derive(Debug, Clone)]
+pub struct Save {
+    /// Run folder (`step-N` folders and `latest` go here).
+    pub dir: PathBuf,
+    /// Every this many steps, and after the last.
+    pub every: u64,
+    /// The tokenizer file to store with each checkpoint.
+    pub tokenizer_json: Vec<u8>,
+    /// Its hash.
+    pub tokenizer_hash: String,
+}
+
+/// Trains `plan` on `data` with one thread per rank of its mesh until step `steps`.
 pub fn train_threads(
     plan: &Plan,
     settings: &Settings,
     dist: &DistConfig,
     data: &Packed,
     steps: u64,
+) -> Result<DistResult, TrainError> {
+    train_threads_with(plan, settings, dist, data, steps, Io::default())
+}
+
+/// [`train_threads`] from a checkpoint's state and/or writing checkpoints.
+pub fn train_threads_with(
+    plan: &Plan,
+    settings: &Settings,
+    dist: &DistConfig,
+    data: &Packed,
+    steps: u64,
+    io: Io<'_>,
 ) -> Result<DistResult, TrainError> {
     check_plan(plan, settings)?;
     let world = plan.mesh.size() as usize;
@@ -239,7 +275,7 @@ pub fn train_threads(
     let results: Vec<Result<RankOutput, TrainError>> = std::thread::scope(|s| {
         let handles: Vec<_> = comms
             .into_iter()
-            .map(|mut c| s.spawn(move || rank_loop(plan, settings, dist, data, steps, &mut c)))
+            .map(|mut c| s.spawn(move || rank_loop(plan, settings, dist, data, steps, io, &mut c)))
             .collect();
         handles
             .into_iter()
@@ -305,6 +341,7 @@ pub fn train_mpi(
     dist: &DistConfig,
     data: &Packed,
     steps: u64,
+    io: Io<'_>,
 ) -> Result<(usize, DistResult), TrainError> {
     check_plan(plan, settings)?;
     // Buffered sends: every pipeline message of a step may be in flight at once, plus the
@@ -329,7 +366,7 @@ pub fn train_mpi(
     }
     let t0 = Instant::now();
     let rank = comm.rank();
-    let out = rank_loop(plan, settings, dist, data, steps, &mut comm)?;
+    let out = rank_loop(plan, settings, dist, data, steps, io, &mut comm)?;
     let ranks = vec![out.report];
     let report = measured_report(&plan.model, settings.batch, &ranks, steps);
     Ok((
@@ -489,6 +526,57 @@ fn in_flight(actions: &[Action], chunks: usize) -> Vec<usize> {
     peak
 }
 
+/// Every rank writes its file, then rank 0 completes the checkpoint (see [`crate::sharded`]).
+fn save_checkpoint(
+    plan: &Plan,
+    settings: &Settings,
+    save: &Save,
+    step: u64,
+    chunks: &[ChunkState],
+    world: &mut dyn Communicator,
+) -> Result<(), TrainError> {
+    let rank = world.rank();
+    let tmp = sharded::temp_dir(&save.dir, step);
+    if rank == 0 && tmp.exists() {
+        // A partial folder of an earlier, interrupted run.
+        std::fs::remove_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
+    }
+    world.barrier().map_err(comm_err)?;
+    let parts: Vec<sharded::PartState<'_>> = chunks
+        .iter()
+        .map(|c| sharded::PartState {
+            layout: &c.model.layout,
+            params: &c.p,
+            m: &c.m,
+            v: &c.v,
+            shard: c.shard.clone(),
+        })
+        .collect();
+    sharded::write_rank(&tmp, rank, &parts)?;
+    world.barrier().map_err(comm_err)?;
+    if rank == 0 {
+        let manifest = sharded::ShardedManifest {
+            format: sharded::FORMAT.into(),
+            step,
+            seed: settings.seed,
+            model: plan.model.clone(),
+            strategy: plan.strategy.clone(),
+            tokenizer_hash: save.tokenizer_hash.clone(),
+            settings: serde_json::to_value(settings)
+                .map_err(|e| TrainError::Config(format!("settings: {e}")))?,
+            files: Default::default(),
+        };
+        sharded::finish(
+            &save.dir,
+            &tmp,
+            manifest,
+            world.size(),
+            &save.tokenizer_json,
+        )?;
+    }
+    world.barrier().map_err(comm_err)
+}
+
 /// A rank's losses, its parts' final weights and its measurements.
 struct RankOutput {
     losses: Vec<f64>,
@@ -497,7 +585,7 @@ struct RankOutput {
 }
 
 /// Global layer indices of a chunk of the plan.
-fn layer_range(cfg: &ModelConfig, layers: &[LayerId]) -> Range<usize> {
+pub fn layer_range(cfg: &ModelConfig, layers: &[LayerId]) -> Range<usize> {
     let idx = |l: &LayerId| match l {
         LayerId::Block(i) => *i as usize,
         LayerId::Query => cfg.layers as usize - 1,
@@ -515,6 +603,7 @@ fn rank_loop(
     dist: &DistConfig,
     data: &Packed,
     steps: u64,
+    io: Io<'_>,
     world: &mut dyn Communicator,
 ) -> Result<RankOutput, TrainError> {
     let cfg = &plan.model;
@@ -542,7 +631,10 @@ fn rank_loop(
     let flight = in_flight(actions, stage_plan.chunks.len());
     let mut chunks: Vec<ChunkState> = Vec::new();
     let whole = Layout::new(cfg)?;
-    let whole_p = whole.init::<f32>(settings.seed);
+    let (start, whole_p) = match io.resume {
+        Some((step, state)) => (step, std::borrow::Cow::Borrowed(&state.params)),
+        None => (0, std::borrow::Cow::Owned(whole.init::<f32>(settings.seed))),
+    };
     for (ci, c) in stage_plan.chunks.iter().enumerate() {
         let part = Part {
             tp,
@@ -555,6 +647,13 @@ fn rank_loop(
         let p = layout.gather(&whole, &whole_p);
         let n = p.len();
         let shard = if sharded { chunk(n, dp, dpi) } else { 0..n };
+        let (m, v) = match io.resume {
+            Some((_, state)) => (
+                layout.gather(&whole, &state.m)[shard.clone()].to_vec(),
+                layout.gather(&whole, &state.v)[shard.clone()].to_vec(),
+            ),
+            None => (vec![0.0; shard.len()], vec![0.0; shard.len()]),
+        };
         let mut model = Model::new(cfg, settings.seed)?;
         model.dropout = settings.dropout;
         let decay = layout.decay_mask();
@@ -567,8 +666,8 @@ fn rank_loop(
         chunks.push(ChunkState {
             model,
             g: vec![0.0; n],
-            m: vec![0.0; shard.len()],
-            v: vec![0.0; shard.len()],
+            m,
+            v,
             p,
             decay,
             shard,
@@ -606,7 +705,7 @@ fn rank_loop(
     };
     let mut losses = Vec::new();
     let loop_start = Instant::now();
-    for step in 0..steps {
+    for step in start..steps {
         let first = step * settings.batch as u64;
         let ks: Vec<u64> = (first..first + settings.batch as u64).collect();
         let idx: Vec<usize> = ks.iter().map(|&k| order.at(k)).collect();
@@ -835,6 +934,12 @@ fn rank_loop(
             rep.opt_comm_s += t.elapsed().as_secs_f64();
         }
         losses.push(f64::from(sums[1]));
+        if let Some(save) = io.save {
+            let done = step + 1;
+            if done == steps || (save.every > 0 && done % save.every == 0) {
+                save_checkpoint(plan, settings, save, done, &chunks, world)?;
+            }
+        }
     }
     rep.wall_s = loop_start.elapsed().as_secs_f64();
     Ok(RankOutput {

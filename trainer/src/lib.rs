@@ -25,6 +25,7 @@ pub mod model;
 pub mod optim;
 pub mod real;
 pub mod rng;
+pub mod sharded;
 pub mod tokenizer;
 pub mod train;
 

@@ -442,6 +442,24 @@ impl Layout {
         }
     }
 
+    /// [`Layout::scatter`] of the elements of `local` whose flat index lies in `keep`.
+    pub fn scatter_within<T: Copy>(
+        &self,
+        whole: &Layout,
+        local: &[T],
+        out: &mut [T],
+        keep: &Range<usize>,
+    ) {
+        for t in &self.tensors {
+            let w = &whole.tensors[t.global];
+            let lo = keep.start.max(t.offset);
+            let hi = keep.end.min(t.offset + t.len());
+            for j in lo..hi {
+                out[w.offset + self.global_index(t, j - t.offset)] = local[j];
+            }
+        }
+    }
+
     /// This part's values cut from the whole model's buffer `src` (laid out by `whole`).
     pub fn gather<T: Copy + Default>(&self, whole: &Layout, src: &[T]) -> Vec<T> {
         let mut out = vec![T::default(); self.total];

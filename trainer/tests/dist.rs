@@ -191,3 +191,83 @@ fn bad_plans_are_rejected_with_the_reason() {
         .to_string();
     assert!(e.contains("fp32"), "{e}");
 }
+
+#[test]
+fn sharded_checkpoints_resume_under_the_same_plan_and_reshard_to_another() {
+    use pangu_trainer::dist::{train_threads_with, Io, Save};
+    use pangu_trainer::sharded;
+    let (cfg, s, single) = setup(0.0);
+    let dir = std::env::temp_dir().join(format!("pangu-sharded-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let save = Save {
+        dir: dir.clone(),
+        every: 2,
+        tokenizer_json: single.tokenizer.to_json(),
+        tokenizer_hash: format!("{:016x}", single.tokenizer.hash()),
+    };
+    let dist = DistConfig {
+        algo: CollectiveAlgorithm::Ring,
+        timeout: Duration::from_secs(60),
+    };
+    let go = |toml: &str, steps: u64, io: Io<'_>| {
+        let plan = plan_for(&cfg, &spec(toml)).unwrap();
+        let mut s = s.clone();
+        s.micro_batches = plan.strategy.micro_batches as usize;
+        train_threads_with(&plan, &s, &dist, &single.train, steps, io).unwrap()
+    };
+    let first = "dp = 2\ntp = 2\nopt_shard = \"zero1\"";
+    let full = go(
+        first,
+        4,
+        Io {
+            resume: None,
+            save: Some(&save),
+        },
+    );
+    assert_eq!(full.losses.len(), 4);
+    assert!(dir.join("step-00000002/rank-00003.safetensors").is_file());
+    assert_eq!(
+        std::fs::read_to_string(dir.join("latest")).unwrap(),
+        "step-00000004"
+    );
+    let at2 = sharded::load_whole(&dir.join("step-00000002")).unwrap();
+    assert_eq!(at2.step, 2);
+    // The same plan continues bit for bit.
+    let same = go(
+        first,
+        4,
+        Io {
+            resume: Some((2, &at2.state)),
+            save: None,
+        },
+    );
+    assert_eq!(same.losses, full.losses[2..]);
+    assert_eq!(same.params, full.params);
+    // Re-sharded to tensor parallelism 4 (and to a pipeline), equal within 1e-4.
+    for other in ["tp = 4", "pp = 2\ndp = 2\nopt_shard = \"zero1\""] {
+        let re = go(
+            other,
+            4,
+            Io {
+                resume: Some((2, &at2.state)),
+                save: None,
+            },
+        );
+        for (a, b) in re.losses.iter().zip(&full.losses[2..]) {
+            assert!((a - b).abs() < 1e-4, "{other}: {a} vs {b}");
+        }
+        assert!(rel_diff(&re.params, &full.params) < 1e-4, "{other}");
+    }
+    // The last checkpoint holds the final weights; a damaged rank file is named.
+    let at4 = sharded::load_whole(&dir).unwrap();
+    assert_eq!(at4.state.params, full.params);
+    let f = dir.join("step-00000004/rank-00002.safetensors");
+    let bytes = std::fs::read(&f).unwrap();
+    std::fs::write(&f, &bytes[..bytes.len() / 2]).unwrap();
+    let e = sharded::load_whole(&dir).unwrap_err().to_string();
+    assert!(
+        e.contains("rank-00002.safetensors") && e.contains("truncated"),
+        "{e}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
