@@ -142,10 +142,12 @@ pub fn check_plan(plan: &Plan, settings: &Settings) -> Result<(), TrainError> {
             s.remat
         )));
     }
-    if s.seq_parallel && s.tp > 1 {
-        return Err(TrainError::Unsupported(
-            "seq_parallel: the executor runs op-level parallelism without sequence splitting; set seq_parallel = false".into(),
-        ));
+    let rows = s.micro_batch_size * plan.model.seq_len;
+    if s.seq_parallel && s.tp > 1 && rows % s.tp != 0 {
+        return Err(TrainError::Config(format!(
+            "seq_parallel: the {rows} rows of a micro-batch (micro-batch size {} × sequence {}) do not split into tp {} blocks",
+            s.micro_batch_size, plan.model.seq_len, s.tp
+        )));
     }
     if settings.batch != s.global_batch as usize
         || settings.micro_batches != s.micro_batches as usize
@@ -458,16 +460,42 @@ struct TpReduce<'a> {
     secs: f64,
 }
 
-impl Reduce<f32> for TpReduce<'_> {
-    fn all_reduce(&mut self, buf: &mut [f32]) {
-        if self.members.len() < 2 || self.error.is_some() {
+impl TpReduce<'_> {
+    /// Runs `f` on the group unless an earlier call failed, timing it and keeping its error.
+    fn run(&mut self, f: impl FnOnce(&mut Sub<'_>, CollectiveAlgorithm) -> Result<(), CommError>) {
+        if self.error.is_some() {
             return;
         }
         let t = Instant::now();
-        if let Err(e) = Sub::new(&mut *self.world, self.members).all_reduce(buf, self.algo) {
+        let algo = self.algo;
+        if let Err(e) = f(&mut Sub::new(&mut *self.world, self.members), algo) {
             self.error = Some(e);
         }
         self.secs += t.elapsed().as_secs_f64();
+    }
+}
+
+impl Reduce<f32> for TpReduce<'_> {
+    fn all_reduce(&mut self, buf: &mut [f32]) {
+        if self.members.len() > 1 {
+            self.run(|g, algo| g.all_reduce(buf, algo));
+        }
+    }
+
+    fn all_gather(&mut self, local: &[f32], full: &mut [f32]) {
+        self.run(|g, algo| {
+            let mine = chunk(full.len(), g.size(), g.rank());
+            full[mine].copy_from_slice(local);
+            g.all_gather(full, algo)
+        });
+    }
+
+    fn reduce_scatter(&mut self, full: &mut [f32], local: &mut [f32]) {
+        self.run(|g, algo| {
+            let mine = g.reduce_scatter(full, algo)?;
+            local.copy_from_slice(&full[mine]);
+            Ok(())
+        });
     }
 }
 
@@ -642,6 +670,7 @@ fn rank_loop(
             layers: layer_range(cfg, &c.layers),
             embedding: c.embedding,
             head: c.head,
+            seq_parallel: st.seq_parallel && tp > 1,
         };
         let layout = Layout::part(cfg, &part)?;
         let p = layout.gather(&whole, &whole_p);
@@ -833,6 +862,28 @@ fn rank_loop(
                 }
                 Action::OptimizerStep => {}
             }
+        }
+        // Under sequence parallelism each device's LayerNorm and bias gradients cover its own
+        // rows: sum them over the tensor-parallel group (packed into one message).
+        for c in &mut chunks {
+            let ranges = c.model.layout.row_partial_ranges();
+            if ranges.is_empty() {
+                continue;
+            }
+            let t = Instant::now();
+            let mut packed: Vec<f32> = ranges
+                .iter()
+                .flat_map(|r| c.g[r.clone()].to_vec())
+                .collect();
+            Sub::new(world, &tp_group)
+                .all_reduce(&mut packed, dist.algo)
+                .map_err(comm_err)?;
+            let mut at = 0;
+            for r in ranges {
+                c.g[r.clone()].copy_from_slice(&packed[at..at + r.len()]);
+                at += r.len();
+            }
+            rep.tp_comm_s += t.elapsed().as_secs_f64();
         }
         // Gradient reductions: the tied word table between the first and last virtual stage,
         // then each chunk over the data-parallel group.

@@ -637,6 +637,20 @@ pub fn softmax_xent_bwd<T: Real>(probs: &mut [T], targets: &[u32], weights: &[f6
     });
 }
 
+/// `x[r, :] += bias` for every row of `x` (width `bias.len()`).
+pub fn add_rows<T: Real>(x: &mut [T], bias: &[T]) {
+    for row in x.chunks_exact_mut(bias.len()) {
+        add_into(row, bias);
+    }
+}
+
+/// `db += Σ_rows dy` (width `db.len()`).
+pub fn bias_bwd<T: Real>(db: &mut [T], dy: &[T]) {
+    for row in dy.chunks_exact(db.len()) {
+        add_into(db, row);
+    }
+}
+
 /// Adds `src` into `dst` element-wise.
 pub fn add_into<T: Real>(dst: &mut [T], src: &[T]) {
     for (d, &s) in dst.iter_mut().zip(src) {

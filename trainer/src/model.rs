@@ -90,6 +90,10 @@ pub struct Part {
     pub embedding: bool,
     /// Holds the final LayerNorm, the head and the loss (the last virtual stage).
     pub head: bool,
+    /// Sequence parallelism (with `tp > 1`): the residual stream, LayerNorms and dropout
+    /// hold this device's `1/tp` block of the rows; all-gathers and reduce-scatters take the
+    /// place of the all-reduces (Korthikanti et al. 2022).
+    pub seq_parallel: bool,
 }
 
 impl Part {
@@ -101,6 +105,7 @@ impl Part {
             layers: 0..layers,
             embedding: true,
             head: true,
+            seq_parallel: false,
         }
     }
 
@@ -484,6 +489,28 @@ impl Layout {
             .collect()
     }
 
+    /// Ranges of the gradients a device computes from its own rows only under sequence
+    /// parallelism (LayerNorm gains and biases, the biases added after a reduce-scatter);
+    /// empty otherwise.
+    pub fn row_partial_ranges(&self) -> Vec<Range<usize>> {
+        if !(self.part.seq_parallel && self.part.tp > 1) {
+            return Vec::new();
+        }
+        self.layers
+            .iter()
+            .flat_map(|lp| {
+                [
+                    lp.ln1_g.clone(),
+                    lp.ln1_b.clone(),
+                    lp.b_o.clone(),
+                    lp.ln2_g.clone(),
+                    lp.ln2_b.clone(),
+                    lp.b_down.clone(),
+                ]
+            })
+            .collect()
+    }
+
     /// A 0/1 mask per element: 1 where AdamW applies weight decay.
     pub fn decay_mask(&self) -> Vec<bool> {
         let mut m = vec![false; self.total];
@@ -610,6 +637,10 @@ pub struct Acts<T> {
     dqkv: Vec<T>,
     dff: Vec<T>,
     dscratch: Vec<T>,
+    /// All rows `[b·s, d]`: partial sums before their reduction, gathered gradients.
+    sp: Vec<T>,
+    /// The head's input gathered to all rows (sequence parallelism).
+    head_in: Vec<T>,
 }
 
 /// What a part's activation buffers hold: `layers` layers (the query layer among them when
@@ -619,6 +650,8 @@ struct Shape {
     layers: usize,
     query: bool,
     head: bool,
+    /// Row blocks of the residual stream (tp under sequence parallelism, else 1).
+    split: usize,
 }
 
 impl Shape {
@@ -627,15 +660,18 @@ impl Shape {
             layers: dims.layers,
             query: dims.query,
             head: true,
+            split: 1,
         }
     }
 
     fn of(layout: &Layout) -> Shape {
         let d = &layout.dims;
+        let part = &layout.part;
         Shape {
             layers: layout.layers.len(),
-            query: d.query && layout.part.layers.contains(&(d.layers - 1)),
-            head: layout.part.head,
+            query: d.query && part.layers.contains(&(d.layers - 1)),
+            head: part.head,
+            split: if part.seq_parallel { part.tp } else { 1 },
         }
     }
 
@@ -643,17 +679,21 @@ impl Shape {
     fn elems(&self, dims: &Dims, b: usize, dropout: bool) -> (usize, usize, usize, usize) {
         let (d, s, dl, fl, hl) = (dims.d, dims.s, dims.dl(), dims.fl, dims.hl);
         let rows = b * s;
+        let rl = rows / self.split;
         let probs = b * hl * s * s * (1 + usize::from(dropout));
-        // ln1, mid, ln2 (d); qkv (3·dl); att (dl); up, act (fl); four LayerNorm statistics.
-        let per_layer = rows * (3 * d + 4 * dl + 2 * fl + 4) + probs;
+        // ln1, ln2 (all rows, d); mid (own rows, d); qkv (3·dl); att (dl); up, act (fl);
+        // four LayerNorm statistics (own rows).
+        let per_layer = rows * (2 * d + 4 * dl + 2 * fl) + rl * (d + 4) + probs;
         let qin = if self.query { rows * d } else { 0 };
         let head = if self.head {
-            rows * (d + 2) + rows * dims.v
+            rows * (d + 2) + rows * dims.v + if self.split > 1 { rows * d } else { 0 }
         } else {
             0
         };
-        // Residual stream, head, backward scratch (dx, dtmp, dtmp2; dqkv; dff; scores).
-        let other = (self.layers + 1) * rows * d + head + rows * (3 * d + 3 * dl + fl) + b * s * s;
+        // Residual stream (own rows), head, backward scratch (dx own rows; dtmp, dtmp2, sp;
+        // dqkv; dff; scores).
+        let other =
+            (self.layers + 1) * rl * d + head + rl * d + rows * (3 * d + 3 * dl + fl) + b * s * s;
         let f64_rows = if self.head { rows } else { 0 };
         (per_layer, qin, other, f64_rows)
     }
@@ -682,14 +722,15 @@ impl<T: Real> Acts<T> {
         let (d, v, s) = (dims.d, dims.v, dims.s);
         let (dl, fl, hl) = (dims.dl(), dims.fl, dims.hl);
         let rows = b * s;
+        let rl = rows / shape.split;
         let z = |n: usize| vec![T::zero(); n];
         let nl = shape.layers;
         let kept = if remat { nl.min(1) } else { nl };
         let layers = (0..kept)
             .map(|i| LayerActs {
                 ln1: z(rows * d),
-                ln1_mean: z(rows),
-                ln1_rstd: z(rows),
+                ln1_mean: z(rl),
+                ln1_rstd: z(rl),
                 qin: if shape.query && (remat || i + 1 == nl) {
                     z(rows * d)
                 } else {
@@ -703,10 +744,10 @@ impl<T: Real> Acts<T> {
                     Vec::new()
                 },
                 att: z(rows * dl),
-                mid: z(rows * d),
+                mid: z(rl * d),
                 ln2: z(rows * d),
-                ln2_mean: z(rows),
-                ln2_rstd: z(rows),
+                ln2_mean: z(rl),
+                ln2_rstd: z(rl),
                 up: z(rows * fl),
                 act: z(rows * fl),
             })
@@ -715,7 +756,7 @@ impl<T: Real> Acts<T> {
         Acts {
             b,
             remat,
-            res: (0..=nl).map(|_| z(rows * d)).collect(),
+            res: (0..=nl).map(|_| z(rl * d)).collect(),
             layers,
             lnf: hz(rows * d),
             lnf_mean: hz(rows),
@@ -726,12 +767,18 @@ impl<T: Real> Acts<T> {
             } else {
                 Vec::new()
             },
-            dx: z(rows * d),
+            dx: z(rl * d),
             dtmp: z(rows * d),
             dtmp2: z(rows * d),
             dqkv: z(rows * 3 * dl),
             dff: z(rows * fl),
             dscratch: z(b * s * s),
+            sp: z(rows * d),
+            head_in: if shape.head && shape.split > 1 {
+                z(rows * d)
+            } else {
+                Vec::new()
+            },
         }
     }
 
@@ -815,7 +862,9 @@ impl<T: Real> Acts<T> {
             + self.dtmp2.len()
             + self.dqkv.len()
             + self.dff.len()
-            + self.dscratch.len();
+            + self.dscratch.len()
+            + self.sp.len()
+            + self.head_in.len();
         (l + r + other) as u64 * sz + self.losses.len() as u64 * 8
     }
 
@@ -840,14 +889,26 @@ enum Site {
 pub trait Reduce<T> {
     /// Sums `buf` over the group, in place.
     fn all_reduce(&mut self, buf: &mut [T]);
+    /// Concatenates every member's `local` block into `full` (sequence parallelism).
+    fn all_gather(&mut self, local: &[T], full: &mut [T]);
+    /// Sums `full` over the group and leaves this member's block of it in `local`.
+    fn reduce_scatter(&mut self, full: &mut [T], local: &mut [T]);
 }
 
 /// One device: nothing to reduce.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Alone;
 
-impl<T> Reduce<T> for Alone {
+impl<T: Copy> Reduce<T> for Alone {
     fn all_reduce(&mut self, _buf: &mut [T]) {}
+
+    fn all_gather(&mut self, local: &[T], full: &mut [T]) {
+        full.copy_from_slice(local);
+    }
+
+    fn reduce_scatter(&mut self, full: &mut [T], local: &mut [T]) {
+        local.copy_from_slice(full);
+    }
 }
 
 /// The model: its layout and dropout rate (parameters live outside, so optimizers, shards and
@@ -888,7 +949,55 @@ impl Model {
         }
     }
 
-    /// Forward pass of layer `l`: `y = layer(x)`, saving what backward needs in `a`.
+    /// Rows of a micro-batch of `b` samples this device holds in the residual stream: all of
+    /// them, or its contiguous `1/tp` block under sequence parallelism.
+    pub fn local_rows(&self, b: usize) -> Range<usize> {
+        let rows = b * self.dims().s;
+        let part = &self.layout.part;
+        if part.seq_parallel && part.tp > 1 {
+            let rl = rows / part.tp;
+            part.tp_rank * rl..(part.tp_rank + 1) * rl
+        } else {
+            0..rows
+        }
+    }
+
+    /// `out = LN(x)` over this device's rows, gathered to all rows under sequence parallelism.
+    fn norm_gather<T: Real>(
+        &self,
+        x: &[T],
+        g: &[T],
+        bias: &[T],
+        out: &mut [T],
+        mean: &mut [T],
+        rstd: &mut [T],
+        sp: &mut [T],
+        red: &mut dyn Reduce<T>,
+    ) {
+        let d = self.dims().d;
+        if self.layout.part.seq_parallel {
+            let loc = &mut sp[..x.len()];
+            k::layernorm_fwd(loc, mean, rstd, x, g, bias, d);
+            red.all_gather(loc, out);
+        } else {
+            k::layernorm_fwd(out, mean, rstd, x, g, bias, d);
+        }
+    }
+
+    /// `out = Σ_group partial (+ bias)` for this device's rows: an all-reduce, or a
+    /// reduce-scatter under sequence parallelism (the bias then added by every device to its
+    /// own rows; without it, once, by rank 0).
+    fn sum_rows<T: Real>(&self, partial: &mut [T], out: &mut [T], red: &mut dyn Reduce<T>) {
+        if self.layout.part.seq_parallel {
+            red.reduce_scatter(partial, out);
+        } else {
+            red.all_reduce(partial);
+            out.copy_from_slice(partial);
+        }
+    }
+
+    /// Forward pass of layer `l`: `y = layer(x)` (this device's rows), saving what backward
+    /// needs in `a`; `sp` is a scratch of all rows under sequence parallelism.
     #[allow(clippy::too_many_arguments)]
     fn layer_fwd<T: Real>(
         &self,
@@ -897,6 +1006,7 @@ impl Model {
         x: &[T],
         y: &mut [T],
         a: &mut LayerActs<T>,
+        sp: &mut [T],
         batch: &Batch,
         step: u64,
         train: bool,
@@ -910,16 +1020,20 @@ impl Model {
         let lay = &self.layout;
         let lp = &lay.layers[l - lay.part.layers.start];
         let query = dims.query && l + 1 == dims.layers;
-        // Row-split projections add their bias once, on tensor-parallel rank 0.
-        let rank0 = lay.part.tp_rank == 0;
-        k::layernorm_fwd(
-            &mut a.ln1,
-            &mut a.ln1_mean,
-            &mut a.ln1_rstd,
+        let seq = lay.part.seq_parallel;
+        let own = self.local_rows(batch.b);
+        let row_ids = &batch.row_ids[own.clone()];
+        // Biases after a sum: added once, by rank 0, or per device on its own rows.
+        let bias_once = lay.part.tp_rank == 0 && !seq;
+        self.norm_gather(
             x,
             &p[lp.ln1_g.clone()],
             &p[lp.ln1_b.clone()],
-            d,
+            &mut a.ln1,
+            &mut a.ln1_mean,
+            &mut a.ln1_rstd,
+            sp,
+            red,
         );
         let w = &p[lp.w_qkv.clone()];
         let bq = &p[lp.b_qkv.clone()];
@@ -973,45 +1087,55 @@ impl Model {
             self.drop(train, step, l, Site::AttnProbs),
             &batch.sample_ids,
         );
-        // mid = x + dropout(att·Wo + bo), summed over the tensor-parallel group.
+        // mid = x + dropout(Σ_group att·Wo + bo)
         k::linear_fwd(
-            &mut a.mid,
+            &mut sp[..rows * d],
             d,
             &a.att,
             dl,
             &p[lp.w_o.clone()],
             d,
-            rank0.then(|| &p[lp.b_o.clone()]),
+            bias_once.then(|| &p[lp.b_o.clone()]),
             rows,
             dl,
             d,
         );
-        red.all_reduce(&mut a.mid);
+        self.sum_rows(&mut sp[..rows * d], &mut a.mid, red);
+        if seq {
+            k::add_rows(&mut a.mid, &p[lp.b_o.clone()]);
+        }
         self.drop(train, step, l, Site::AttnOut)
-            .apply(&mut a.mid, d, &batch.row_ids);
+            .apply(&mut a.mid, d, row_ids);
         k::add_into(&mut a.mid, x);
-        // y = mid + dropout(FFN(LN2(mid)))
-        let m = &a.mid;
-        ffn_fwd(
-            p,
-            lp,
-            m,
-            FfnBufs {
-                ln: &mut a.ln2,
-                mean: &mut a.ln2_mean,
-                rstd: &mut a.ln2_rstd,
-                up: &mut a.up,
-                act: &mut a.act,
-            },
-            y,
-            rows,
-            d,
-            fl,
-            rank0,
+        // y = mid + dropout(Σ_group FFN(LN2(mid)))
+        self.norm_gather(
+            &a.mid,
+            &p[lp.ln2_g.clone()],
+            &p[lp.ln2_b.clone()],
+            &mut a.ln2,
+            &mut a.ln2_mean,
+            &mut a.ln2_rstd,
+            sp,
+            red,
         );
-        red.all_reduce(y);
-        self.drop(train, step, l, Site::FfnOut)
-            .apply(y, d, &batch.row_ids);
+        ffn_up(p, lp, &a.ln2, &mut a.up, &mut a.act, rows, d, fl);
+        k::linear_fwd(
+            &mut sp[..rows * d],
+            d,
+            &a.act,
+            fl,
+            &p[lp.w_down.clone()],
+            d,
+            bias_once.then(|| &p[lp.b_down.clone()]),
+            rows,
+            fl,
+            d,
+        );
+        self.sum_rows(&mut sp[..rows * d], y, red);
+        if seq {
+            k::add_rows(y, &p[lp.b_down.clone()]);
+        }
+        self.drop(train, step, l, Site::FfnOut).apply(y, d, row_ids);
         k::add_into(y, &a.mid);
     }
 
@@ -1057,7 +1181,8 @@ impl Model {
     /// Forward pass of this device's part of the model ([`Layout::part`]). Without the
     /// embedding, the input activation must be in [`Acts::input_mut`]; without the head, the
     /// output is left in [`Acts::output`] and 0 is returned. `red` sums over the
-    /// tensor-parallel group.
+    /// tensor-parallel group. Under sequence parallelism the residual stream holds this
+    /// device's rows only ([`Model::local_rows`]).
     pub fn forward_part<T: Real>(
         &self,
         p: &[T],
@@ -1074,17 +1199,21 @@ impl Model {
             "activation buffers were sized for another batch"
         );
         let lay = &self.layout;
+        let own = self.local_rows(batch.b);
         if lay.part.embedding {
             k::embed_fwd(
                 &mut acts.res[0],
-                &batch.tokens,
-                &batch.pos,
+                &batch.tokens[own.clone()],
+                &batch.pos[own.clone()],
                 &p[lay.wte.clone()],
                 &p[lay.wpe.clone()],
                 d,
             );
-            self.drop(train, step, 0, Site::Embedding)
-                .apply(&mut acts.res[0], d, &batch.row_ids);
+            self.drop(train, step, 0, Site::Embedding).apply(
+                &mut acts.res[0],
+                d,
+                &batch.row_ids[own.clone()],
+            );
         }
         let ad = self.attn_dims(batch.b);
         let first = lay.part.layers.start;
@@ -1098,6 +1227,7 @@ impl Model {
                 &before[li],
                 &mut after[0],
                 &mut acts.layers[slot],
+                &mut acts.sp,
                 batch,
                 step,
                 train,
@@ -1108,11 +1238,17 @@ impl Model {
         if !lay.part.head {
             return 0.0;
         }
+        let head_in: &[T] = if lay.part.seq_parallel {
+            red.all_gather(&acts.res[nl], &mut acts.head_in);
+            &acts.head_in
+        } else {
+            &acts.res[nl]
+        };
         k::layernorm_fwd(
             &mut acts.lnf,
             &mut acts.lnf_mean,
             &mut acts.lnf_rstd,
-            &acts.res[nl],
+            head_in,
             &p[lay.lnf_g.clone()],
             &p[lay.lnf_b.clone()],
             d,
@@ -1139,7 +1275,8 @@ impl Model {
     /// Backward pass of this device's part after [`Model::forward_part`] of the same batch:
     /// accumulates into `g`. Without the head, the gradient of the part's output must be in
     /// [`Acts::grad_mut`]; without the embedding, the gradient of its input is left in
-    /// [`Acts::grad`].
+    /// [`Acts::grad`]. Under sequence parallelism the LayerNorm and bias gradients are this
+    /// device's rows' share (the executor sums them over the group).
     pub fn backward_part<T: Real>(
         &self,
         p: &[T],
@@ -1157,8 +1294,13 @@ impl Model {
         let lay = &self.layout;
         let nl = lay.layers.len();
         let first = lay.part.layers.start;
+        let seq = lay.part.seq_parallel;
+        let own = self.local_rows(batch.b);
+        let rl = own.len();
+        let row_ids = &batch.row_ids[own.clone()];
         if lay.part.head {
             k::softmax_xent_bwd(&mut acts.logits, &batch.targets, &batch.weights, v);
+            let head_in: &[T] = if seq { &acts.head_in } else { &acts.res[nl] };
             // dlnf = dlogits·wte ; dwte += dlogitsᵀ·lnf
             {
                 let (gw, _) = split_range(g, &lay.wte);
@@ -1183,19 +1325,25 @@ impl Model {
                 d,
                 false,
             );
-            acts.dx.fill(T::zero());
+            // The head runs on all rows on every device; keep this device's rows' gradient.
+            let full: &mut [T] = if seq { &mut acts.sp } else { &mut acts.dx };
+            full.fill(T::zero());
             let (dg, db) = two_ranges(g, &lay.lnf_g, &lay.lnf_b);
             k::layernorm_bwd(
-                &mut acts.dx,
+                full,
                 dg,
                 db,
                 &acts.dtmp,
-                &acts.res[nl],
+                head_in,
                 &p[lay.lnf_g.clone()],
                 &acts.lnf_mean,
                 &acts.lnf_rstd,
                 d,
             );
+            if seq {
+                acts.dx
+                    .copy_from_slice(&acts.sp[own.start * d..own.end * d]);
+            }
         }
         let ad = self.attn_dims(batch.b);
         for li in (0..nl).rev() {
@@ -1212,6 +1360,7 @@ impl Model {
                     &before[li],
                     &mut after[0],
                     &mut acts.layers[0],
+                    &mut acts.sp,
                     batch,
                     step,
                     train,
@@ -1224,30 +1373,35 @@ impl Model {
             };
             let x = &acts.res[li];
             let a = &acts.layers[slot];
-            // y = mid + drop(act·Wd + bd): the FFN branch's gradient is drop-mask ⊙ dx.
+            // y = mid + drop(Σ act·Wd + bd): the FFN branch's gradient is drop-mask ⊙ dx,
+            // gathered to all rows under sequence parallelism.
             let dy = self.drop(train, step, l, Site::FfnOut).masked(
                 &acts.dx,
-                &mut acts.dtmp,
+                &mut acts.dtmp[..rl * d],
                 d,
-                &batch.row_ids,
+                row_ids,
             );
-            {
-                let (gw, gb) = two_ranges(g, &lp.w_down, &lp.b_down);
-                k::linear_bwd(
-                    Some((&mut acts.dff, fl, false)),
-                    gw,
-                    d,
-                    Some(gb),
-                    dy,
-                    d,
-                    &a.act,
-                    fl,
-                    &p[lp.w_down.clone()],
-                    rows,
-                    fl,
-                    d,
-                );
-            }
+            k::bias_bwd(&mut g[lp.b_down.clone()], dy);
+            let dy: &[T] = if seq {
+                red.all_gather(dy, &mut acts.sp);
+                &acts.sp
+            } else {
+                dy
+            };
+            k::linear_bwd(
+                Some((&mut acts.dff, fl, false)),
+                &mut g[lp.w_down.clone()],
+                d,
+                None,
+                dy,
+                d,
+                &a.act,
+                fl,
+                &p[lp.w_down.clone()],
+                rows,
+                fl,
+                d,
+            );
             k::gelu_bwd_inplace(&mut acts.dff, &a.up, fl);
             {
                 let (gw, gb) = two_ranges(g, &lp.w_up, &lp.b_up);
@@ -1266,15 +1420,22 @@ impl Model {
                     fl,
                 );
             }
-            // The column-split FFN-up saw the whole input: its input gradient is summed.
-            red.all_reduce(&mut acts.dtmp2);
+            // The column-split FFN-up saw the whole input: its input gradient is summed
+            // (over the group; scattered to this device's rows under sequence parallelism).
+            let dln: &[T] = if seq {
+                red.reduce_scatter(&mut acts.dtmp2, &mut acts.dtmp[..rl * d]);
+                &acts.dtmp[..rl * d]
+            } else {
+                red.all_reduce(&mut acts.dtmp2);
+                &acts.dtmp2
+            };
             {
                 let (dg, db) = two_ranges(g, &lp.ln2_g, &lp.ln2_b);
                 k::layernorm_bwd(
                     &mut acts.dx,
                     dg,
                     db,
-                    &acts.dtmp2,
+                    dln,
                     &a.mid,
                     &p[lp.ln2_g.clone()],
                     &a.ln2_mean,
@@ -1282,30 +1443,34 @@ impl Model {
                     d,
                 );
             }
-            // mid = x + drop(att·Wo + bo)
+            // mid = x + drop(Σ att·Wo + bo)
             let dy = self.drop(train, step, l, Site::AttnOut).masked(
                 &acts.dx,
-                &mut acts.dtmp,
+                &mut acts.dtmp[..rl * d],
                 d,
-                &batch.row_ids,
+                row_ids,
             );
-            {
-                let (gw, gb) = two_ranges(g, &lp.w_o, &lp.b_o);
-                k::linear_bwd(
-                    Some((&mut acts.dtmp2[..rows * dl], dl, false)),
-                    gw,
-                    d,
-                    Some(gb),
-                    dy,
-                    d,
-                    &a.att,
-                    dl,
-                    &p[lp.w_o.clone()],
-                    rows,
-                    dl,
-                    d,
-                );
-            }
+            k::bias_bwd(&mut g[lp.b_o.clone()], dy);
+            let dy: &[T] = if seq {
+                red.all_gather(dy, &mut acts.sp);
+                &acts.sp
+            } else {
+                dy
+            };
+            k::linear_bwd(
+                Some((&mut acts.dtmp2[..rows * dl], dl, false)),
+                &mut g[lp.w_o.clone()],
+                d,
+                None,
+                dy,
+                d,
+                &a.att,
+                dl,
+                &p[lp.w_o.clone()],
+                rows,
+                dl,
+                d,
+            );
             k::attention_bwd(
                 &mut acts.dqkv,
                 &mut acts.dscratch,
@@ -1368,19 +1533,26 @@ impl Model {
                     );
                 }
             }
-            red.all_reduce(&mut acts.dtmp2);
             if query {
+                // The query table is looked up for all rows on every device.
                 red.all_reduce(&mut acts.dtmp);
                 let (gq, _) = split_range(g, &lay.wqe);
                 k::lookup_bwd(gq, &acts.dtmp, &batch.pos, d);
             }
+            let dln: &[T] = if seq {
+                red.reduce_scatter(&mut acts.dtmp2, &mut acts.dtmp[..rl * d]);
+                &acts.dtmp[..rl * d]
+            } else {
+                red.all_reduce(&mut acts.dtmp2);
+                &acts.dtmp2
+            };
             {
                 let (dg, db) = two_ranges(g, &lp.ln1_g, &lp.ln1_b);
                 k::layernorm_bwd(
                     &mut acts.dx,
                     dg,
                     db,
-                    &acts.dtmp2,
+                    dln,
                     x,
                     &p[lp.ln1_g.clone()],
                     &a.ln1_mean,
@@ -1393,14 +1565,21 @@ impl Model {
             return;
         }
         self.drop(train, step, 0, Site::Embedding)
-            .apply(&mut acts.dx, d, &batch.row_ids);
+            .apply(&mut acts.dx, d, row_ids);
+        // The embedding tables' gradients from all rows on every device (replicated).
+        let dx: &[T] = if seq {
+            red.all_gather(&acts.dx, &mut acts.sp);
+            &acts.sp
+        } else {
+            &acts.dx
+        };
         {
             let (gw, _) = split_range(g, &lay.wte);
-            k::lookup_bwd(gw, &acts.dx, &batch.tokens, d);
+            k::lookup_bwd(gw, dx, &batch.tokens, d);
         }
         {
             let (gp, _) = split_range(g, &lay.wpe);
-            k::lookup_bwd(gp, &acts.dx, &batch.pos, d);
+            k::lookup_bwd(gp, dx, &batch.pos, d);
         }
     }
 }
@@ -1436,19 +1615,7 @@ pub(crate) fn ffn_fwd<T: Real>(
         &p[lp.ln2_b.clone()],
         d,
     );
-    k::linear_fwd(
-        b.up,
-        f,
-        b.ln,
-        d,
-        &p[lp.w_up.clone()],
-        f,
-        Some(&p[lp.b_up.clone()]),
-        rows,
-        d,
-        f,
-    );
-    k::gelu_fwd(b.act, b.up, f);
+    ffn_up(p, lp, b.ln, b.up, b.act, rows, d, f);
     k::linear_fwd(
         out,
         d,
@@ -1461,6 +1628,32 @@ pub(crate) fn ffn_fwd<T: Real>(
         f,
         d,
     );
+}
+
+/// `up = ln·W_up + b_up`, `act = GeLU(up)` (`f` this device's FFN width).
+pub(crate) fn ffn_up<T: Real>(
+    p: &[T],
+    lp: &LayerParams,
+    ln: &[T],
+    up: &mut [T],
+    act: &mut [T],
+    rows: usize,
+    d: usize,
+    f: usize,
+) {
+    k::linear_fwd(
+        up,
+        f,
+        ln,
+        d,
+        &p[lp.w_up.clone()],
+        f,
+        Some(&p[lp.b_up.clone()]),
+        rows,
+        d,
+        f,
+    );
+    k::gelu_fwd(act, up, f);
 }
 
 /// The sub-slice of `r` (and the rest, unused).

@@ -275,6 +275,7 @@ pub fn load_whole(dir: &Path) -> Result<Loaded, TrainError> {
                 layers: crate::dist::layer_range(&man.model, &chunk.layers),
                 embedding: chunk.embedding,
                 head: chunk.head,
+                seq_parallel: s.seq_parallel && s.tp > 1,
             };
             let layout = Layout::part(&man.model, &part)?;
             let mut p = vec![0.0f32; layout.total];

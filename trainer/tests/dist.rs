@@ -87,6 +87,8 @@ fn every_dimension_and_their_combinations_match_single_device() {
         ("dp = 2\npp = 2\nopt_shard = \"zero1\"", Ring),
         ("tp = 2\npp = 2\nremat = \"full\"", Hd),
         ("dp = 2\ntp = 2\npp = 2", Ring),
+        ("tp = 2\nseq_parallel = true", Ring),
+        ("tp = 4\npp = 2\nseq_parallel = true\nremat = \"full\"", Hd),
         (
             "dp = 2\ntp = 2\npp = 2\nschedule = \"gpipe\"\nopt_shard = \"zero1\"\nremat = \"full\"",
             Tree,
@@ -126,17 +128,16 @@ fn every_dimension_and_their_combinations_match_single_device() {
 fn dropout_masks_follow_global_indices_across_tensor_and_pipeline_splits() {
     let (cfg, s, mut single) = setup(0.1);
     let losses: Vec<f64> = (0..STEPS).map(|_| single.step().loss).collect();
-    let r = run(
-        &cfg,
-        &s,
-        &single,
+    for toml in [
         "dp = 2\ntp = 2\npp = 2",
-        CollectiveAlgorithm::Ring,
-    );
-    for (a, b) in r.losses.iter().zip(&losses) {
-        assert!((a - b).abs() < 1e-4, "loss {a} vs {b}");
+        "tp = 2\npp = 2\nseq_parallel = true",
+    ] {
+        let r = run(&cfg, &s, &single, toml, CollectiveAlgorithm::Ring);
+        for (a, b) in r.losses.iter().zip(&losses) {
+            assert!((a - b).abs() < 1e-4, "{toml}: loss {a} vs {b}");
+        }
+        assert!(rel_diff(&r.params, &single.state.params) < 1e-4, "{toml}");
     }
-    assert!(rel_diff(&r.params, &single.state.params) < 1e-4);
 }
 
 #[test]
@@ -166,9 +167,17 @@ fn sharding_and_remat_cut_the_bytes_each_rank_allocates() {
     assert_eq!(plain.losses, remat.losses, "remat alone changes nothing");
     assert_eq!(plain.params, remat.params);
     assert!(remat.ranks[0].allocated_bytes < plain.ranks[0].allocated_bytes);
-    // Tensor parallelism splits the layer weights.
+    // Tensor parallelism splits the layer weights; sequence parallelism the residual stream.
     let tp = run(&cfg, &s, &single, "tp = 2", CollectiveAlgorithm::Ring);
     assert!(tp.ranks[0].allocated_bytes < plain.ranks[0].allocated_bytes);
+    let sp = run(
+        &cfg,
+        &s,
+        &single,
+        "tp = 2\nseq_parallel = true",
+        CollectiveAlgorithm::Ring,
+    );
+    assert!(sp.ranks[0].allocated_bytes < tp.ranks[0].allocated_bytes);
 }
 
 #[test]
