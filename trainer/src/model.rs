@@ -1382,12 +1382,7 @@ impl Model {
                 row_ids,
             );
             k::bias_bwd(&mut g[lp.b_down.clone()], dy);
-            let dy: &[T] = if seq {
-                red.all_gather(dy, &mut acts.sp);
-                &acts.sp
-            } else {
-                dy
-            };
+            let dy = gathered(seq, dy, &mut acts.sp, red);
             k::linear_bwd(
                 Some((&mut acts.dff, fl, false)),
                 &mut g[lp.w_down.clone()],
@@ -1422,13 +1417,7 @@ impl Model {
             }
             // The column-split FFN-up saw the whole input: its input gradient is summed
             // (over the group; scattered to this device's rows under sequence parallelism).
-            let dln: &[T] = if seq {
-                red.reduce_scatter(&mut acts.dtmp2, &mut acts.dtmp[..rl * d]);
-                &acts.dtmp[..rl * d]
-            } else {
-                red.all_reduce(&mut acts.dtmp2);
-                &acts.dtmp2
-            };
+            let dln = summed(seq, &mut acts.dtmp2, &mut acts.dtmp[..rl * d], red);
             {
                 let (dg, db) = two_ranges(g, &lp.ln2_g, &lp.ln2_b);
                 k::layernorm_bwd(
@@ -1451,12 +1440,7 @@ impl Model {
                 row_ids,
             );
             k::bias_bwd(&mut g[lp.b_o.clone()], dy);
-            let dy: &[T] = if seq {
-                red.all_gather(dy, &mut acts.sp);
-                &acts.sp
-            } else {
-                dy
-            };
+            let dy = gathered(seq, dy, &mut acts.sp, red);
             k::linear_bwd(
                 Some((&mut acts.dtmp2[..rows * dl], dl, false)),
                 &mut g[lp.w_o.clone()],
@@ -1539,13 +1523,7 @@ impl Model {
                 let (gq, _) = split_range(g, &lay.wqe);
                 k::lookup_bwd(gq, &acts.dtmp, &batch.pos, d);
             }
-            let dln: &[T] = if seq {
-                red.reduce_scatter(&mut acts.dtmp2, &mut acts.dtmp[..rl * d]);
-                &acts.dtmp[..rl * d]
-            } else {
-                red.all_reduce(&mut acts.dtmp2);
-                &acts.dtmp2
-            };
+            let dln = summed(seq, &mut acts.dtmp2, &mut acts.dtmp[..rl * d], red);
             {
                 let (dg, db) = two_ranges(g, &lp.ln1_g, &lp.ln1_b);
                 k::layernorm_bwd(
@@ -1567,12 +1545,7 @@ impl Model {
         self.drop(train, step, 0, Site::Embedding)
             .apply(&mut acts.dx, d, row_ids);
         // The embedding tables' gradients from all rows on every device (replicated).
-        let dx: &[T] = if seq {
-            red.all_gather(&acts.dx, &mut acts.sp);
-            &acts.sp
-        } else {
-            &acts.dx
-        };
+        let dx = gathered(seq, &acts.dx, &mut acts.sp, red);
         {
             let (gw, _) = split_range(g, &lay.wte);
             k::lookup_bwd(gw, dx, &batch.tokens, d);
@@ -1581,6 +1554,38 @@ impl Model {
             let (gp, _) = split_range(g, &lay.wpe);
             k::lookup_bwd(gp, dx, &batch.pos, d);
         }
+    }
+}
+
+/// `local` gathered to all rows in `full` under sequence parallelism (`seq`), else itself.
+fn gathered<'a, T: Real>(
+    seq: bool,
+    local: &'a [T],
+    full: &'a mut [T],
+    red: &mut dyn Reduce<T>,
+) -> &'a [T] {
+    if seq {
+        red.all_gather(local, full);
+        full
+    } else {
+        local
+    }
+}
+
+/// The group's sum of `partial`: this device's rows of it (in `local`) under sequence
+/// parallelism, else all of it (in place).
+fn summed<'a, T: Real>(
+    seq: bool,
+    partial: &'a mut [T],
+    local: &'a mut [T],
+    red: &mut dyn Reduce<T>,
+) -> &'a [T] {
+    if seq {
+        red.reduce_scatter(partial, local);
+        local
+    } else {
+        red.all_reduce(partial);
+        partial
     }
 }
 
