@@ -159,7 +159,12 @@ pub(crate) fn run(a: &TrainArgs) -> Result<()> {
         Some(dir) => pangu_trainer::sharded::is_sharded(dir)?,
         None => false,
     };
-    if devices > 1 || sharded_resume {
+    // Selective and every-k remat run on the executor (one device is a plan too).
+    let partial_remat = matches!(
+        spec.remat,
+        Some(pangu_strategies::Remat::Selective | pangu_strategies::Remat::Every(2..))
+    );
+    if devices > 1 || sharded_resume || partial_remat {
         return run_dist(a, &spec);
     }
     bench::set_threads(threads);
@@ -601,7 +606,8 @@ fn remat_flag(v: Option<pangu_strategies::Remat>) -> Result<bool> {
         None | Some(Remat::None) => Ok(false),
         Some(Remat::Full) => Ok(true),
         Some(other) => bail!(
-            "--remat {other}: the executor does none or full (selective and every:K are simulated, not yet executed)"
+            "--remat {other}: the single-device loop keeps all activations or recomputes whole layers; \
+             selective and every:K run on the executor (any strategy flag, e.g. --dp 1)"
         ),
     }
 }

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use pangu_model::ModelConfig;
 use pangu_strategies::report::DeviceReport;
 use pangu_strategies::schedule::Action;
-use pangu_strategies::strategy::{OptShard, Precision, Remat, StrategySpec};
+use pangu_strategies::strategy::{OptShard, Precision, StrategySpec};
 use pangu_strategies::{Breakdown, CollectiveAlgorithm, LayerId, Plan, StepReport};
 use serde::Serialize;
 
@@ -134,12 +134,6 @@ pub fn check_plan(plan: &Plan, settings: &Settings) -> Result<(), TrainError> {
         return Err(TrainError::Unsupported(format!(
             "precision {}: the CPU executor trains in fp32 (set precision = \"fp32\")",
             s.precision
-        )));
-    }
-    if !matches!(s.remat, Remat::None | Remat::Full) {
-        return Err(TrainError::Unsupported(format!(
-            "remat {}: the executor recomputes whole layers (remat none or full)",
-            s.remat
         )));
     }
     let rows = s.micro_batch_size * plan.model.seq_len;
@@ -650,7 +644,6 @@ fn rank_loop(
     let embed_group: Vec<usize> = vec![pp_group[0], pp_group[pp - 1]];
     let world_group: Vec<usize> = (0..world.size()).collect();
     let sharded = st.opt_shard != OptShard::None && dp > 1;
-    let remat = st.remat == Remat::Full;
     let dropout = settings.dropout > 0.0;
     let micro = settings.batch / settings.micro_batches;
     let per_rank = micro / dp;
@@ -690,7 +683,7 @@ fn rank_loop(
         model.layout = layout;
         let slots = flight[ci].max(1);
         let acts = (0..slots)
-            .map(|_| Acts::for_part(&model.layout, per_rank, dropout, remat))
+            .map(|_| Acts::for_part(&model.layout, per_rank, dropout, st.remat))
             .collect();
         chunks.push(ChunkState {
             model,

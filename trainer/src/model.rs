@@ -14,6 +14,7 @@
 use std::ops::Range;
 
 use pangu_model::{FfnKind, ModelConfig, NormKind, PositionKind};
+use pangu_strategies::Remat;
 use serde::Serialize;
 
 use crate::kernels::{self as k, AttnDims, Dropout};
@@ -618,9 +619,9 @@ pub struct LayerActs<T> {
 #[derive(Debug, Clone)]
 pub struct Acts<T> {
     b: usize,
-    /// Full rematerialisation: one layer's buffers, refilled by recomputation in backward.
-    remat: bool,
-    /// Residual stream entering each layer, and leaving the last `[L+1][b·s·d]`.
+    /// What is kept and what recomputed.
+    keep: Keep,
+    /// Residual stream entering layers, and leaving the last (slots by [`Keep::res_slot`]).
     res: Vec<Vec<T>>,
     layers: Vec<LayerActs<T>>,
     lnf: Vec<T>,
@@ -641,6 +642,99 @@ pub struct Acts<T> {
     sp: Vec<T>,
     /// The head's input gathered to all rows (sequence parallelism).
     head_in: Vec<T>,
+    /// Attention probabilities and output recomputed under selective remat.
+    sel: Selective<T>,
+}
+
+/// Scratch of selective rematerialisation: one layer's attention core.
+#[derive(Debug, Clone, Default)]
+struct Selective<T> {
+    probs: Vec<T>,
+    probs_drop: Vec<T>,
+    att: Vec<T>,
+}
+
+/// Which activations a part keeps between forward and backward, from the strategy's
+/// [`Remat`]: every layer's (`group` 0, optionally without the attention core under
+/// selective remat), or the inputs of groups of `group` layers, whose internals are
+/// recomputed group by group in backward (full remat is groups of one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Keep {
+    group: usize,
+    selective: bool,
+    nl: usize,
+}
+
+impl Keep {
+    fn of(remat: Remat, nl: usize) -> Keep {
+        let (group, selective) = match remat {
+            Remat::None => (0, false),
+            Remat::Selective => (0, true),
+            Remat::Full => (1, false),
+            Remat::Every(k) => (k.max(1) as usize, false),
+        };
+        Keep {
+            group,
+            selective,
+            nl,
+        }
+    }
+
+    fn groups(&self) -> usize {
+        self.nl.div_ceil(self.group.max(1))
+    }
+
+    /// Residual-stream buffers: kept group inputs, the output, and one group's insides.
+    fn res_slots(&self) -> usize {
+        if self.group == 0 {
+            self.nl + 1
+        } else {
+            self.groups() + self.group.min(self.nl).max(1)
+        }
+    }
+
+    /// The buffer holding the input of layer `li` (`li == nl`: the output).
+    fn res_slot(&self, li: usize) -> usize {
+        let k = self.group;
+        if k == 0 {
+            li
+        } else if li == self.nl {
+            self.groups()
+        } else if li % k == 0 {
+            li / k
+        } else {
+            self.groups() + li % k
+        }
+    }
+
+    /// Layers whose internals are held at once.
+    fn act_slots(&self) -> usize {
+        if self.group == 0 {
+            self.nl
+        } else {
+            self.group.min(self.nl)
+        }
+    }
+
+    fn act_slot(&self, li: usize) -> usize {
+        if self.group == 0 {
+            li
+        } else {
+            li % self.group
+        }
+    }
+}
+
+/// `(&v[i], &mut v[j])` for `i != j`.
+fn pair<T>(v: &mut [Vec<T>], i: usize, j: usize) -> (&[T], &mut [T]) {
+    debug_assert_ne!(i, j);
+    if i < j {
+        let (a, b) = v.split_at_mut(j);
+        (&a[i], &mut b[0])
+    } else {
+        let (a, b) = v.split_at_mut(i);
+        (&b[0], &mut a[j])
+    }
 }
 
 /// What a part's activation buffers hold: `layers` layers (the query layer among them when
@@ -676,14 +770,22 @@ impl Shape {
     }
 
     /// Elements of one kept layer, of the query input, and of everything else; and f64 rows.
-    fn elems(&self, dims: &Dims, b: usize, dropout: bool) -> (usize, usize, usize, usize) {
+    fn elems(
+        &self,
+        dims: &Dims,
+        b: usize,
+        dropout: bool,
+        keep: Keep,
+    ) -> (usize, usize, usize, usize) {
         let (d, s, dl, fl, hl) = (dims.d, dims.s, dims.dl(), dims.fl, dims.hl);
         let rows = b * s;
         let rl = rows / self.split;
         let probs = b * hl * s * s * (1 + usize::from(dropout));
         // ln1, ln2 (all rows, d); mid (own rows, d); qkv (3·dl); att (dl); up, act (fl);
-        // four LayerNorm statistics (own rows).
-        let per_layer = rows * (2 * d + 4 * dl + 2 * fl) + rl * (d + 4) + probs;
+        // four LayerNorm statistics (own rows); the attention core unless selective.
+        let core = if keep.selective { 0 } else { probs };
+        let per_layer = rows * (2 * d + 4 * dl + 2 * fl) + rl * (d + 4) + core;
+        let sel = if keep.selective { probs + rows * dl } else { 0 };
         let qin = if self.query { rows * d } else { 0 };
         let head = if self.head {
             rows * (d + 2) + rows * dims.v + if self.split > 1 { rows * d } else { 0 }
@@ -692,8 +794,12 @@ impl Shape {
         };
         // Residual stream (own rows), head, backward scratch (dx own rows; dtmp, dtmp2, sp;
         // dqkv; dff; scores).
-        let other =
-            (self.layers + 1) * rl * d + head + rl * d + rows * (3 * d + 3 * dl + fl) + b * s * s;
+        let other = keep.res_slots() * rl * d
+            + head
+            + rl * d
+            + rows * (3 * d + 3 * dl + fl)
+            + b * s * s
+            + sel;
         let f64_rows = if self.head { rows } else { 0 };
         (per_layer, qin, other, f64_rows)
     }
@@ -710,39 +816,37 @@ impl<T: Real> Acts<T> {
     /// layer's saved activations are recomputed in backward (Chen et al. 2016; PanGu-α's
     /// `recompute`), so the results equal those without it.
     pub fn with_remat(dims: &Dims, b: usize, dropout: bool, remat: bool) -> Acts<T> {
-        Acts::build(dims, Shape::whole(dims), b, dropout, remat)
+        Acts::build(dims, Shape::whole(dims), b, dropout, full_or_none(remat))
     }
 
-    /// Buffers for one device's part of the model (`layout`).
-    pub fn for_part(layout: &Layout, b: usize, dropout: bool, remat: bool) -> Acts<T> {
+    /// Buffers for one device's part of the model (`layout`) under the strategy's `remat`.
+    pub fn for_part(layout: &Layout, b: usize, dropout: bool, remat: Remat) -> Acts<T> {
         Acts::build(&layout.dims, Shape::of(layout), b, dropout, remat)
     }
 
-    fn build(dims: &Dims, shape: Shape, b: usize, dropout: bool, remat: bool) -> Acts<T> {
+    fn build(dims: &Dims, shape: Shape, b: usize, dropout: bool, remat: Remat) -> Acts<T> {
         let (d, v, s) = (dims.d, dims.v, dims.s);
         let (dl, fl, hl) = (dims.dl(), dims.fl, dims.hl);
         let rows = b * s;
         let rl = rows / shape.split;
         let z = |n: usize| vec![T::zero(); n];
         let nl = shape.layers;
-        let kept = if remat { nl.min(1) } else { nl };
-        let layers = (0..kept)
+        let keep = Keep::of(remat, nl);
+        let probs = b * hl * s * s;
+        let core = |on: bool| if on { z(probs) } else { Vec::new() };
+        let layers = (0..keep.act_slots())
             .map(|i| LayerActs {
                 ln1: z(rows * d),
                 ln1_mean: z(rl),
                 ln1_rstd: z(rl),
-                qin: if shape.query && (remat || i + 1 == nl) {
+                qin: if shape.query && nl > 0 && keep.act_slot(nl - 1) == i {
                     z(rows * d)
                 } else {
                     Vec::new()
                 },
                 qkv: z(rows * 3 * dl),
-                probs: z(b * hl * s * s),
-                probs_drop: if dropout {
-                    z(b * hl * s * s)
-                } else {
-                    Vec::new()
-                },
+                probs: core(!keep.selective),
+                probs_drop: core(!keep.selective && dropout),
                 att: z(rows * dl),
                 mid: z(rl * d),
                 ln2: z(rows * d),
@@ -755,8 +859,8 @@ impl<T: Real> Acts<T> {
         let hz = |n: usize| if shape.head { z(n) } else { Vec::new() };
         Acts {
             b,
-            remat,
-            res: (0..=nl).map(|_| z(rl * d)).collect(),
+            keep,
+            res: (0..keep.res_slots()).map(|_| z(rl * d)).collect(),
             layers,
             lnf: hz(rows * d),
             lnf_mean: hz(rows),
@@ -779,6 +883,15 @@ impl<T: Real> Acts<T> {
             } else {
                 Vec::new()
             },
+            sel: if keep.selective {
+                Selective {
+                    probs: z(probs),
+                    probs_drop: core(dropout),
+                    att: z(rows * dl),
+                }
+            } else {
+                Selective::default()
+            },
         }
     }
 
@@ -789,22 +902,19 @@ impl<T: Real> Acts<T> {
 
     /// [`Acts::bytes_for`] with or without full rematerialisation.
     pub fn bytes_for_remat(dims: &Dims, b: usize, dropout: bool, remat: bool) -> u64 {
-        Acts::<T>::bytes_of(dims, Shape::whole(dims), b, dropout, remat)
+        Acts::<T>::bytes_of(dims, Shape::whole(dims), b, dropout, full_or_none(remat))
     }
 
     /// Bytes [`Acts::for_part`] would allocate, without allocating.
-    pub fn bytes_for_part(layout: &Layout, b: usize, dropout: bool, remat: bool) -> u64 {
+    pub fn bytes_for_part(layout: &Layout, b: usize, dropout: bool, remat: Remat) -> u64 {
         Acts::<T>::bytes_of(&layout.dims, Shape::of(layout), b, dropout, remat)
     }
 
-    fn bytes_of(dims: &Dims, shape: Shape, b: usize, dropout: bool, remat: bool) -> u64 {
-        let (per_layer, qin, other, f64_rows) = shape.elems(dims, b, dropout);
-        let kept = if remat {
-            shape.layers.min(1)
-        } else {
-            shape.layers
-        };
-        ((kept * per_layer + qin + other) * std::mem::size_of::<T>() + f64_rows * 8) as u64
+    fn bytes_of(dims: &Dims, shape: Shape, b: usize, dropout: bool, remat: Remat) -> u64 {
+        let keep = Keep::of(remat, shape.layers);
+        let (per_layer, qin, other, f64_rows) = shape.elems(dims, b, dropout, keep);
+        ((keep.act_slots() * per_layer + qin + other) * std::mem::size_of::<T>() + f64_rows * 8)
+            as u64
     }
 
     /// The part's input activation `[b·s, d]` (fill it before [`Model::forward_part`] of a
@@ -815,7 +925,7 @@ impl<T: Real> Acts<T> {
 
     /// The part's output activation after [`Model::forward_part`] (of a part without the head).
     pub fn output(&self) -> &[T] {
-        &self.res[self.res.len() - 1]
+        &self.res[self.keep.res_slot(self.keep.nl)]
     }
 
     /// The gradient of the part's output (fill it before [`Model::backward_part`] of a part
@@ -864,13 +974,25 @@ impl<T: Real> Acts<T> {
             + self.dff.len()
             + self.dscratch.len()
             + self.sp.len()
-            + self.head_in.len();
+            + self.head_in.len()
+            + self.sel.probs.len()
+            + self.sel.probs_drop.len()
+            + self.sel.att.len();
         (l + r + other) as u64 * sz + self.losses.len() as u64 * 8
     }
 
     /// Probabilities of the last forward pass (`[b·s, V]`), before backward overwrites them.
     pub fn probs(&self) -> &[T] {
         &self.logits
+    }
+}
+
+/// The strategy's remat of a single-device flag: full or none.
+fn full_or_none(remat: bool) -> Remat {
+    if remat {
+        Remat::Full
+    } else {
+        Remat::None
     }
 }
 
@@ -1007,6 +1129,7 @@ impl Model {
         y: &mut [T],
         a: &mut LayerActs<T>,
         sp: &mut [T],
+        sel: &mut Selective<T>,
         batch: &Batch,
         step: u64,
         train: bool,
@@ -1077,10 +1200,16 @@ impl Model {
                 3 * dl,
             );
         }
+        // Under selective remat the probabilities go to a scratch recomputed in backward.
+        let (probs, probs_drop) = if a.probs.is_empty() {
+            (&mut sel.probs, &mut sel.probs_drop)
+        } else {
+            (&mut a.probs, &mut a.probs_drop)
+        };
         k::attention_fwd(
             &mut a.att,
-            &mut a.probs,
-            &mut a.probs_drop,
+            probs,
+            probs_drop,
             &a.qkv,
             &batch.start,
             ad,
@@ -1178,6 +1307,40 @@ impl Model {
         }
     }
 
+    /// Forward passes of this part's layers `range` (local indices), each reading its input
+    /// from and writing its output to the residual buffers of [`Keep::res_slot`].
+    fn layers_fwd<T: Real>(
+        &self,
+        p: &[T],
+        acts: &mut Acts<T>,
+        range: Range<usize>,
+        batch: &Batch,
+        step: u64,
+        train: bool,
+        ad: AttnDims,
+        red: &mut dyn Reduce<T>,
+    ) {
+        let first = self.layout.part.layers.start;
+        let keep = acts.keep;
+        for li in range {
+            let (x, y) = pair(&mut acts.res, keep.res_slot(li), keep.res_slot(li + 1));
+            self.layer_fwd(
+                p,
+                first + li,
+                x,
+                y,
+                &mut acts.layers[keep.act_slot(li)],
+                &mut acts.sp,
+                &mut acts.sel,
+                batch,
+                step,
+                train,
+                ad,
+                red,
+            );
+        }
+    }
+
     /// Forward pass of this device's part of the model ([`Layout::part`]). Without the
     /// embedding, the input activation must be in [`Acts::input_mut`]; without the head, the
     /// output is left in [`Acts::output`] and 0 is returned. `red` sums over the
@@ -1216,33 +1379,17 @@ impl Model {
             );
         }
         let ad = self.attn_dims(batch.b);
-        let first = lay.part.layers.start;
         let nl = lay.layers.len();
-        for li in 0..nl {
-            let (before, after) = acts.res.split_at_mut(li + 1);
-            let slot = if acts.remat { 0 } else { li };
-            self.layer_fwd(
-                p,
-                first + li,
-                &before[li],
-                &mut after[0],
-                &mut acts.layers[slot],
-                &mut acts.sp,
-                batch,
-                step,
-                train,
-                ad,
-                red,
-            );
-        }
+        self.layers_fwd(p, acts, 0..nl, batch, step, train, ad, red);
         if !lay.part.head {
             return 0.0;
         }
+        let out = &acts.res[acts.keep.res_slot(nl)];
         let head_in: &[T] = if lay.part.seq_parallel {
-            red.all_gather(&acts.res[nl], &mut acts.head_in);
+            red.all_gather(out, &mut acts.head_in);
             &acts.head_in
         } else {
-            &acts.res[nl]
+            out
         };
         k::layernorm_fwd(
             &mut acts.lnf,
@@ -1300,7 +1447,11 @@ impl Model {
         let row_ids = &batch.row_ids[own.clone()];
         if lay.part.head {
             k::softmax_xent_bwd(&mut acts.logits, &batch.targets, &batch.weights, v);
-            let head_in: &[T] = if seq { &acts.head_in } else { &acts.res[nl] };
+            let head_in: &[T] = if seq {
+                &acts.head_in
+            } else {
+                &acts.res[acts.keep.res_slot(nl)]
+            };
             // dlnf = dlogits·wte ; dwte += dlogitsᵀ·lnf
             {
                 let (gw, _) = split_range(g, &lay.wte);
@@ -1350,29 +1501,16 @@ impl Model {
             let l = first + li;
             let lp = &lay.layers[li];
             let query = dims.query && l + 1 == dims.layers;
-            let slot = if acts.remat {
-                // Recompute this layer's forward from its kept input (same dropout masks, so
-                // the same values; its output rewrites res[li+1] with identical numbers).
-                let (before, after) = acts.res.split_at_mut(li + 1);
-                self.layer_fwd(
-                    p,
-                    l,
-                    &before[li],
-                    &mut after[0],
-                    &mut acts.layers[0],
-                    &mut acts.sp,
-                    batch,
-                    step,
-                    train,
-                    ad,
-                    red,
-                );
-                0
-            } else {
-                li
-            };
-            let x = &acts.res[li];
-            let a = &acts.layers[slot];
+            let keep = acts.keep;
+            if keep.group > 0 && (li + 1 == nl || (li + 1) % keep.group == 0) {
+                // The last layer of a group: recompute the group's forward from its kept
+                // input (same dropout masks, so the same values; the group's output is
+                // rewritten with identical numbers).
+                let g0 = li - li % keep.group;
+                self.layers_fwd(p, acts, g0..li + 1, batch, step, train, ad, red);
+            }
+            let x = &acts.res[keep.res_slot(li)];
+            let a = &acts.layers[keep.act_slot(li)];
             // y = mid + drop(Σ act·Wd + bd): the FFN branch's gradient is drop-mask ⊙ dx,
             // gathered to all rows under sequence parallelism.
             let dy = self.drop(train, step, l, Site::FfnOut).masked(
@@ -1455,13 +1593,30 @@ impl Model {
                 dl,
                 d,
             );
+            let (probs, probs_drop) = if a.probs.is_empty() {
+                // Selective remat: recompute the attention core of this layer.
+                let sel = &mut acts.sel;
+                k::attention_fwd(
+                    &mut sel.att,
+                    &mut sel.probs,
+                    &mut sel.probs_drop,
+                    &a.qkv,
+                    &batch.start,
+                    ad,
+                    self.drop(train, step, l, Site::AttnProbs),
+                    &batch.sample_ids,
+                );
+                (&sel.probs, &sel.probs_drop)
+            } else {
+                (&a.probs, &a.probs_drop)
+            };
             k::attention_bwd(
                 &mut acts.dqkv,
                 &mut acts.dscratch,
                 &acts.dtmp2[..rows * dl],
                 &a.qkv,
-                &a.probs,
-                &a.probs_drop,
+                probs,
+                probs_drop,
                 &batch.start,
                 ad,
                 self.drop(train, step, l, Site::AttnProbs),

@@ -88,6 +88,12 @@ fn every_dimension_and_their_combinations_match_single_device() {
         ("tp = 2\npp = 2\nremat = \"full\"", Hd),
         ("dp = 2\ntp = 2\npp = 2", Ring),
         ("tp = 2\nseq_parallel = true", Ring),
+        ("remat = \"selective\"", Ring),
+        ("remat = \"every:3\"", Ring),
+        (
+            "dp = 2\npp = 2\nremat = \"every:2\"\nschedule = \"interleaved:2\"",
+            Ring,
+        ),
         ("tp = 4\npp = 2\nseq_parallel = true\nremat = \"full\"", Hd),
         (
             "dp = 2\ntp = 2\npp = 2\nschedule = \"gpipe\"\nopt_shard = \"zero1\"\nremat = \"full\"",
@@ -178,6 +184,28 @@ fn sharding_and_remat_cut_the_bytes_each_rank_allocates() {
         CollectiveAlgorithm::Ring,
     );
     assert!(sp.ranks[0].allocated_bytes < tp.ranks[0].allocated_bytes);
+    // Selective remat drops the attention core; every:2 keeps every other layer's input.
+    let sel = run(
+        &cfg,
+        &s,
+        &single,
+        "dp = 4\nremat = \"selective\"",
+        CollectiveAlgorithm::Ring,
+    );
+    let every = run(
+        &cfg,
+        &s,
+        &single,
+        "dp = 4\nremat = \"every:2\"",
+        CollectiveAlgorithm::Ring,
+    );
+    for r in [&sel, &every] {
+        assert_eq!(plain.losses, r.losses, "remat alone changes nothing");
+        assert_eq!(plain.params, r.params);
+    }
+    let bytes = |r: &DistResult| r.ranks[0].allocated_bytes;
+    assert!(bytes(&sel) < bytes(&plain));
+    assert!(bytes(&remat) < bytes(&every) && bytes(&every) < bytes(&plain));
 }
 
 #[test]
