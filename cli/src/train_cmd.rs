@@ -438,6 +438,7 @@ fn run_dist(a: &TrainArgs, spec: &pangu_strategies::StrategySpec) -> Result<()> 
     let dc = DistConfig {
         algo,
         timeout: std::time::Duration::from_secs_f64(a.comm_timeout.max(0.001)),
+        fail: None,
     };
     let describe = format!(
         "dp {} × tp {} × pp {} ({} schedule, {} micro-batches of {}), optimizer sharding {}, remat {}",

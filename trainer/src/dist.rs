@@ -51,6 +51,9 @@ pub struct DistConfig {
     pub algo: CollectiveAlgorithm,
     /// How long a rank waits on a peer before giving up.
     pub timeout: Duration,
+    /// Fault injection for failure drills and tests: `(rank, step)` panics that rank when
+    /// it starts that step.
+    pub fail: Option<(usize, u64)>,
 }
 
 /// What one rank measured (seconds summed over the steps).
@@ -728,6 +731,10 @@ fn rank_loop(
     let mut losses = Vec::new();
     let loop_start = Instant::now();
     for step in start..steps {
+        assert!(
+            dist.fail != Some((rank, step)),
+            "fault injected at step {step}"
+        );
         let first = step * settings.batch as u64;
         let ks: Vec<u64> = (first..first + settings.batch as u64).collect();
         let idx: Vec<usize> = ks.iter().map(|&k| order.at(k)).collect();

@@ -63,6 +63,7 @@ fn run(
     let dist = DistConfig {
         algo,
         timeout: Duration::from_secs(60),
+        fail: None,
     };
     train_threads(&plan, &s, &dist, &single.train, STEPS).unwrap_or_else(|e| panic!("{toml}: {e}"))
 }
@@ -222,6 +223,7 @@ fn bad_plans_are_rejected_with_the_reason() {
     let dist = DistConfig {
         algo: CollectiveAlgorithm::Ring,
         timeout: Duration::from_secs(5),
+        fail: None,
     };
     let e = train_threads(&plan, &s, &dist, &single.train, 1)
         .unwrap_err()
@@ -245,6 +247,7 @@ fn sharded_checkpoints_resume_under_the_same_plan_and_reshard_to_another() {
     let dist = DistConfig {
         algo: CollectiveAlgorithm::Ring,
         timeout: Duration::from_secs(60),
+        fail: None,
     };
     let go = |toml: &str, steps: u64, io: Io<'_>| {
         let plan = plan_for(&cfg, &spec(toml)).unwrap();
@@ -306,5 +309,57 @@ fn sharded_checkpoints_resume_under_the_same_plan_and_reshard_to_another() {
         e.contains("rank-00002.safetensors") && e.contains("truncated"),
         "{e}"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_panicking_rank_stops_every_rank_and_leaves_whole_checkpoints() {
+    use pangu_trainer::dist::{train_threads_with, Io, Save};
+    let (cfg, s, single) = setup(0.0);
+    let dir = std::env::temp_dir().join(format!("pangu-fault-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let save = Save {
+        dir: dir.clone(),
+        every: 1,
+        tokenizer_json: single.tokenizer.to_json(),
+        tokenizer_hash: format!("{:016x}", single.tokenizer.hash()),
+    };
+    let plan = plan_for(&cfg, &spec("dp = 2\ntp = 2\npp = 2\nmicro_batches = 2")).unwrap();
+    let dist = DistConfig {
+        algo: CollectiveAlgorithm::Ring,
+        timeout: Duration::from_secs(20),
+        fail: Some((5, 2)),
+    };
+    let t = std::time::Instant::now();
+    let e = train_threads_with(
+        &plan,
+        &s,
+        &dist,
+        &single.train,
+        STEPS,
+        Io {
+            resume: None,
+            save: Some(&save),
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    // The root cause comes first; the others stopped because a peer left, not by timeout.
+    assert!(
+        e.starts_with("distributed run failed: rank 5 panicked: fault injected at step 2"),
+        "{e}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        t.elapsed()
+    );
+    // Steps 1 and 2 were saved whole; nothing of step 3 was published.
+    assert_eq!(
+        std::fs::read_to_string(dir.join("latest")).unwrap(),
+        "step-00000002"
+    );
+    assert!(!dir.join("step-00000003").exists());
+    pangu_trainer::sharded::load_whole(&dir).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
