@@ -478,6 +478,7 @@ fn run_dist(a: &TrainArgs, spec: &pangu_strategies::StrategySpec) -> Result<()> 
         "backend": a.backend,
         "steps": steps,
         "losses": r.losses,
+        "step_s": r.step_s,
         "tokens_per_s": tokens / r.wall_s.max(1e-9),
         "wall_s": r.wall_s,
         "ranks": r.ranks,

@@ -81,6 +81,10 @@ pub struct RankReport {
     pub wall_s: f64,
     /// Bytes this rank allocated (weights, gradients, its Adam state, activations).
     pub allocated_bytes: u64,
+    /// Gradient buckets all-reduced while backward ran (threads backend, dp > 1).
+    pub overlapped_buckets: u64,
+    /// Wall seconds of each step on this rank.
+    pub step_s: Vec<f64>,
 }
 
 /// The result of a distributed run.
@@ -96,8 +100,23 @@ pub struct DistResult {
     pub ranks: Vec<RankReport>,
     /// Wall time.
     pub wall_s: f64,
+    /// Seconds of each step (the slowest rank's).
+    pub step_s: Vec<f64>,
     /// The measured step report (the simulator's type and categories, per device).
     pub report: StepReport,
+}
+
+/// The slowest rank's time of each step.
+fn slowest(ranks: &[RankReport]) -> Vec<f64> {
+    let n = ranks.iter().map(|r| r.step_s.len()).max().unwrap_or(0);
+    (0..n)
+        .map(|i| {
+            ranks
+                .iter()
+                .filter_map(|r| r.step_s.get(i))
+                .fold(0.0, |a, &b| f64::max(a, b))
+        })
+        .collect()
 }
 
 /// The plan of `spec` for `cfg` on this machine: the `cpu-host` preset with one virtual
@@ -271,10 +290,18 @@ pub fn train_threads_with(
     let world = plan.mesh.size() as usize;
     let t0 = Instant::now();
     let comms = threads::group(world, dist.timeout);
+    // A second group for the communication threads of the overlapped gradient reduction.
+    let aux = threads::group(world, dist.timeout);
     let results: Vec<Result<RankOutput, TrainError>> = std::thread::scope(|s| {
         let handles: Vec<_> = comms
             .into_iter()
-            .map(|mut c| s.spawn(move || rank_loop(plan, settings, dist, data, steps, io, &mut c)))
+            .zip(aux)
+            .map(|(mut c, a)| {
+                s.spawn(move || {
+                    let a: Box<dyn Communicator + Send> = Box::new(a);
+                    rank_loop(plan, settings, dist, data, steps, io, &mut c, Some(a))
+                })
+            })
             .collect();
         handles
             .into_iter()
@@ -325,6 +352,7 @@ pub fn train_threads_with(
     Ok(DistResult {
         losses,
         params,
+        step_s: slowest(&ranks),
         ranks,
         wall_s: t0.elapsed().as_secs_f64(),
         report,
@@ -365,7 +393,8 @@ pub fn train_mpi(
     }
     let t0 = Instant::now();
     let rank = comm.rank();
-    let out = rank_loop(plan, settings, dist, data, steps, io, &mut comm)?;
+    // MPI calls from a second thread would need MPI_THREAD_MULTIPLE: no overlap here.
+    let out = rank_loop(plan, settings, dist, data, steps, io, &mut comm, None)?;
     let ranks = vec![out.report];
     let report = measured_report(&plan.model, settings.batch, &ranks, steps);
     Ok((
@@ -373,6 +402,7 @@ pub fn train_mpi(
         DistResult {
             losses: out.losses,
             params: Vec::new(),
+            step_s: slowest(&ranks),
             ranks,
             wall_s: t0.elapsed().as_secs_f64(),
             report,
@@ -455,6 +485,8 @@ struct TpReduce<'a> {
     algo: CollectiveAlgorithm,
     error: Option<CommError>,
     secs: f64,
+    /// Buckets for the overlapped data-parallel reduction, during a chunk's last backward.
+    overlap: Option<(&'a mut Overlap, usize)>,
 }
 
 impl TpReduce<'_> {
@@ -493,6 +525,107 @@ impl Reduce<f32> for TpReduce<'_> {
             local.copy_from_slice(&full[mine]);
             Ok(())
         });
+    }
+
+    fn layer_done(&mut self, range: Range<usize>, grads: &[f32]) {
+        if let Some((o, chunk)) = &mut self.overlap {
+            o.add(*chunk, range, grads);
+        }
+    }
+}
+
+/// Data-parallel gradient reduction overlapped with backward (threads backend): during the
+/// last backward of each chunk, every finished layer's gradient joins a bucket of the
+/// strategy's `grad_bucket` bytes; a full bucket goes to this rank's communication thread,
+/// which all-reduces it over the data-parallel group (on a communicator of its own) while
+/// backward continues. The optimizer step waits for the buckets and reduces the rest (the
+/// embeddings and the head) itself.
+struct Overlap {
+    to_comm: std::sync::mpsc::Sender<Bucket>,
+    from_comm: std::sync::mpsc::Receiver<Result<Bucket, CommError>>,
+    bucket: usize,
+    /// The bucket being filled: chunk, first element, values.
+    open: Option<(usize, usize, Vec<f32>)>,
+    in_flight: usize,
+    done: u64,
+}
+
+/// A bucket: chunk, first element in its gradient buffer, values.
+type Bucket = (usize, usize, Vec<f32>);
+
+impl Overlap {
+    /// Starts the communication thread on `comm`, reducing over the ranks `dp_group`.
+    fn start(
+        mut comm: Box<dyn Communicator + Send>,
+        dp_group: Vec<usize>,
+        algo: CollectiveAlgorithm,
+        bucket: usize,
+    ) -> Overlap {
+        let (to_comm, rx) = std::sync::mpsc::channel::<Bucket>();
+        let (tx, from_comm) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for (c, at, mut v) in rx {
+                let r = Sub::new(&mut *comm, &dp_group).all_reduce(&mut v, algo);
+                if tx.send(r.map(|()| (c, at, v))).is_err() {
+                    break;
+                }
+            }
+        });
+        Overlap {
+            to_comm,
+            from_comm,
+            bucket,
+            open: None,
+            in_flight: 0,
+            done: 0,
+        }
+    }
+
+    /// Layers arrive last first: each range ends where the open bucket starts.
+    fn add(&mut self, chunk: usize, range: Range<usize>, grads: &[f32]) {
+        let mut v = grads.to_vec();
+        if let Some((c, at, old)) = self.open.take() {
+            if c == chunk && at == range.end {
+                v.extend_from_slice(&old);
+            } else {
+                self.post((c, at, old));
+            }
+        }
+        if v.len() >= self.bucket {
+            self.post((chunk, range.start, v));
+        } else {
+            self.open = Some((chunk, range.start, v));
+        }
+    }
+
+    fn post(&mut self, b: Bucket) {
+        // A closed channel means the thread stopped on an error, which `wait` reports.
+        if self.to_comm.send(b).is_ok() {
+            self.in_flight += 1;
+        }
+    }
+
+    /// Posts the open bucket.
+    fn flush(&mut self) {
+        if let Some(b) = self.open.take() {
+            self.post(b);
+        }
+    }
+
+    /// Waits for every posted bucket and writes the sums into the chunks' gradients.
+    fn wait(&mut self, grads: &mut [&mut Vec<f32>]) -> Result<(), CommError> {
+        self.flush();
+        while self.in_flight > 0 {
+            let (c, at, v) = self.from_comm.recv().map_err(|_| CommError::PeerGone {
+                rank: 0,
+                op: "overlapped gradient reduction",
+                peer: 0,
+            })??;
+            grads[c][at..at + v.len()].copy_from_slice(&v);
+            self.in_flight -= 1;
+            self.done += 1;
+        }
+        Ok(())
     }
 }
 
@@ -630,6 +763,7 @@ fn rank_loop(
     steps: u64,
     io: Io<'_>,
     world: &mut dyn Communicator,
+    aux: Option<Box<dyn Communicator + Send>>,
 ) -> Result<RankOutput, TrainError> {
     let cfg = &plan.model;
     let st = &plan.strategy;
@@ -721,6 +855,19 @@ fn rank_loop(
         total: settings.steps,
     };
     let bucket = (st.grad_bucket.0 / 4).max(1) as usize;
+    let mut overlap = match aux {
+        Some(c) if dp > 1 && !sharded => {
+            Some(Overlap::start(c, dp_group.clone(), dist.algo, bucket))
+        }
+        _ => None,
+    };
+    // The last backward of each chunk in a step: its layers' gradients are then final.
+    let mut last_backward: Vec<Option<u32>> = vec![None; chunks.len()];
+    for a in actions {
+        if let Action::Backward { mb, chunk } = *a {
+            last_backward[chunk as usize] = Some(mb);
+        }
+    }
     let s = cfg.seq_len as usize;
     let mut rep = RankReport {
         rank,
@@ -731,6 +878,7 @@ fn rank_loop(
     let mut losses = Vec::new();
     let loop_start = Instant::now();
     for step in start..steps {
+        let step_start = Instant::now();
         assert!(
             dist.fail != Some((rank, step)),
             "fault injected at step {step}"
@@ -788,6 +936,7 @@ fn rank_loop(
                         algo: dist.algo,
                         error: None,
                         secs: 0.0,
+                        overlap: None,
                     };
                     loss += c.model.forward_part(
                         &c.p,
@@ -825,12 +974,17 @@ fn rank_loop(
                     let c = &mut chunks[chunk as usize];
                     let slot = c.slot(mb)?;
                     let t = Instant::now();
+                    let last = last_backward[chunk as usize] == Some(mb);
                     let mut red = TpReduce {
                         world: &mut *world,
                         members: &tp_group,
                         algo: dist.algo,
                         error: None,
                         secs: 0.0,
+                        overlap: overlap
+                            .as_mut()
+                            .filter(|_| last)
+                            .map(|o| (o, chunk as usize)),
                     };
                     c.model.backward_part(
                         &c.p,
@@ -846,6 +1000,9 @@ fn rank_loop(
                     }
                     rep.tp_comm_s += red.secs;
                     rep.compute_s += t.elapsed().as_secs_f64() - red.secs;
+                    if let (Some(o), true) = (overlap.as_mut(), last) {
+                        o.flush();
+                    }
                     if c.model.layout.part.embedding {
                         c.release(mb);
                     }
@@ -862,6 +1019,13 @@ fn rank_loop(
                 }
                 Action::OptimizerStep => {}
             }
+        }
+        // The layers' buckets reduced while backward ran.
+        if let Some(o) = overlap.as_mut() {
+            let t = Instant::now();
+            let mut gs: Vec<&mut Vec<f32>> = chunks.iter_mut().map(|c| &mut c.g).collect();
+            o.wait(&mut gs).map_err(comm_err)?;
+            rep.dp_comm_s += t.elapsed().as_secs_f64();
         }
         // Under sequence parallelism each device's LayerNorm and bias gradients cover its own
         // rows: sum them over the tensor-parallel group (packed into one message).
@@ -928,8 +1092,20 @@ fn rank_loop(
                         .map_err(comm_err)?;
                     debug_assert_eq!(mine, c.shard);
                 } else {
-                    for b in c.g.chunks_mut(bucket) {
-                        group.all_reduce(b, dist.algo).map_err(comm_err)?;
+                    // With overlap the layers are reduced already: the rest around them.
+                    let n = c.g.len();
+                    let rest = match (
+                        &overlap,
+                        c.model.layout.layers.first(),
+                        c.model.layout.layers.last(),
+                    ) {
+                        (Some(_), Some(a), Some(b)) => vec![0..a.span().start, b.span().end..n],
+                        _ => vec![0..n],
+                    };
+                    for r in rest {
+                        for b in c.g[r].chunks_mut(bucket) {
+                            group.all_reduce(b, dist.algo).map_err(comm_err)?;
+                        }
                     }
                 }
             }
@@ -985,6 +1161,7 @@ fn rank_loop(
             rep.opt_comm_s += t.elapsed().as_secs_f64();
         }
         losses.push(f64::from(sums[1]));
+        rep.step_s.push(step_start.elapsed().as_secs_f64());
         if let Some(save) = io.save {
             let done = step + 1;
             if done == steps || (save.every > 0 && done % save.every == 0) {
@@ -993,6 +1170,7 @@ fn rank_loop(
         }
     }
     rep.wall_s = loop_start.elapsed().as_secs_f64();
+    rep.overlapped_buckets = overlap.as_ref().map_or(0, |o| o.done);
     Ok(RankOutput {
         losses,
         parts: chunks.into_iter().map(|c| (c.model.layout, c.p)).collect(),

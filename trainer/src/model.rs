@@ -162,6 +162,13 @@ pub struct LayerParams {
     pub b_down: Range<usize>,
 }
 
+impl LayerParams {
+    /// The layer's contiguous range of the buffer (its tensors lie side by side).
+    pub fn span(&self) -> Range<usize> {
+        self.ln1_g.start..self.b_down.end
+    }
+}
+
 /// The model's shapes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Dims {
@@ -1015,6 +1022,9 @@ pub trait Reduce<T> {
     fn all_gather(&mut self, local: &[T], full: &mut [T]);
     /// Sums `full` over the group and leaves this member's block of it in `local`.
     fn reduce_scatter(&mut self, full: &mut [T], local: &mut [T]);
+    /// Backward has finished a layer whose gradient is `grads`, the `range` of the part's
+    /// buffer (the executor starts its data-parallel reduction here when it is final).
+    fn layer_done(&mut self, _range: Range<usize>, _grads: &[T]) {}
 }
 
 /// One device: nothing to reduce.
@@ -1693,6 +1703,8 @@ impl Model {
                     d,
                 );
             }
+            let span = lp.span();
+            red.layer_done(span.clone(), &g[span]);
         }
         if !lay.part.embedding {
             return;

@@ -132,6 +132,28 @@ fn every_dimension_and_their_combinations_match_single_device() {
 }
 
 #[test]
+fn data_parallel_buckets_are_reduced_while_backward_runs() {
+    let (cfg, s, mut single) = setup(0.0);
+    let losses: Vec<f64> = (0..STEPS).map(|_| single.step().loss).collect();
+    // 16 KiB buckets: a layer of this model is ~50 KiB of gradients, one bucket or more each.
+    let r = run(
+        &cfg,
+        &s,
+        &single,
+        "dp = 2\npp = 2\ngrad_bucket = \"16 KiB\"",
+        CollectiveAlgorithm::Ring,
+    );
+    for (a, b) in r.losses.iter().zip(&losses) {
+        assert!((a - b).abs() < 1e-4, "loss {a} vs {b}");
+    }
+    assert!(rel_diff(&r.params, &single.state.params) < 1e-4);
+    // Two layers per stage, one bucket per layer, every step.
+    for rk in &r.ranks {
+        assert_eq!(rk.overlapped_buckets, 2 * STEPS, "rank {}", rk.rank);
+    }
+}
+
+#[test]
 fn dropout_masks_follow_global_indices_across_tensor_and_pipeline_splits() {
     let (cfg, s, mut single) = setup(0.1);
     let losses: Vec<f64> = (0..STEPS).map(|_| single.step().loss).collect();
