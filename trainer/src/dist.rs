@@ -755,6 +755,7 @@ pub fn layer_range(cfg: &ModelConfig, layers: &[LayerId]) -> Range<usize> {
 }
 
 /// One rank's training loop.
+#[allow(clippy::too_many_arguments)]
 fn rank_loop(
     plan: &Plan,
     settings: &Settings,
@@ -1100,7 +1101,7 @@ fn rank_loop(
                         c.model.layout.layers.last(),
                     ) {
                         (Some(_), Some(a), Some(b)) => vec![0..a.span().start, b.span().end..n],
-                        _ => vec![0..n],
+                        _ => [0..n].to_vec(),
                     };
                     for r in rest {
                         for b in c.g[r].chunks_mut(bucket) {
