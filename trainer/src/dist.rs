@@ -1095,13 +1095,13 @@ fn rank_loop(
                 } else {
                     // With overlap the layers are reduced already: the rest around them.
                     let n = c.g.len();
-                    let rest = match (
+                    let rest: Vec<Range<usize>> = match (
                         &overlap,
                         c.model.layout.layers.first(),
                         c.model.layout.layers.last(),
                     ) {
                         (Some(_), Some(a), Some(b)) => vec![0..a.span().start, b.span().end..n],
-                        _ => [0..n].to_vec(),
+                        _ => std::iter::once(0..n).collect(),
                     };
                     for r in rest {
                         for b in c.g[r].chunks_mut(bucket) {
