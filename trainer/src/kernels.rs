@@ -637,6 +637,116 @@ pub fn softmax_xent_bwd<T: Real>(probs: &mut [T], targets: &[u32], weights: &[f6
     });
 }
 
+/// Vocab-parallel cross-entropy, forward (Megatron's scheme): `logits` `[T, vl]` hold this
+/// device's vocabulary columns `v0..v0+vl`. `mx_all` `[tp·T]` receives the group's row
+/// maxima (all-gathered through `red`), `sums` and `tl` `[T]` the row sums of exponentials
+/// and the targets' shifted logits (summed through `red`). Leaves probabilities in `logits`
+/// and `-ln p[target]` in `losses`.
+#[allow(clippy::too_many_arguments)]
+pub fn xent_vocab_fwd<T: Real>(
+    logits: &mut [T],
+    losses: &mut [f64],
+    targets: &[u32],
+    vl: usize,
+    v0: usize,
+    mx_all: &mut [T],
+    mx: &mut [T],
+    sums: &mut [T],
+    tl: &mut [T],
+    red: &mut dyn crate::model::Reduce<T>,
+) {
+    let rows = logits.len() / vl;
+    for (r, m) in mx.iter_mut().enumerate() {
+        *m = max8(&logits[r * vl..][..vl]);
+    }
+    red.all_gather(mx, mx_all);
+    for (r, m) in mx.iter_mut().enumerate() {
+        *m = mx_all
+            .iter()
+            .skip(r)
+            .step_by(rows)
+            .fold(*m, |a, &b| if b > a { b } else { a });
+    }
+    for r in 0..rows {
+        let row = &mut logits[r * vl..][..vl];
+        let t = targets[r] as usize;
+        tl[r] = if (v0..v0 + vl).contains(&t) {
+            row[t - v0] - mx[r]
+        } else {
+            T::zero()
+        };
+        for x in row.iter_mut() {
+            *x = (*x - mx[r]).exp_fast();
+        }
+        sums[r] = sum8(row);
+    }
+    red.all_reduce(sums);
+    red.all_reduce(tl);
+    for r in 0..rows {
+        let inv = T::one() / sums[r];
+        for x in &mut logits[r * vl..][..vl] {
+            *x *= inv;
+        }
+        losses[r] = sums[r].f64().ln() - tl[r].f64();
+    }
+}
+
+/// [`softmax_xent_bwd`] of this device's vocabulary columns `v0..v0+vl`.
+pub fn xent_vocab_bwd<T: Real>(
+    probs: &mut [T],
+    targets: &[u32],
+    weights: &[f64],
+    vl: usize,
+    v0: usize,
+) {
+    for_rows(probs, vl, |r, row| {
+        let w = T::of(weights[r]);
+        if weights[r] == 0.0 {
+            row.fill(T::zero());
+            return;
+        }
+        for x in row.iter_mut() {
+            *x *= w;
+        }
+        let t = targets[r] as usize;
+        if (v0..v0 + vl).contains(&t) {
+            row[t - v0] -= w;
+        }
+    });
+}
+
+/// Vocab-parallel lookup: `out[t] = wte[tokens[t] - v0]` where the token is one of this
+/// device's rows `v0..v0+vl` of the table, else 0 (the group's sum is the whole lookup).
+pub fn embed_vocab_part<T: Real>(out: &mut [T], tokens: &[u32], wte: &[T], v0: usize, d: usize) {
+    let vl = wte.len() / d;
+    for_rows(out, d, |r, o| {
+        let t = tokens[r] as usize;
+        if (v0..v0 + vl).contains(&t) {
+            o.copy_from_slice(&wte[(t - v0) * d..][..d]);
+        } else {
+            o.fill(T::zero());
+        }
+    });
+}
+
+/// `out[t] += table[ids[t]]`.
+pub fn add_lookup<T: Real>(out: &mut [T], ids: &[u32], table: &[T], d: usize) {
+    for_rows(out, d, |r, o| {
+        add_into(o, &table[ids[r] as usize * d..][..d])
+    });
+}
+
+/// [`lookup_bwd`] into this device's rows `v0..v0+vl` of the table (other ids skipped).
+pub fn lookup_bwd_part<T: Real>(dw: &mut [T], dout: &[T], ids: &[u32], v0: usize, d: usize) {
+    let vl = dw.len() / d;
+    for (r, &id) in ids.iter().enumerate() {
+        let id = id as usize;
+        if (v0..v0 + vl).contains(&id) {
+            add_into(&mut dw[(id - v0) * d..][..d], &dout[r * d..][..d]);
+        }
+    }
+}
+
 /// `x[r, :] += bias` for every row of `x` (width `bias.len()`).
 pub fn add_rows<T: Real>(x: &mut [T], bias: &[T]) {
     for row in x.chunks_exact_mut(bias.len()) {

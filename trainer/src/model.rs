@@ -266,10 +266,15 @@ impl Layout {
         }
         let (h, f, l) = (cfg.heads as usize, cfg.ffn as usize, cfg.layers as usize);
         let tp = part.tp;
-        if tp == 0 || h % tp != 0 || f % tp != 0 || part.tp_rank >= tp {
+        if tp == 0
+            || h % tp != 0
+            || f % tp != 0
+            || cfg.vocab as usize % tp != 0
+            || part.tp_rank >= tp
+        {
             return Err(TrainError::Config(format!(
-                "model '{}': tensor-parallel degree {tp} must divide the heads ({h}) and the FFN size ({f})",
-                cfg.name
+                "model '{}': tensor-parallel degree {tp} must divide the heads ({h}), the FFN size ({f}) and the vocabulary ({})",
+                cfg.name, cfg.vocab
             )));
         }
         if part.layers.end > l || part.layers.start > part.layers.end {
@@ -328,10 +333,11 @@ impl Layout {
         let std = 0.02;
         let std_out = 0.02 / (2.0 * l as f64).sqrt();
         let (emb, head) = (part.embedding, part.head);
+        // Vocab-parallel word table (and tied head): each device holds `V/tp` rows.
         let wte = add(
             "embedding.word".into(),
-            vec![n(emb || head, v), d],
-            Whole,
+            vec![n(emb || head, v / tp), d],
+            if tp > 1 { Rows } else { Whole },
             true,
             std,
             0.0,
@@ -651,6 +657,8 @@ pub struct Acts<T> {
     head_in: Vec<T>,
     /// Attention probabilities and output recomputed under selective remat.
     sel: Selective<T>,
+    /// Row statistics of the vocab-parallel cross-entropy `[T·(tp + 3)]`.
+    vp: Vec<T>,
 }
 
 /// Scratch of selective rematerialisation: one layer's attention core.
@@ -753,6 +761,8 @@ struct Shape {
     head: bool,
     /// Row blocks of the residual stream (tp under sequence parallelism, else 1).
     split: usize,
+    /// Tensor-parallel degree (the head's vocabulary is split `tp` ways).
+    tp: usize,
 }
 
 impl Shape {
@@ -762,6 +772,7 @@ impl Shape {
             query: dims.query,
             head: true,
             split: 1,
+            tp: 1,
         }
     }
 
@@ -773,6 +784,7 @@ impl Shape {
             query: d.query && part.layers.contains(&(d.layers - 1)),
             head: part.head,
             split: if part.seq_parallel { part.tp } else { 1 },
+            tp: part.tp,
         }
     }
 
@@ -795,7 +807,10 @@ impl Shape {
         let sel = if keep.selective { probs + rows * dl } else { 0 };
         let qin = if self.query { rows * d } else { 0 };
         let head = if self.head {
-            rows * (d + 2) + rows * dims.v + if self.split > 1 { rows * d } else { 0 }
+            rows * (d + 2)
+                + rows * dims.v / self.tp
+                + if self.split > 1 { rows * d } else { 0 }
+                + if self.tp > 1 { rows * (self.tp + 3) } else { 0 }
         } else {
             0
         };
@@ -872,7 +887,12 @@ impl<T: Real> Acts<T> {
             lnf: hz(rows * d),
             lnf_mean: hz(rows),
             lnf_rstd: hz(rows),
-            logits: hz(rows * v),
+            logits: hz(rows * v / shape.tp),
+            vp: if shape.head && shape.tp > 1 {
+                z(rows * (shape.tp + 3))
+            } else {
+                Vec::new()
+            },
             losses: if shape.head {
                 vec![0.0; rows]
             } else {
@@ -984,7 +1004,8 @@ impl<T: Real> Acts<T> {
             + self.head_in.len()
             + self.sel.probs.len()
             + self.sel.probs_drop.len()
-            + self.sel.att.len();
+            + self.sel.att.len()
+            + self.vp.len();
         (l + r + other) as u64 * sz + self.losses.len() as u64 * 8
     }
 
@@ -1305,6 +1326,12 @@ impl Model {
         self.backward_part(p, g, acts, batch, step, train, &mut Alone);
     }
 
+    /// The tensor-parallel degree and this device's first row of the vocab-parallel table.
+    fn vocab_split(&self) -> (usize, usize) {
+        let part = &self.layout.part;
+        (part.tp, part.tp_rank * self.dims().v / part.tp)
+    }
+
     fn attn_dims(&self, b: usize) -> AttnDims {
         let dims = self.dims();
         AttnDims {
@@ -1373,7 +1400,8 @@ impl Model {
         );
         let lay = &self.layout;
         let own = self.local_rows(batch.b);
-        if lay.part.embedding {
+        let (tp, v0) = self.vocab_split();
+        if lay.part.embedding && tp == 1 {
             k::embed_fwd(
                 &mut acts.res[0],
                 &batch.tokens[own.clone()],
@@ -1382,6 +1410,21 @@ impl Model {
                 &p[lay.wpe.clone()],
                 d,
             );
+        } else if lay.part.embedding {
+            // Vocab-parallel lookup of all rows, summed (scattered to this device's rows
+            // under sequence parallelism), then the positions.
+            k::embed_vocab_part(&mut acts.sp, &batch.tokens, &p[lay.wte.clone()], v0, d);
+            let seq = lay.part.seq_parallel;
+            let own_rows = summed(seq, &mut acts.sp, &mut acts.dtmp[..own.len() * d], red);
+            acts.res[0].copy_from_slice(own_rows);
+            k::add_lookup(
+                &mut acts.res[0],
+                &batch.pos[own.clone()],
+                &p[lay.wpe.clone()],
+                d,
+            );
+        }
+        if lay.part.embedding {
             self.drop(train, step, 0, Site::Embedding).apply(
                 &mut acts.res[0],
                 d,
@@ -1410,18 +1453,37 @@ impl Model {
             &p[lay.lnf_b.clone()],
             d,
         );
-        // logits = lnf·wteᵀ
+        // logits = lnf·wteᵀ (this device's vocabulary columns)
+        let vl = v / tp;
         crate::linalg::matmul(
             &mut acts.logits,
-            v,
+            vl,
             crate::linalg::n(&acts.lnf, d),
             crate::linalg::t(&p[lay.wte.clone()], d),
             rows,
             d,
-            v,
+            vl,
             false,
         );
-        k::softmax_xent_fwd(&mut acts.logits, &mut acts.losses, &batch.targets, v);
+        if tp == 1 {
+            k::softmax_xent_fwd(&mut acts.logits, &mut acts.losses, &batch.targets, v);
+        } else {
+            let (mx_all, rest) = acts.vp.split_at_mut(rows * tp);
+            let (mx, rest) = rest.split_at_mut(rows);
+            let (sums, tl) = rest.split_at_mut(rows);
+            k::xent_vocab_fwd(
+                &mut acts.logits,
+                &mut acts.losses,
+                &batch.targets,
+                vl,
+                v0,
+                mx_all,
+                mx,
+                sums,
+                tl,
+                red,
+            );
+        }
         acts.losses
             .iter()
             .zip(&batch.weights)
@@ -1455,8 +1517,10 @@ impl Model {
         let own = self.local_rows(batch.b);
         let rl = own.len();
         let row_ids = &batch.row_ids[own.clone()];
+        let (tp, v0) = self.vocab_split();
+        let vl = v / tp;
         if lay.part.head {
-            k::softmax_xent_bwd(&mut acts.logits, &batch.targets, &batch.weights, v);
+            k::xent_vocab_bwd(&mut acts.logits, &batch.targets, &batch.weights, vl, v0);
             let head_in: &[T] = if seq {
                 &acts.head_in
             } else {
@@ -1468,9 +1532,9 @@ impl Model {
                 crate::linalg::matmul(
                     gw,
                     d,
-                    crate::linalg::t(&acts.logits, v),
+                    crate::linalg::t(&acts.logits, vl),
                     crate::linalg::n(&acts.lnf, d),
-                    v,
+                    vl,
                     rows,
                     d,
                     true,
@@ -1479,13 +1543,15 @@ impl Model {
             crate::linalg::matmul(
                 &mut acts.dtmp,
                 d,
-                crate::linalg::n(&acts.logits, v),
+                crate::linalg::n(&acts.logits, vl),
                 crate::linalg::n(&p[lay.wte.clone()], d),
                 rows,
-                v,
+                vl,
                 d,
                 false,
             );
+            // Each device saw its vocabulary columns: the norm's input gradient is summed.
+            red.all_reduce(&mut acts.dtmp);
             // The head runs on all rows on every device; keep this device's rows' gradient.
             let full: &mut [T] = if seq { &mut acts.sp } else { &mut acts.dx };
             full.fill(T::zero());
@@ -1715,7 +1781,7 @@ impl Model {
         let dx = gathered(seq, &acts.dx, &mut acts.sp, red);
         {
             let (gw, _) = split_range(g, &lay.wte);
-            k::lookup_bwd(gw, dx, &batch.tokens, d);
+            k::lookup_bwd_part(gw, dx, &batch.tokens, v0, d);
         }
         {
             let (gp, _) = split_range(g, &lay.wpe);
