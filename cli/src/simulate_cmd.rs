@@ -31,6 +31,45 @@ pub(crate) struct SimulateArgs {
     /// collectives that run alone on their links once; both exact, see docs/ARCHITECTURE.md).
     #[arg(long)]
     pub full: bool,
+    /// Faults of the step: a TOML file of stragglers and degraded or failed links (format in
+    /// docs/ARCHITECTURE.md and `pangu_sim::faults`).
+    #[arg(long, value_name = "FILE")]
+    pub faults: Option<String>,
+    /// A slow device, e.g. `--straggler 17=0.8` (rank 17 at 80 % of nominal speed); repeatable.
+    #[arg(long, value_name = "RANK=SPEED")]
+    pub straggler: Vec<String>,
+    /// A second job on the same cluster, given by its strategy file (same model; its devices
+    /// default to the chips this job leaves free): prints each job's step alone and beside
+    /// the other.
+    #[arg(long, value_name = "STRATEGY_FILE")]
+    pub share: Option<String>,
+}
+
+/// The faults of the flags: the file's, plus every `--straggler`.
+pub(crate) fn faults_of(args: &SimulateArgs) -> Result<pangu_sim::faults::Faults> {
+    let mut f = match &args.faults {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read faults file {path}"))?;
+            pangu_sim::faults::Faults::from_toml(&text, path)?
+        }
+        None => pangu_sim::faults::Faults::default(),
+    };
+    for s in &args.straggler {
+        let parsed = s.split_once('=').and_then(|(r, v)| {
+            Some(pangu_sim::faults::Straggler {
+                device: r.trim().parse().ok()?,
+                speed: v.trim().parse().ok()?,
+            })
+        });
+        match parsed {
+            Some(st) => f.stragglers.push(st),
+            None => anyhow::bail!(
+                "--straggler {s:?}: write RANK=SPEED, e.g. --straggler 17=0.8 (rank 17 at 80 % speed)"
+            ),
+        }
+    }
+    Ok(f)
 }
 
 /// The report as JSON, with the tool field and run statistics.
@@ -209,22 +248,31 @@ pub(crate) fn run(args: &SimulateArgs) -> Result<()> {
     let setup = args.setup.resolve()?;
     let r = &setup.resolved;
     let plan = Plan::new(&setup.model, &r.cluster, &r.strategy)?;
+    if let Some(path) = &args.share {
+        return run_shared(args, &setup.model, &plan, path);
+    }
+    let faults = faults_of(args)?;
+    let opts = if args.full {
+        pangu_sim::Options::FULL
+    } else {
+        pangu_sim::Options::default()
+    };
     let t0 = Instant::now();
-    let (run, workload) = pangu_sim::simulate_full(
-        &plan,
-        if args.full {
-            pangu_sim::Options::FULL
-        } else {
-            pangu_sim::Options::default()
-        },
-    )?;
+    let (run, workload, faulty_plan) = pangu_sim::simulate_faulty(&plan, &faults, opts)?;
     let wall = t0.elapsed().as_secs_f64();
+    // With faults, the same step without them, for the difference they make.
+    let healthy = if faults.is_empty() {
+        None
+    } else {
+        Some(pangu_sim::simulate(&plan)?.report.step_time_s)
+    };
     let rep = &run.report;
     if let Some(path) = &args.trace {
         let ranks: Vec<u32> = (0..plan.strategy.devices)
             .filter(|&d| args.trace_all || plan.mesh.coords(d).dp == 0)
             .collect();
-        let doc = pangu_sim::chrome_trace(&plan, &run, &workload, &ranks);
+        let mut doc = pangu_sim::chrome_trace(&faulty_plan, &run, &workload, &ranks);
+        mark_stragglers(&mut doc, &faults);
         let tmp = format!("{path}.tmp");
         std::fs::write(&tmp, serde_json::to_vec(&doc)?)
             .with_context(|| format!("cannot write trace {tmp}"))?;
@@ -236,7 +284,13 @@ pub(crate) fn run(args: &SimulateArgs) -> Result<()> {
         );
     }
     if args.json {
-        print_json(&report_json(&plan, &run, wall, &r.notes))
+        let mut v = report_json(&plan, &run, wall, &r.notes);
+        if let Some(h) = healthy {
+            v["faults"] = serde_json::to_value(&faults)?;
+            v["fault_free_step_time_s"] = json!(h);
+            v["fault_slowdown"] = json!(rep.step_time_s / h - 1.0);
+        }
+        print_json(&v)
     } else if args.csv {
         let mut out = String::new();
         print_csv(&mut out, rep);
@@ -244,6 +298,123 @@ pub(crate) fn run(args: &SimulateArgs) -> Result<()> {
     } else {
         let mut out = String::new();
         print_table(&mut out, &plan, &run, wall, &r.notes);
+        if let Some(h) = healthy {
+            outln!(
+                out,
+                "faults: {} straggler(s), {} link fault(s): step {:.3} s against {:.3} s without them ({:+.1} %)",
+                faults.stragglers.len(),
+                faults.links.len(),
+                rep.step_time_s,
+                h,
+                100.0 * (rep.step_time_s / h - 1.0)
+            );
+        }
         emit(&out)
+    }
+}
+
+/// `pangu simulate --share FILE`: two jobs on one network.
+fn run_shared(
+    args: &SimulateArgs,
+    model: &pangu_model::ModelConfig,
+    a: &Plan,
+    path: &str,
+) -> Result<()> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read strategy file {path}"))?;
+    let spec = pangu_strategies::StrategySpec::from_toml(&text, path)?;
+    let free = a.cluster.chips().saturating_sub(a.strategy.devices);
+    if free == 0 {
+        anyhow::bail!(
+            "job A uses all {} chips: give it fewer (--devices) so that the second job has some",
+            a.cluster.chips()
+        );
+    }
+    let (sb, _) = pangu_strategies::strategy::resolve(&spec, &spec, model.global_batch, free)
+        .with_context(|| format!("second job ({path})"))?;
+    let b = Plan::new(model, &a.cluster, &sb).with_context(|| format!("second job ({path})"))?;
+    let t0 = Instant::now();
+    let r = pangu_sim::simulate_shared(a, &b)?;
+    let wall = t0.elapsed().as_secs_f64();
+    let (da, db) = r.slowdowns();
+    if args.json {
+        return print_json(&json!({
+            "job_a": {"strategy": a.strategy, "summary": a.strategy.summary(), "chips": [0, a.strategy.devices],
+                      "alone_step_time_s": r.a_alone_s, "shared_step_time_s": r.a_shared_s, "slowdown": da},
+            "job_b": {"strategy": b.strategy, "summary": b.strategy.summary(), "chips": [r.b_first_chip, r.b_first_chip + b.strategy.devices],
+                      "alone_step_time_s": r.b_alone_s, "shared_step_time_s": r.b_shared_s, "slowdown": db},
+            "wall_s": wall,
+        }));
+    }
+    let mut out = String::new();
+    outln!(
+        out,
+        "two jobs on {} ({} chips):",
+        a.cluster.spec.name,
+        a.cluster.chips()
+    );
+    let rows = vec![
+        vec![
+            "A".to_string(),
+            format!("0..{}", a.strategy.devices),
+            a.strategy.summary(),
+            format!("{:.3}", r.a_alone_s),
+            format!("{:.3}", r.a_shared_s),
+            format!("{:+.1} %", 100.0 * da),
+        ],
+        vec![
+            "B".to_string(),
+            format!(
+                "{}..{}",
+                r.b_first_chip,
+                r.b_first_chip + b.strategy.devices
+            ),
+            b.strategy.summary(),
+            format!("{:.3}", r.b_alone_s),
+            format!("{:.3}", r.b_shared_s),
+            format!("{:+.1} %", 100.0 * db),
+        ],
+    ];
+    outln!(
+        out,
+        "{}",
+        table(
+            &[
+                "job",
+                "chips",
+                "strategy",
+                "alone s/step",
+                "shared s/step",
+                "slowdown"
+            ],
+            &rows
+        )
+    );
+    outln!(out, "simulated in {wall:.2} s (every device of both jobs)");
+    emit(&out)
+}
+
+/// Names the stragglers' tracks in a trace with their speed.
+fn mark_stragglers(doc: &mut Value, faults: &pangu_sim::faults::Faults) {
+    let Some(events) = doc.get_mut("traceEvents").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for e in events {
+        if e["name"] != "process_name" {
+            continue;
+        }
+        let pid = e["pid"].as_u64();
+        if let Some(s) = faults
+            .stragglers
+            .iter()
+            .find(|s| Some(u64::from(s.device)) == pid)
+        {
+            if let Some(name) = e["args"]["name"].as_str() {
+                e["args"]["name"] = json!(format!(
+                    "{name} — straggler at {:.0} % speed",
+                    100.0 * s.speed
+                ));
+            }
+        }
     }
 }

@@ -58,6 +58,53 @@ pub enum Node {
     Spine,
 }
 
+impl std::str::FromStr for Node {
+    type Err = String;
+
+    /// `chip:C`, `nic:SERVER:I`, `tor:RACK`, `spine`, `island-switch:SERVER:I`,
+    /// `server-switch:SERVER`.
+    fn from_str(text: &str) -> Result<Node, String> {
+        let parts: Vec<&str> = text.trim().split(':').collect();
+        let num = |i: usize| -> Result<u32, String> {
+            parts
+                .get(i)
+                .and_then(|p| p.trim().parse().ok())
+                .ok_or_else(|| format!("{text:?}: expected a number in part {}", i + 1))
+        };
+        let want = |n: usize| -> Result<(), String> {
+            if parts.len() == n {
+                Ok(())
+            } else {
+                Err(format!("{text:?}: expected {n} parts separated by ':'"))
+            }
+        };
+        match parts[0].trim() {
+            "chip" => want(2).and(Ok(Node::Chip(num(1)?))),
+            "nic" => want(3).and(Ok(Node::Nic(num(1)?, num(2)?))),
+            "tor" => want(2).and(Ok(Node::Tor(num(1)?))),
+            "spine" => want(1).and(Ok(Node::Spine)),
+            "island-switch" => want(3).and(Ok(Node::IslandSwitch(num(1)?, num(2)?))),
+            "server-switch" => want(2).and(Ok(Node::ServerSwitch(num(1)?))),
+            other => Err(format!(
+                "{other:?} is not a node kind: use chip:C, nic:SERVER:I, tor:RACK, spine, island-switch:SERVER:I or server-switch:SERVER"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Node::Chip(c) => write!(f, "chip:{c}"),
+            Node::Nic(s, i) => write!(f, "nic:{s}:{i}"),
+            Node::Tor(r) => write!(f, "tor:{r}"),
+            Node::Spine => write!(f, "spine"),
+            Node::IslandSwitch(s, i) => write!(f, "island-switch:{s}:{i}"),
+            Node::ServerSwitch(s) => write!(f, "server-switch:{s}"),
+        }
+    }
+}
+
 /// Index into [`Topology::links`].
 pub type LinkId = u32;
 
@@ -99,6 +146,8 @@ pub struct Topology {
     servers_per_rack: u32,
     links: Vec<Link>,
     index: std::collections::HashMap<(Node, Node), LinkId>,
+    /// Links taken out of service ([`Topology::fail`]); routes avoid them.
+    failed: std::collections::BTreeSet<LinkId>,
 }
 
 impl Topology {
@@ -113,6 +162,7 @@ impl Topology {
             servers_per_rack: spec.network.servers_per_rack.max(1),
             links: Vec::new(),
             index: std::collections::HashMap::new(),
+            failed: Default::default(),
         };
         let servers = spec.servers();
         let isl = spec.server.island;
@@ -283,8 +333,103 @@ impl Topology {
             .unwrap_or(Level::Island)
     }
 
-    /// The directed links a message from chip `a` to chip `b` traverses, in order.
+    /// Scales a link's bandwidth by `factor` in `(0, 1]` (a degraded link: a lane down, a
+    /// flapping cable renegotiated to a lower speed).
+    pub fn degrade(&mut self, id: LinkId, factor: f64) {
+        if let Some(l) = self.links.get_mut(id as usize) {
+            l.bandwidth = Bandwidth(l.bandwidth.0 * factor);
+        }
+    }
+
+    /// Takes a link out of service: routes that used it go around it where the graph allows
+    /// ([`Topology::route`]).
+    pub fn fail(&mut self, id: LinkId) {
+        self.failed.insert(id);
+    }
+
+    /// Whether a link is out of service.
+    pub fn is_failed(&self, id: LinkId) -> bool {
+        self.failed.contains(&id)
+    }
+
+    /// The directed links a message from chip `a` to chip `b` traverses, in order. When the
+    /// hierarchical route crosses a failed link, the message takes the shortest path (fewest
+    /// hops, ties to the lowest link ids) through links in service — through a peer chip of
+    /// the island or another NIC of the server, as collective libraries relay — and the
+    /// error names the failed link when no such path exists.
     pub fn route(&self, a: u32, b: u32) -> Result<Vec<LinkId>, HardwareError> {
+        let r = self.hierarchical_route(a, b)?;
+        match r.iter().find(|l| self.failed.contains(l)) {
+            None => Ok(r),
+            Some(&broken) => self.detour(a, b).ok_or_else(|| {
+                let l = &self.links[broken as usize];
+                HardwareError::NoRoute {
+                    from: a,
+                    to: b,
+                    reason: format!(
+                        "link {:?} -> {:?} failed and no other path joins the two chips in this topology",
+                        l.from, l.to
+                    ),
+                }
+            }),
+        }
+    }
+
+    /// Breadth-first search from chip `a` to chip `b` over links in service. Chips relay
+    /// only inside their server (a chip does not forward another server's traffic).
+    fn detour(&self, a: u32, b: u32) -> Option<Vec<LinkId>> {
+        use std::collections::{HashMap, VecDeque};
+        let (from, to) = (Node::Chip(a), Node::Chip(b));
+        let mut out: HashMap<Node, Vec<LinkId>> = HashMap::new();
+        for (i, l) in self.links.iter().enumerate() {
+            if !self.failed.contains(&(i as LinkId)) {
+                out.entry(l.from).or_default().push(i as LinkId);
+            }
+        }
+        let server_of = |n: Node| match n {
+            Node::Chip(c) => Some(self.position(c).server),
+            _ => None,
+        };
+        let relay_ok = |n: Node| match n {
+            Node::Chip(c) => {
+                c == a
+                    || c == b
+                    || Some(self.position(c).server) == server_of(from)
+                    || Some(self.position(c).server) == server_of(to)
+            }
+            _ => true,
+        };
+        let mut prev: HashMap<Node, LinkId> = HashMap::new();
+        let mut queue = VecDeque::from([from]);
+        let mut seen = std::collections::HashSet::from([from]);
+        while let Some(n) = queue.pop_front() {
+            if n == to {
+                let mut path = Vec::new();
+                let mut cur = to;
+                while cur != from {
+                    let l = prev[&cur];
+                    path.push(l);
+                    cur = self.links[l as usize].from;
+                }
+                path.reverse();
+                return Some(path);
+            }
+            if n != from && matches!(n, Node::Chip(_)) && !relay_ok(n) {
+                continue;
+            }
+            for &l in out.get(&n).map_or(&[][..], Vec::as_slice) {
+                let next = self.links[l as usize].to;
+                if seen.insert(next) {
+                    prev.insert(next, l);
+                    queue.push_back(next);
+                }
+            }
+        }
+        None
+    }
+
+    /// The route of the hierarchy, ignoring failures.
+    fn hierarchical_route(&self, a: u32, b: u32) -> Result<Vec<LinkId>, HardwareError> {
         if a >= self.chips || b >= self.chips {
             return Err(HardwareError::NoRoute {
                 from: a,

@@ -25,6 +25,7 @@ pub mod check;
 pub mod collective;
 pub mod cost;
 pub mod engine;
+pub mod faults;
 pub mod fold;
 pub mod fxhash;
 pub mod isolated;
@@ -126,6 +127,105 @@ pub fn simulate_with(
     let w = workload::build(plan, &cost, &all);
     let run = run::simulate(plan, &w, cal, None, opts.memo)?;
     Ok((run, w))
+}
+
+/// Simulates one step of `plan` with `faults` (stragglers, degraded or failed links) on
+/// every device; returns the run, its task graph and the plan on the faulty network.
+pub fn simulate_faulty(
+    plan: &Plan,
+    faults: &faults::Faults,
+    opts: Options,
+) -> Result<(Run, Workload, Plan), SimError> {
+    if faults.is_empty() {
+        let (run, w) = simulate_full(plan, opts)?;
+        return Ok((run, w, plan.clone()));
+    }
+    let p = faults.apply_links(plan)?;
+    let cal = Calibration::for_chip(&p.cluster.spec.chip)?;
+    let cost = CostModel::new(&p.cluster.spec.chip, p.strategy.precision, cal.clone())?;
+    let all: Vec<u32> = (0..p.strategy.devices).collect();
+    let mut w = workload::build(&p, &cost, &all);
+    faults.apply_stragglers(&mut w);
+    let run = run::simulate(&p, &w, &cal, None, opts.memo)?;
+    Ok((run, w, p))
+}
+
+/// Two jobs on one cluster: each alone, and both at once on the same network.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Shared {
+    /// Step time of job A alone (s).
+    pub a_alone_s: f64,
+    /// Step time of job B alone (s).
+    pub b_alone_s: f64,
+    /// Step time of job A beside job B (s).
+    pub a_shared_s: f64,
+    /// Step time of job B beside job A (s).
+    pub b_shared_s: f64,
+    /// First chip of job B (it follows job A's chips).
+    pub b_first_chip: u32,
+}
+
+impl Shared {
+    /// Fractional slowdown of each job caused by the other.
+    pub fn slowdowns(&self) -> (f64, f64) {
+        (
+            self.a_shared_s / self.a_alone_s - 1.0,
+            self.b_shared_s / self.b_alone_s - 1.0,
+        )
+    }
+}
+
+/// Simulates one step of two jobs that share a cluster's network: job A on chips
+/// `0..a.devices`, job B on the chips after it (A must fill whole servers; both plans must be
+/// of the same cluster and together fit in it). Each job's step starts at time 0; their flows
+/// share links with max-min fairness like any others, so the difference to each job alone is
+/// what the other's traffic costs it.
+pub fn simulate_shared(a: &Plan, b: &Plan) -> Result<Shared, SimError> {
+    let chips = a.cluster.chips();
+    if a.cluster.spec != b.cluster.spec {
+        return Err(SimError::Input(format!(
+            "the two jobs are planned on different clusters ({} and {}): plan both on one",
+            a.cluster.spec.name, b.cluster.spec.name
+        )));
+    }
+    let per_server = a.cluster.topology.chips_per_server();
+    let (na, nb) = (a.strategy.devices, b.strategy.devices);
+    if na % per_server != 0 {
+        return Err(SimError::Input(format!(
+            "job A uses {na} chips, not whole {per_server}-chip servers: job B would share a server with it"
+        )));
+    }
+    if na + nb > chips {
+        return Err(SimError::Input(format!(
+            "job A ({na} chips) and job B ({nb} chips) need {} chips; the cluster has {chips}: set devices so that they fit",
+            na + nb
+        )));
+    }
+    let a_alone_s = simulate(a)?.report.step_time_s;
+    let b_alone_s = simulate(b)?.report.step_time_s;
+    let cal = Calibration::for_chip(&a.cluster.spec.chip)?;
+    let build = |p: &Plan| -> Result<Workload, SimError> {
+        let cost = CostModel::new(&p.cluster.spec.chip, p.strategy.precision, cal.clone())?;
+        let all: Vec<u32> = (0..p.strategy.devices).collect();
+        Ok(workload::build(p, &cost, &all))
+    };
+    let mut w = build(a)?;
+    let wb = build(b)?;
+    let first_b = w.tasks.len();
+    w.append(wb, na);
+    let run = run::simulate(a, &w, &cal, None, false)?;
+    let b_end = run.times[first_b..]
+        .iter()
+        .map(|&(_, e)| e)
+        .max()
+        .unwrap_or(0);
+    Ok(Shared {
+        a_alone_s,
+        b_alone_s,
+        a_shared_s: run.report.step_time_s,
+        b_shared_s: b_end as f64 * 1e-9,
+        b_first_chip: na,
+    })
 }
 
 /// A Chrome-trace (Perfetto) JSON document of a simulated step for the given ranks: one

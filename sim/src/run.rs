@@ -446,9 +446,22 @@ impl Sim<'_> {
     fn finish(mut self) -> Run {
         let plan = self.plan;
         let s = &plan.strategy;
-        let step_ns = self.end.iter().copied().max().unwrap_or(0);
-        let step = step_ns as f64 * 1e-9;
         let simulated: Vec<usize> = self.w.devices.iter().map(|&d| d as usize).collect();
+        // The step of this plan's devices (another job's tasks may share the graph).
+        let mut mine = vec![false; self.w.streams.len()];
+        for &d in &simulated {
+            mine[d] = true;
+        }
+        let step_ns = self
+            .w
+            .tasks
+            .iter()
+            .zip(&self.end)
+            .filter(|(t, _)| mine[t.device as usize])
+            .map(|(_, &e)| e)
+            .max()
+            .unwrap_or(0);
+        let step = step_ns as f64 * 1e-9;
         // The tail after each device's last compute.
         for &d in &simulated {
             let tail = step_ns.saturating_sub(self.free_since[d]) as f64 * 1e-9;

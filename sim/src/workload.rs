@@ -138,6 +138,56 @@ pub struct Workload {
     pub devices: Vec<u32>,
 }
 
+impl Workload {
+    /// Appends another job's task graph with its devices moved up by `offset` chips (two jobs
+    /// sharing one cluster's network). `devices` keeps this job's: reports cover it, and the
+    /// other job's step is read from the task times.
+    pub fn append(&mut self, other: Workload, offset: u32) {
+        let tbase = self.tasks.len() as u32;
+        let cbase = self.colls.len() as u32;
+        let off = offset as usize;
+        if self.streams.len() < off {
+            self.streams.resize_with(off, Default::default);
+        }
+        if self.flops.len() < off {
+            self.flops.resize(off, 0.0);
+        }
+        for mut t in other.tasks {
+            t.device += offset;
+            match &mut t.work {
+                Work::Coll { inst } => *inst += cbase,
+                Work::Send { dst, .. } => *dst += offset,
+                Work::Compute { .. } | Work::Recv => {}
+            }
+            self.tasks.push(t);
+        }
+        self.succ.extend(
+            other
+                .succ
+                .into_iter()
+                .map(|v| v.into_iter().map(|t| t + tbase).collect()),
+        );
+        self.streams.truncate(off);
+        self.streams.extend(
+            other
+                .streams
+                .into_iter()
+                .map(|s| s.map(|l| l.into_iter().map(|t| t + tbase).collect())),
+        );
+        self.flops.truncate(off);
+        self.flops.extend(other.flops);
+        for mut c in other.colls {
+            for r in &mut c.ranks {
+                *r += offset;
+            }
+            for t in &mut c.tasks {
+                *t += tbase;
+            }
+            self.colls.push(c);
+        }
+    }
+}
+
 type SendKey = (bool, u32, u32, u32, u32);
 
 struct Builder<'a> {
