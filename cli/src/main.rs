@@ -5,6 +5,7 @@
 
 mod args;
 mod check_cmd;
+mod goodput_cmd;
 mod output;
 mod plan_cmd;
 mod search_cmd;
@@ -53,6 +54,9 @@ enum Command {
     Generate(train_cmd::GenerateArgs),
     /// Train or inspect the jieba + Unigram tokenizer.
     Tokenizer(train_cmd::TokenizerArgs),
+    /// A whole training run under failures: goodput, expected days, the best checkpoint
+    /// interval against Young/Daly, checked by Monte Carlo.
+    Goodput(goodput_cmd::GoodputArgs),
     /// List the model presets, or print one as TOML.
     Models(ListArgs),
     /// List the cluster presets, or print one as TOML.
@@ -156,6 +160,7 @@ fn main() {
         Command::Plan(a) => plan_cmd::run(a),
         Command::Simulate(a) => simulate_cmd::run(a),
         Command::Validate(a) => validate_cmd::run(a),
+        Command::Goodput(a) => goodput_cmd::run(a),
         Command::Search(a) => search_cmd::run(a),
         Command::Check(a) => check_cmd::run(a),
         Command::Sweep(a) => sweep_cmd::run(a),

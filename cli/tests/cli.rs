@@ -819,3 +819,97 @@ fn data_parallel_training_matches_one_device_from_the_cli() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn goodput_reports_the_best_interval_against_young_daly() {
+    let v = json(&["goodput", "--json", "--trials", "50"]);
+    for k in [
+        "goodput",
+        "expected_days",
+        "best_checkpoint_interval_s",
+        "young_daly_interval_s",
+    ] {
+        assert!(v[k].as_f64().unwrap() > 0.0, "{k}: {v}");
+    }
+    let g = v["goodput"].as_f64().unwrap();
+    assert!(g > 0.5 && g < 1.0);
+    assert!(v["expected_days"].as_f64().unwrap() > v["ideal_days"].as_f64().unwrap());
+    // A failure-prone machine needs checkpoints more often and loses more.
+    let flaky = json(&[
+        "goodput",
+        "--json",
+        "--trials",
+        "50",
+        "--chip-mtbf-h",
+        "5000",
+    ]);
+    assert!(flaky["goodput"].as_f64().unwrap() < g);
+    assert!(
+        flaky["best_checkpoint_interval_s"].as_f64().unwrap()
+            < v["best_checkpoint_interval_s"].as_f64().unwrap()
+    );
+    fails_with(&["goodput", "--model", "pangu-alpha-13b"], &["--tokens"]);
+    fails_with(&["goodput", "--chip-mtbf-h=-3"], &["--chip-mtbf-h -3"]);
+    fails_with(
+        &["goodput", "--storage-write-gbps", "0"],
+        &["--storage-write-gbps 0"],
+    );
+}
+
+#[test]
+fn simulate_takes_faults_and_a_second_job() {
+    let small = [
+        "simulate",
+        "--model",
+        "pangu-alpha-2.6b",
+        "--cluster",
+        "dgx-a100-40g:16",
+        "--tp",
+        "8",
+        "--global-batch",
+        "16",
+        "--micro-batch-size",
+        "4",
+    ];
+    let v = json(&[&small[..], &["--json", "--straggler", "3=0.5"][..]].concat());
+    assert!(v["fault_slowdown"].as_f64().unwrap() > 0.3, "{v}");
+    assert_eq!(v["faults"]["straggler"][0]["device"], 3);
+    fails_with(
+        &[&small[..], &["--straggler", "3"][..]].concat(),
+        &["--straggler \"3\"", "RANK=SPEED"],
+    );
+    fails_with(
+        &[&small[..], &["--straggler", "30=0.5"][..]].concat(),
+        &["straggler[0].device = 30"],
+    );
+    // Two jobs of 8 chips: one server each; a non-blocking fabric, so neither slows.
+    let dir = std::env::temp_dir().join(format!("pangu-share-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let b = dir.join("b.toml");
+    std::fs::write(
+        &b,
+        "devices = 8\ntp = 8\nmicro_batch_size = 4\nglobal_batch = 16\n",
+    )
+    .unwrap();
+    let v = json(&[
+        "simulate",
+        "--model",
+        "pangu-alpha-2.6b",
+        "--cluster",
+        "dgx-a100-40g:16",
+        "--devices",
+        "8",
+        "--tp",
+        "8",
+        "--global-batch",
+        "16",
+        "--micro-batch-size",
+        "4",
+        "--share",
+        b.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(v["job_b"]["chips"][0], 8);
+    assert!(v["job_a"]["slowdown"].as_f64().unwrap().abs() < 1e-12);
+    let _ = std::fs::remove_dir_all(&dir);
+}

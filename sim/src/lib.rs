@@ -28,6 +28,7 @@ pub mod engine;
 pub mod faults;
 pub mod fold;
 pub mod fxhash;
+pub mod goodput;
 pub mod isolated;
 pub mod network;
 pub mod run;
