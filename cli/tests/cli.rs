@@ -913,3 +913,68 @@ fn simulate_takes_faults_and_a_second_job() {
     assert!(v["job_a"]["slowdown"].as_f64().unwrap().abs() < 1e-12);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// FNV-1a of the JSON report with its timing fields removed.
+fn report_hash(mut v: serde_json::Value) -> u64 {
+    if let Some(o) = v.as_object_mut() {
+        o.remove("wall_s");
+    }
+    let bytes = serde_json::to_vec(&v).unwrap();
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+#[test]
+fn simulator_output_is_bit_identical_across_runs_and_thread_counts() {
+    let cases: [&[&str]; 3] = [
+        &["simulate", "--json"],
+        &[
+            "simulate",
+            "--json",
+            "--model",
+            "pangu-alpha-2.6b",
+            "--cluster",
+            "dgx-a100-40g:16",
+            "--tp",
+            "8",
+            "--global-batch",
+            "16",
+            "--micro-batch-size",
+            "4",
+            "--full",
+            "--straggler",
+            "5=0.7",
+        ],
+        &[
+            "search",
+            "--json",
+            "--model",
+            "pangu-alpha-2.6b",
+            "--cluster",
+            "ascend910:64",
+            "--top",
+            "5",
+        ],
+    ];
+    for args in cases {
+        let mut hashes = Vec::new();
+        for threads in ["1", "2", "2"] {
+            let out = Command::new(env!("CARGO_BIN_EXE_pangu"))
+                .args(args)
+                .env("RAYON_NUM_THREADS", threads)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            hashes.push(report_hash(serde_json::from_slice(&out.stdout).unwrap()));
+        }
+        assert!(
+            hashes.iter().all(|h| *h == hashes[0]),
+            "{args:?}: {hashes:x?}"
+        );
+    }
+}

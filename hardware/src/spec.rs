@@ -198,14 +198,13 @@ impl ClusterSpec {
         }
         if self.chips > self.server.chips && self.chips % self.server.chips != 0 {
             let lo = self.chips / self.server.chips * self.server.chips;
+            let lo = lo.max(self.server.chips);
+            let hi = lo.saturating_add(self.server.chips);
             return bad(
                 "chips",
                 format!(
                     "{} chips is not a whole number of {}-chip servers; use {} or {}",
-                    self.chips,
-                    self.server.chips,
-                    lo.max(self.server.chips),
-                    lo + self.server.chips
+                    self.chips, self.server.chips, lo, hi
                 ),
             );
         }

@@ -202,6 +202,26 @@ impl ModelConfig {
                 return bad(field, "must be at least 1".into());
             }
         }
+        // Bounds far beyond any model trained so far (GPT-4-class models have d ≈ 2^14,
+        // vocabularies ≈ 2^18), which keep every derived count inside 64 bits.
+        for (field, v, max) in [
+            ("layers", self.layers, 1u32 << 16),
+            ("hidden", self.hidden, 1 << 20),
+            ("ffn", self.ffn, 1 << 22),
+            ("vocab", self.vocab, 1 << 24),
+            ("seq_len", self.seq_len, 1 << 24),
+            ("global_batch", self.global_batch, 1 << 24),
+        ] {
+            if v > max {
+                return bad(field, format!("{v} is beyond this tool's bound of {max}"));
+            }
+        }
+        if self.heads > self.hidden {
+            return bad(
+                "heads",
+                format!("{} heads exceed hidden {}", self.heads, self.hidden),
+            );
+        }
         if self.query_layer && self.layers < 2 {
             return bad(
                 "layers",

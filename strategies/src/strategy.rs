@@ -496,7 +496,15 @@ pub fn resolve(
                 "--{name} 0: a degree must be at least 1"
             )));
         }
+        if v > devices {
+            return Err(PlanError::Devices(format!(
+                "--{name} {v}: more than the {devices} devices"
+            )));
+        }
     }
+    // Products in 64 bits: degrees come from user files.
+    let tpp = u64::from(tp) * u64::from(pp);
+    let devices64 = u64::from(devices);
     let dp = match user.dp {
         Some(0) => {
             return Err(PlanError::Devices(
@@ -504,30 +512,29 @@ pub fn resolve(
             ))
         }
         Some(dp) => {
-            if dp * tp * pp != devices {
+            if u64::from(dp) * tpp != devices64 {
                 return Err(PlanError::Devices(format!(
                     "dp {dp} × tp {tp} × pp {pp} = {} ≠ {devices} devices; omit --dp to fill the devices{}",
-                    dp * tp * pp,
-                    if devices % (tp * pp) == 0 { format!(" (dp {})", devices / (tp * pp)) } else { String::new() }
+                    u64::from(dp) * tpp,
+                    if devices64 % tpp == 0 { format!(" (dp {})", devices64 / tpp) } else { String::new() }
                 )));
             }
             dp
         }
         None => {
-            if devices % (tp * pp) != 0 {
-                let fits: Vec<String> = (1..=devices)
-                    .filter(|t| devices % (t * pp) == 0 && *t <= 64)
+            if devices64 % tpp != 0 {
+                let fits: Vec<String> = (1..=devices.min(64))
+                    .filter(|&t| devices64 % (u64::from(t) * u64::from(pp)) == 0)
                     .filter(|t| t.is_power_of_two())
                     .map(|t| t.to_string())
                     .collect();
                 return Err(PlanError::Devices(format!(
-                    "tp {tp} × pp {pp} = {} does not divide the {devices} devices, so dp cannot fill them; \
+                    "tp {tp} × pp {pp} = {tpp} does not divide the {devices} devices, so dp cannot fill them; \
                      with pp {pp}, tp could be one of {}",
-                    tp * pp,
                     fits.join(", ")
                 )));
             }
-            devices / (tp * pp)
+            (devices64 / tpp) as u32
         }
     };
     let global = user.global_batch.unwrap_or(model_global_batch);
@@ -550,12 +557,11 @@ pub fn resolve(
             ))
         }
         (Some(b), Some(m)) => {
-            if dp * b * m != global {
+            let product = u64::from(dp) * u64::from(b) * u64::from(m);
+            if product != u64::from(global) {
                 return Err(PlanError::Batch(format!(
-                    "dp {dp} × micro-batch size {b} × micro-batches {m} = {} ≠ global batch {global}; \
-                     give only one of --micro-batches / --micro-batch-size, or --global-batch {}",
-                    dp * b * m,
-                    dp * b * m
+                    "dp {dp} × micro-batch size {b} × micro-batches {m} = {product} ≠ global batch {global}; \
+                     give only one of --micro-batches / --micro-batch-size, or --global-batch {product}"
                 )));
             }
             (b, m)
