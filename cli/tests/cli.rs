@@ -856,21 +856,24 @@ fn goodput_reports_the_best_interval_against_young_daly() {
     );
 }
 
+/// pangu-alpha-2.6b on two DGX A100 servers, tp 8.
+const SMALL_SIM: [&str; 11] = [
+    "simulate",
+    "--model",
+    "pangu-alpha-2.6b",
+    "--cluster",
+    "dgx-a100-40g:16",
+    "--tp",
+    "8",
+    "--global-batch",
+    "16",
+    "--micro-batch-size",
+    "4",
+];
+
 #[test]
 fn simulate_takes_faults_and_a_second_job() {
-    let small = [
-        "simulate",
-        "--model",
-        "pangu-alpha-2.6b",
-        "--cluster",
-        "dgx-a100-40g:16",
-        "--tp",
-        "8",
-        "--global-batch",
-        "16",
-        "--micro-batch-size",
-        "4",
-    ];
+    let small = SMALL_SIM;
     let v = json(&[&small[..], &["--json", "--straggler", "3=0.5"][..]].concat());
     assert!(v["fault_slowdown"].as_f64().unwrap() > 0.3, "{v}");
     assert_eq!(v["faults"]["straggler"][0]["device"], 3);
@@ -891,24 +894,13 @@ fn simulate_takes_faults_and_a_second_job() {
         "devices = 8\ntp = 8\nmicro_batch_size = 4\nglobal_batch = 16\n",
     )
     .unwrap();
-    let v = json(&[
-        "simulate",
-        "--model",
-        "pangu-alpha-2.6b",
-        "--cluster",
-        "dgx-a100-40g:16",
-        "--devices",
-        "8",
-        "--tp",
-        "8",
-        "--global-batch",
-        "16",
-        "--micro-batch-size",
-        "4",
-        "--share",
-        b.to_str().unwrap(),
-        "--json",
-    ]);
+    let v = json(
+        &[
+            &small[..],
+            &["--devices", "8", "--share", b.to_str().unwrap(), "--json"],
+        ]
+        .concat(),
+    );
     assert_eq!(v["job_b"]["chips"][0], 8);
     assert!(v["job_a"]["slowdown"].as_f64().unwrap().abs() < 1e-12);
     let _ = std::fs::remove_dir_all(&dir);
@@ -927,25 +919,14 @@ fn report_hash(mut v: serde_json::Value) -> u64 {
 
 #[test]
 fn simulator_output_is_bit_identical_across_runs_and_thread_counts() {
+    let faulty = [
+        &SMALL_SIM[..],
+        &["--json", "--full", "--straggler", "5=0.7"],
+    ]
+    .concat();
     let cases: [&[&str]; 3] = [
         &["simulate", "--json"],
-        &[
-            "simulate",
-            "--json",
-            "--model",
-            "pangu-alpha-2.6b",
-            "--cluster",
-            "dgx-a100-40g:16",
-            "--tp",
-            "8",
-            "--global-batch",
-            "16",
-            "--micro-batch-size",
-            "4",
-            "--full",
-            "--straggler",
-            "5=0.7",
-        ],
+        &faulty,
         &[
             "search",
             "--json",
