@@ -183,7 +183,7 @@ fn model_seeds() -> Vec<String> {
 const STRATEGIES: &[&str] = &[
     "tp = 8\npp = 16\nmicro_batches = 32\nmicro_batch_size = 1\nschedule = \"1f1b\"\nopt_shard = \"mindspore\"\nremat = \"full\"\n",
     "dp = 64\ntp = 4\npp = 8\nschedule = \"interleaved:2\"\nseq_parallel = true\nremat = \"selective\"\nprecision = \"bf16\"\nrank_order = \"dp-pp-tp\"\n",
-    "devices = 1024\ntp = 8\npp = 8\nlayers_per_stage = [8, 8, 8, 8, 8, 8, 8, 8]\ngrad_bucket = \"25 MiB\"\nopt_shard = \"zero3\"\nremat = \"every:2\"\n",
+    "devices = 1024\nglobal_batch = 1024\ntp = 8\npp = 8\nlayers_per_stage = [8, 8, 8, 8, 8, 8, 8, 8]\ngrad_bucket = \"25 MiB\"\nopt_shard = \"zero3\"\nremat = \"every:2\"\n",
 ];
 
 const FAULTS: &str = "[[straggler]]\ndevice = 3\nspeed = 0.5\n\n[[link]]\nfrom = \"nic:0:0\"\nto = \"tor:0\"\nbandwidth_factor = 0.5\nboth_directions = true\n\n[[link]]\nfrom = \"chip:0\"\nto = \"nic:0:0\"\nfailed = true\n";

@@ -184,6 +184,34 @@ impl ClusterSpec {
         if self.chips == 0 {
             return bad("chips", "a cluster needs at least one chip".into());
         }
+        // Bounds that keep the topology graph in memory: four times the largest clusters
+        // built so far (~100 k accelerators), and servers of at most 1024 chips.
+        const MAX_CHIPS: u32 = 1 << 19;
+        if self.chips > MAX_CHIPS {
+            return bad(
+                "chips",
+                format!("{} is beyond this tool's bound of {MAX_CHIPS}", self.chips),
+            );
+        }
+        for (field, v) in [
+            ("server.chips", self.server.chips),
+            ("server.islands", self.server.islands),
+            ("network.nics_per_server", self.network.nics_per_server),
+        ] {
+            if v > 1024 {
+                return bad(field, format!("{v} is beyond this tool's bound of 1024"));
+            }
+        }
+        if self.server.island.kind == IslandKind::FullMesh && self.island_size() > 64 {
+            return bad(
+                "server.island.kind",
+                format!(
+                    "a full mesh of {} chips per island needs {} links per island; full meshes are built up to 64 chips (use kind = \"switch\")",
+                    self.island_size(),
+                    u64::from(self.island_size()) * u64::from(self.island_size() - 1)
+                ),
+            );
+        }
         if self.server.chips == 0 {
             return bad("server.chips", "a server needs at least one chip".into());
         }

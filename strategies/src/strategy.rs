@@ -543,6 +543,12 @@ pub fn resolve(
             "--global-batch 0: a step needs at least one sequence".into(),
         ));
     }
+    if global > 1 << 24 {
+        return Err(PlanError::Batch(format!(
+            "--global-batch {global}: beyond this tool's bound of {} sequences per step",
+            1u32 << 24
+        )));
+    }
     if global % dp != 0 {
         return Err(PlanError::Batch(format!(
             "global batch {global} does not split over dp {dp} replicas ({global} / {dp} is not whole); \
@@ -599,6 +605,13 @@ pub fn resolve(
             (b, per_replica / b)
         }
     };
+    // Schedules are lists of actions per micro-batch: keep them to a size a machine holds.
+    if m > 1 << 16 {
+        return Err(PlanError::Batch(format!(
+            "{m} micro-batches per step: this tool schedules up to {}; raise --micro-batch-size",
+            1u32 << 16
+        )));
+    }
     let strategy = Strategy {
         devices,
         dp,
