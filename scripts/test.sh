@@ -6,7 +6,9 @@ cd "$(dirname "$0")/.."
 
 # Debian packages the test suite needs; installed only when missing.
 # libopenmpi-dev openmpi-bin libclang-dev: the MPI backend of the executor (mpi crate, mpirun).
-PACKAGES=(libopenmpi-dev openmpi-bin libclang-dev)
+# libwayland-dev: eframe's build (even with Wayland off); mesa-vulkan-drivers: the UI
+# snapshot test renders through wgpu on Mesa's CPU Vulkan driver (lavapipe).
+PACKAGES=(libopenmpi-dev openmpi-bin libclang-dev libwayland-dev libxkbcommon-dev mesa-vulkan-drivers)
 missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -1,0 +1,126 @@
+//! The app's main interactions, driven through its accessibility tree (egui_kittest), and a
+//! snapshot image of the strategy editor rendered on the CPU (wgpu on Mesa's lavapipe).
+
+#![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
+
+use std::time::{Duration, Instant};
+
+use egui_kittest::kittest::Queryable;
+use egui_kittest::Harness;
+use pangu_ui::{App, Tab};
+
+fn harness(app: App) -> Harness<'static, App> {
+    Harness::builder()
+        .with_size(egui::vec2(1280.0, 860.0))
+        .build_state(|ctx, app: &mut App| app.ui(ctx), app)
+}
+
+/// Steps the app until `done` holds (background work finishes), at most `secs`.
+fn wait(h: &mut Harness<'static, App>, secs: u64, done: impl Fn(&App) -> bool) {
+    let t = Instant::now();
+    while !done(h.state()) {
+        assert!(t.elapsed() < Duration::from_secs(secs), "timed out");
+        std::thread::sleep(Duration::from_millis(50));
+        h.step();
+    }
+    h.step();
+    h.step();
+}
+
+fn small() -> App {
+    App::new("pangu-alpha-2.6b", "ascend910", 64)
+}
+
+#[test]
+fn an_invalid_strategy_shows_why() {
+    let mut h = harness(small());
+    h.run_ok();
+    assert!(h.query_by_label_contains("valid: dp").is_some());
+    h.state_mut().editor.tp = 3;
+    h.run_ok();
+    assert!(h.query_by_label_contains("invalid:").is_some());
+    // The reason, in the editor and the status bar: tp 3 does not divide the heads.
+    assert!(h.query_all_by_label_contains("tp 3").count() >= 1);
+    // The Simulate button is disabled while the strategy is invalid.
+    h.get_by_label("Simulate").click();
+    h.run_ok();
+    assert!(h.state().sim_job.is_none());
+}
+
+#[test]
+fn simulate_shows_results_and_the_timeline() {
+    let mut h = harness(small());
+    h.run_ok();
+    h.get_by_label("Simulate").click();
+    h.step();
+    wait(&mut h, 120, |a| a.results.is_some());
+    assert_eq!(h.state().tab, Tab::Results);
+    assert!(h.query_by_label_contains("step time").is_some());
+    assert!(h
+        .query_by_label_contains("memory per device by stage")
+        .is_some());
+    h.get_by_label("Timeline").click();
+    h.run_ok();
+    assert!(h.query_by_label_contains("shown").is_some());
+    let out = h.state().results.as_ref().unwrap().as_ref().unwrap();
+    assert!(!out.bars.is_empty() && !out.rows.is_empty());
+}
+
+#[test]
+fn clicking_a_search_row_loads_its_strategy() {
+    let mut h = harness(small());
+    h.run_ok();
+    h.get_by_label("Search").click();
+    h.run_ok();
+    h.get_by_label("Run search").click();
+    h.step();
+    wait(&mut h, 300, |a| a.search.is_some());
+    let best = match &h.state().search {
+        Some(Ok(s)) => s.ranked[0].clone(),
+        other => panic!("{:?}", other.as_ref().map(|_| ())),
+    };
+    h.get_by_label_contains(" 1  ").click();
+    h.run_ok();
+    let app = h.state();
+    assert_eq!(app.tab, Tab::Strategy);
+    assert_eq!(
+        (app.editor.dp, app.editor.tp, app.editor.pp),
+        (best.strategy.dp, best.strategy.tp, best.strategy.pp)
+    );
+    assert_eq!(
+        app.validation.as_ref().unwrap().strategy.summary(),
+        best.summary
+    );
+}
+
+#[test]
+fn the_2048_chip_view_draws_within_a_frame_budget() {
+    let mut app = App::default();
+    app.tab = Tab::Cluster;
+    let mut h = harness(app);
+    h.run_ok();
+    let mut ms: Vec<f64> = (0..15)
+        .map(|_| {
+            let t = Instant::now();
+            h.step();
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    ms.sort_by(f64::total_cmp);
+    let median = ms[ms.len() / 2];
+    eprintln!(
+        "2048-chip cluster view: median frame {median:.2} ms (UI code {:.2} ms)",
+        h.state().frame_ms
+    );
+    assert!(median < 33.0, "median frame {median:.1} ms");
+    assert!(h.query_by_label_contains("2048 chips").is_some());
+}
+
+#[test]
+fn strategy_editor_snapshot() {
+    let mut app = small();
+    app.show_frame_ms = false;
+    let mut h = harness(app);
+    h.run_ok();
+    h.snapshot("strategy_editor");
+}
