@@ -47,7 +47,8 @@ enum Command {
     Check(check_cmd::CheckArgs),
     /// Simulate published training runs (a CSV) and compare predicted with published figures.
     Validate(validate_cmd::ValidateArgs),
-    /// Train the model for real on the CPU (one device): Chinese text, AdamW, checkpoints;
+    /// Train the model for real on the CPU: Chinese text, AdamW, checkpoints; one device, or
+    /// any strategy's plan (dp, tp, pp, sp, sharding, remat) on threads or MPI processes;
     /// `--bench` times the step on random tokens.
     Train(Box<train_cmd::TrainArgs>),
     /// Continue a prompt with a trained checkpoint (KV cache; temperature, top-k, top-p).
