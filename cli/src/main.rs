@@ -12,6 +12,7 @@ mod search_cmd;
 mod simulate_cmd;
 mod sweep_cmd;
 mod train_cmd;
+mod twin_cmd;
 mod validate_cmd;
 
 use anyhow::Result;
@@ -58,6 +59,8 @@ enum Command {
     /// A whole training run under failures: goodput, expected days, the best checkpoint
     /// interval against Young/Daly, checked by Monte Carlo.
     Goodput(goodput_cmd::GoodputArgs),
+    /// The digital-twin loop on this machine: `calibrate` writes a measured hardware profile.
+    Twin(twin_cmd::TwinArgs),
     /// List the model presets, or print one as TOML.
     Models(ListArgs),
     /// List the cluster presets, or print one as TOML.
@@ -162,6 +165,7 @@ fn main() {
         Command::Simulate(a) => simulate_cmd::run(a),
         Command::Validate(a) => validate_cmd::run(a),
         Command::Goodput(a) => goodput_cmd::run(a),
+        Command::Twin(a) => twin_cmd::run(a),
         Command::Search(a) => search_cmd::run(a),
         Command::Check(a) => check_cmd::run(a),
         Command::Sweep(a) => sweep_cmd::run(a),

@@ -31,6 +31,11 @@ fn default_corpus() -> PathBuf {
         .join(DEFAULT_CORPUS)
 }
 
+/// The bundled corpus (for other commands).
+pub(crate) fn default_corpus_path() -> PathBuf {
+    default_corpus()
+}
+
 fn threads_default() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }

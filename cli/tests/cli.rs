@@ -959,3 +959,58 @@ fn simulator_output_is_bit_identical_across_runs_and_thread_counts() {
         );
     }
 }
+
+#[test]
+fn twin_calibrates_this_machine_and_compares_prediction_with_the_executor() {
+    let dir = std::env::temp_dir().join(format!("pangu-twin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let profile = dir.join("profile.toml");
+    let v = json(&[
+        "twin",
+        "calibrate",
+        "--quick",
+        "--devices",
+        "4",
+        "--out",
+        profile.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(v["machine"]["gemm_gflops"].as_f64().unwrap() > 1.0);
+    assert!(v["machine"]["cores"].as_u64().unwrap() >= 1);
+    // The profile is a cluster file the other commands read.
+    let text = std::fs::read_to_string(&profile).unwrap();
+    assert!(text.contains("chips = 4"));
+    let plan = json(&[
+        "plan",
+        "--json",
+        "--model",
+        "pangu-alpha-tiny",
+        "--cluster",
+        profile.to_str().unwrap(),
+        "--dp",
+        "4",
+        "--precision",
+        "fp32",
+    ]);
+    assert_eq!(plan["devices"], 4);
+    let a = dir.join("a.toml");
+    std::fs::write(&a, "tp = 2\n").unwrap();
+    let v = json(&[
+        "twin",
+        "check",
+        "--quick",
+        "--steps",
+        "3",
+        "--strategies",
+        a.to_str().unwrap(),
+        "--json",
+    ]);
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 1);
+    for k in ["predicted_step_s", "measured_step_s"] {
+        assert!(rows[0][k].as_f64().unwrap() > 0.0, "{k}");
+    }
+    assert!(v["median_abs_error"].as_f64().unwrap().is_finite());
+    fails_with(&["twin", "check", "--steps", "2"], &["--steps 2"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}

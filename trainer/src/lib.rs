@@ -14,6 +14,7 @@
 //! It depends on `pangu-strategies` (the plan, the report types) and never on the simulator.
 
 pub mod bench;
+pub mod calibrate;
 pub mod checkpoint;
 pub mod comm;
 pub mod data;

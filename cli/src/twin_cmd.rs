@@ -1,0 +1,398 @@
+//! `pangu twin`: the digital-twin loop on this machine. `calibrate` measures the machine and
+//! writes a hardware profile (the presets' TOML format) of N virtual devices sharing its cores.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use serde_json::json;
+
+use crate::args::load_model;
+use crate::output::{emit, outln, print_json, table};
+
+/// Options of `pangu twin`.
+#[derive(Debug, Args)]
+pub(crate) struct TwinArgs {
+    #[command(subcommand)]
+    command: TwinCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum TwinCommand {
+    /// Measure this machine (matrix products over the model's shapes, memory bandwidth, thread
+    /// transfers, cores) and write a hardware profile of N virtual devices.
+    Calibrate(CalibrateArgs),
+    /// For each strategy: simulate it on the calibrated profile, run the executor for a few
+    /// steps, and compare predicted with measured step time and memory.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Args)]
+struct CheckArgs {
+    /// Model (small enough to train here).
+    #[arg(long, default_value = "pangu-alpha-tiny")]
+    model: String,
+    /// Strategy files (default: a built-in set of 12 covering every dimension).
+    #[arg(long, num_args = 1..)]
+    strategies: Vec<PathBuf>,
+    /// Executor steps per strategy (the first two are warm-up).
+    #[arg(long, default_value_t = 7)]
+    steps: u64,
+    /// Fewer calibration repetitions.
+    #[arg(long)]
+    quick: bool,
+    /// Write a PNG of predicted against measured step time.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The built-in strategies of `twin check` (global batch 8 of pangu-alpha-tiny).
+const BUILT_IN: &[&str] = &[
+    "dp = 1",
+    "dp = 2",
+    "dp = 2\nopt_shard = \"zero1\"",
+    "tp = 2",
+    "tp = 2\nseq_parallel = true",
+    "pp = 2\nmicro_batches = 4\nschedule = \"1f1b\"",
+    "pp = 2\nmicro_batches = 4\nschedule = \"gpipe\"",
+    "pp = 2\nmicro_batches = 4\nschedule = \"interleaved:2\"",
+    "dp = 1\nremat = \"full\"",
+    "dp = 2\nremat = \"selective\"",
+    "dp = 2\ntp = 2",
+    "tp = 2\npp = 2\nmicro_batches = 4",
+];
+
+#[derive(Debug, Args)]
+struct CalibrateArgs {
+    /// Model whose shapes the products take.
+    #[arg(long, default_value = "pangu-alpha-tiny")]
+    model: String,
+    /// Virtual devices the profile describes (the executor's ranks).
+    #[arg(long, default_value_t = 2)]
+    devices: u32,
+    /// Sequences per micro-batch of the measured products.
+    #[arg(long, default_value_t = 8)]
+    micro_batch_size: u32,
+    /// Write the profile here (default: print it).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Fewer repetitions.
+    #[arg(long)]
+    quick: bool,
+    /// Print JSON (the measurements and the profile).
+    #[arg(long)]
+    json: bool,
+}
+
+/// The machine's memory from /proc/meminfo (24 GiB when unreadable).
+fn memory_bytes() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(24 << 30, |kb| kb * 1024)
+}
+
+pub(crate) fn run(a: &TwinArgs) -> Result<()> {
+    match &a.command {
+        TwinCommand::Calibrate(c) => calibrate(c),
+        TwinCommand::Check(c) => check(c),
+    }
+}
+
+/// One compared strategy.
+#[derive(Debug, Clone, serde::Serialize)]
+struct Row {
+    strategy: String,
+    devices: u32,
+    predicted_step_s: f64,
+    measured_step_s: f64,
+    error: f64,
+    predicted_bytes: u64,
+    measured_bytes: u64,
+    memory_error: f64,
+    /// Share of the measured steps' wall time the process's threads waited for a CPU.
+    cpu_wait: f64,
+}
+
+fn check(a: &CheckArgs) -> Result<()> {
+    use pangu_trainer::{bench, data, dist, tokenizer::Tokenizer, train};
+    if a.steps < 3 {
+        bail!(
+            "--steps {}: give at least 3 (two warm-up steps and one measured)",
+            a.steps
+        );
+    }
+    let cfg = load_model(&a.model)?;
+    let specs: Vec<(String, pangu_strategies::StrategySpec)> = if a.strategies.is_empty() {
+        BUILT_IN
+            .iter()
+            .map(|t| {
+                Ok((
+                    t.replace('\n', " "),
+                    pangu_strategies::StrategySpec::from_toml(t, "built-in")?,
+                ))
+            })
+            .collect::<Result<_>>()?
+    } else {
+        a.strategies
+            .iter()
+            .map(|p| {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read strategy file {}", p.display()))?;
+                Ok((
+                    p.display().to_string(),
+                    pangu_strategies::StrategySpec::from_toml(&text, &p.display().to_string())?,
+                ))
+            })
+            .collect::<Result<_>>()?
+    };
+    if !a.json {
+        eprintln!("calibrating this machine…");
+    }
+    let rows_per_mb = 8 * cfg.seq_len as usize;
+    let machine = pangu_trainer::calibrate::measure(
+        cfg.hidden as usize,
+        cfg.ffn as usize,
+        cfg.vocab as usize,
+        rows_per_mb,
+        a.quick,
+    );
+    // A slice of the corpus: enough samples for the steps, a tokenizer in seconds.
+    let path = crate::train_cmd::default_corpus_path();
+    let text = data::read_corpus(&path)?;
+    let end = (0..=text.len().min(1_500_000))
+        .rev()
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0);
+    let (tr, _) = data::split(&text[..end]);
+    let tok = Tokenizer::train(tr, cfg.vocab as usize)?;
+    let packed = data::Packed::new(&tok, tr, cfg.seq_len as usize);
+    bench::set_threads(1);
+    let mut rows = Vec::new();
+    for (name, spec) in &specs {
+        let mut spec = spec.clone();
+        spec.precision
+            .get_or_insert(pangu_strategies::Precision::Fp32);
+        spec.global_batch.get_or_insert(cfg.global_batch);
+        let exec_plan = dist::plan_for(&cfg, &spec).with_context(|| name.clone())?;
+        let devices = exec_plan.strategy.devices;
+        // The simulator's plan: the same strategy on the calibrated profile of this many devices.
+        let profile = pangu_trainer::calibrate::profile_toml(&machine, devices, memory_bytes());
+        let cluster = pangu_hardware::Cluster::from_toml(&profile, "calibrated", None)?;
+        let mut sim_spec = exec_plan.strategy.to_spec();
+        sim_spec.devices = Some(devices);
+        let (strategy, _) =
+            pangu_strategies::strategy::resolve(&sim_spec, &sim_spec, cfg.global_batch, devices)?;
+        let sim_plan = pangu_strategies::Plan::build(&cfg, &cluster, &strategy)?;
+        let predicted = pangu_sim::simulate(&sim_plan)?.report;
+        let mut s = train::Settings::for_model(&cfg, a.steps);
+        s.batch = exec_plan.strategy.global_batch as usize;
+        s.micro_batches = exec_plan.strategy.micro_batches as usize;
+        s.dropout = 0.0;
+        let dc = dist::DistConfig {
+            algo: pangu_strategies::CollectiveAlgorithm::Ring,
+            timeout: std::time::Duration::from_secs(120),
+            fail: None,
+        };
+        let wait0 = bench::cpu_wait_ns();
+        let t0 = std::time::Instant::now();
+        let r = dist::train_threads(&exec_plan, &s, &dc, &packed, a.steps)
+            .with_context(|| name.clone())?;
+        let wall = t0.elapsed().as_secs_f64();
+        let waited = (bench::cpu_wait_ns() - wait0) as f64 * 1e-9;
+        let mut steps: Vec<f64> = r.step_s[2..].to_vec();
+        steps.sort_by(f64::total_cmp);
+        let measured = steps[steps.len() / 2];
+        let measured_bytes = r.ranks.iter().map(|k| k.allocated_bytes).max().unwrap_or(0);
+        let predicted_bytes = sim_plan.max_memory().total.0;
+        let row = Row {
+            strategy: name.clone(),
+            devices,
+            predicted_step_s: predicted.step_time_s,
+            measured_step_s: measured,
+            error: predicted.step_time_s / measured - 1.0,
+            predicted_bytes,
+            measured_bytes,
+            memory_error: predicted_bytes as f64 / measured_bytes.max(1) as f64 - 1.0,
+            cpu_wait: waited / (wall * f64::from(devices)).max(1e-9),
+        };
+        if !a.json {
+            eprintln!(
+                "{:<58} predicted {:.3} s, measured {:.3} s ({:+.1} %)",
+                row.strategy,
+                row.predicted_step_s,
+                row.measured_step_s,
+                100.0 * row.error
+            );
+        }
+        rows.push(row);
+    }
+    let mut abs: Vec<f64> = rows.iter().map(|r| r.error.abs()).collect();
+    abs.sort_by(f64::total_cmp);
+    let median_abs_error = abs[abs.len() / 2];
+    let worst = abs.last().copied().unwrap_or(0.0);
+    let mut mem: Vec<f64> = rows.iter().map(|r| r.memory_error.abs()).collect();
+    mem.sort_by(f64::total_cmp);
+    if let Some(p) = &a.plot {
+        plot(p, &rows)?;
+    }
+    if a.json {
+        return print_json(&json!({
+            "model": cfg.name,
+            "machine": machine,
+            "rows": rows,
+            "median_abs_error": median_abs_error,
+            "worst_abs_error": worst,
+            "median_abs_memory_error": mem[mem.len() / 2],
+        }));
+    }
+    let mut o = String::new();
+    let table_rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.strategy.clone(),
+                r.devices.to_string(),
+                format!("{:.3}", r.predicted_step_s),
+                format!("{:.3}", r.measured_step_s),
+                format!("{:+.1} %", 100.0 * r.error),
+                format!("{:.1}", r.predicted_bytes as f64 / 1e6),
+                format!("{:.1}", r.measured_bytes as f64 / 1e6),
+                format!("{:+.1} %", 100.0 * r.memory_error),
+                format!("{:.0} %", 100.0 * r.cpu_wait),
+            ]
+        })
+        .collect();
+    outln!(
+        o,
+        "{}",
+        table(
+            &[
+                "strategy",
+                "devices",
+                "predicted s",
+                "measured s",
+                "error",
+                "pred MB",
+                "meas MB",
+                "mem error",
+                "cpu wait"
+            ],
+            &table_rows
+        )
+    );
+    outln!(
+        o,
+        "step time: median |error| {:.1} %, worst {:.1} %; memory: median |error| {:.1} %",
+        100.0 * median_abs_error,
+        100.0 * worst,
+        100.0 * mem[mem.len() / 2]
+    );
+    emit(&o)
+}
+
+fn plot(path: &std::path::Path, rows: &[Row]) -> Result<()> {
+    use plotters::prelude::*;
+    crate::sweep_cmd::register_font()?;
+    let max = rows
+        .iter()
+        .map(|r| r.predicted_step_s.max(r.measured_step_s))
+        .fold(0.0, f64::max)
+        * 1.1;
+    let root = BitMapBackend::new(path, (640, 600)).into_drawing_area();
+    let err = |e| anyhow::anyhow!("{e:?}");
+    root.fill(&WHITE).map_err(err)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("pangu twin check: step time", ("sans-serif", 20))
+        .margin(16)
+        .x_label_area_size(40)
+        .y_label_area_size(56)
+        .build_cartesian_2d(0.0..max, 0.0..max)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("measured (s)")
+        .y_desc("predicted (s)")
+        .draw()
+        .map_err(err)?;
+    chart
+        .draw_series(LineSeries::new([(0.0, 0.0), (max, max)], &BLACK))
+        .map_err(err)?;
+    chart
+        .draw_series(
+            rows.iter()
+                .map(|r| Circle::new((r.measured_step_s, r.predicted_step_s), 5, BLUE.filled())),
+        )
+        .map_err(err)?;
+    root.present().map_err(err)?;
+    Ok(())
+}
+
+fn calibrate(a: &CalibrateArgs) -> Result<()> {
+    if a.devices == 0 || a.devices > 1024 {
+        bail!("--devices {}: give 1 to 1024 virtual devices", a.devices);
+    }
+    if a.micro_batch_size == 0 {
+        bail!("--micro-batch-size 0: a product needs at least one sequence");
+    }
+    let cfg = load_model(&a.model)?;
+    let rows = (a.micro_batch_size * cfg.seq_len) as usize;
+    let m = pangu_trainer::calibrate::measure(
+        cfg.hidden as usize,
+        cfg.ffn as usize,
+        cfg.vocab as usize,
+        rows,
+        a.quick,
+    );
+    let profile = pangu_trainer::calibrate::profile_toml(&m, a.devices, memory_bytes());
+    // The profile must read back as a cluster.
+    pangu_hardware::Cluster::from_toml(&profile, "calibrated profile", None)
+        .context("the calibrated profile does not read back as a cluster (a bug)")?;
+    if let Some(p) = &a.out {
+        std::fs::write(p, &profile).with_context(|| format!("cannot write {}", p.display()))?;
+    }
+    if a.json {
+        return print_json(&json!({"machine": m, "profile": profile, "devices": a.devices}));
+    }
+    let mut o = String::new();
+    let rows: Vec<Vec<String>> = m
+        .gemm
+        .iter()
+        .map(|g| {
+            vec![
+                format!("{} × {} × {}", g.m, g.k, g.n),
+                format!("{:.1}", g.gflops),
+            ]
+        })
+        .collect();
+    outln!(o, "matrix products of {} (one thread):", cfg.name);
+    outln!(o, "{}", table(&["m × k × n", "GFLOP/s"], &rows));
+    outln!(
+        o,
+        "median {:.1} GFLOP/s; {} cores ({:.2}× on all of them); element-wise {:.1} GB/s; thread transfers {:.2} GB/s, {:.1} µs",
+        m.gemm_gflops,
+        m.cores,
+        m.parallel_speedup,
+        m.stream_gb_s,
+        m.transfer_gb_s,
+        m.transfer_latency_us
+    );
+    match &a.out {
+        Some(p) => outln!(
+            o,
+            "profile of {} devices written to {}",
+            a.devices,
+            p.display()
+        ),
+        None => outln!(o, "{profile}"),
+    }
+    emit(&o)
+}

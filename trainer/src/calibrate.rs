@@ -1,0 +1,225 @@
+//! Measurements of this machine for the digital twin's hardware profile: matrix-product
+//! throughput over the model's shapes, element-wise memory bandwidth, what a second thread
+//! adds to a product, and thread-to-thread transfer bandwidth and latency through the
+//! executor's own communicator. Each figure is the median of repeated runs (the machine is
+//! shared).
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::comm::{threads, Communicator};
+use crate::linalg::{self, matmul, n};
+
+/// A product `C[m, n] = A[m, k] · B[k, n]` and its measured rate.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Gemm {
+    /// Rows.
+    pub m: usize,
+    /// Inner size.
+    pub k: usize,
+    /// Columns.
+    pub n: usize,
+    /// Median GFLOP/s on one thread.
+    pub gflops: f64,
+}
+
+/// What [`measure`] found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    /// Cores the process may use.
+    pub cores: usize,
+    /// Products of the shapes the model runs, one thread.
+    pub gemm: Vec<Gemm>,
+    /// Median over the shapes (GFLOP/s per thread).
+    pub gemm_gflops: f64,
+    /// Speed-up of the same products on all cores against one.
+    pub parallel_speedup: f64,
+    /// Element-wise bandwidth of one thread (`a = b + c`, GB/s counting the three arrays).
+    pub stream_gb_s: f64,
+    /// Thread-to-thread transfer bandwidth of large messages (GB/s).
+    pub transfer_gb_s: f64,
+    /// One-way latency of a small message between threads (µs).
+    pub transfer_latency_us: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Median GFLOP/s of one product shape over `reps` runs.
+pub fn gemm_rate(m: usize, k: usize, nn: usize, reps: usize) -> f64 {
+    let a = vec![0.5f32; m * k];
+    let b = vec![0.25f32; k * nn];
+    let mut c = vec![0.0f32; m * nn];
+    matmul(&mut c, nn, n(&a, k), n(&b, nn), m, k, nn, false);
+    let runs = (0..reps.max(1))
+        .map(|_| {
+            let t = Instant::now();
+            matmul(&mut c, nn, n(&a, k), n(&b, nn), m, k, nn, false);
+            2.0 * (m * k * nn) as f64 / t.elapsed().as_secs_f64().max(1e-9) / 1e9
+        })
+        .collect();
+    median(runs)
+}
+
+/// Element-wise bandwidth (GB/s) over arrays of `len` floats.
+pub fn stream_rate(len: usize, reps: usize) -> f64 {
+    let b = vec![1.0f32; len];
+    let c = vec![2.0f32; len];
+    let mut a = vec![0.0f32; len];
+    let runs = (0..reps.max(1))
+        .map(|_| {
+            let t = Instant::now();
+            for ((x, y), z) in a.iter_mut().zip(&b).zip(&c) {
+                *x = y + z;
+            }
+            std::hint::black_box(&a);
+            3.0 * 4.0 * len as f64 / t.elapsed().as_secs_f64().max(1e-9) / 1e9
+        })
+        .collect();
+    median(runs)
+}
+
+/// Ping-pong between two threads through the executor's communicator: (GB/s for
+/// `bytes`-sized messages, one-way µs for one float).
+pub fn transfer(bytes: usize, reps: usize) -> (f64, f64) {
+    let len = (bytes / 4).max(1);
+    let mut group = threads::group(2, std::time::Duration::from_secs(30));
+    let mut peer = group.pop();
+    let mut me = group.pop();
+    let (Some(me), Some(peer)) = (me.as_mut(), peer.as_mut()) else {
+        return (0.0, 0.0);
+    };
+    let reps = reps.max(1);
+    let round = |me: &mut threads::ThreadComm, peer: &mut threads::ThreadComm, len: usize| {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut buf = vec![0.0f32; len];
+                for _ in 0..reps {
+                    if peer.recv(0, &mut buf, "calibrate").is_err()
+                        || peer.send(0, &buf, "calibrate").is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+            let data = vec![1.0f32; len];
+            let mut back = vec![0.0f32; len];
+            let mut times = Vec::with_capacity(reps);
+            for _ in 0..reps {
+                let t = Instant::now();
+                if me.send(1, &data, "calibrate").is_err()
+                    || me.recv(1, &mut back, "calibrate").is_err()
+                {
+                    break;
+                }
+                times.push(t.elapsed().as_secs_f64() / 2.0);
+            }
+            median(times)
+        })
+    };
+    let small = round(me, peer, 1);
+    let large = round(me, peer, len);
+    let bw = (4 * len) as f64 / (large - small).max(1e-9) / 1e9;
+    (bw, small * 1e6)
+}
+
+/// Measures the machine for a model of hidden size `d`, FFN `f`, vocabulary `v` and
+/// `rows` tokens per micro-batch (`quick`: fewer repetitions).
+pub fn measure(d: usize, f: usize, v: usize, rows: usize, quick: bool) -> Machine {
+    let reps = if quick { 3 } else { 9 };
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let before = linalg::threads();
+    linalg::set_threads(1);
+    let shapes = [
+        (rows, d, 3 * d),
+        (rows, d, d),
+        (rows, d, f),
+        (rows, f, d),
+        (rows, d, v),
+        (rows, v, d),
+    ];
+    let gemm: Vec<Gemm> = shapes
+        .iter()
+        .map(|&(m, k, nn)| Gemm {
+            m,
+            k,
+            n: nn,
+            gflops: gemm_rate(m, k, nn, reps),
+        })
+        .collect();
+    let gemm_gflops = median(gemm.iter().map(|g| g.gflops).collect());
+    let (m, k, nn) = (rows, d, f);
+    let one = gemm_rate(m, k, nn, reps);
+    linalg::set_threads(cores);
+    let all = linalg::in_pool(|| gemm_rate(m, k, nn, reps));
+    linalg::set_threads(before.max(1));
+    let stream_gb_s = stream_rate(if quick { 1 << 22 } else { 1 << 24 }, reps);
+    let (transfer_gb_s, transfer_latency_us) =
+        transfer(if quick { 1 << 20 } else { 1 << 23 }, reps * 4);
+    Machine {
+        cores,
+        gemm,
+        gemm_gflops,
+        parallel_speedup: all / one.max(1e-9),
+        stream_gb_s,
+        transfer_gb_s,
+        transfer_latency_us,
+    }
+}
+
+/// The hardware profile of `devices` virtual devices sharing this machine, in the format of
+/// the cluster presets: each device gets `min(1, cores / devices)` of a core's measured
+/// matrix rate and of its memory bandwidth, and `1 / devices` of the memory; the island
+/// link is the measured thread-to-thread transfer.
+///
+/// The simulator's `cpu` calibration (sim/calibration/cpu.toml) scales the peak by the matrix
+/// efficiency curve (0.78 on large shapes) and the bandwidth by its memory efficiency (0.60):
+/// the profile states the peaks that those bring back to the measured rates.
+pub fn profile_toml(m: &Machine, devices: u32, memory_bytes: u64) -> String {
+    const MATMUL_EFFICIENCY: f64 = 0.78;
+    const MEMORY_EFFICIENCY: f64 = 0.60;
+    let share = (m.cores as f64 / f64::from(devices.max(1))).min(1.0);
+    let gflops = m.gemm_gflops * share / MATMUL_EFFICIENCY;
+    let gib = memory_bytes as f64 / f64::from(devices.max(1)) / (1u64 << 30) as f64;
+    format!(
+        "# Written by `pangu twin calibrate`: this machine as {devices} virtual devices sharing {cores} cores.\n\
+         # Measured: one thread's matrix products over the model's shapes (median {g1:.1} GFLOP/s), element-wise\n\
+         # bandwidth {sb:.1} GB/s, thread-to-thread transfers {tb:.2} GB/s and {lat:.1} us; {cores} cores\n\
+         # (all cores on one product: {sp:.2}x one). Each device gets min(1, cores/devices) = {share:.3} of a core.\n\
+         name = \"cpu-host-calibrated\"\n\
+         description = \"This machine, calibrated: {devices} fp32 devices on {cores} cores\"\n\
+         chips = {devices}\n\
+         collective_library = \"nccl\"\n\n\
+         [chip]\n\
+         name = \"x86-64 core share\"\n\
+         fp16 = \"{gflops:.2} GFLOP/s\"\n\
+         fp32 = \"{gflops:.2} GFLOP/s\"\n\
+         hbm = \"{gib:.3} GiB\"\n\
+         hbm_bandwidth = \"{bw:.2} GB/s\"\n\
+         reserved = \"256 MiB\"\n\n\
+         [server]\n\
+         chips = {devices}\n\
+         islands = 1\n\n\
+         [server.island]\n\
+         kind = \"switch\"\n\
+         bandwidth = \"{tb:.3} GB/s\"\n\
+         latency = \"{lat:.2} us\"\n\n\
+         [network]\n\
+         nics_per_server = 0\n\
+         nic = {{ bandwidth = \"1 GB/s\", latency = \"50 us\" }}\n\
+         host_link = {{ bandwidth = \"10 GB/s\", latency = \"0 us\" }}\n\
+         servers_per_rack = 1\n\
+         spine_oversubscription = 1.0\n\
+         spine_latency = \"0 us\"\n",
+        cores = m.cores,
+        g1 = m.gemm_gflops,
+        sb = m.stream_gb_s,
+        tb = m.transfer_gb_s,
+        lat = m.transfer_latency_us,
+        sp = m.parallel_speedup,
+        bw = m.stream_gb_s * share / MEMORY_EFFICIENCY,
+    )
+}
