@@ -548,6 +548,9 @@ struct Overlap {
     open: Option<(usize, usize, Vec<f32>)>,
     in_flight: usize,
     done: u64,
+    /// Floats held in bucket copies now (open and posted), and at most.
+    live: usize,
+    peak: usize,
 }
 
 /// A bucket: chunk, first element in its gradient buffer, values.
@@ -578,11 +581,15 @@ impl Overlap {
             open: None,
             in_flight: 0,
             done: 0,
+            live: 0,
+            peak: 0,
         }
     }
 
     /// Layers arrive last first: each range ends where the open bucket starts.
     fn add(&mut self, chunk: usize, range: Range<usize>, grads: &[f32]) {
+        self.live += grads.len();
+        self.peak = self.peak.max(self.live);
         let mut v = grads.to_vec();
         if let Some((c, at, old)) = self.open.take() {
             if c == chunk && at == range.end {
@@ -624,6 +631,7 @@ impl Overlap {
             grads[c][at..at + v.len()].copy_from_slice(&v);
             self.in_flight -= 1;
             self.done += 1;
+            self.live -= v.len();
         }
         Ok(())
     }
@@ -1172,6 +1180,8 @@ fn rank_loop(
     }
     rep.wall_s = loop_start.elapsed().as_secs_f64();
     rep.overlapped_buckets = overlap.as_ref().map_or(0, |o| o.done);
+    // The bucket copies the overlapped reduction held at its peak (the fusion buffers).
+    rep.allocated_bytes += 4 * overlap.as_ref().map_or(0, |o| o.peak) as u64;
     Ok(RankOutput {
         losses,
         parts: chunks.into_iter().map(|c| (c.model.layout, c.p)).collect(),
