@@ -118,8 +118,6 @@ struct Row {
     predicted_bytes: u64,
     measured_bytes: u64,
     memory_error: f64,
-    /// Share of the measured steps' wall time the process's threads waited for a CPU.
-    cpu_wait: f64,
 }
 
 fn check(a: &CheckArgs) -> Result<()> {
@@ -202,12 +200,8 @@ fn check(a: &CheckArgs) -> Result<()> {
             timeout: std::time::Duration::from_secs(120),
             fail: None,
         };
-        let wait0 = bench::cpu_wait_ns();
-        let t0 = std::time::Instant::now();
         let r = dist::train_threads(&exec_plan, &s, &dc, &packed, a.steps)
             .with_context(|| name.clone())?;
-        let wall = t0.elapsed().as_secs_f64();
-        let waited = (bench::cpu_wait_ns() - wait0) as f64 * 1e-9;
         let mut steps: Vec<f64> = r.step_s[2..].to_vec();
         steps.sort_by(f64::total_cmp);
         let measured = steps[steps.len() / 2];
@@ -222,7 +216,6 @@ fn check(a: &CheckArgs) -> Result<()> {
             predicted_bytes,
             measured_bytes,
             memory_error: predicted_bytes as f64 / measured_bytes.max(1) as f64 - 1.0,
-            cpu_wait: waited / (wall * f64::from(devices)).max(1e-9),
         };
         if !a.json {
             eprintln!(
@@ -267,7 +260,6 @@ fn check(a: &CheckArgs) -> Result<()> {
                 format!("{:.1}", r.predicted_bytes as f64 / 1e6),
                 format!("{:.1}", r.measured_bytes as f64 / 1e6),
                 format!("{:+.1} %", 100.0 * r.memory_error),
-                format!("{:.0} %", 100.0 * r.cpu_wait),
             ]
         })
         .collect();
@@ -283,8 +275,7 @@ fn check(a: &CheckArgs) -> Result<()> {
                 "error",
                 "pred MB",
                 "meas MB",
-                "mem error",
-                "cpu wait"
+                "mem error"
             ],
             &table_rows
         )
@@ -377,7 +368,7 @@ fn calibrate(a: &CalibrateArgs) -> Result<()> {
     outln!(o, "{}", table(&["m × k × n", "GFLOP/s"], &rows));
     outln!(
         o,
-        "median {:.1} GFLOP/s; {} cores ({:.2}× on all of them); element-wise {:.1} GB/s; thread transfers {:.2} GB/s, {:.1} µs",
+        "median {:.1} GFLOP/s; {} cores ({:.2}× one thread with all of them busy); element-wise {:.1} GB/s; thread transfers {:.2} GB/s, {:.1} µs",
         m.gemm_gflops,
         m.cores,
         m.parallel_speedup,

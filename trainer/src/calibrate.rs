@@ -33,7 +33,8 @@ pub struct Machine {
     pub gemm: Vec<Gemm>,
     /// Median over the shapes (GFLOP/s per thread).
     pub gemm_gflops: f64,
-    /// Speed-up of the same products on all cores against one.
+    /// Cores' worth of throughput when every core runs its own product at once (the sum of
+    /// their rates over one thread's rate alone): what N workers sharing the machine get.
     pub parallel_speedup: f64,
     /// Element-wise bandwidth of one thread (`a = b + c`, GB/s counting the three arrays).
     pub stream_gb_s: f64,
@@ -153,8 +154,13 @@ pub fn measure(d: usize, f: usize, v: usize, rows: usize, quick: bool) -> Machin
     let gemm_gflops = median(gemm.iter().map(|g| g.gflops).collect());
     let (m, k, nn) = (rows, d, f);
     let one = gemm_rate(m, k, nn, reps);
-    linalg::set_threads(cores);
-    let all = linalg::in_pool(|| gemm_rate(m, k, nn, reps));
+    // Every core at once, each on its own product (as the executor's ranks run).
+    let all: f64 = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..cores)
+            .map(|_| s.spawn(|| gemm_rate(m, k, nn, reps)))
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap_or(0.0)).sum()
+    });
     linalg::set_threads(before.max(1));
     let stream_gb_s = stream_rate(if quick { 1 << 22 } else { 1 << 24 }, reps);
     let (transfer_gb_s, transfer_latency_us) =
@@ -171,9 +177,11 @@ pub fn measure(d: usize, f: usize, v: usize, rows: usize, quick: bool) -> Machin
 }
 
 /// The hardware profile of `devices` virtual devices sharing this machine, in the format of
-/// the cluster presets: each device gets `min(1, cores / devices)` of a core's measured
-/// matrix rate and of its memory bandwidth, and `1 / devices` of the memory; the island
-/// link is the measured thread-to-thread transfer.
+/// the cluster presets: each device gets `min(1, S / devices)` of one thread's measured matrix
+/// rate and memory bandwidth, where `S` is the measured throughput of all cores at once in
+/// units of one thread (below the core count where cores share caches, memory bandwidth and
+/// turbo, or other work shares the machine), and `1 / devices` of the memory; the island link
+/// is the measured thread-to-thread transfer.
 ///
 /// The simulator's `cpu` calibration (sim/calibration/cpu.toml) scales the peak by the matrix
 /// efficiency curve (0.78 on large shapes) and the bandwidth by its memory efficiency (0.60):
@@ -181,14 +189,14 @@ pub fn measure(d: usize, f: usize, v: usize, rows: usize, quick: bool) -> Machin
 pub fn profile_toml(m: &Machine, devices: u32, memory_bytes: u64) -> String {
     const MATMUL_EFFICIENCY: f64 = 0.78;
     const MEMORY_EFFICIENCY: f64 = 0.60;
-    let share = (m.cores as f64 / f64::from(devices.max(1))).min(1.0);
+    let share = (m.parallel_speedup.max(1.0) / f64::from(devices.max(1))).min(1.0);
     let gflops = m.gemm_gflops * share / MATMUL_EFFICIENCY;
     let gib = memory_bytes as f64 / f64::from(devices.max(1)) / (1u64 << 30) as f64;
     format!(
         "# Written by `pangu twin calibrate`: this machine as {devices} virtual devices sharing {cores} cores.\n\
          # Measured: one thread's matrix products over the model's shapes (median {g1:.1} GFLOP/s), element-wise\n\
          # bandwidth {sb:.1} GB/s, thread-to-thread transfers {tb:.2} GB/s and {lat:.1} us; {cores} cores\n\
-         # (all cores on one product: {sp:.2}x one). Each device gets min(1, cores/devices) = {share:.3} of a core.\n\
+         # (all cores at once: {sp:.2}x one thread). Each device gets min(1, that/devices) = {share:.3} of a thread.\n\
          name = \"cpu-host-calibrated\"\n\
          description = \"This machine, calibrated: {devices} fp32 devices on {cores} cores\"\n\
          chips = {devices}\n\
