@@ -124,3 +124,33 @@ fn strategy_editor_snapshot() {
     h.run_ok();
     h.snapshot("strategy_editor");
 }
+
+#[test]
+fn the_training_monitor_plots_a_falling_loss_live() {
+    let mut app = small();
+    app.tab = Tab::Training;
+    let mut h = harness(app);
+    h.run_ok();
+    h.get_by_label("Train pangu-alpha-tiny").click();
+    h.step();
+    wait(&mut h, 300, |a| {
+        a.training.as_ref().is_some_and(|t| t.losses.len() >= 4)
+    });
+    let losses: Vec<f64> = h
+        .state()
+        .training
+        .as_ref()
+        .unwrap()
+        .losses
+        .iter()
+        .map(|l| l.1)
+        .collect();
+    assert!(losses.iter().all(|l| l.is_finite()));
+    assert!(
+        losses.last().unwrap() < losses.first().unwrap(),
+        "{losses:?}"
+    );
+    assert!(h.query_by_label_contains("step ").is_some());
+    h.get_by_label("Stop").click();
+    h.run_ok();
+}
