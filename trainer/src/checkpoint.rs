@@ -69,6 +69,11 @@ fn tensors_bytes(layout: &Layout, bufs: &[(&str, &[f32])]) -> Result<Vec<u8>, Tr
             })
         })
         .collect();
+    serialize_f32(&raw)
+}
+
+/// Serialises named f32 tensors (name, shape, little-endian bytes) as safetensors.
+pub(crate) fn serialize_f32(raw: &[(String, Vec<usize>, Vec<u8>)]) -> Result<Vec<u8>, TrainError> {
     let views = raw
         .iter()
         .map(|(n, s, b)| {

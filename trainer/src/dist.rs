@@ -489,7 +489,33 @@ struct TpReduce<'a> {
     overlap: Option<(&'a mut Overlap, usize)>,
 }
 
-impl TpReduce<'_> {
+impl<'a> TpReduce<'a> {
+    fn new(
+        world: &'a mut dyn Communicator,
+        members: &'a [usize],
+        algo: CollectiveAlgorithm,
+        overlap: Option<(&'a mut Overlap, usize)>,
+    ) -> TpReduce<'a> {
+        TpReduce {
+            world,
+            members,
+            algo,
+            error: None,
+            secs: 0.0,
+            overlap,
+        }
+    }
+
+    /// Charges a pass that started at `t`: its group sums to tp_comm, the rest to compute.
+    fn charge(self, t: Instant, rep: &mut RankReport) -> Result<(), TrainError> {
+        if let Some(e) = self.error {
+            return Err(comm_err(e));
+        }
+        rep.tp_comm_s += self.secs;
+        rep.compute_s += t.elapsed().as_secs_f64() - self.secs;
+        Ok(())
+    }
+
     /// Runs `f` on the group unless an earlier call failed, timing it and keeping its error.
     fn run(&mut self, f: impl FnOnce(&mut Sub<'_>, CollectiveAlgorithm) -> Result<(), CommError>) {
         if self.error.is_some() {
@@ -939,14 +965,7 @@ fn rank_loop(
                     let c = &mut chunks[chunk as usize];
                     let slot = c.slot(mb)?;
                     let t = Instant::now();
-                    let mut red = TpReduce {
-                        world: &mut *world,
-                        members: &tp_group,
-                        algo: dist.algo,
-                        error: None,
-                        secs: 0.0,
-                        overlap: None,
-                    };
+                    let mut red = TpReduce::new(&mut *world, &tp_group, dist.algo, None);
                     loss += c.model.forward_part(
                         &c.p,
                         &mut c.acts[slot],
@@ -955,11 +974,7 @@ fn rank_loop(
                         true,
                         &mut red,
                     );
-                    if let Some(e) = red.error {
-                        return Err(comm_err(e));
-                    }
-                    rep.tp_comm_s += red.secs;
-                    rep.compute_s += t.elapsed().as_secs_f64() - red.secs;
+                    red.charge(t, &mut rep)?;
                 }
                 Action::SendActivation { mb, chunk, peer } => {
                     let c = &mut chunks[chunk as usize];
@@ -984,17 +999,11 @@ fn rank_loop(
                     let slot = c.slot(mb)?;
                     let t = Instant::now();
                     let last = last_backward[chunk as usize] == Some(mb);
-                    let mut red = TpReduce {
-                        world: &mut *world,
-                        members: &tp_group,
-                        algo: dist.algo,
-                        error: None,
-                        secs: 0.0,
-                        overlap: overlap
-                            .as_mut()
-                            .filter(|_| last)
-                            .map(|o| (o, chunk as usize)),
-                    };
+                    let bucket_into = overlap
+                        .as_mut()
+                        .filter(|_| last)
+                        .map(|o| (o, chunk as usize));
+                    let mut red = TpReduce::new(&mut *world, &tp_group, dist.algo, bucket_into);
                     c.model.backward_part(
                         &c.p,
                         &mut c.g,
@@ -1004,11 +1013,7 @@ fn rank_loop(
                         true,
                         &mut red,
                     );
-                    if let Some(e) = red.error {
-                        return Err(comm_err(e));
-                    }
-                    rep.tp_comm_s += red.secs;
-                    rep.compute_s += t.elapsed().as_secs_f64() - red.secs;
+                    red.charge(t, &mut rep)?;
                     if let (Some(o), true) = (overlap.as_mut(), last) {
                         o.flush();
                     }

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use pangu_model::ModelConfig;
 use pangu_strategies::{OptShard, Strategy};
-use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use safetensors::tensor::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, write_atomic};
@@ -104,16 +104,7 @@ pub fn write_rank(tmp: &Path, rank: usize, parts: &[PartState<'_>]) -> Result<()
         raw.push((format!("c{ci}.m"), vec![p.m.len()], le(p.m)));
         raw.push((format!("c{ci}.v"), vec![p.v.len()], le(p.v)));
     }
-    let views = raw
-        .iter()
-        .map(|(n, s, b)| {
-            TensorView::new(Dtype::F32, s.clone(), b)
-                .map(|v| (n.clone(), v))
-                .map_err(|e| TrainError::Config(format!("tensor {n}: {e}")))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let bytes = safetensors::tensor::serialize(views, None)
-        .map_err(|e| TrainError::Config(format!("safetensors: {e}")))?;
+    let bytes = checkpoint::serialize_f32(&raw)?;
     let p = tmp.join(rank_file(rank));
     std::fs::write(&p, bytes).map_err(|e| TrainError::io(&p, e))
 }
