@@ -570,8 +570,9 @@ struct Overlap {
     to_comm: std::sync::mpsc::Sender<Bucket>,
     from_comm: std::sync::mpsc::Receiver<Result<Bucket, CommError>>,
     bucket: usize,
-    /// The bucket being filled: chunk, first element, values.
-    open: Option<(usize, usize, Vec<f32>)>,
+    /// The bucket being filled: chunk, first element, and its layers' values, last layer
+    /// first (joined in buffer order when posted, so each value is copied once more).
+    open: Option<(usize, usize, Vec<Vec<f32>>)>,
     in_flight: usize,
     done: u64,
     /// Floats held in bucket copies now (open and posted), and at most.
@@ -616,19 +617,29 @@ impl Overlap {
     fn add(&mut self, chunk: usize, range: Range<usize>, grads: &[f32]) {
         self.live += grads.len();
         self.peak = self.peak.max(self.live);
-        let mut v = grads.to_vec();
-        if let Some((c, at, old)) = self.open.take() {
-            if c == chunk && at == range.end {
-                v.extend_from_slice(&old);
-            } else {
-                self.post((c, at, old));
+        let mut pieces = match self.open.take() {
+            Some((c, at, p)) if c == chunk && at == range.end => p,
+            Some(other) => {
+                self.post_open(other);
+                Vec::new()
             }
-        }
-        if v.len() >= self.bucket {
-            self.post((chunk, range.start, v));
+            None => Vec::new(),
+        };
+        pieces.push(grads.to_vec());
+        if pieces.iter().map(Vec::len).sum::<usize>() >= self.bucket {
+            self.post_open((chunk, range.start, pieces));
         } else {
-            self.open = Some((chunk, range.start, v));
+            self.open = Some((chunk, range.start, pieces));
         }
+    }
+
+    /// Joins an open bucket's layers in buffer order and posts it.
+    fn post_open(&mut self, (chunk, at, pieces): (usize, usize, Vec<Vec<f32>>)) {
+        let mut v = Vec::with_capacity(pieces.iter().map(Vec::len).sum());
+        for p in pieces.iter().rev() {
+            v.extend_from_slice(p);
+        }
+        self.post((chunk, at, v));
     }
 
     fn post(&mut self, b: Bucket) {
@@ -641,7 +652,7 @@ impl Overlap {
     /// Posts the open bucket.
     fn flush(&mut self) {
         if let Some(b) = self.open.take() {
-            self.post(b);
+            self.post_open(b);
         }
     }
 
