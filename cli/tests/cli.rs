@@ -980,6 +980,12 @@ fn twin_calibrates_this_machine_and_compares_prediction_with_the_executor() {
     // The profile is a cluster file the other commands read.
     let text = std::fs::read_to_string(&profile).unwrap();
     assert!(text.contains("chips = 4"));
+    // The four devices share the machine's cores (processor sharing in the simulator).
+    assert!(text.contains("shared_cores = "), "{text}");
+    assert_eq!(
+        v["machine"]["workers"].as_u64().unwrap(),
+        4.max(v["machine"]["cores"].as_u64().unwrap())
+    );
     let plan = json(&[
         "plan",
         "--json",
@@ -1000,7 +1006,9 @@ fn twin_calibrates_this_machine_and_compares_prediction_with_the_executor() {
         "check",
         "--quick",
         "--steps",
-        "3",
+        "4",
+        "--repeats",
+        "2",
         "--strategies",
         a.to_str().unwrap(),
         "--json",
@@ -1010,6 +1018,27 @@ fn twin_calibrates_this_machine_and_compares_prediction_with_the_executor() {
     for k in ["predicted_step_s", "measured_step_s"] {
         assert!(rows[0][k].as_f64().unwrap() > 0.0, "{k}");
     }
+    // Two runs; the fastest run's median step is the measurement.
+    let runs: Vec<f64> = rows[0]["runs_s"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    assert_eq!(runs.len(), 2);
+    let fastest = runs.iter().copied().fold(f64::INFINITY, f64::min);
+    assert_eq!(rows[0]["measured_step_s"].as_f64().unwrap(), fastest);
+    // Each timed step (4 minus 2 warm-up) carries what it had of the machine.
+    let steps = rows[0]["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 2);
+    for st in steps {
+        for k in ["wall_s", "cpu_wait", "steal", "other"] {
+            let x = st[k].as_f64().unwrap();
+            assert!(x >= 0.0 && x.is_finite(), "{k} = {x}");
+        }
+    }
+    assert!(rows[0]["measured_breakdown"]["compute"].as_f64().unwrap() > 0.0);
+    assert!(rows[0]["predicted_breakdown"]["compute"].as_f64().unwrap() > 0.0);
     assert!(v["median_abs_error"].as_f64().unwrap().is_finite());
     fails_with(&["twin", "check", "--steps", "2"], &["--steps 2"]);
     let _ = std::fs::remove_dir_all(&dir);

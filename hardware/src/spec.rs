@@ -101,6 +101,13 @@ pub struct ServerSpec {
     /// Path between islands; required when `islands > 1`.
     #[serde(default)]
     pub cross_island: Option<CrossIsland>,
+    /// Set when the server's chips are virtual devices sharing one host's cores (a CPU
+    /// machine running one executor rank per device): how many cores' worth of throughput
+    /// they share. Each chip's rates are then one core's, and concurrent compute divides the
+    /// cores equally, as Linux's scheduler time-slices runnable threads (processor sharing:
+    /// `k` busy devices each run at `min(1, shared_cores / k)` of a core).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_cores: Option<f64>,
 }
 
 fn one() -> u32 {
@@ -251,6 +258,14 @@ impl ClusterSpec {
                     self.chips
                 ),
             );
+        }
+        if let Some(c) = self.server.shared_cores {
+            if !(c.is_finite() && c > 0.0 && c <= 1e6) {
+                return bad(
+                    "server.shared_cores",
+                    format!("{c} cores: give a positive number of cores (e.g. 2 or 1.6)"),
+                );
+            }
         }
         check_rate("chip.fp16", self.chip.fp16.0, self)?;
         check_positive_bytes("chip.hbm", self.chip.hbm, self)?;

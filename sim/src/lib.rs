@@ -23,6 +23,7 @@
 pub mod analytic;
 pub mod check;
 pub mod collective;
+mod cores;
 pub mod cost;
 pub mod engine;
 pub mod faults;
@@ -108,7 +109,8 @@ pub fn simulate_with(
         plan.strategy.precision,
         cal.clone(),
     )?;
-    if opts.fold {
+    // Devices sharing a host's cores slow each other down: simulate every one of them.
+    if opts.fold && plan.cluster.spec.server.shared_cores.is_none() {
         for f in fold::Folding::candidates(plan) {
             let reps: Vec<u32> = (0..plan.strategy.devices)
                 .filter(|&r| f.is_rep(r))

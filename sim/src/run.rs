@@ -11,6 +11,7 @@ use pangu_strategies::report::{Breakdown, DeviceReport, LinkUse, PathSegment};
 use pangu_strategies::{Category, Plan, StepReport};
 
 use crate::collective::{steps, Step};
+use crate::cores::Pool;
 use crate::cost::Calibration;
 use crate::engine::{Queue, Time};
 use crate::fold::Folding;
@@ -28,6 +29,8 @@ enum Ev {
     StepStart(u32),
     /// A memoised collective (see [`crate::isolated`]) ends.
     CollDone(u32),
+    /// (pool, version): the next compute task on a shared host's cores ends, if current.
+    PoolDone(u32, u32),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -85,6 +88,10 @@ struct Sim<'a> {
     /// group stands for.
     memo_load: Vec<f64>,
     memo_scale: f64,
+    /// Shared cores per host, and each device's pool (`NONE`: a device of its own).
+    pools: Vec<Pool>,
+    pool_of: Vec<u32>,
+    pool_scratch: Vec<u32>,
 }
 
 const NONE: u32 = u32::MAX;
@@ -105,7 +112,11 @@ pub fn simulate(
     if let Some(f) = fold {
         net.set_folding(f);
     }
+    let (pools, pool_of) = host_pools(plan, devices);
     let mut sim = Sim {
+        pools,
+        pool_of,
+        pool_scratch: Vec::new(),
         plan,
         w,
         q: Queue::new(),
@@ -194,6 +205,27 @@ pub fn simulate(
                 sim.next_step(i, now)?;
             }
             Ev::StepStart(i) => sim.start_step(i)?,
+            Ev::PoolDone(p, version) => {
+                let pool = &mut sim.pools[p as usize];
+                if pool.version != version {
+                    continue;
+                }
+                let mut done = std::mem::take(&mut sim.pool_scratch);
+                done.clear();
+                if let Some((at, v)) = pool.complete(now, &mut done) {
+                    sim.q.push(at, Ev::PoolDone(p, v));
+                }
+                for &t in &done {
+                    let task = &sim.w.tasks[t as usize];
+                    if let Work::Compute { cat, .. } = task.work {
+                        let d = task.device as usize;
+                        let ran = now - sim.start[t as usize];
+                        *sim.breakdown[d].get_mut(cat) += ran as f64 * 1e-9;
+                    }
+                    sim.task_done(t, now)?;
+                }
+                sim.pool_scratch = done;
+            }
             Ev::CollDone(i) => {
                 let tasks = sim.w.colls[i as usize].tasks.clone();
                 for t in tasks {
@@ -242,8 +274,15 @@ impl Sim<'_> {
         match self.w.tasks[t as usize].work {
             Work::Compute { ns, cat } => {
                 self.charge_gap(d, t, now);
-                *self.breakdown[d].get_mut(cat) += ns as f64 * 1e-9;
-                self.q.push(now + ns, Ev::TaskDone(t));
+                let pool = self.pool_of[d];
+                if pool == NONE {
+                    *self.breakdown[d].get_mut(cat) += ns as f64 * 1e-9;
+                    self.q.push(now + ns, Ev::TaskDone(t));
+                } else {
+                    // Charged when it ends: its duration depends on the other devices.
+                    let (at, v) = self.pools[pool as usize].start(now, t, ns);
+                    self.q.push(at, Ev::PoolDone(pool, v));
+                }
             }
             Work::Coll { inst } => {
                 self.ready[inst as usize] += 1;
@@ -642,6 +681,27 @@ fn tp_group_scale(plan: &Plan, w: &Workload) -> f64 {
     simulated.dedup();
     let real = plan.strategy.devices / plan.strategy.tp.max(1);
     f64::from(real) / simulated.len().max(1) as f64
+}
+
+/// One pool of cores per server whose chips share a host (`server.shared_cores`), and each
+/// device's pool.
+fn host_pools(plan: &Plan, devices: usize) -> (Vec<Pool>, Vec<u32>) {
+    let topo = &plan.cluster.topology;
+    let Some(cores) = plan.cluster.spec.server.shared_cores else {
+        return (Vec::new(), vec![NONE; devices]);
+    };
+    let servers = topo.chips().div_ceil(topo.chips_per_server().max(1));
+    let pools = (0..servers).map(|_| Pool::new(cores)).collect();
+    let of = (0..devices as u32)
+        .map(|d| {
+            if d < topo.chips() {
+                topo.position(d).server
+            } else {
+                NONE
+            }
+        })
+        .collect();
+    (pools, of)
 }
 
 /// Index of each task inside its stream (`usize::MAX` for free tasks).

@@ -19,7 +19,12 @@
 //! that working set is added once.
 //!
 //! Buffers: pipeline send and receive buffers (activation and gradient, one of each direction)
-//! and two gradient buckets when gradients are reduced across replicas.
+//! and, when replicas all-reduce their gradients while backward runs, the fusion buffers of
+//! the buckets in flight: one being filled and one on the wire, `2 × grad_bucket`, but never
+//! more than the gradients they copy (a model whose gradients fit one bucket needs one
+//! bucket's worth). Under optimizer sharding the gradients are reduce-scattered in place in
+//! the contiguous gradient buffer (Megatron-LM's distributed optimizer, ZeRO's contiguous
+//! gradients) and need no fusion buffer.
 
 use pangu_hardware::Bytes;
 use pangu_model::ops::OpTotals;

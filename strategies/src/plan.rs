@@ -301,8 +301,8 @@ impl Plan {
             buffers += Bytes(4 * self.p2p_bytes().0);
         }
         let (_, gb, _) = memory::bytes_per_param(s.precision, s.micro_batches > 1);
-        if s.dp > 1 {
-            buffers += Bytes(2 * s.grad_bucket.0.min(params * gb));
+        if s.dp > 1 && s.opt_shard == OptShard::None {
+            buffers += Bytes((2 * s.grad_bucket.0).min(params * gb));
         }
         if s.opt_shard == OptShard::Zero3 {
             let (wb, _, _) = memory::bytes_per_param(s.precision, s.micro_batches > 1);

@@ -45,8 +45,23 @@ fn pangu_200b_stage0_matches_the_hand_derivation() {
     let per_mb = 4 * 2 * sbd + sbd;
     let working = sbd * (10 + 24 / t) + 5 * a * s * s / t;
     assert_eq!(m.activations, Bytes(16 * per_mb + working));
-    // Buffers: 2 send + 2 receive pipeline buffers of 2·s·b·d; two 25 MiB gradient buckets.
-    assert_eq!(m.buffers, Bytes(4 * 2 * sbd + 2 * 25 * 1024 * 1024));
+    // Buffers: 2 send + 2 receive pipeline buffers of 2·s·b·d; no gradient fusion buffers
+    // (sharded gradients are reduce-scattered in place).
+    assert_eq!(m.buffers, Bytes(4 * 2 * sbd));
+    // Without sharding two 25 MiB buckets are in flight.
+    let (mm, cc, ss) = setup(
+        "pangu-alpha-200b",
+        StrategySpec {
+            opt_shard: Some(OptShard::None),
+            ..StrategySpec::default()
+        },
+    )
+    .unwrap();
+    let unsharded = Plan::build(&mm, &cc, &ss).unwrap();
+    assert_eq!(
+        unsharded.stages[0].memory.buffers,
+        Bytes(4 * 2 * sbd + 2 * 25 * 1024 * 1024)
+    );
     assert!(p.fits());
     assert!(m.total.gib() < 14.0, "{}", m.total);
 }

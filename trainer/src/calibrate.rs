@@ -33,8 +33,15 @@ pub struct Machine {
     pub gemm: Vec<Gemm>,
     /// Median over the shapes (GFLOP/s per thread).
     pub gemm_gflops: f64,
-    /// Cores' worth of throughput when every core runs its own product at once (the sum of
-    /// their rates over one thread's rate alone): what N workers sharing the machine get.
+    /// Threads that ran products at once for [`Machine::parallel_speedup`].
+    pub workers: usize,
+    /// One thread's sustained rate on the FFN product alone (GFLOP/s).
+    pub one_gflops: f64,
+    /// The sum of the `workers` threads' sustained rates on it at once (GFLOP/s).
+    pub all_gflops: f64,
+    /// Cores' worth of throughput when `workers` threads each run products for the same
+    /// window (the sum of their rates over one thread's rate alone): what that many ranks
+    /// sharing the machine get, context switches and shared caches included.
     pub parallel_speedup: f64,
     /// Element-wise bandwidth of one thread (`a = b + c`, GB/s counting the three arrays).
     pub stream_gb_s: f64,
@@ -63,6 +70,22 @@ pub fn gemm_rate(m: usize, k: usize, nn: usize, reps: usize) -> f64 {
         })
         .collect();
     median(runs)
+}
+
+/// GFLOP/s of one product shape run back to back for `secs` seconds (a sustained rate: long
+/// enough to span many scheduler ticks, so threads measured together really overlap).
+pub fn sustained_rate(m: usize, k: usize, nn: usize, secs: f64) -> f64 {
+    let a = vec![0.5f32; m * k];
+    let b = vec![0.25f32; k * nn];
+    let mut c = vec![0.0f32; m * nn];
+    matmul(&mut c, nn, n(&a, k), n(&b, nn), m, k, nn, false);
+    let t = Instant::now();
+    let mut runs = 0u64;
+    while runs == 0 || t.elapsed().as_secs_f64() < secs {
+        matmul(&mut c, nn, n(&a, k), n(&b, nn), m, k, nn, false);
+        runs += 1;
+    }
+    2.0 * (m * k * nn) as f64 * runs as f64 / t.elapsed().as_secs_f64().max(1e-9) / 1e9
 }
 
 /// Element-wise bandwidth (GB/s) over arrays of `len` floats.
@@ -128,8 +151,10 @@ pub fn transfer(bytes: usize, reps: usize) -> (f64, f64) {
 }
 
 /// Measures the machine for a model of hidden size `d`, FFN `f`, vocabulary `v` and
-/// `rows` tokens per micro-batch (`quick`: fewer repetitions).
-pub fn measure(d: usize, f: usize, v: usize, rows: usize, quick: bool) -> Machine {
+/// `rows` tokens per micro-batch (`quick`: fewer repetitions), with `workers` threads at once
+/// for the shared throughput (at least the core count; the executor's rank count where that
+/// is larger).
+pub fn measure(d: usize, f: usize, v: usize, rows: usize, workers: usize, quick: bool) -> Machine {
     let reps = if quick { 3 } else { 9 };
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     let before = linalg::threads();
@@ -153,11 +178,13 @@ pub fn measure(d: usize, f: usize, v: usize, rows: usize, quick: bool) -> Machin
         .collect();
     let gemm_gflops = median(gemm.iter().map(|g| g.gflops).collect());
     let (m, k, nn) = (rows, d, f);
-    let one = gemm_rate(m, k, nn, reps);
-    // Every core at once, each on its own product (as the executor's ranks run).
+    let secs = if quick { 0.25 } else { 0.6 };
+    let workers = workers.max(cores);
+    let one = sustained_rate(m, k, nn, secs);
+    // Every worker at once, each on its own product (as the executor's ranks run).
     let all: f64 = std::thread::scope(|s| {
-        let hs: Vec<_> = (0..cores)
-            .map(|_| s.spawn(|| gemm_rate(m, k, nn, reps)))
+        let hs: Vec<_> = (0..workers)
+            .map(|_| s.spawn(|| sustained_rate(m, k, nn, secs)))
             .collect();
         hs.into_iter().map(|h| h.join().unwrap_or(0.0)).sum()
     });
@@ -169,6 +196,9 @@ pub fn measure(d: usize, f: usize, v: usize, rows: usize, quick: bool) -> Machin
         cores,
         gemm,
         gemm_gflops,
+        workers,
+        one_gflops: one,
+        all_gflops: all,
         parallel_speedup: all / one.max(1e-9),
         stream_gb_s,
         transfer_gb_s,
@@ -177,11 +207,13 @@ pub fn measure(d: usize, f: usize, v: usize, rows: usize, quick: bool) -> Machin
 }
 
 /// The hardware profile of `devices` virtual devices sharing this machine, in the format of
-/// the cluster presets: each device gets `min(1, S / devices)` of one thread's measured matrix
-/// rate and memory bandwidth, where `S` is the measured throughput of all cores at once in
-/// units of one thread (below the core count where cores share caches, memory bandwidth and
-/// turbo, or other work shares the machine), and `1 / devices` of the memory; the island link
-/// is the measured thread-to-thread transfer.
+/// the cluster presets: each device's rates are one thread's measured matrix rate and memory
+/// bandwidth, and the server's `shared_cores` is `S`, the measured throughput of all cores at
+/// once in units of one thread (below the core count where cores share caches, memory
+/// bandwidth and turbo, or other work shares the machine). The simulator divides those cores
+/// among the devices that compute at each instant (processor sharing), so `k` busy devices run
+/// at `min(1, S / k)` of a thread each; `1 / devices` of the memory; the island link is the
+/// measured thread-to-thread transfer.
 ///
 /// The simulator's `cpu` calibration (sim/calibration/cpu.toml) scales the peak by the matrix
 /// efficiency curve (0.78 on large shapes) and the bandwidth by its memory efficiency (0.60):
@@ -189,14 +221,14 @@ pub fn measure(d: usize, f: usize, v: usize, rows: usize, quick: bool) -> Machin
 pub fn profile_toml(m: &Machine, devices: u32, memory_bytes: u64) -> String {
     const MATMUL_EFFICIENCY: f64 = 0.78;
     const MEMORY_EFFICIENCY: f64 = 0.60;
-    let share = (m.parallel_speedup.max(1.0) / f64::from(devices.max(1))).min(1.0);
-    let gflops = m.gemm_gflops * share / MATMUL_EFFICIENCY;
+    let cores = m.parallel_speedup.clamp(0.05, m.cores.max(1) as f64);
+    let gflops = m.gemm_gflops / MATMUL_EFFICIENCY;
     let gib = memory_bytes as f64 / f64::from(devices.max(1)) / (1u64 << 30) as f64;
     format!(
         "# Written by `pangu twin calibrate`: this machine as {devices} virtual devices sharing {cores} cores.\n\
          # Measured: one thread's matrix products over the model's shapes (median {g1:.1} GFLOP/s), element-wise\n\
          # bandwidth {sb:.1} GB/s, thread-to-thread transfers {tb:.2} GB/s and {lat:.1} us; {cores} cores\n\
-         # (all cores at once: {sp:.2}x one thread). Each device gets min(1, that/devices) = {share:.3} of a thread.\n\
+         # ({w} threads at once: {sp:.2}x one thread): the devices share {shared:.3} cores, k busy ones min(1, {shared:.3}/k) each.\n\
          name = \"cpu-host-calibrated\"\n\
          description = \"This machine, calibrated: {devices} fp32 devices on {cores} cores\"\n\
          chips = {devices}\n\
@@ -210,7 +242,8 @@ pub fn profile_toml(m: &Machine, devices: u32, memory_bytes: u64) -> String {
          reserved = \"256 MiB\"\n\n\
          [server]\n\
          chips = {devices}\n\
-         islands = 1\n\n\
+         islands = 1\n\
+         shared_cores = {shared:.3}\n\n\
          [server.island]\n\
          kind = \"switch\"\n\
          bandwidth = \"{tb:.3} GB/s\"\n\
@@ -228,6 +261,8 @@ pub fn profile_toml(m: &Machine, devices: u32, memory_bytes: u64) -> String {
         tb = m.transfer_gb_s,
         lat = m.transfer_latency_us,
         sp = m.parallel_speedup,
-        bw = m.stream_gb_s * share / MEMORY_EFFICIENCY,
+        shared = cores,
+        w = m.workers,
+        bw = m.stream_gb_s / MEMORY_EFFICIENCY,
     )
 }

@@ -85,6 +85,8 @@ pub struct RankReport {
     pub overlapped_buckets: u64,
     /// Wall seconds of each step on this rank.
     pub step_s: Vec<f64>,
+    /// What each step had of the machine (rank 0 only: the counters are the process's).
+    pub step_cpu: Vec<crate::cpustat::Window>,
 }
 
 /// The result of a distributed run.
@@ -102,6 +104,9 @@ pub struct DistResult {
     pub wall_s: f64,
     /// Seconds of each step (the slowest rank's).
     pub step_s: Vec<f64>,
+    /// What each step had of the machine: this process's CPU wait, steal and other
+    /// processes' share (read by rank 0; empty under MPI).
+    pub step_cpu: Vec<crate::cpustat::Window>,
     /// The measured step report (the simulator's type and categories, per device).
     pub report: StepReport,
 }
@@ -353,6 +358,11 @@ pub fn train_threads_with(
         losses,
         params,
         step_s: slowest(&ranks),
+        step_cpu: ranks
+            .iter()
+            .find(|r| r.rank == 0)
+            .map(|r| r.step_cpu.clone())
+            .unwrap_or_default(),
         ranks,
         wall_s: t0.elapsed().as_secs_f64(),
         report,
@@ -403,6 +413,7 @@ pub fn train_mpi(
             losses: out.losses,
             params: Vec::new(),
             step_s: slowest(&ranks),
+            step_cpu: Vec::new(),
             ranks,
             wall_s: t0.elapsed().as_secs_f64(),
             report,
@@ -925,6 +936,7 @@ fn rank_loop(
     let loop_start = Instant::now();
     for step in start..steps {
         let step_start = Instant::now();
+        let cpu_start = (rank == 0).then(crate::cpustat::sample);
         assert!(
             dist.fail != Some((rank, step)),
             "fault injected at step {step}"
@@ -1187,6 +1199,10 @@ fn rank_loop(
         }
         losses.push(f64::from(sums[1]));
         rep.step_s.push(step_start.elapsed().as_secs_f64());
+        if let Some(a) = cpu_start {
+            rep.step_cpu
+                .push(crate::cpustat::window(&a, &crate::cpustat::sample()));
+        }
         if let Some(save) = io.save {
             let done = step + 1;
             if done == steps || (save.every > 0 && done % save.every == 0) {

@@ -17,6 +17,7 @@ pub mod bench;
 pub mod calibrate;
 pub mod checkpoint;
 pub mod comm;
+pub mod cpustat;
 pub mod data;
 pub mod dist;
 pub mod generate;
