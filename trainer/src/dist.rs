@@ -696,6 +696,8 @@ struct ChunkState {
     decay: Vec<bool>,
     shard: Range<usize>,
     acts: Vec<Acts<f32>>,
+    /// The one pass scratch of this chunk, lent to the micro-batch whose pass runs.
+    scratch: crate::model::Scratch<f32>,
     free: Vec<usize>,
     slot_of: HashMap<u32, usize>,
     counted: Vec<Range<usize>>,
@@ -876,9 +878,15 @@ fn rank_loop(
         let counted = layout.counted_ranges();
         model.layout = layout;
         let slots = flight[ci].max(1);
-        let acts = (0..slots)
+        let mut acts: Vec<Acts<f32>> = (0..slots)
             .map(|_| Acts::for_part(&model.layout, per_rank, dropout, st.remat))
             .collect();
+        // One pass runs at a time: keep one scratch (slot 0's), drop the others'.
+        let mut scratch = crate::model::Scratch::default();
+        for a in acts.iter_mut().rev() {
+            scratch = crate::model::Scratch::default();
+            a.swap_scratch(&mut scratch);
+        }
         chunks.push(ChunkState {
             model,
             g: vec![0.0; n],
@@ -888,6 +896,7 @@ fn rank_loop(
             decay,
             shard,
             acts,
+            scratch,
             free: (0..slots).rev().collect(),
             slot_of: HashMap::new(),
             counted,
@@ -899,6 +908,7 @@ fn rank_loop(
         .map(|c| {
             4 * (2 * c.p.len() + 2 * c.shard.len()) as u64
                 + c.acts.iter().map(Acts::bytes).sum::<u64>()
+                + c.scratch.bytes()
         })
         .sum();
     // Virtual stages 0 and last hold the tied word table.
@@ -989,6 +999,7 @@ fn rank_loop(
                     let slot = c.slot(mb)?;
                     let t = Instant::now();
                     let mut red = TpReduce::new(&mut *world, &tp_group, dist.algo, None);
+                    c.acts[slot].swap_scratch(&mut c.scratch);
                     loss += c.model.forward_part(
                         &c.p,
                         &mut c.acts[slot],
@@ -997,6 +1008,7 @@ fn rank_loop(
                         true,
                         &mut red,
                     );
+                    c.acts[slot].swap_scratch(&mut c.scratch);
                     red.charge(t, &mut rep)?;
                 }
                 Action::SendActivation { mb, chunk, peer } => {
@@ -1027,6 +1039,7 @@ fn rank_loop(
                         .filter(|_| last)
                         .map(|o| (o, chunk as usize));
                     let mut red = TpReduce::new(&mut *world, &tp_group, dist.algo, bucket_into);
+                    c.acts[slot].swap_scratch(&mut c.scratch);
                     c.model.backward_part(
                         &c.p,
                         &mut c.g,
@@ -1036,6 +1049,7 @@ fn rank_loop(
                         true,
                         &mut red,
                     );
+                    c.acts[slot].swap_scratch(&mut c.scratch);
                     red.charge(t, &mut rep)?;
                     if let (Some(o), true) = (overlap.as_mut(), last) {
                         o.flush();

@@ -661,6 +661,31 @@ pub struct Acts<T> {
     vp: Vec<T>,
 }
 
+/// Working buffers of one forward or backward pass (gradients between the layers' kernels,
+/// the attention core's score gradients): needed by one micro-batch at a time, so an executor
+/// holding several micro-batches in flight keeps one and lends it to the pass that runs
+/// ([`Acts::swap_scratch`]).
+#[derive(Debug, Clone, Default)]
+pub struct Scratch<T> {
+    dtmp: Vec<T>,
+    dtmp2: Vec<T>,
+    dqkv: Vec<T>,
+    dff: Vec<T>,
+    dscratch: Vec<T>,
+}
+
+impl<T> Scratch<T> {
+    /// Bytes held.
+    pub fn bytes(&self) -> u64 {
+        let n = self.dtmp.len()
+            + self.dtmp2.len()
+            + self.dqkv.len()
+            + self.dff.len()
+            + self.dscratch.len();
+        (n * std::mem::size_of::<T>()) as u64
+    }
+}
+
 /// Scratch of selective rematerialisation: one layer's attention core.
 #[derive(Debug, Clone, Default)]
 struct Selective<T> {
@@ -920,6 +945,16 @@ impl<T: Real> Acts<T> {
                 Selective::default()
             },
         }
+    }
+
+    /// Exchanges this micro-batch's pass scratch with `s` (O(1)): lend a shared scratch
+    /// before a pass and take it back after; [`Acts::bytes`] counts what is held now.
+    pub fn swap_scratch(&mut self, s: &mut Scratch<T>) {
+        std::mem::swap(&mut self.dtmp, &mut s.dtmp);
+        std::mem::swap(&mut self.dtmp2, &mut s.dtmp2);
+        std::mem::swap(&mut self.dqkv, &mut s.dqkv);
+        std::mem::swap(&mut self.dff, &mut s.dff);
+        std::mem::swap(&mut self.dscratch, &mut s.dscratch);
     }
 
     /// Bytes [`Acts::new`] would allocate, without allocating.
