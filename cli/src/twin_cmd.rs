@@ -25,6 +25,16 @@ enum TwinCommand {
     /// For each strategy: simulate it on the calibrated profile, run the executor for a few
     /// steps, and compare predicted with measured step time and memory.
     Check(CheckArgs),
+    /// One rank of the MPI ping-pong `calibrate --mpi` starts under mpirun (rank 0 prints).
+    #[command(hide = true)]
+    MpiProbe {
+        /// Bytes of the large message.
+        #[arg(long, default_value_t = 8 << 20)]
+        bytes: usize,
+        /// Round trips per size.
+        #[arg(long, default_value_t = 20)]
+        reps: usize,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -38,10 +48,14 @@ struct CheckArgs {
     /// Executor steps per strategy (the first two are warm-up).
     #[arg(long, default_value_t = 7)]
     steps: u64,
-    /// Runs of each strategy; the fastest run's median step is compared (interference from
-    /// other tenants only ever slows a run down).
+    /// Runs of each strategy (round-robin over the strategies).
     #[arg(long, default_value_t = 3)]
     repeats: u32,
+    /// Which machine to compare: `typical` (the median probe against the median run: the
+    /// machine as it was during the check, other tenants included) or `quiet` (the fastest
+    /// probe against the fastest run: the machine without them; interference only slows).
+    #[arg(long, value_enum, default_value_t = Estimate::Typical)]
+    machine: Estimate,
     /// Fewer calibration repetitions.
     #[arg(long)]
     quick: bool,
@@ -86,6 +100,10 @@ struct CalibrateArgs {
     /// Fewer repetitions.
     #[arg(long)]
     quick: bool,
+    /// Also measure transfers between two MPI processes (starts `mpirun -np 2` of this
+    /// binary; needs a build with `--features mpi` and Open MPI).
+    #[arg(long)]
+    mpi: bool,
     /// Print JSON (the measurements and the profile).
     #[arg(long)]
     json: bool,
@@ -108,6 +126,7 @@ pub(crate) fn run(a: &TwinArgs) -> Result<()> {
     match &a.command {
         TwinCommand::Calibrate(c) => calibrate(c),
         TwinCommand::Check(c) => check(c),
+        TwinCommand::MpiProbe { bytes, reps } => mpi_probe(*bytes, *reps),
     }
 }
 
@@ -142,35 +161,53 @@ struct Row {
 
 /// A timed step is clean when other work took at most this share of the machine.
 const CLEAN_INTERFERENCE: f64 = 0.05;
-/// Probes of the machine that make the quiet profile.
+/// Probes of the machine before the runs (one more follows each run).
 const PROBES: usize = 5;
 
-/// The quiet machine from repeated probes: the fastest matrix rates and element-wise
-/// bandwidth seen (interference only slows them), the median of transfer rates and latencies
-/// (their noise goes both ways).
-fn quiet_machine(
+/// Which machine `twin check` compares on a shared host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Estimate {
+    /// Median probe, median run.
+    Typical,
+    /// Fastest probe, fastest run.
+    Quiet,
+}
+
+/// The machine from repeated probes. Typical: the median of every figure. Quiet: the fastest
+/// matrix rates and element-wise bandwidth seen (interference only slows them) and the median
+/// of transfer rates and latencies (their noise goes both ways).
+fn machine_of(
     probes: &[pangu_trainer::calibrate::Machine],
+    how: Estimate,
 ) -> pangu_trainer::calibrate::Machine {
-    let med = |f: &dyn Fn(&pangu_trainer::calibrate::Machine) -> f64| {
+    type Field<'a> = &'a dyn Fn(&pangu_trainer::calibrate::Machine) -> f64;
+    let med = |f: Field| {
         let mut v: Vec<f64> = probes.iter().map(f).collect();
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let max = |f: &dyn Fn(&pangu_trainer::calibrate::Machine) -> f64| {
-        probes.iter().map(f).fold(0.0, f64::max)
+    let rate = |f: Field| match how {
+        Estimate::Typical => med(f),
+        Estimate::Quiet => probes.iter().map(f).fold(0.0, f64::max),
     };
     let mut m = probes[0].clone();
-    m.gemm_gflops = max(&|p| p.gemm_gflops);
-    m.stream_gb_s = max(&|p| p.stream_gb_s);
-    // The cores' worth from the fastest shared and the fastest single rate: both the quiet
-    // machine (a slow spell on one core lowers the first, on the measuring core the second).
-    m.one_gflops = max(&|p| p.one_gflops);
-    m.all_gflops = max(&|p| p.all_gflops);
-    m.parallel_speedup = (m.all_gflops / m.one_gflops.max(1e-9)).min(m.workers.min(m.cores) as f64);
+    m.gemm_gflops = rate(&|p| p.gemm_gflops);
+    m.stream_gb_s = rate(&|p| p.stream_gb_s);
+    m.attention_gflops = rate(&|p| p.attention_gflops);
+    m.one_gflops = rate(&|p| p.one_gflops);
+    m.all_gflops = rate(&|p| p.all_gflops);
+    m.parallel_speedup = match how {
+        Estimate::Typical => med(&|p| p.parallel_speedup),
+        // From the fastest shared and the fastest single rate: both the quiet machine (a slow
+        // spell on one core lowers the first, on the measuring core the second).
+        Estimate::Quiet => {
+            (m.all_gflops / m.one_gflops.max(1e-9)).min(m.workers.min(m.cores) as f64)
+        }
+    };
     m.transfer_gb_s = med(&|p| p.transfer_gb_s);
     m.transfer_latency_us = med(&|p| p.transfer_latency_us);
     for (i, g) in m.gemm.iter_mut().enumerate() {
-        g.gflops = probes.iter().map(|p| p.gemm[i].gflops).fold(0.0, f64::max);
+        g.gflops = rate(&|p| p.gemm[i].gflops);
     }
     m
 }
@@ -216,6 +253,8 @@ fn check(a: &CheckArgs) -> Result<()> {
             cfg.hidden as usize,
             cfg.ffn as usize,
             cfg.vocab as usize,
+            cfg.heads as usize,
+            cfg.seq_len as usize,
             rows_per_mb,
             workers as usize,
             true,
@@ -244,7 +283,7 @@ fn check(a: &CheckArgs) -> Result<()> {
         exec_plan: pangu_strategies::Plan,
         settings: train::Settings,
         runs_s: Vec<f64>,
-        best: Option<(f64, dist::DistResult, usize)>,
+        runs: Vec<(f64, dist::DistResult, usize)>,
     }
     let mut cases = Vec::new();
     for (name, spec) in &specs {
@@ -267,7 +306,7 @@ fn check(a: &CheckArgs) -> Result<()> {
             exec_plan,
             settings,
             runs_s: Vec::new(),
-            best: None,
+            runs: Vec::new(),
         });
     }
     let dc = dist::DistConfig {
@@ -313,22 +352,27 @@ fn check(a: &CheckArgs) -> Result<()> {
                 );
             }
             c.runs_s.push(run);
-            if c.best.as_ref().is_none_or(|(b, _, _)| run < *b) {
-                c.best = Some((run, r, n_clean));
-            }
+            c.runs.push((run, r, n_clean));
         }
     }
-    // The predictions: each strategy on the quiet profile of its device count.
+    // The predictions: each strategy on the profile of its device count.
     let quiet: std::collections::BTreeMap<u32, calibrate::Machine> = probes
         .iter()
-        .map(|(&d, ps)| (d, quiet_machine(ps)))
+        .map(|(&d, ps)| (d, machine_of(ps, a.machine)))
         .collect();
     let machine = quiet.values().next().cloned();
     let mut rows = Vec::new();
-    for c in cases {
-        let Some((measured, r, clean_steps)) = c.best else {
-            continue;
+    for mut c in cases {
+        // The median run, or the fastest.
+        c.runs.sort_by(|x, y| x.0.total_cmp(&y.0));
+        let pick = match a.machine {
+            Estimate::Typical => c.runs.len() / 2,
+            Estimate::Quiet => 0,
         };
+        if c.runs.is_empty() {
+            continue;
+        }
+        let (measured, r, clean_steps) = c.runs.swap_remove(pick);
         let Some(m) = quiet.get(&c.devices) else {
             continue;
         };
@@ -478,6 +522,73 @@ fn plot(path: &std::path::Path, rows: &[Row]) -> Result<()> {
     Ok(())
 }
 
+/// Transfers between two MPI processes: (GB/s, one-way µs).
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+struct MpiTransfer {
+    gb_s: f64,
+    latency_us: f64,
+}
+
+#[cfg(feature = "mpi")]
+fn mpi_probe(bytes: usize, reps: usize) -> Result<()> {
+    use pangu_trainer::comm::Communicator;
+    let mut comm = pangu_trainer::comm::mpi_backend::init(
+        std::time::Duration::from_secs(60),
+        2 * bytes + (1 << 20),
+    )
+    .context("MPI is already initialised")?;
+    if comm.size() != 2 {
+        bail!(
+            "the MPI probe needs exactly 2 processes, mpirun started {}",
+            comm.size()
+        );
+    }
+    let lead = comm.rank() == 0;
+    let (gb_s, latency_us) =
+        pangu_trainer::calibrate::transfer_between(&mut comm, usize::from(lead), bytes, reps, lead);
+    if lead {
+        println!(
+            "{}",
+            serde_json::to_string(&MpiTransfer { gb_s, latency_us })?
+        );
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "mpi"))]
+fn mpi_probe(_: usize, _: usize) -> Result<()> {
+    bail!("this binary was built without MPI: build with `cargo build --release --features mpi`")
+}
+
+/// Runs the MPI probe under `mpirun -np 2`.
+fn measure_mpi(quick: bool) -> Result<MpiTransfer> {
+    if !cfg!(feature = "mpi") {
+        bail!("--mpi: this binary was built without MPI; build it with `cargo build --release -p pangu-cli --features mpi` (needs Debian's libopenmpi-dev, openmpi-bin and libclang-dev)");
+    }
+    let exe = std::env::current_exe().context("cannot find this program to start under mpirun")?;
+    let bytes = if quick { 1 << 20 } else { 8 << 20 };
+    let out = std::process::Command::new("mpirun")
+        .args(["--allow-run-as-root", "--oversubscribe", "-np", "2"])
+        .arg(exe)
+        .args(["twin", "mpi-probe", "--bytes", &bytes.to_string(), "--reps"])
+        .arg(if quick { "8" } else { "30" })
+        .output()
+        .context("--mpi: cannot start mpirun (install Open MPI: openmpi-bin)")?;
+    if !out.status.success() {
+        bail!(
+            "--mpi: the MPI probe failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or("");
+    serde_json::from_str(line).with_context(|| format!("--mpi: unexpected probe output {text:?}"))
+}
+
 fn calibrate(a: &CalibrateArgs) -> Result<()> {
     if a.devices == 0 || a.devices > 1024 {
         bail!("--devices {}: give 1 to 1024 virtual devices", a.devices);
@@ -491,6 +602,8 @@ fn calibrate(a: &CalibrateArgs) -> Result<()> {
         cfg.hidden as usize,
         cfg.ffn as usize,
         cfg.vocab as usize,
+        cfg.heads as usize,
+        cfg.seq_len as usize,
         rows,
         a.devices as usize,
         a.quick,
@@ -502,8 +615,15 @@ fn calibrate(a: &CalibrateArgs) -> Result<()> {
     if let Some(p) = &a.out {
         std::fs::write(p, &profile).with_context(|| format!("cannot write {}", p.display()))?;
     }
+    let mpi = if a.mpi {
+        Some(measure_mpi(a.quick)?)
+    } else {
+        None
+    };
     if a.json {
-        return print_json(&json!({"machine": m, "profile": profile, "devices": a.devices}));
+        return print_json(
+            &json!({"machine": m, "mpi": mpi, "profile": profile, "devices": a.devices}),
+        );
     }
     let mut o = String::new();
     let rows: Vec<Vec<String>> = m
@@ -520,8 +640,9 @@ fn calibrate(a: &CalibrateArgs) -> Result<()> {
     outln!(o, "{}", table(&["m × k × n", "GFLOP/s"], &rows));
     outln!(
         o,
-        "median {:.1} GFLOP/s; {} cores ({} threads at once: {:.2}× one thread); element-wise {:.1} GB/s; thread transfers {:.2} GB/s, {:.1} µs",
+        "median {:.1} GFLOP/s; attention {:.1} GFLOP/s; {} cores ({} threads at once: {:.2}× one thread); element-wise {:.1} GB/s; thread transfers {:.2} GB/s, {:.1} µs",
         m.gemm_gflops,
+        m.attention_gflops,
         m.cores,
         m.workers,
         m.parallel_speedup,
@@ -529,6 +650,14 @@ fn calibrate(a: &CalibrateArgs) -> Result<()> {
         m.transfer_gb_s,
         m.transfer_latency_us
     );
+    if let Some(t) = mpi {
+        outln!(
+            o,
+            "MPI transfers between two processes: {:.2} GB/s, {:.1} µs",
+            t.gb_s,
+            t.latency_us
+        );
+    }
     match &a.out {
         Some(p) => outln!(
             o,

@@ -976,6 +976,7 @@ fn twin_calibrates_this_machine_and_compares_prediction_with_the_executor() {
         "--json",
     ]);
     assert!(v["machine"]["gemm_gflops"].as_f64().unwrap() > 1.0);
+    assert!(v["machine"]["attention_gflops"].as_f64().unwrap() > 0.1);
     assert!(v["machine"]["cores"].as_u64().unwrap() >= 1);
     // The profile is a cluster file the other commands read.
     let text = std::fs::read_to_string(&profile).unwrap();
@@ -1009,6 +1010,8 @@ fn twin_calibrates_this_machine_and_compares_prediction_with_the_executor() {
         "4",
         "--repeats",
         "2",
+        "--machine",
+        "quiet",
         "--strategies",
         a.to_str().unwrap(),
         "--json",
@@ -1018,7 +1021,7 @@ fn twin_calibrates_this_machine_and_compares_prediction_with_the_executor() {
     for k in ["predicted_step_s", "measured_step_s"] {
         assert!(rows[0][k].as_f64().unwrap() > 0.0, "{k}");
     }
-    // Two runs; the fastest run's median step is the measurement.
+    // Two runs; with `--machine quiet` the fastest run's median step is the measurement.
     let runs: Vec<f64> = rows[0]["runs_s"]
         .as_array()
         .unwrap()
@@ -1041,5 +1044,8 @@ fn twin_calibrates_this_machine_and_compares_prediction_with_the_executor() {
     assert!(rows[0]["predicted_breakdown"]["compute"].as_f64().unwrap() > 0.0);
     assert!(v["median_abs_error"].as_f64().unwrap().is_finite());
     fails_with(&["twin", "check", "--steps", "2"], &["--steps 2"]);
+    if !cfg!(feature = "mpi") {
+        fails_with(&["twin", "calibrate", "--quick", "--mpi"], &["without MPI"]);
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -40,11 +40,7 @@ fn inputs(name: &str) -> (std::path::PathBuf, Vec<String>) {
         .arg(&tok)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded(&out);
     let args = vec![
         "--model".to_string(),
         dir.join("m.toml").display().to_string(),
@@ -54,6 +50,15 @@ fn inputs(name: &str) -> (std::path::PathBuf, Vec<String>) {
         tok.display().to_string(),
     ];
     (dir, args)
+}
+
+/// Fails the test with the command's error output unless it succeeded.
+fn succeeded(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn losses(stdout: &[u8]) -> Vec<f64> {
@@ -111,11 +116,7 @@ fn four_mpi_processes_match_one_device() {
             .args(&args)
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        succeeded(&out);
         let (a, b) = (losses(&one.stdout), losses(&out.stdout));
         assert_eq!(a.len(), 3);
         for (x, y) in a.iter().zip(&b) {
@@ -175,4 +176,21 @@ fn a_killed_rank_stops_the_job() {
     }
     assert!(!child.wait().unwrap().success());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn calibration_measures_transfers_between_two_mpi_processes() {
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let out = Command::new(env!("CARGO_BIN_EXE_pangu"))
+        .args(["twin", "calibrate", "--quick", "--mpi", "--json"])
+        .output()
+        .unwrap();
+    succeeded(&out);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let gb_s = v["mpi"]["gb_s"].as_f64().unwrap();
+    let lat = v["mpi"]["latency_us"].as_f64().unwrap();
+    assert!(gb_s > 0.01 && gb_s.is_finite(), "{gb_s} GB/s");
+    assert!(lat > 0.0 && lat < 1e5, "{lat} us");
 }

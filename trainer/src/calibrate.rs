@@ -45,6 +45,8 @@ pub struct Machine {
     pub parallel_speedup: f64,
     /// Element-wise bandwidth of one thread (`a = b + c`, GB/s counting the three arrays).
     pub stream_gb_s: f64,
+    /// The executor's attention forward over the model's shape, one thread (GFLOP/s).
+    pub attention_gflops: f64,
     /// Thread-to-thread transfer bandwidth of large messages (GB/s).
     pub transfer_gb_s: f64,
     /// One-way latency of a small message between threads (µs).
@@ -106,55 +108,116 @@ pub fn stream_rate(len: usize, reps: usize) -> f64 {
     median(runs)
 }
 
-/// Ping-pong between two threads through the executor's communicator: (GB/s for
-/// `bytes`-sized messages, one-way µs for one float).
-pub fn transfer(bytes: usize, reps: usize) -> (f64, f64) {
+/// One side of a ping-pong of `len` floats with `peer`, `reps` times: the leader sends first
+/// and returns the median one-way time (s); the other side echoes and returns 0.
+pub fn ping_pong(
+    comm: &mut dyn Communicator,
+    peer: usize,
+    len: usize,
+    reps: usize,
+    lead: bool,
+) -> f64 {
+    let mut buf = vec![1.0f32; len.max(1)];
+    let mut times = Vec::with_capacity(reps);
+    for _ in 0..reps.max(1) {
+        let t = Instant::now();
+        // The leader sends first, the other side receives first.
+        let ok = if lead {
+            let sent = comm.send(peer, &buf, "calibrate").is_ok();
+            sent && comm.recv(peer, &mut buf, "calibrate").is_ok()
+        } else {
+            let got = comm.recv(peer, &mut buf, "calibrate").is_ok();
+            got && comm.send(peer, &buf, "calibrate").is_ok()
+        };
+        if !ok {
+            break;
+        }
+        times.push(t.elapsed().as_secs_f64() / 2.0);
+    }
+    if lead {
+        median(times)
+    } else {
+        0.0
+    }
+}
+
+/// (GB/s for `bytes`-sized messages, one-way µs for one float) from the leader's side of
+/// two ping-pongs, one of one float and one of `bytes`.
+pub fn transfer_between(
+    comm: &mut dyn Communicator,
+    peer: usize,
+    bytes: usize,
+    reps: usize,
+    lead: bool,
+) -> (f64, f64) {
     let len = (bytes / 4).max(1);
-    let mut group = threads::group(2, std::time::Duration::from_secs(30));
-    let mut peer = group.pop();
-    let mut me = group.pop();
-    let (Some(me), Some(peer)) = (me.as_mut(), peer.as_mut()) else {
-        return (0.0, 0.0);
-    };
-    let reps = reps.max(1);
-    let round = |me: &mut threads::ThreadComm, peer: &mut threads::ThreadComm, len: usize| {
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let mut buf = vec![0.0f32; len];
-                for _ in 0..reps {
-                    if peer.recv(0, &mut buf, "calibrate").is_err()
-                        || peer.send(0, &buf, "calibrate").is_err()
-                    {
-                        return;
-                    }
-                }
-            });
-            let data = vec![1.0f32; len];
-            let mut back = vec![0.0f32; len];
-            let mut times = Vec::with_capacity(reps);
-            for _ in 0..reps {
-                let t = Instant::now();
-                if me.send(1, &data, "calibrate").is_err()
-                    || me.recv(1, &mut back, "calibrate").is_err()
-                {
-                    break;
-                }
-                times.push(t.elapsed().as_secs_f64() / 2.0);
-            }
-            median(times)
-        })
-    };
-    let small = round(me, peer, 1);
-    let large = round(me, peer, len);
+    let small = ping_pong(comm, peer, 1, reps, lead);
+    let large = ping_pong(comm, peer, len, reps, lead);
     let bw = (4 * len) as f64 / (large - small).max(1e-9) / 1e9;
     (bw, small * 1e6)
 }
 
-/// Measures the machine for a model of hidden size `d`, FFN `f`, vocabulary `v` and
-/// `rows` tokens per micro-batch (`quick`: fewer repetitions), with `workers` threads at once
+/// Ping-pong between two threads through the executor's communicator: (GB/s for
+/// `bytes`-sized messages, one-way µs for one float).
+pub fn transfer(bytes: usize, reps: usize) -> (f64, f64) {
+    let mut group = threads::group(2, std::time::Duration::from_secs(30));
+    let (Some(mut peer), Some(mut me)) = (group.pop(), group.pop()) else {
+        return (0.0, 0.0);
+    };
+    std::thread::scope(|s| {
+        s.spawn(move || transfer_between(&mut peer, 0, bytes, reps, false));
+        transfer_between(&mut me, 1, bytes, reps, true)
+    })
+}
+
+/// GFLOP/s of the executor's attention forward (scores, causal softmax, weighted values) on
+/// `b` sequences of `s` tokens with `h` heads of `hd`, counting `4·b·h·s²·hd` (the two
+/// products over the full square, as the cost model does).
+pub fn attention_rate(b: usize, s: usize, h: usize, hd: usize, reps: usize) -> f64 {
+    use crate::kernels::{attention_fwd, AttnDims, Dropout};
+    let dims = AttnDims::whole(b, s, h, hd);
+    let w = dims.width();
+    let qkv: Vec<f32> = (0..b * s * 3 * w)
+        .map(|i| ((i % 97) as f32) * 0.01)
+        .collect();
+    let start = vec![0u32; b * s];
+    let mut out = vec![0.0f32; b * s * w];
+    let mut probs = vec![0.0f32; b * h * s * s];
+    let mut pd = Vec::new();
+    let ids: Vec<u64> = (0..b as u64).collect();
+    let drop = Dropout {
+        p: 0.0,
+        seed: 0,
+        stream: 0,
+    };
+    let runs = (0..reps.max(1) + 1)
+        .map(|_| {
+            let t = Instant::now();
+            attention_fwd(
+                &mut out, &mut probs, &mut pd, &qkv, &start, dims, drop, &ids,
+            );
+            4.0 * (b * h * s * s * hd) as f64 / t.elapsed().as_secs_f64().max(1e-9) / 1e9
+        })
+        .skip(1)
+        .collect();
+    median(runs)
+}
+
+/// Measures the machine for a model of hidden size `d`, FFN `f`, vocabulary `v`, `heads`
+/// attention heads over sequences of `seq`, and `rows` tokens per micro-batch (`quick`: fewer repetitions), with `workers` threads at once
 /// for the shared throughput (at least the core count; the executor's rank count where that
 /// is larger).
-pub fn measure(d: usize, f: usize, v: usize, rows: usize, workers: usize, quick: bool) -> Machine {
+#[allow(clippy::too_many_arguments)]
+pub fn measure(
+    d: usize,
+    f: usize,
+    v: usize,
+    heads: usize,
+    seq: usize,
+    rows: usize,
+    workers: usize,
+    quick: bool,
+) -> Machine {
     let reps = if quick { 3 } else { 9 };
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     let before = linalg::threads();
@@ -190,6 +253,9 @@ pub fn measure(d: usize, f: usize, v: usize, rows: usize, workers: usize, quick:
     });
     linalg::set_threads(before.max(1));
     let stream_gb_s = stream_rate(if quick { 1 << 22 } else { 1 << 24 }, reps);
+    let seq = seq.max(1);
+    let heads = heads.max(1);
+    let attention_gflops = attention_rate((rows / seq).max(1), seq, heads, d / heads, reps);
     let (transfer_gb_s, transfer_latency_us) =
         transfer(if quick { 1 << 20 } else { 1 << 23 }, reps * 4);
     Machine {
@@ -201,6 +267,7 @@ pub fn measure(d: usize, f: usize, v: usize, rows: usize, workers: usize, quick:
         all_gflops: all,
         parallel_speedup: all / one.max(1e-9),
         stream_gb_s,
+        attention_gflops,
         transfer_gb_s,
         transfer_latency_us,
     }
