@@ -93,6 +93,13 @@ impl CostModel for Analytic {
         let (dp_bw, dp_a) = Self::group_link(plan, Axis::Dp, &cal);
         let (pp_bw, pp_a) = Self::group_link(plan, Axis::Pp, &cal);
         let recompute_fwd = matches!(s.remat, Remat::Full | Remat::Every(_));
+        // Devices sharing a host's cores (`server.shared_cores`): with every device of a
+        // server busy, as in a pipeline's steady state, each gets `cores / devices` of a core
+        // (the simulator shares them event by event, bubbles included).
+        let slow = plan.cluster.spec.server.shared_cores.map_or(1.0, |cores| {
+            let busy = plan.cluster.topology.chips_per_server().min(s.devices);
+            (f64::from(busy) / cores).max(1.0)
+        });
         // Per-micro-batch time of each stage: compute (forward, backward, recompute), the
         // tensor-parallel collectives it waits for, and its pipeline sends.
         let mut stage_t = Vec::with_capacity(plan.stages.len());
@@ -121,8 +128,8 @@ impl CostModel for Analytic {
                             Remat::Selective if is_layer && o.selective => f,
                             _ => 0.0,
                         };
-                        t += f + b + re;
-                        bwd += b + re;
+                        t += (f + b + re) * slow;
+                        bwd += (b + re) * slow;
                         if let Some(tc) = o.comm {
                             let x = tc.bytes.as_f64();
                             let n = s.tp;
@@ -187,7 +194,7 @@ impl CostModel for Analytic {
         } else {
             params
         };
-        let optimizer = cost.stream(opt_params * (gb + 2 * ob + wb) as f64);
+        let optimizer = cost.stream(opt_params * (gb + 2 * ob + wb) as f64) * slow;
         Ok(pipeline + exposed + optimizer)
     }
 }

@@ -116,3 +116,22 @@ fn impossible_core_counts_are_refused() {
         assert!(e.to_string().contains("shared_cores"), "{bad}: {e}");
     }
 }
+
+#[test]
+fn the_analytic_ranking_model_prices_shared_cores_too() {
+    use pangu_sim::analytic::Analytic;
+    use pangu_strategies::search::CostModel;
+    // dp 4 on 2 cores: the search's closed form and the simulator both see half a core each.
+    let shared = plan(host(4, Some(2.0), 100.0), "dp = 4");
+    let own = plan(host(4, None, 100.0), "dp = 4");
+    let (a_shared, a_own) = (
+        Analytic.step_time(&shared).unwrap(),
+        Analytic.step_time(&own).unwrap(),
+    );
+    assert!(a_shared > 1.8 * a_own, "{a_shared} vs {a_own}");
+    let d = simulate(&shared).unwrap().report.step_time_s;
+    assert!(
+        (a_shared - d).abs() / d < 0.25,
+        "analytic {a_shared} vs simulated {d}"
+    );
+}
