@@ -315,3 +315,46 @@ fn draw<DB: plotters::prelude::DrawingBackend>(
     root.present().map_err(|e| anyhow!("{e:?}"))?;
     Ok(())
 }
+
+/// The x-y chart area of a PNG plot.
+pub(crate) type PngChart<'a> = plotters::chart::ChartContext<
+    'a,
+    plotters::prelude::BitMapBackend<'a>,
+    plotters::prelude::Cartesian2d<
+        plotters::coord::types::RangedCoordf64,
+        plotters::coord::types::RangedCoordf64,
+    >,
+>;
+
+/// Writes a PNG of `size` pixels with a caption, axes over `x` and `y` titled `titles`, and
+/// whatever `draw` puts in the chart (the bundled font registered first).
+pub(crate) fn png_chart(
+    path: &std::path::Path,
+    size: (u32, u32),
+    caption: &str,
+    (x, y): (std::ops::Range<f64>, std::ops::Range<f64>),
+    titles: (&str, &str),
+    draw: impl FnOnce(&mut PngChart<'_>) -> Result<()>,
+) -> Result<()> {
+    use plotters::prelude::*;
+    register_font()?;
+    let err = |e| anyhow!("{e:?}");
+    let root = BitMapBackend::new(path, size).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(caption, ("sans-serif", 22))
+        .margin(16)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(x, y)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc(titles.0)
+        .y_desc(titles.1)
+        .draw()
+        .map_err(err)?;
+    draw(&mut chart)?;
+    root.present().map_err(err)?;
+    Ok(())
+}

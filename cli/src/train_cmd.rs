@@ -705,7 +705,6 @@ fn plot_curve(path: &Path, out: &Path) -> Result<()> {
     if train.is_empty() {
         return Ok(());
     }
-    crate::sweep_cmd::register_font()?;
     let xmax = train.iter().map(|p| p.0).fold(1.0, f64::max);
     let ymax = train
         .iter()
@@ -714,42 +713,36 @@ fn plot_curve(path: &Path, out: &Path) -> Result<()> {
         .fold(0.0, f64::max)
         .min(12.0)
         * 1.05;
-    let root = BitMapBackend::new(path, (900, 560)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| anyhow!("{e:?}"))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption("pangu train: loss", ("sans-serif", 22))
-        .margin(16)
-        .x_label_area_size(40)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0.0..xmax, 0.0..ymax)
-        .map_err(|e| anyhow!("{e:?}"))?;
-    chart
-        .configure_mesh()
-        .x_desc("step")
-        .y_desc("nats")
-        .draw()
-        .map_err(|e| anyhow!("{e:?}"))?;
-    let blue = RGBColor(40, 90, 200);
-    let red = RGBColor(210, 60, 40);
-    chart
-        .draw_series(LineSeries::new(train, blue.stroke_width(1)))
-        .map_err(|e| anyhow!("{e:?}"))?
-        .label("training loss per token")
-        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], blue));
-    chart
-        .draw_series(LineSeries::new(val.clone(), red.stroke_width(2)))
-        .map_err(|e| anyhow!("{e:?}"))?
-        .label("held-out loss per character")
-        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], red));
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| anyhow!("{e:?}"))?;
-    root.present().map_err(|e| anyhow!("{e:?}"))?;
-    Ok(())
+    crate::sweep_cmd::png_chart(
+        path,
+        (900, 560),
+        "pangu train: loss",
+        (0.0..xmax, 0.0..ymax),
+        ("step", "nats"),
+        |chart| {
+            let err = |e| anyhow!("{e:?}");
+            let blue = RGBColor(40, 90, 200);
+            let red = RGBColor(210, 60, 40);
+            chart
+                .draw_series(LineSeries::new(train, blue.stroke_width(1)))
+                .map_err(err)?
+                .label("training loss per token")
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], blue));
+            chart
+                .draw_series(LineSeries::new(val.clone(), red.stroke_width(2)))
+                .map_err(err)?
+                .label("held-out loss per character")
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], red));
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::UpperRight)
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .draw()
+                .map_err(err)?;
+            Ok(())
+        },
+    )
 }
 
 fn run_bench(a: &TrainArgs, threads: usize) -> Result<()> {

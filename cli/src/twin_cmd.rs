@@ -282,7 +282,7 @@ fn check(a: &CheckArgs) -> Result<()> {
         devices: u32,
         exec_plan: pangu_strategies::Plan,
         settings: train::Settings,
-        runs_s: Vec<f64>,
+        /// (median step, result, clean steps) of each run, in run order.
         runs: Vec<(f64, dist::DistResult, usize)>,
     }
     let mut cases = Vec::new();
@@ -305,7 +305,6 @@ fn check(a: &CheckArgs) -> Result<()> {
             devices,
             exec_plan,
             settings,
-            runs_s: Vec::new(),
             runs: Vec::new(),
         });
     }
@@ -351,18 +350,18 @@ fn check(a: &CheckArgs) -> Result<()> {
                     timed.len()
                 );
             }
-            c.runs_s.push(run);
             c.runs.push((run, r, n_clean));
         }
     }
     // The predictions: each strategy on the profile of its device count.
-    let quiet: std::collections::BTreeMap<u32, calibrate::Machine> = probes
+    let machines: std::collections::BTreeMap<u32, calibrate::Machine> = probes
         .iter()
         .map(|(&d, ps)| (d, machine_of(ps, a.machine)))
         .collect();
-    let machine = quiet.values().next().cloned();
+    let machine = machines.values().next().cloned();
     let mut rows = Vec::new();
     for mut c in cases {
+        let runs_s: Vec<f64> = c.runs.iter().map(|r| r.0).collect();
         // The median run, or the fastest.
         c.runs.sort_by(|x, y| x.0.total_cmp(&y.0));
         let pick = match a.machine {
@@ -373,7 +372,7 @@ fn check(a: &CheckArgs) -> Result<()> {
             continue;
         }
         let (measured, r, clean_steps) = c.runs.swap_remove(pick);
-        let Some(m) = quiet.get(&c.devices) else {
+        let Some(m) = machines.get(&c.devices) else {
             continue;
         };
         let profile = calibrate::profile_toml(m, c.devices, memory_bytes());
@@ -402,7 +401,7 @@ fn check(a: &CheckArgs) -> Result<()> {
             stream_gb_s: m.stream_gb_s,
             steps: r.step_cpu.iter().skip(2).copied().collect(),
             clean_steps,
-            runs_s: c.runs_s,
+            runs_s,
         };
         if !a.json {
             eprintln!(
@@ -487,39 +486,30 @@ fn check(a: &CheckArgs) -> Result<()> {
 
 fn plot(path: &std::path::Path, rows: &[Row]) -> Result<()> {
     use plotters::prelude::*;
-    crate::sweep_cmd::register_font()?;
     let max = rows
         .iter()
         .map(|r| r.predicted_step_s.max(r.measured_step_s))
         .fold(0.0, f64::max)
         * 1.1;
-    let root = BitMapBackend::new(path, (640, 600)).into_drawing_area();
-    let err = |e| anyhow::anyhow!("{e:?}");
-    root.fill(&WHITE).map_err(err)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption("pangu twin check: step time", ("sans-serif", 20))
-        .margin(16)
-        .x_label_area_size(40)
-        .y_label_area_size(56)
-        .build_cartesian_2d(0.0..max, 0.0..max)
-        .map_err(err)?;
-    chart
-        .configure_mesh()
-        .x_desc("measured (s)")
-        .y_desc("predicted (s)")
-        .draw()
-        .map_err(err)?;
-    chart
-        .draw_series(LineSeries::new([(0.0, 0.0), (max, max)], &BLACK))
-        .map_err(err)?;
-    chart
-        .draw_series(
-            rows.iter()
-                .map(|r| Circle::new((r.measured_step_s, r.predicted_step_s), 5, BLUE.filled())),
-        )
-        .map_err(err)?;
-    root.present().map_err(err)?;
-    Ok(())
+    crate::sweep_cmd::png_chart(
+        path,
+        (640, 600),
+        "pangu twin check: step time",
+        (0.0..max, 0.0..max),
+        ("measured (s)", "predicted (s)"),
+        |chart| {
+            let err = |e| anyhow::anyhow!("{e:?}");
+            chart
+                .draw_series(LineSeries::new([(0.0, 0.0), (max, max)], &BLACK))
+                .map_err(err)?;
+            chart
+                .draw_series(rows.iter().map(|r| {
+                    Circle::new((r.measured_step_s, r.predicted_step_s), 5, BLUE.filled())
+                }))
+                .map_err(err)?;
+            Ok(())
+        },
+    )
 }
 
 /// Transfers between two MPI processes: (GB/s, one-way µs).

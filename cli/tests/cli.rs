@@ -1012,6 +1012,8 @@ fn twin_calibrates_this_machine_and_compares_prediction_with_the_executor() {
         "2",
         "--machine",
         "quiet",
+        "--plot",
+        dir.join("twin.png").to_str().unwrap(),
         "--strategies",
         a.to_str().unwrap(),
         "--json",
@@ -1041,6 +1043,9 @@ fn twin_calibrates_this_machine_and_compares_prediction_with_the_executor() {
         }
     }
     assert!(rows[0]["measured_breakdown"]["compute"].as_f64().unwrap() > 0.0);
+    // The predicted-against-measured plot is a PNG.
+    let png = std::fs::read(dir.join("twin.png")).unwrap();
+    assert_eq!(&png[..4], b"\x89PNG");
     assert!(rows[0]["predicted_breakdown"]["compute"].as_f64().unwrap() > 0.0);
     assert!(v["median_abs_error"].as_f64().unwrap().is_finite());
     fails_with(&["twin", "check", "--steps", "2"], &["--steps 2"]);

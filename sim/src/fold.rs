@@ -71,6 +71,11 @@ impl Folding {
     /// axis: XOR when its size is a power of two, then rotations by the smallest stride that
     /// maps the topology onto itself). Empty when no axis folds.
     pub fn candidates(plan: &Plan) -> Vec<Folding> {
+        // Devices sharing a host's cores slow each other down: a representative's speed
+        // depends on every other device, so nothing folds.
+        if plan.cluster.spec.server.shared_cores.is_some() {
+            return Vec::new();
+        }
         let s = &plan.strategy;
         let topo = &plan.cluster.topology;
         let options = |axis: Axis, n: u32| -> Vec<Action> {

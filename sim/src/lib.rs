@@ -109,8 +109,7 @@ pub fn simulate_with(
         plan.strategy.precision,
         cal.clone(),
     )?;
-    // Devices sharing a host's cores slow each other down: simulate every one of them.
-    if opts.fold && plan.cluster.spec.server.shared_cores.is_none() {
+    if opts.fold {
         for f in fold::Folding::candidates(plan) {
             let reps: Vec<u32> = (0..plan.strategy.devices)
                 .filter(|&r| f.is_rep(r))
