@@ -100,6 +100,7 @@ pub(crate) fn report_json(plan: &Plan, run: &pangu_sim::Run, wall: f64, notes: &
         "peak_memory_bytes": rep.peak_memory_bytes,
         "fits": plan.fits(),
         "events": events,
+        "flows": run.flows,
         "wall_s": wall,
         "folded": run.folded,
         "warnings": plan.warnings,
@@ -215,7 +216,8 @@ fn print_table(out: &mut String, plan: &Plan, run: &pangu_sim::Run, wall: f64, n
         .map_or("every device".to_string(), |f| format!("folded over {f}"));
     outln!(
         out,
-        "simulated {events} events in {wall:.2} s ({:.1} M events/s), {how}",
+        "simulated {events} events and {} transfers in {wall:.2} s ({:.1} M events/s), {how}",
+        run.flows,
         events as f64 / wall.max(1e-9) / 1e6
     );
     for w in &plan.warnings {

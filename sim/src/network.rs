@@ -22,22 +22,83 @@ use crate::SimError;
 /// Index of a flow.
 pub type FlowId = u32;
 
+/// The flows on a link: up to four inline (the common case, no pointer to chase), more in a
+/// vector. Order is that of a plain vector with `swap_remove`, whichever storage holds them.
+#[derive(Debug, Clone, Default)]
+struct FlowList {
+    n: u32,
+    inline: [FlowId; 4],
+    spill: Vec<FlowId>,
+}
+
+impl FlowList {
+    fn as_slice(&self) -> &[FlowId] {
+        if self.spill.is_empty() {
+            &self.inline[..self.n as usize]
+        } else {
+            &self.spill
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    fn push(&mut self, f: FlowId) {
+        let n = self.n as usize;
+        if self.spill.is_empty() && n < self.inline.len() {
+            self.inline[n] = f;
+        } else {
+            if self.spill.is_empty() {
+                self.spill.extend_from_slice(&self.inline[..n]);
+            }
+            self.spill.push(f);
+        }
+        self.n += 1;
+    }
+
+    /// Removes `f` if present (swapping the last flow into its place).
+    fn remove(&mut self, f: FlowId) {
+        if self.spill.is_empty() {
+            let n = self.n as usize;
+            if let Some(p) = self.inline[..n].iter().position(|&x| x == f) {
+                self.inline[p] = self.inline[n - 1];
+                self.n -= 1;
+            }
+        } else if let Some(p) = self.spill.iter().position(|&x| x == f) {
+            self.spill.swap_remove(p);
+            self.n -= 1;
+            if self.spill.len() <= self.inline.len() {
+                self.inline[..self.spill.len()].copy_from_slice(&self.spill);
+                self.spill.clear();
+            }
+        }
+    }
+}
+
+/// One cache line per link: what adding or removing a flow touches.
 #[derive(Debug, Clone)]
+#[repr(align(64))]
 struct LinkState {
     /// Bytes per nanosecond.
     cap: f64,
     saturable: bool,
-    flows: Vec<FlowId>,
-    carried: f64,
+    flows: FlowList,
+}
+
+/// Scratch of the rate computation, per link.
+#[derive(Debug, Clone, Default)]
+struct LinkScratch {
     mark: u32,
-    /// Scratch for progressive filling: capacity left and flows not yet frozen.
+    /// Capacity left and flows not yet frozen, during progressive filling.
     left: f64,
     unfrozen: f64,
 }
 
 #[derive(Debug, Clone)]
 struct Flow {
-    route: std::rc::Rc<Route>,
+    /// Index in the route table.
+    route: u32,
     remaining: f64,
     /// Bytes per nanosecond.
     rate: f64,
@@ -58,12 +119,20 @@ impl Flow {
     }
 }
 
-#[derive(Debug)]
+/// A route: two ranges of the route arena.
+#[derive(Debug, Clone, Copy)]
 struct Route {
     /// Every link with the number of copies of the flow it carries (1 unless folded).
-    all: Vec<(u32, f64)>,
-    saturable: Vec<(u32, f64)>,
+    all: (u32, u32),
+    /// The saturable ones among them.
+    sat: (u32, u32),
     latency: Time,
+}
+
+/// The links of `range` in the arena.
+#[inline]
+fn span(arena: &[(u32, f64)], range: (u32, u32)) -> &[(u32, f64)] {
+    &arena[range.0 as usize..(range.0 + range.1) as usize]
 }
 
 /// Which links can ever be a bottleneck.
@@ -154,15 +223,24 @@ pub struct Completion {
 pub struct Network<'t> {
     topo: &'t Topology,
     links: Vec<LinkState>,
+    scratch_links: Vec<LinkScratch>,
+    /// Bytes carried so far, per link.
+    carried: Vec<f64>,
     flows: Vec<Flow>,
     free: Vec<FlowId>,
-    routes: crate::fxhash::FxMap<(u32, u32), std::rc::Rc<Route>>,
+    /// Route of each (source, destination) pair in use, an index in `route_table` (0: the
+    /// empty route of a chip-local transfer).
+    routes: crate::fxhash::FxMap<(u32, u32), u32>,
+    route_table: Vec<Route>,
+    arena: Vec<(u32, f64)>,
     scratch: (Vec<u32>, Vec<FlowId>, Vec<u32>),
     fold: Option<crate::fold::Folding>,
     epoch: u32,
     versions: u32,
     /// Rate recomputations performed (for profiling).
     pub recomputes: u64,
+    /// Transfers started.
+    pub flows_started: u64,
 }
 
 impl<'t> Network<'t> {
@@ -184,24 +262,29 @@ impl<'t> Network<'t> {
             .map(|(l, saturable)| LinkState {
                 cap: l.bandwidth.0 * efficiency / 1e9,
                 saturable,
-                flows: Vec::new(),
-                carried: 0.0,
-                mark: 0,
-                left: 0.0,
-                unfrozen: 0.0,
+                flows: FlowList::default(),
             })
             .collect();
         Ok(Network {
             topo,
             links: state,
+            scratch_links: vec![LinkScratch::default(); links.len()],
+            carried: vec![0.0; links.len()],
             flows: Vec::new(),
             free: Vec::new(),
             routes: Default::default(),
+            route_table: vec![Route {
+                all: (0, 0),
+                sat: (0, 0),
+                latency: 0,
+            }],
+            arena: Vec::new(),
             scratch: Default::default(),
             fold: None,
             epoch: 0,
             versions: 0,
             recomputes: 0,
+            flows_started: 0,
         })
     }
 
@@ -209,6 +292,8 @@ impl<'t> Network<'t> {
     pub fn set_folding(&mut self, f: crate::fold::Folding) {
         self.fold = Some(f);
         self.routes.clear();
+        self.route_table.truncate(1);
+        self.arena.clear();
     }
 
     /// The folding in use.
@@ -216,9 +301,12 @@ impl<'t> Network<'t> {
         self.fold.as_ref()
     }
 
-    fn route(&mut self, a: u32, b: u32) -> Result<std::rc::Rc<Route>, SimError> {
-        if let Some(r) = self.routes.get(&(a, b)) {
-            return Ok(r.clone());
+    fn route(&mut self, a: u32, b: u32) -> Result<u32, SimError> {
+        if a == b {
+            return Ok(0);
+        }
+        if let Some(&r) = self.routes.get(&(a, b)) {
+            return Ok(r);
         }
         let real = self
             .topo
@@ -234,17 +322,21 @@ impl<'t> Network<'t> {
                 .clone(),
             None => real.iter().map(|&l| (l, 1.0)).collect(),
         };
-        let saturable = all
-            .iter()
-            .copied()
-            .filter(|&(l, _)| self.links[l as usize].saturable)
-            .collect();
-        let r = std::rc::Rc::new(Route {
-            all,
-            saturable,
+        let start = self.arena.len() as u32;
+        self.arena.extend_from_slice(&all);
+        let sat_start = self.arena.len() as u32;
+        self.arena.extend(
+            all.iter()
+                .copied()
+                .filter(|&(l, _)| self.links[l as usize].saturable),
+        );
+        let r = self.route_table.len() as u32;
+        self.route_table.push(Route {
+            all: (start, all.len() as u32),
+            sat: (sat_start, self.arena.len() as u32 - sat_start),
             latency: (latency * 1e9).round() as Time,
         });
-        self.routes.insert((a, b), r.clone());
+        self.routes.insert((a, b), r);
         Ok(r)
     }
 
@@ -289,15 +381,8 @@ impl<'t> Network<'t> {
         seeds: &mut Vec<u32>,
         out: &mut Vec<Completion>,
     ) -> Result<FlowId, SimError> {
-        let route = if src == dst {
-            std::rc::Rc::new(Route {
-                all: vec![],
-                saturable: vec![],
-                latency: 0,
-            })
-        } else {
-            self.route(src, dst)?
-        };
+        let route = self.route(src, dst)?;
+        self.flows_started += 1;
         let flow = Flow {
             route,
             remaining: bytes.max(0.0),
@@ -321,26 +406,26 @@ impl<'t> Network<'t> {
                 (self.flows.len() - 1) as FlowId
             }
         };
-        let route = self.flows[id as usize].route.clone();
-        if route.saturable.is_empty() || bytes <= 0.0 {
+        let r = self.route_table[route as usize];
+        if r.sat.1 == 0 || bytes <= 0.0 {
             // Nothing can slow it: the narrowest link sets the rate.
-            self.run_alone(id, &route.all, now, bytes, out);
+            self.run_alone(id, r.all, now, bytes, out);
             return Ok(id);
         }
         // Alone on every link it can saturate: its rate is its bottleneck and no other flow
         // changes, so no max-min computation is needed (a later flow joining a link finds it).
-        let alone = route
-            .saturable
+        let sat = span(&self.arena, r.sat);
+        let alone = sat
             .iter()
             .all(|&(l, _)| self.links[l as usize].flows.is_empty());
-        for &(l, _) in &route.saturable {
+        for &(l, _) in sat {
             self.links[l as usize].flows.push(id);
             if !alone {
                 seeds.push(l);
             }
         }
         if alone {
-            self.run_alone(id, &route.saturable, now, bytes, out);
+            self.run_alone(id, r.sat, now, bytes, out);
         }
         Ok(id)
     }
@@ -350,12 +435,12 @@ impl<'t> Network<'t> {
     fn run_alone(
         &mut self,
         id: FlowId,
-        links: &[(u32, f64)],
+        links: (u32, u32),
         now: Time,
         bytes: f64,
         out: &mut Vec<Completion>,
     ) {
-        let bw = links
+        let bw = span(&self.arena, links)
             .iter()
             .map(|&(l, w)| self.links[l as usize].cap / w)
             .fold(f64::INFINITY, f64::min);
@@ -389,17 +474,15 @@ impl<'t> Network<'t> {
         let mut seeds = Vec::new();
         let mut lats = Vec::with_capacity(ids.len());
         for &id in ids {
-            let route = self.flows[id as usize].route.clone();
-            let bytes = self.flows[id as usize].bytes;
-            self.flows[id as usize].active = false;
-            for &(l, w) in &route.all {
-                self.links[l as usize].carried += bytes * w;
+            let f = &mut self.flows[id as usize];
+            f.active = false;
+            let (route, bytes) = (self.route_table[f.route as usize], f.bytes);
+            for &(l, w) in span(&self.arena, route.all) {
+                self.carried[l as usize] += bytes * w;
             }
-            for &(l, _) in &route.saturable {
+            for &(l, _) in span(&self.arena, route.sat) {
                 let fl = &mut self.links[l as usize].flows;
-                if let Some(p) = fl.iter().position(|&f| f == id) {
-                    fl.swap_remove(p);
-                }
+                fl.remove(id);
                 // Others left on the link may speed up; an emptied link changes no one.
                 if !fl.is_empty() {
                     seeds.push(l);
@@ -424,7 +507,7 @@ impl<'t> Network<'t> {
 
     /// Bytes carried by each link so far.
     pub fn carried(&self) -> impl Iterator<Item = f64> + '_ {
-        self.links.iter().map(|l| l.carried)
+        self.carried.iter().copied()
     }
 
     /// Max-min rates for the component around `seeds`.
@@ -437,27 +520,26 @@ impl<'t> Network<'t> {
         comp_flows.clear();
         stack.clear();
         for &l in seeds {
-            if self.links[l as usize].mark != epoch {
-                self.links[l as usize].mark = epoch;
+            if self.scratch_links[l as usize].mark != epoch {
+                self.scratch_links[l as usize].mark = epoch;
                 stack.push(l);
             }
         }
         while let Some(l) = stack.pop() {
             comp_links.push(l);
-            let flows = std::mem::take(&mut self.links[l as usize].flows);
-            for &f in &flows {
+            for &f in self.links[l as usize].flows.as_slice() {
                 if self.flows[f as usize].mark != epoch {
                     self.flows[f as usize].mark = epoch;
                     comp_flows.push(f);
-                    for &(l2, _) in &self.flows[f as usize].route.saturable {
-                        if self.links[l2 as usize].mark != epoch {
-                            self.links[l2 as usize].mark = epoch;
+                    let r = self.route_table[self.flows[f as usize].route as usize];
+                    for &(l2, _) in span(&self.arena, r.sat) {
+                        if self.scratch_links[l2 as usize].mark != epoch {
+                            self.scratch_links[l2 as usize].mark = epoch;
                             stack.push(l2);
                         }
                     }
                 }
             }
-            self.links[l as usize].flows = flows;
         }
         // Bring every flow's remaining bytes up to now at its old rate.
         for &f in &comp_flows {
@@ -467,21 +549,21 @@ impl<'t> Network<'t> {
         }
         // Progressive filling.
         for &l in &comp_links {
-            let ls = &mut self.links[l as usize];
-            ls.left = ls.cap;
+            let ls = &mut self.scratch_links[l as usize];
+            ls.left = self.links[l as usize].cap;
             ls.unfrozen = 0.0;
         }
         for &f in &comp_flows {
-            let route = self.flows[f as usize].route.clone();
-            for &(l, w) in &route.saturable {
-                self.links[l as usize].unfrozen += w;
+            let r = self.route_table[self.flows[f as usize].route as usize];
+            for &(l, w) in span(&self.arena, r.sat) {
+                self.scratch_links[l as usize].unfrozen += w;
             }
         }
         let mut n_frozen = 0;
         while n_frozen < comp_flows.len() {
             let mut best: Option<(u32, f64)> = None;
             for &l in &comp_links {
-                let ls = &self.links[l as usize];
+                let ls = &self.scratch_links[l as usize];
                 if ls.unfrozen > 1e-9 {
                     let share = ls.left / ls.unfrozen;
                     if best.is_none_or(|(_, s)| share < s) {
@@ -490,22 +572,20 @@ impl<'t> Network<'t> {
                 }
             }
             let Some((l, share)) = best else { break };
-            let on_link = std::mem::take(&mut self.links[l as usize].flows);
-            for &f in &on_link {
+            for &f in self.links[l as usize].flows.as_slice() {
                 if self.flows[f as usize].frozen == epoch {
                     continue;
                 }
                 self.flows[f as usize].frozen = epoch;
                 self.flows[f as usize].rate_new(share);
                 n_frozen += 1;
-                let route = self.flows[f as usize].route.clone();
-                for &(l2, w) in &route.saturable {
-                    let ls = &mut self.links[l2 as usize];
+                let r = self.route_table[self.flows[f as usize].route as usize];
+                for &(l2, w) in span(&self.arena, r.sat) {
+                    let ls = &mut self.scratch_links[l2 as usize];
                     ls.left = (ls.left - share * w).max(0.0);
                     ls.unfrozen -= w;
                 }
             }
-            self.links[l as usize].flows = on_link;
         }
         let mut out = Vec::with_capacity(comp_flows.len());
         for &f in &comp_flows {
@@ -565,6 +645,31 @@ mod tests {
             }
         }
         done
+    }
+
+    #[test]
+    fn flow_lists_keep_the_order_of_a_vector_with_swap_remove() {
+        // Grow past the inline capacity, shrink back into it, grow again: the list must
+        // match a plain vector (the order decides the rate computation's visiting order).
+        let mut list = FlowList::default();
+        let mut model: Vec<FlowId> = Vec::new();
+        let mut x = 12345u32;
+        for _ in 0..2000 {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            let f = (x >> 16) % 9;
+            if model.contains(&f) {
+                let p = model.iter().position(|&y| y == f).unwrap();
+                model.swap_remove(p);
+                list.remove(f);
+            } else {
+                model.push(f);
+                list.push(f);
+            }
+            assert_eq!(list.as_slice(), &model[..]);
+            assert_eq!(list.is_empty(), model.is_empty());
+        }
+        list.remove(99); // absent: no change
+        assert_eq!(list.as_slice(), &model[..]);
     }
 
     #[test]

@@ -31,6 +31,9 @@ enum Ev {
     CollDone(u32),
     /// (pool, version): the next compute task on a shared host's cores ends, if current.
     PoolDone(u32, u32),
+    /// The transfers of a collective's step that are still on their first rate and were due
+    /// now end (one event per finish time instead of one per flow; see [`Sim::start_step`]).
+    StepFlowsDone(u32),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -50,6 +53,8 @@ pub struct Run {
     pub times: Vec<(Time, Time)>,
     /// Flow-rate recomputations.
     pub recomputes: u64,
+    /// Point-to-point transfers simulated on the network (memoised collectives excluded).
+    pub flows: u64,
     /// The symmetry folding used, if any (e.g. "dp 16 (Xor) × tp 8 (Cyclic)").
     pub folded: Option<String>,
 }
@@ -64,7 +69,15 @@ struct Sim<'a> {
     end: Vec<Time>,
     /// (time, task) of the dependency that completed last, per task.
     last_dep: Vec<(Time, u32)>,
-    head: Vec<[usize; 3]>,
+    /// The task at the head of each device's streams (`NONE`: the stream is done), and the
+    /// task after each one in its stream: the hot path reads these dense arrays instead of
+    /// the per-stream lists.
+    head: Vec<[u32; 3]>,
+    next_in_stream: Vec<u32>,
+    /// Successors of task `t`: `succ[succ_at[t]..succ_at[t + 1]]` (one array, not one
+    /// vector per task).
+    succ_at: Vec<u32>,
+    succ: Vec<u32>,
     busy: Vec<[bool; 3]>,
     free_since: Vec<Time>,
     breakdown: Vec<Breakdown>,
@@ -82,6 +95,9 @@ struct Sim<'a> {
     /// Latest arrival so far of the current step's transfers, per collective.
     arrive_max: Vec<Time>,
     done_scratch: Vec<FlowId>,
+    /// Per collective: the (flow, version) pairs its current step's shared completion event
+    /// stands for.
+    step_flows: Vec<Vec<(FlowId, u32, Time)>>,
     exclusive: Exclusive<'a>,
     link_efficiency: f64,
     /// Bytes memoised collectives put on each link, and how many real groups one simulated
@@ -125,7 +141,19 @@ pub fn simulate(
         start: vec![0; n],
         end: vec![0; n],
         last_dep: vec![(0, NONE); n],
-        head: vec![[0; 3]; devices],
+        head: w
+            .streams
+            .iter()
+            .map(|s| std::array::from_fn(|i| s[i].first().copied().unwrap_or(NONE)))
+            .collect(),
+        next_in_stream: next_in_stream(w),
+        succ_at: std::iter::once(0)
+            .chain(w.succ.iter().scan(0u32, |acc, s| {
+                *acc += s.len() as u32;
+                Some(*acc)
+            }))
+            .collect(),
+        succ: w.succ.iter().flatten().copied().collect(),
         busy: vec![[false; 3]; devices],
         free_since: vec![0; devices],
         breakdown: vec![Breakdown::default(); devices],
@@ -140,6 +168,7 @@ pub fn simulate(
         coll_start: vec![0; w.colls.len()],
         arrive_max: vec![0; w.colls.len()],
         done_scratch: Vec::new(),
+        step_flows: vec![Vec::new(); w.colls.len()],
         exclusive: if memo {
             Exclusive::analyse(plan)
         } else {
@@ -173,31 +202,18 @@ pub fn simulate(
                         done.push(f);
                     }
                 }
-                if done.is_empty() {
-                    sim.done_scratch = done;
-                    continue;
-                }
-                let (lats, changes) = sim.net.finish_batch(now, &done);
-                for (&flow, lat) in done.iter().zip(lats) {
-                    match sim.owner[flow as usize] {
-                        Owner::Send(t) => sim.q.push(now + lat, Ev::Arrive(Owner::Send(t))),
-                        // A collective step ends when its last transfer arrives: one event for
-                        // the step once its last flow has left, at the latest arrival.
-                        Owner::Coll(i) => {
-                            let i = i as usize;
-                            sim.arrive_max[i] = sim.arrive_max[i].max(now + lat);
-                            sim.pending[i] -= 1;
-                            if sim.pending[i] == 0 {
-                                let at = std::mem::take(&mut sim.arrive_max[i]);
-                                sim.q.push(at, Ev::Arrive(Owner::Coll(i as u32)));
-                            }
-                        }
+                sim.flows_done(now, done);
+            }
+            Ev::StepFlowsDone(i) => {
+                let mut done = std::mem::take(&mut sim.done_scratch);
+                done.clear();
+                // A flow whose rate changed since has its own completion event.
+                for &(f, v, at) in &sim.step_flows[i as usize] {
+                    if at == now && sim.net.is_current(f, v) {
+                        done.push(f);
                     }
                 }
-                for ch in changes {
-                    sim.q.push(ch.finish, Ev::FlowDone(ch.flow, ch.version));
-                }
-                sim.done_scratch = done;
+                sim.flows_done(now, done);
             }
             Ev::Arrive(Owner::Send(t)) => sim.task_done(t, now)?,
             Ev::Arrive(Owner::Coll(i)) => {
@@ -262,9 +278,10 @@ impl Sim<'_> {
         if self.busy[d][si] {
             return Ok(());
         }
-        let Some(&t) = self.w.streams[d][si].get(self.head[d][si]) else {
+        let t = self.head[d][si];
+        if t == NONE {
             return Ok(());
-        };
+        }
         if self.deps[t as usize] > 0 {
             return Ok(());
         }
@@ -445,13 +462,60 @@ impl Sim<'_> {
             self.q.push(now, Ev::Arrive(Owner::Coll(inst)));
         }
         let (flows, changes) = self.net.start_batch(now, &step)?;
-        for flow in flows {
+        for &flow in &flows {
             self.set_owner(flow, Owner::Coll(inst));
         }
-        for c in changes {
-            self.q.push(c.finish, Ev::FlowDone(c.flow, c.version));
+        // The common case: the step's transfers disturb no other flow (a ring step on links
+        // of its own). One event per distinct finish time then stands for them; a flow slowed
+        // down later gets its own completion event and is skipped by these.
+        let own =
+            changes.len() == flows.len() && changes.iter().zip(&flows).all(|(c, &f)| c.flow == f);
+        if own && !changes.is_empty() {
+            let mine = &mut self.step_flows[i];
+            mine.clear();
+            mine.extend(changes.iter().map(|c| (c.flow, c.version, c.finish)));
+            let mut times: Vec<Time> = changes.iter().map(|c| c.finish).collect();
+            times.sort_unstable();
+            times.dedup();
+            for t in times {
+                self.q.push(t, Ev::StepFlowsDone(inst));
+            }
+        } else {
+            for c in changes {
+                self.q.push(c.finish, Ev::FlowDone(c.flow, c.version));
+            }
         }
         Ok(())
+    }
+
+    /// Ends the bandwidth phase of `done` (flows whose completion is current at `now`) with
+    /// one rate update, and schedules their arrivals.
+    fn flows_done(&mut self, now: Time, done: Vec<FlowId>) {
+        if done.is_empty() {
+            self.done_scratch = done;
+            return;
+        }
+        let (lats, changes) = self.net.finish_batch(now, &done);
+        for (&flow, lat) in done.iter().zip(lats) {
+            match self.owner[flow as usize] {
+                Owner::Send(t) => self.q.push(now + lat, Ev::Arrive(Owner::Send(t))),
+                // A collective step ends when its last transfer arrives: one event for
+                // the step once its last flow has left, at the latest arrival.
+                Owner::Coll(i) => {
+                    let i = i as usize;
+                    self.arrive_max[i] = self.arrive_max[i].max(now + lat);
+                    self.pending[i] -= 1;
+                    if self.pending[i] == 0 {
+                        let at = std::mem::take(&mut self.arrive_max[i]);
+                        self.q.push(at, Ev::Arrive(Owner::Coll(i as u32)));
+                    }
+                }
+            }
+        }
+        for ch in changes {
+            self.q.push(ch.finish, Ev::FlowDone(ch.flow, ch.version));
+        }
+        self.done_scratch = done;
     }
 
     fn task_done(&mut self, t: u32, now: Time) -> Result<(), SimError> {
@@ -461,12 +525,14 @@ impl Sim<'_> {
         let (d, s) = (task.device as usize, task.stream);
         if s != Stream::Free {
             self.busy[d][s as usize] = false;
-            self.head[d][s as usize] += 1;
+            self.head[d][s as usize] = self.next_in_stream[t as usize];
             if s == Stream::Compute {
                 self.free_since[d] = now;
             }
         }
-        for &n in &self.w.succ[t as usize] {
+        let (a, b) = (self.succ_at[t as usize], self.succ_at[t as usize + 1]);
+        for k in a..b {
+            let n = self.succ[k as usize];
             let ld = &mut self.last_dep[n as usize];
             if ld.1 == NONE || now >= ld.0 {
                 *ld = (now, t);
@@ -561,6 +627,7 @@ impl Sim<'_> {
             events: self.q.events(),
             times,
             recomputes: self.net.recomputes,
+            flows: self.net.flows_started,
             folded,
         }
     }
@@ -705,6 +772,19 @@ fn host_pools(plan: &Plan, devices: usize) -> (Vec<Pool>, Vec<u32>) {
 }
 
 /// Index of each task inside its stream (`usize::MAX` for free tasks).
+/// The task after each task in its stream (`NONE` for the last and for free tasks).
+fn next_in_stream(w: &Workload) -> Vec<u32> {
+    let mut next = vec![NONE; w.tasks.len()];
+    for streams in &w.streams {
+        for list in streams {
+            for pair in list.windows(2) {
+                next[pair[0] as usize] = pair[1];
+            }
+        }
+    }
+    next
+}
+
 fn stream_positions(w: &Workload) -> Vec<usize> {
     let mut index = vec![usize::MAX; w.tasks.len()];
     for streams in &w.streams {
