@@ -10,14 +10,14 @@ P=./target/release/pangu
 row() { # label, extra args...
     local label=$1; shift
     local out
-    out=$($P simulate --json "$@" | python3 -c 'import json,sys; v=json.load(sys.stdin); print(v["devices"], v["events"], "%.3f" % v["wall_s"], "%.2f" % (v["events"]/max(v["wall_s"],1e-9)/1e6), "%.3f" % v["step_time_s"], v["folded"] or "every device")')
+    out=$($P simulate --json "$@" | python3 -c 'import json,sys; v=json.load(sys.stdin); print(v["devices"], v["events"], v["flows"], "%.3f" % v["wall_s"], "%.2f" % (v["events"]/max(v["wall_s"],1e-9)/1e6), "%.3f" % v["step_time_s"], v["folded"] or "every device")')
     set -- $out
-    local dev=$1 ev=$2 wall=$3 rate=$4 step=$5; shift 5
-    echo "| $label | $dev | $step | $ev | $wall | $rate | $* |"
+    local dev=$1 ev=$2 flows=$3 wall=$4 rate=$5 step=$6; shift 6
+    echo "| $label | $dev | $step | $ev | $flows | $wall | $rate | $* |"
 }
 
-echo "| job | devices | step (s) | events | wall (s) | M events/s | mode |"
-echo "|---|---:|---:|---:|---:|---:|---|"
+echo "| job | devices | step (s) | events | transfers | wall (s) | M events/s | mode |"
+echo "|---|---:|---:|---:|---:|---:|---:|---|"
 row "PanGu-α 200B, paper strategy (default)" 
 row "PanGu-α 200B, every device and flow" --full
 row "Llama-3-405B-like, tp8 pp16 dp128" --model llama3-405b
