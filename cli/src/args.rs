@@ -7,7 +7,8 @@ use clap::Args;
 use pangu_hardware::{split_count, Cluster};
 use pangu_model::ModelConfig;
 use pangu_strategies::{
-    resolve_inputs, OptShard, Precision, RankOrder, Remat, Resolved, ScheduleKind, StrategySpec,
+    resolve_inputs, BackwardPrefetch, GatherPrecision, OptShard, Precision, RankOrder, Remat,
+    Resolved, ScheduleKind, StrategySpec,
 };
 
 /// Model and cluster selection.
@@ -70,6 +71,14 @@ pub(crate) struct StrategyArgs {
     /// Rank numbering, slowest axis first, e.g. pp-dp-tp (PanGu-α's) or dp-pp-tp.
     #[arg(long)]
     pub rank_order: Option<RankOrder>,
+    /// ZeRO-3 weight gathers in the training precision (`compute`, default) or in `fp32`
+    /// (FSDP with fp32 `param_dtype`, e.g. Composer's 2023 `DEFAULT` mixed precision).
+    #[arg(long)]
+    pub zero3_gather: Option<GatherPrecision>,
+    /// ZeRO-3 backward prefetch: `pre` (default; the next gather overlaps this part's
+    /// backward) or `post` (gathered after it: FSDP `BACKWARD_POST`, Composer's default).
+    #[arg(long)]
+    pub zero3_prefetch: Option<BackwardPrefetch>,
 }
 
 impl StrategyArgs {
@@ -99,6 +108,8 @@ impl StrategyArgs {
             rank_order: self.rank_order,
             layers_per_stage: None,
             grad_bucket: None,
+            zero3_gather: self.zero3_gather,
+            zero3_prefetch: self.zero3_prefetch,
         };
         Ok(file.overlay(&flags))
     }

@@ -11,7 +11,7 @@
 
 use pangu_strategies::search::CostModel;
 use pangu_strategies::strategy::Axis;
-use pangu_strategies::{memory, CollectiveKind, OptShard, Plan, Remat};
+use pangu_strategies::{memory, BackwardPrefetch, CollectiveKind, OptShard, Plan, Remat};
 
 use crate::cost::{Calibration, CostModel as OpCost};
 
@@ -173,10 +173,15 @@ impl CostModel for Analytic {
         let dp_t = collective_time(grad_kind, s.dp, params * gb as f64, dp_bw, dp_a);
         let overlap = last_bwd.iter().copied().fold(0.0, f64::max);
         let mut exposed = (dp_t - overlap).max(0.0);
+        let gather_bytes = if s.opt_shard == OptShard::Zero3 {
+            s.zero3_gather_bytes()
+        } else {
+            wb
+        };
         let gather = collective_time(
             CollectiveKind::AllGather,
             s.dp,
-            params * wb as f64,
+            params * gather_bytes as f64,
             dp_bw,
             dp_a,
         );
@@ -185,8 +190,13 @@ impl CostModel for Analytic {
             OptShard::Zero1 | OptShard::Zero2 => gather,
             // Gathered ahead of the forward; what the first micro-batch cannot hide shows.
             OptShard::Mindspore => (gather - max_t / 2.0).max(0.0),
-            // Gathered for every micro-batch's forward and backward, one layer ahead.
-            OptShard::Zero3 => (2.0 * m * gather - pipeline).max(0.0),
+            // Gathered for every micro-batch's forward and backward, one layer ahead; with
+            // `post` backward prefetch the backward gathers wait for the computation before
+            // them and show in full.
+            OptShard::Zero3 => match s.zero3_prefetch {
+                BackwardPrefetch::Pre => (2.0 * m * gather - pipeline).max(0.0),
+                BackwardPrefetch::Post => m * gather + (m * gather - pipeline).max(0.0),
+            },
         };
         let sharded = s.opt_shard != OptShard::None && s.dp > 1;
         let opt_params = if sharded {

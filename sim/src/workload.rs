@@ -20,8 +20,8 @@ use pangu_strategies::memory::bytes_per_param;
 use pangu_strategies::schedule::Action;
 use pangu_strategies::strategy::Axis;
 use pangu_strategies::{
-    Category, Chunk, CollectiveAlgorithm, CollectiveKind, Coords, GroupKind, LayerId, OptShard,
-    Plan, Remat,
+    BackwardPrefetch, Category, Chunk, CollectiveAlgorithm, CollectiveKind, Coords, GroupKind,
+    LayerId, OptShard, Plan, Remat,
 };
 
 use crate::cost::CostModel;
@@ -405,7 +405,9 @@ impl Builder<'_> {
         let ops = &self.plan.ops;
         let seq = self.parts(chunk, false);
         for (k, &(key, _)) in seq.iter().enumerate() {
-            self.need_weights(d, &seq, k);
+            // Forward: the host runs ahead of the device, so the next part's gather is issued
+            // while this part computes (FSDP without explicit forward prefetch does the same).
+            self.need_weights(d, &seq, k, true);
             let part: &[Op] = match key.1 {
                 0 if chunk.embedding => &ops.embedding,
                 i if i == chunk.layers.len() + 1 => &ops.head,
@@ -438,9 +440,9 @@ impl Builder<'_> {
 
     /// Makes part `seq[k]`'s weights available before it runs. MindSpore's optimizer
     /// parallel gathered them at the start of the step (`prefetch_gathers`). ZeRO-3 frees them
-    /// after use and gathers again for every pass, one part ahead (FSDP's prefetch): the
-    /// gather of part k+1 may start once part k-1 has finished.
-    fn need_weights(&mut self, d: &mut Dev, seq: &[((u32, usize), u64)], k: usize) {
+    /// after use and gathers again for every pass; with `ahead`, one part ahead (FSDP's
+    /// prefetch): the gather of part k+1 may start once part k-1 has finished.
+    fn need_weights(&mut self, d: &mut Dev, seq: &[((u32, usize), u64)], k: usize, ahead: bool) {
         let s = &self.plan.strategy;
         if s.dp <= 1 {
             return;
@@ -448,7 +450,7 @@ impl Builder<'_> {
         match s.opt_shard {
             OptShard::Mindspore => d.pending.extend(d.gathers.remove(&seq[k].0)),
             OptShard::Zero3 => {
-                let wb = bytes_per_param(s.precision, s.micro_batches > 1).0 as f64;
+                let wb = s.zero3_gather_bytes() as f64;
                 let ranks = self.group(Axis::Dp, d.rank);
                 let after: Vec<u32> = d.last_compute.into_iter().collect();
                 let cur = match d.gathers.remove(&seq[k].0) {
@@ -464,7 +466,7 @@ impl Builder<'_> {
                         &after,
                     ),
                 };
-                if let Some(&(next, params)) = seq.get(k + 1) {
+                if let (true, Some(&(next, params))) = (ahead, seq.get(k + 1)) {
                     let t = self.coll(
                         d,
                         Stream::Dp,
@@ -481,6 +483,37 @@ impl Builder<'_> {
             }
             _ => {}
         }
+    }
+
+    /// ZeRO-3 with backward prefetch `post`: part `seq[k]`'s gather is issued as soon as the
+    /// part before it has finished its gradient computation, ahead of that part's gradient
+    /// reduction on the same stream (FSDP `BACKWARD_POST`): it overlaps the reduction, not
+    /// the computation.
+    fn gather_after_backward(&mut self, d: &mut Dev, seq: &[((u32, usize), u64)], k: usize) {
+        let s = &self.plan.strategy;
+        if s.dp <= 1 || s.opt_shard != OptShard::Zero3 || s.zero3_prefetch != BackwardPrefetch::Post
+        {
+            return;
+        }
+        let Some(&(key, params)) = seq.get(k) else {
+            return;
+        };
+        if d.gathers.contains_key(&key) {
+            return;
+        }
+        let ranks = self.group(Axis::Dp, d.rank);
+        let after: Vec<u32> = d.last_compute.into_iter().collect();
+        let t = self.coll(
+            d,
+            Stream::Dp,
+            CollectiveKind::AllGather,
+            GroupKind::Opt,
+            ranks,
+            params as f64 * s.zero3_gather_bytes() as f64,
+            Category::OptComm,
+            &after,
+        );
+        d.gathers.insert(key, t);
     }
 
     /// MindSpore's optimizer parallel: the weight all-gathers of the whole stage, issued at the
@@ -537,9 +570,12 @@ impl Builder<'_> {
         let seq = self.parts(chunk, true);
         let pos = |key: (u32, usize)| seq.iter().position(|(k, _)| *k == key).unwrap_or(0);
         let c = chunk.virtual_stage / self.plan.strategy.pp;
+        let ahead = self.plan.strategy.zero3_prefetch == BackwardPrefetch::Pre;
         if chunk.head {
-            self.need_weights(d, &seq, pos((c, chunk.layers.len() + 1)));
+            let k = pos((c, chunk.layers.len() + 1));
+            self.need_weights(d, &seq, k, ahead);
             self.run_ops(d, &ops.head, true, Category::Compute, label);
+            self.gather_after_backward(d, &seq, k + 1);
             if last {
                 self.grads_ready(d, totals(&ops.head).params);
             }
@@ -556,7 +592,7 @@ impl Builder<'_> {
             .collect();
         for &(start, g) in groups.iter().rev() {
             for j in 0..g.len() {
-                self.need_weights(d, &seq, pos((c, start + g.len() - j)));
+                self.need_weights(d, &seq, pos((c, start + g.len() - j)), ahead);
             }
             match self.plan.strategy.remat {
                 Remat::Full | Remat::Every(_) => {
@@ -586,15 +622,19 @@ impl Builder<'_> {
                 }
                 Remat::None => {}
             }
-            for &l in g.iter().rev() {
+            for (i, &l) in g.iter().enumerate().rev() {
                 self.run_ops(d, ops.layer(l), true, Category::Compute, label);
+                if i == 0 {
+                    // The group's lowest layer is done: the next group's first part may gather.
+                    self.gather_after_backward(d, &seq, pos((c, start + 1)) + 1);
+                }
                 if last {
                     self.grads_ready(d, totals(ops.layer(l)).params);
                 }
             }
         }
         if chunk.embedding {
-            self.need_weights(d, &seq, pos((c, 0)));
+            self.need_weights(d, &seq, pos((c, 0)), ahead);
             self.run_ops(d, &ops.embedding, true, Category::Compute, label);
             if last {
                 self.grads_ready(d, totals(&ops.embedding).params);

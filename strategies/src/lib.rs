@@ -39,7 +39,10 @@ pub use plan::{Chunk, LayerId, Plan, Stage};
 pub use reference::{reference, resolve_inputs, Reference, Resolved};
 pub use report::{Breakdown, Category, StepReport};
 pub use schedule::{Action, Schedule};
-pub use strategy::{OptShard, Precision, RankOrder, Remat, ScheduleKind, Strategy, StrategySpec};
+pub use strategy::{
+    BackwardPrefetch, GatherPrecision, OptShard, Precision, RankOrder, Remat, ScheduleKind,
+    Strategy, StrategySpec,
+};
 
 /// Why a strategy cannot be planned. Every message names the value and what would work.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

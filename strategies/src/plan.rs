@@ -305,8 +305,8 @@ impl Plan {
             buffers += Bytes((2 * s.grad_bucket.0).min(params * gb));
         }
         if s.opt_shard == OptShard::Zero3 {
-            let (wb, _, _) = memory::bytes_per_param(s.precision, s.micro_batches > 1);
-            buffers += Bytes(2 * block.params.max(query.params) * wb);
+            // Two parts' gathered weights (the running one and the prefetched one).
+            buffers += Bytes(2 * block.params.max(query.params) * s.zero3_gather_bytes());
         }
         let total = weights + gradients + optimizer + activations + buffers;
         MemoryBreakdown {
@@ -559,7 +559,12 @@ impl Plan {
                 OptShard::Mindspore => ("weights before forward", 1),
                 OptShard::Zero3 => ("weights for forward and backward", 2),
             };
-            for (bytes, calls) in buckets(max_params * wb) {
+            let gather_bytes = if s.opt_shard == OptShard::Zero3 {
+                s.zero3_gather_bytes()
+            } else {
+                wb
+            };
+            for (bytes, calls) in buckets(max_params * gather_bytes) {
                 add(
                     GroupKind::Opt,
                     purpose,

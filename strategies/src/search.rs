@@ -118,6 +118,8 @@ pub fn enumerate(
                                         rank_order,
                                         layers_per_stage: None,
                                         grad_bucket: DEFAULT_GRAD_BUCKET,
+                                        zero3_gather: Default::default(),
+                                        zero3_prefetch: Default::default(),
                                     });
                                 }
                             }

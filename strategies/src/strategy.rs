@@ -121,6 +121,83 @@ impl OptShard {
     ];
 }
 
+/// In which precision ZeRO-3 gathers the weights (other sharding levels ignore it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum GatherPrecision {
+    /// The compute precision (bf16/fp16 under mixed precision): DeepSpeed ZeRO-3, and PyTorch
+    /// FSDP with `param_dtype` set to the compute type (Composer's `PURE`).
+    #[default]
+    Compute,
+    /// The fp32 master weights: FSDP with `param_dtype` left at fp32 and autocast casting each
+    /// product's operands (Composer's `DEFAULT` mixed precision in its 2023 releases, whose
+    /// `get_mixed_precision` set only `reduce_dtype` to the compute type).
+    Fp32,
+}
+
+impl fmt::Display for GatherPrecision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            GatherPrecision::Compute => "compute",
+            GatherPrecision::Fp32 => "fp32",
+        })
+    }
+}
+
+impl FromStr for GatherPrecision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s.trim().to_ascii_lowercase().as_str() {
+            "compute" => GatherPrecision::Compute,
+            "fp32" => GatherPrecision::Fp32,
+            _ => {
+                return Err(format!(
+                    "unknown gather precision {s:?}; use compute (the training precision) or fp32"
+                ))
+            }
+        })
+    }
+}
+string_serde!(GatherPrecision);
+
+/// When ZeRO-3 gathers the next part's weights during the backward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum BackwardPrefetch {
+    /// Before the current part's gradient computation, so the two overlap (FSDP
+    /// `BACKWARD_PRE`; DeepSpeed's parameter prefetch).
+    #[default]
+    Pre,
+    /// After the current part's gradient computation: the next part waits for its gather,
+    /// and only the current reduce-scatter overlaps the next computation (FSDP
+    /// `BACKWARD_POST`, Composer's default; PyTorch FSDP docs, "BackwardPrefetch").
+    Post,
+}
+
+impl fmt::Display for BackwardPrefetch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BackwardPrefetch::Pre => "pre",
+            BackwardPrefetch::Post => "post",
+        })
+    }
+}
+
+impl FromStr for BackwardPrefetch {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s.trim().to_ascii_lowercase().as_str() {
+            "pre" => BackwardPrefetch::Pre,
+            "post" => BackwardPrefetch::Post,
+            _ => {
+                return Err(format!(
+                    "unknown backward prefetch {s:?}; use pre (overlap the next gather with this \
+                     part's backward) or post (gather after it)"
+                ))
+            }
+        })
+    }
+}
+string_serde!(BackwardPrefetch);
+
 impl fmt::Display for OptShard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -354,6 +431,12 @@ pub struct StrategySpec {
     /// Gradient-reduction bucket size (fusion buffer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grad_bucket: Option<Bytes>,
+    /// ZeRO-3 weight gathers: `compute` precision (default) or `fp32`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zero3_gather: Option<GatherPrecision>,
+    /// ZeRO-3 backward prefetch: `pre` (default) or `post`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zero3_prefetch: Option<BackwardPrefetch>,
 }
 
 impl StrategySpec {
@@ -385,7 +468,9 @@ impl StrategySpec {
             precision,
             rank_order,
             layers_per_stage,
-            grad_bucket
+            grad_bucket,
+            zero3_gather,
+            zero3_prefetch
         )
     }
 }
@@ -424,6 +509,16 @@ pub struct Strategy {
     pub layers_per_stage: Option<Vec<u32>>,
     /// Gradient bucket size.
     pub grad_bucket: Bytes,
+    /// Precision of ZeRO-3 weight gathers.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub zero3_gather: GatherPrecision,
+    /// ZeRO-3 backward prefetch.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub zero3_prefetch: BackwardPrefetch,
+}
+
+fn is_default<T: Default + PartialEq>(x: &T) -> bool {
+    *x == T::default()
 }
 
 impl Strategy {
@@ -445,13 +540,40 @@ impl Strategy {
             rank_order: Some(self.rank_order),
             layers_per_stage: self.layers_per_stage.clone(),
             grad_bucket: Some(self.grad_bucket),
+            zero3_gather: Some(self.zero3_gather),
+            zero3_prefetch: Some(self.zero3_prefetch),
+        }
+    }
+
+    /// Bytes per parameter of the ZeRO-3 weight gathers.
+    pub fn zero3_gather_bytes(&self) -> u64 {
+        match self.zero3_gather {
+            GatherPrecision::Compute => u64::from(self.precision.act_bytes()),
+            GatherPrecision::Fp32 => 4,
         }
     }
 
     /// One-line summary, e.g. `dp16 tp8 pp16 mb32x1 1f1b mindspore remat=full`.
     pub fn summary(&self) -> String {
+        let zero3 = if self.opt_shard == OptShard::Zero3 {
+            format!(
+                "{}{}",
+                if self.zero3_gather == GatherPrecision::Fp32 {
+                    " gather=fp32"
+                } else {
+                    ""
+                },
+                if self.zero3_prefetch == BackwardPrefetch::Post {
+                    " prefetch=post"
+                } else {
+                    ""
+                }
+            )
+        } else {
+            String::new()
+        };
         format!(
-            "dp{} tp{} pp{} mb{}x{} {} opt={} remat={}{}{}",
+            "dp{} tp{} pp{} mb{}x{} {} opt={}{zero3} remat={}{}{}",
             self.dp,
             self.tp,
             self.pp,
@@ -628,6 +750,8 @@ pub fn resolve(
         rank_order: spec.rank_order.unwrap_or(RankOrder::PANGU),
         layers_per_stage: spec.layers_per_stage.clone(),
         grad_bucket: spec.grad_bucket.unwrap_or(DEFAULT_GRAD_BUCKET),
+        zero3_gather: spec.zero3_gather.unwrap_or_default(),
+        zero3_prefetch: spec.zero3_prefetch.unwrap_or_default(),
     };
     Ok((strategy, notes))
 }
