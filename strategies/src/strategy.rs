@@ -35,6 +35,30 @@ macro_rules! string_serde {
     };
 }
 
+/// `Display`, `FromStr` (case-insensitive; an unknown name is refused with `$hint`) and serde as
+/// a string, for an enum of unit variants each with one name.
+macro_rules! named_enum {
+    ($t:ident, $what:literal, $hint:literal, { $($v:ident => $name:literal),* $(,)? }) => {
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(match self {
+                    $($t::$v => $name,)*
+                })
+            }
+        }
+        impl FromStr for $t {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s.trim().to_ascii_lowercase().as_str() {
+                    $($name => Ok($t::$v),)*
+                    _ => Err(format!(concat!("unknown ", $what, " {:?}; ", $hint), s)),
+                }
+            }
+        }
+        string_serde!($t);
+    };
+}
+
 /// Pipeline schedule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ScheduleKind {
@@ -134,30 +158,10 @@ pub enum GatherPrecision {
     Fp32,
 }
 
-impl fmt::Display for GatherPrecision {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            GatherPrecision::Compute => "compute",
-            GatherPrecision::Fp32 => "fp32",
-        })
-    }
-}
-
-impl FromStr for GatherPrecision {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Ok(match s.trim().to_ascii_lowercase().as_str() {
-            "compute" => GatherPrecision::Compute,
-            "fp32" => GatherPrecision::Fp32,
-            _ => {
-                return Err(format!(
-                    "unknown gather precision {s:?}; use compute (the training precision) or fp32"
-                ))
-            }
-        })
-    }
-}
-string_serde!(GatherPrecision);
+named_enum!(GatherPrecision, "gather precision", "use compute (the training precision) or fp32", {
+    Compute => "compute",
+    Fp32 => "fp32",
+});
 
 /// When ZeRO-3 gathers the next part's weights during the backward pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -172,31 +176,12 @@ pub enum BackwardPrefetch {
     Post,
 }
 
-impl fmt::Display for BackwardPrefetch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            BackwardPrefetch::Pre => "pre",
-            BackwardPrefetch::Post => "post",
-        })
-    }
-}
-
-impl FromStr for BackwardPrefetch {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Ok(match s.trim().to_ascii_lowercase().as_str() {
-            "pre" => BackwardPrefetch::Pre,
-            "post" => BackwardPrefetch::Post,
-            _ => {
-                return Err(format!(
-                    "unknown backward prefetch {s:?}; use pre (overlap the next gather with this \
-                     part's backward) or post (gather after it)"
-                ))
-            }
-        })
-    }
-}
-string_serde!(BackwardPrefetch);
+named_enum!(
+    BackwardPrefetch,
+    "backward prefetch",
+    "use pre (overlap the next gather with this part's backward) or post (gather after it)",
+    { Pre => "pre", Post => "post" }
+);
 
 impl fmt::Display for OptShard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
