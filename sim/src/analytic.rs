@@ -173,15 +173,10 @@ impl CostModel for Analytic {
         let dp_t = collective_time(grad_kind, s.dp, params * gb as f64, dp_bw, dp_a);
         let overlap = last_bwd.iter().copied().fold(0.0, f64::max);
         let mut exposed = (dp_t - overlap).max(0.0);
-        let gather_bytes = if s.opt_shard == OptShard::Zero3 {
-            s.zero3_gather_bytes()
-        } else {
-            wb
-        };
         let gather = collective_time(
             CollectiveKind::AllGather,
             s.dp,
-            params * gather_bytes as f64,
+            params * s.gather_bytes() as f64,
             dp_bw,
             dp_a,
         );

@@ -74,10 +74,6 @@ struct Sim<'a> {
     /// the per-stream lists.
     head: Vec<[u32; 3]>,
     next_in_stream: Vec<u32>,
-    /// Successors of task `t`: `succ[succ_at[t]..succ_at[t + 1]]` (one array, not one
-    /// vector per task).
-    succ_at: Vec<u32>,
-    succ: Vec<u32>,
     busy: Vec<[bool; 3]>,
     free_since: Vec<Time>,
     breakdown: Vec<Breakdown>,
@@ -147,13 +143,6 @@ pub fn simulate(
             .map(|s| std::array::from_fn(|i| s[i].first().copied().unwrap_or(NONE)))
             .collect(),
         next_in_stream: next_in_stream(w),
-        succ_at: std::iter::once(0)
-            .chain(w.succ.iter().scan(0u32, |acc, s| {
-                *acc += s.len() as u32;
-                Some(*acc)
-            }))
-            .collect(),
-        succ: w.succ.iter().flatten().copied().collect(),
         busy: vec![[false; 3]; devices],
         free_since: vec![0; devices],
         breakdown: vec![Breakdown::default(); devices],
@@ -474,11 +463,15 @@ impl Sim<'_> {
             let mine = &mut self.step_flows[i];
             mine.clear();
             mine.extend(changes.iter().map(|c| (c.flow, c.version, c.finish)));
-            let mut times: Vec<Time> = changes.iter().map(|c| c.finish).collect();
-            times.sort_unstable();
-            times.dedup();
-            for t in times {
-                self.q.push(t, Ev::StepFlowsDone(inst));
+            // One event per distinct finish time, earliest first (the list's buffer is reused
+            // from step to step: no allocation here).
+            mine.sort_unstable_by_key(|&(_, _, at)| at);
+            let mut last = None;
+            for &(_, _, at) in mine.iter() {
+                if last != Some(at) {
+                    self.q.push(at, Ev::StepFlowsDone(inst));
+                    last = Some(at);
+                }
             }
         } else {
             for c in changes {
@@ -530,9 +523,7 @@ impl Sim<'_> {
                 self.free_since[d] = now;
             }
         }
-        let (a, b) = (self.succ_at[t as usize], self.succ_at[t as usize + 1]);
-        for k in a..b {
-            let n = self.succ[k as usize];
+        for &n in self.w.succ.of(t) {
             let ld = &mut self.last_dep[n as usize];
             if ld.1 == NONE || now >= ld.0 {
                 *ld = (now, t);

@@ -121,13 +121,62 @@ pub struct CollInst {
     pub tasks: Vec<u32>,
 }
 
+/// Successors of every task in one array: task `t`'s are `to[at[t]..at[t + 1]]` (the event
+/// loop reads them for every task that ends; one array keeps them together in memory).
+#[derive(Debug, Clone, Default)]
+pub struct Successors {
+    at: Vec<u32>,
+    to: Vec<u32>,
+}
+
+impl Successors {
+    /// From one list per task.
+    pub fn from_lists(lists: &[Vec<u32>]) -> Successors {
+        let mut at = Vec::with_capacity(lists.len() + 1);
+        at.push(0);
+        for l in lists {
+            at.push(at[at.len() - 1] + l.len() as u32);
+        }
+        Successors {
+            at,
+            to: lists.iter().flatten().copied().collect(),
+        }
+    }
+
+    /// The successors of task `t`.
+    pub fn of(&self, t: u32) -> &[u32] {
+        let t = t as usize;
+        &self.to[self.at[t] as usize..self.at[t + 1] as usize]
+    }
+
+    /// Tasks covered.
+    pub fn len(&self) -> usize {
+        self.at.len().saturating_sub(1)
+    }
+
+    /// Whether no task is covered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Appends another graph's successors, its task ids moved up by `base`.
+    fn extend(&mut self, other: &Successors, base: u32) {
+        if self.at.is_empty() {
+            self.at.push(0);
+        }
+        let start = self.at[self.at.len() - 1];
+        self.at.extend(other.at.iter().skip(1).map(|&a| a + start));
+        self.to.extend(other.to.iter().map(|&t| t + base));
+    }
+}
+
 /// The task graph of one step.
 #[derive(Debug, Default)]
 pub struct Workload {
     /// Tasks.
     pub tasks: Vec<Task>,
     /// Successors of each task.
-    pub succ: Vec<Vec<u32>>,
+    pub succ: Successors,
     /// Per device, per stream (compute, tp, dp): task ids in program order.
     pub streams: Vec<[Vec<u32>; 3]>,
     /// Collective instances.
@@ -161,12 +210,7 @@ impl Workload {
             }
             self.tasks.push(t);
         }
-        self.succ.extend(
-            other
-                .succ
-                .into_iter()
-                .map(|v| v.into_iter().map(|t| t + tbase).collect()),
-        );
+        self.succ.extend(&other.succ, tbase);
         self.streams.truncate(off);
         self.streams.extend(
             other
@@ -200,6 +244,8 @@ struct Builder<'a> {
     algos: HashMap<(GroupKind, u32), CollectiveAlgorithm>,
     sends: BTreeMap<SendKey, u32>,
     recvs: BTreeMap<SendKey, u32>,
+    /// Successors per task while edges are still added (packed into `w.succ` at the end).
+    succ: Vec<Vec<u32>>,
 }
 
 /// Builds the task graph of a plan for the given ranks (all ranks, or the representatives of
@@ -220,6 +266,7 @@ pub fn build(plan: &Plan, cost: &CostModel, ranks: &[u32]) -> Workload {
         algos: HashMap::new(),
         sends: BTreeMap::new(),
         recvs: BTreeMap::new(),
+        succ: Vec::new(),
     };
     b.w.devices = ranks.to_vec();
     for &rank in ranks {
@@ -235,6 +282,7 @@ pub fn build(plan: &Plan, cost: &CostModel, ranks: &[u32]) -> Workload {
     for (s, r) in pairs {
         b.edge(s, r);
     }
+    b.w.succ = Successors::from_lists(&b.succ);
     b.w
 }
 
@@ -260,7 +308,7 @@ impl Builder<'_> {
             deps: 0,
             label,
         });
-        self.w.succ.push(Vec::new());
+        self.succ.push(Vec::new());
         for &d in deps {
             self.edge(d, id);
         }
@@ -271,7 +319,7 @@ impl Builder<'_> {
     }
 
     fn edge(&mut self, from: u32, to: u32) {
-        self.w.succ[from as usize].push(to);
+        self.succ[from as usize].push(to);
         self.w.tasks[to as usize].deps += 1;
     }
 
@@ -450,7 +498,7 @@ impl Builder<'_> {
         match s.opt_shard {
             OptShard::Mindspore => d.pending.extend(d.gathers.remove(&seq[k].0)),
             OptShard::Zero3 => {
-                let wb = s.zero3_gather_bytes() as f64;
+                let wb = s.gather_bytes() as f64;
                 let ranks = self.group(Axis::Dp, d.rank);
                 let after: Vec<u32> = d.last_compute.into_iter().collect();
                 let cur = match d.gathers.remove(&seq[k].0) {
@@ -509,7 +557,7 @@ impl Builder<'_> {
             CollectiveKind::AllGather,
             GroupKind::Opt,
             ranks,
-            params as f64 * s.zero3_gather_bytes() as f64,
+            params as f64 * s.gather_bytes() as f64,
             Category::OptComm,
             &after,
         );
@@ -521,7 +569,7 @@ impl Builder<'_> {
     /// first use waits for its bucket, so the gathers overlap the forward.
     fn prefetch_gathers(&mut self, d: &mut Dev, stage: &pangu_strategies::Stage) {
         let s = &self.plan.strategy;
-        let wb = bytes_per_param(s.precision, s.micro_batches > 1).0 as f64;
+        let wb = s.gather_bytes() as f64;
         let ops = &self.plan.ops;
         let mut parts: Vec<((u32, usize), u64)> = Vec::new();
         for (c, chunk) in stage.chunks.iter().enumerate() {
@@ -844,5 +892,29 @@ impl Builder<'_> {
                 Action::OptimizerStep => self.optimizer(&mut d),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Successors;
+
+    #[test]
+    fn successors_pack_lists_and_append_with_shifted_ids() {
+        let mut a = Successors::from_lists(&[vec![1, 2], vec![], vec![0]]);
+        assert_eq!(a.len(), 3);
+        assert_eq!(a.of(0), &[1, 2]);
+        assert!(a.of(1).is_empty());
+        assert_eq!(a.of(2), &[0]);
+        let b = Successors::from_lists(&[vec![1], vec![]]);
+        a.extend(&b, 3);
+        assert_eq!(a.len(), 5);
+        assert_eq!(a.of(3), &[4]);
+        assert!(a.of(4).is_empty());
+        assert_eq!(a.of(2), &[0]);
+        let mut empty = Successors::default();
+        assert!(empty.is_empty());
+        empty.extend(&b, 0);
+        assert_eq!(empty.of(0), &[1]);
     }
 }

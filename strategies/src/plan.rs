@@ -306,7 +306,7 @@ impl Plan {
         }
         if s.opt_shard == OptShard::Zero3 {
             // Two parts' gathered weights (the running one and the prefetched one).
-            buffers += Bytes(2 * block.params.max(query.params) * s.zero3_gather_bytes());
+            buffers += Bytes(2 * block.params.max(query.params) * s.gather_bytes());
         }
         let total = weights + gradients + optimizer + activations + buffers;
         MemoryBreakdown {
@@ -532,7 +532,7 @@ impl Plan {
         }
         // Data-parallel gradient reduction and optimizer sharding.
         let max_params = self.stages.iter().map(|st| st.params).max().unwrap_or(0);
-        let (wb, gb, _) = memory::bytes_per_param(s.precision, s.micro_batches > 1);
+        let (_, gb, _) = memory::bytes_per_param(s.precision, s.micro_batches > 1);
         if s.dp > 1 {
             // Buckets of `grad_bucket` bytes and one remainder, as DDP-style fusion sends them.
             let bucket = s.grad_bucket.0.max(1);
@@ -559,12 +559,7 @@ impl Plan {
                 OptShard::Mindspore => ("weights before forward", 1),
                 OptShard::Zero3 => ("weights for forward and backward", 2),
             };
-            let gather_bytes = if s.opt_shard == OptShard::Zero3 {
-                s.zero3_gather_bytes()
-            } else {
-                wb
-            };
-            for (bytes, calls) in buckets(max_params * gather_bytes) {
+            for (bytes, calls) in buckets(max_params * s.gather_bytes()) {
                 add(
                     GroupKind::Opt,
                     purpose,

@@ -530,11 +530,12 @@ impl Strategy {
         }
     }
 
-    /// Bytes per parameter of the ZeRO-3 weight gathers.
-    pub fn zero3_gather_bytes(&self) -> u64 {
-        match self.zero3_gather {
-            GatherPrecision::Compute => u64::from(self.precision.act_bytes()),
-            GatherPrecision::Fp32 => 4,
+    /// Bytes per parameter of the optimizer-sharding weight all-gathers: the working
+    /// precision, or fp32 for ZeRO-3 with `zero3_gather = "fp32"`.
+    pub fn gather_bytes(&self) -> u64 {
+        match (self.opt_shard, self.zero3_gather) {
+            (OptShard::Zero3, GatherPrecision::Fp32) => 4,
+            _ => u64::from(self.precision.act_bytes()),
         }
     }
 
