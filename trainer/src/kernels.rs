@@ -13,17 +13,26 @@ use crate::real::Real;
 use crate::rng;
 
 /// Runs `f(row_index, row)` over the `width`-element rows of `buf`, in parallel when the
-/// trainer uses several threads.
+/// trainer uses several threads, compiled for AVX2 where the CPU has it
+/// ([`linalg::vectorized`]).
 pub fn for_rows<T: Send, F>(buf: &mut [T], width: usize, f: F)
 where
     F: Fn(usize, &mut [T]) + Sync + Send,
 {
     if linalg::threads() > 1 && buf.len() >= 1 << 14 {
-        buf.par_chunks_mut(width)
-            .enumerate()
-            .for_each(|(i, r)| f(i, r));
+        buf.par_chunks_mut(width).enumerate().for_each(|(i, r)| {
+            linalg::vectorized(
+                #[inline(always)]
+                || f(i, r),
+            )
+        });
     } else {
-        buf.chunks_mut(width).enumerate().for_each(|(i, r)| f(i, r));
+        for (i, r) in buf.chunks_mut(width).enumerate() {
+            linalg::vectorized(
+                #[inline(always)]
+                || f(i, r),
+            );
+        }
     }
 }
 
@@ -32,7 +41,7 @@ where
 // cannot be reordered, so it stays scalar), and the order of additions is still fixed.
 
 /// Sum of `x` (8 lane partial sums, then the lanes in order).
-#[inline]
+#[inline(always)]
 pub fn sum8<T: Real>(x: &[T]) -> T {
     let mut acc = [T::zero(); 8];
     let chunks = x.chunks_exact(8);
@@ -50,7 +59,7 @@ pub fn sum8<T: Real>(x: &[T]) -> T {
 }
 
 /// Maximum of `x` (−∞ when empty).
-#[inline]
+#[inline(always)]
 pub fn max8<T: Real>(x: &[T]) -> T {
     let mut acc = [T::neg_infinity(); 8];
     let chunks = x.chunks_exact(8);
@@ -72,13 +81,18 @@ pub fn max8<T: Real>(x: &[T]) -> T {
 }
 
 /// `x ← e^(x·scale − max)` and returns the sum (the body of a softmax).
-#[inline]
+#[inline(always)]
 fn exp_shifted<T: Real>(x: &mut [T], scale: T) -> T {
-    let mx = max8(x) * scale;
-    for v in x.iter_mut() {
-        *v = (*v * scale - mx).exp_fast();
-    }
-    sum8(x)
+    linalg::vectorized(
+        #[inline(always)]
+        || {
+            let mx = max8(x) * scale;
+            for v in x.iter_mut() {
+                *v = (*v * scale - mx).exp_fast();
+            }
+            sum8(x)
+        },
+    )
 }
 
 // ---------------------------------------------------------------------------------------
@@ -93,13 +107,18 @@ pub fn embed_fwd<T: Real>(
     wpe: &[T],
     d: usize,
 ) {
-    for_rows(out, d, |r, o| {
-        let w = &wte[tokens[r] as usize * d..][..d];
-        let p = &wpe[pos[r] as usize * d..][..d];
-        for ((o, &w), &p) in o.iter_mut().zip(w).zip(p) {
-            *o = w + p;
-        }
-    });
+    for_rows(
+        out,
+        d,
+        #[inline(always)]
+        |r, o| {
+            let w = &wte[tokens[r] as usize * d..][..d];
+            let p = &wpe[pos[r] as usize * d..][..d];
+            for ((o, &w), &p) in o.iter_mut().zip(w).zip(p) {
+                *o = w + p;
+            }
+        },
+    );
 }
 
 /// Accumulates the gradients of an embedding lookup: `dw[ids[t]] += dout[t]`.
@@ -115,9 +134,14 @@ pub fn lookup_bwd<T: Real>(dw: &mut [T], dout: &[T], ids: &[u32], d: usize) {
 
 /// `out[t] = table[ids[t]]`.
 pub fn lookup_fwd<T: Real>(out: &mut [T], ids: &[u32], table: &[T], d: usize) {
-    for_rows(out, d, |r, o| {
-        o.copy_from_slice(&table[ids[r] as usize * d..][..d]);
-    });
+    for_rows(
+        out,
+        d,
+        #[inline(always)]
+        |r, o| {
+            o.copy_from_slice(&table[ids[r] as usize * d..][..d]);
+        },
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -136,8 +160,9 @@ pub fn layernorm_fwd<T: Real>(
     b: &[T],
     d: usize,
 ) {
-    let row = |r: usize, o: &mut [T], m_out: &mut T, s_out: &mut T| {
-        let xr = &x[r * d..][..d];
+    #[inline(always)]
+    fn norm_row<T: Real>(xr: &[T], o: &mut [T], g: &[T], b: &[T], m_out: &mut T, s_out: &mut T) {
+        let d = xr.len();
         let m = sum8(xr) / T::of(d as f64);
         for i in 0..d {
             o[i] = (xr[i] - m) * (xr[i] - m);
@@ -149,22 +174,35 @@ pub fn layernorm_fwd<T: Real>(
         }
         *m_out = m;
         *s_out = s;
+    }
+    let row = |r: usize, o: &mut [T], m_out: &mut T, s_out: &mut T| {
+        norm_row(&x[r * d..][..d], o, g, b, m_out, s_out);
     };
     if linalg::threads() > 1 && out.len() >= 1 << 14 {
         out.par_chunks_mut(d)
             .zip(mean.par_iter_mut())
             .zip(rstd.par_iter_mut())
             .enumerate()
-            .for_each(|(r, ((o, m), s))| row(r, o, m, s));
+            .for_each(|(r, ((o, m), s))| {
+                linalg::vectorized(
+                    #[inline(always)]
+                    || row(r, o, m, s),
+                )
+            });
     } else {
-        for (r, ((o, m), s)) in out
-            .chunks_mut(d)
-            .zip(mean.iter_mut())
-            .zip(rstd.iter_mut())
-            .enumerate()
-        {
-            row(r, o, m, s);
-        }
+        linalg::vectorized(
+            #[inline(always)]
+            || {
+                for (r, ((o, m), s)) in out
+                    .chunks_mut(d)
+                    .zip(mean.iter_mut())
+                    .zip(rstd.iter_mut())
+                    .enumerate()
+                {
+                    row(r, o, m, s);
+                }
+            },
+        );
     }
 }
 
@@ -182,32 +220,42 @@ pub fn layernorm_bwd<T: Real>(
     d: usize,
 ) {
     let inv_d = T::one() / T::of(d as f64);
-    for_rows(dx, d, |r, dxr| {
-        let xr = &x[r * d..][..d];
-        let dor = &dout[r * d..][..d];
-        let (m, s) = (mean[r], rstd[r]);
-        let mut sum_dn = T::zero();
-        let mut sum_dn_xh = T::zero();
-        for i in 0..d {
-            let dn = dor[i] * g[i];
-            sum_dn += dn;
-            sum_dn_xh += dn * (xr[i] - m) * s;
-        }
-        let (a, c) = (sum_dn * inv_d, sum_dn_xh * inv_d);
-        for i in 0..d {
-            let xh = (xr[i] - m) * s;
-            dxr[i] += (dor[i] * g[i] - a - xh * c) * s;
-        }
-    });
-    for r in 0..x.len() / d {
-        let xr = &x[r * d..][..d];
-        let dor = &dout[r * d..][..d];
-        let (m, s) = (mean[r], rstd[r]);
-        for i in 0..d {
-            dg[i] += dor[i] * (xr[i] - m) * s;
-            db[i] += dor[i];
-        }
-    }
+    for_rows(
+        dx,
+        d,
+        #[inline(always)]
+        |r, dxr| {
+            let xr = &x[r * d..][..d];
+            let dor = &dout[r * d..][..d];
+            let (m, s) = (mean[r], rstd[r]);
+            let mut sum_dn = T::zero();
+            let mut sum_dn_xh = T::zero();
+            for i in 0..d {
+                let dn = dor[i] * g[i];
+                sum_dn += dn;
+                sum_dn_xh += dn * (xr[i] - m) * s;
+            }
+            let (a, c) = (sum_dn * inv_d, sum_dn_xh * inv_d);
+            for i in 0..d {
+                let xh = (xr[i] - m) * s;
+                dxr[i] += (dor[i] * g[i] - a - xh * c) * s;
+            }
+        },
+    );
+    linalg::vectorized(
+        #[inline(always)]
+        || {
+            for r in 0..x.len() / d {
+                let xr = &x[r * d..][..d];
+                let dor = &dout[r * d..][..d];
+                let (m, s) = (mean[r], rstd[r]);
+                for i in 0..d {
+                    dg[i] += dor[i] * (xr[i] - m) * s;
+                    db[i] += dor[i];
+                }
+            }
+        },
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -256,16 +304,38 @@ pub fn linear_bwd<T: Real>(
     k: usize,
     nn: usize,
 ) {
-    linalg::matmul(dw, ldw, t(x, ldx), n(dy, ldy), k, rows, nn, true);
+    let weight = linalg::Product {
+        c: dw,
+        ldc: ldw,
+        a: t(x, ldx),
+        b: n(dy, ldy),
+        m: k,
+        k: rows,
+        n: nn,
+        accumulate: true,
+    };
+    match dx {
+        Some((dx, lddx, acc)) => linalg::matmul_pair(
+            weight,
+            linalg::Product {
+                c: dx,
+                ldc: lddx,
+                a: n(dy, ldy),
+                b: t(w, ldw),
+                m: rows,
+                k: nn,
+                n: k,
+                accumulate: acc,
+            },
+        ),
+        None => linalg::matmul(weight.c, ldw, weight.a, weight.b, k, rows, nn, true),
+    }
     if let Some(db) = db {
         for r in 0..rows {
             for (b, &g) in db[..nn].iter_mut().zip(&dy[r * ldy..][..nn]) {
                 *b += g;
             }
         }
-    }
-    if let Some((dx, lddx, acc)) = dx {
-        linalg::matmul(dx, lddx, n(dy, ldy), t(w, ldw), rows, nn, k, acc);
     }
 }
 
@@ -279,12 +349,17 @@ pub fn gelu_fwd<T: Real>(out: &mut [T], x: &[T], width: usize) {
     let c = T::of(GELU_C);
     let k = T::of(0.044715);
     let half = T::of(0.5);
-    for_rows(out, width, |r, o| {
-        for (o, &v) in o.iter_mut().zip(&x[r * width..][..width]) {
-            let u = c * (v + k * v * v * v);
-            *o = half * v * (T::one() + u.tanh_fast());
-        }
-    });
+    for_rows(
+        out,
+        width,
+        #[inline(always)]
+        |r, o| {
+            for (o, &v) in o.iter_mut().zip(&x[r * width..][..width]) {
+                let u = c * (v + k * v * v * v);
+                *o = half * v * (T::one() + u.tanh_fast());
+            }
+        },
+    );
 }
 
 /// `dx = dout · gelu'(x)` (overwrites `dx`; `dx` may hold `dout` itself: pass it as both via
@@ -294,15 +369,20 @@ pub fn gelu_bwd_inplace<T: Real>(d: &mut [T], x: &[T], width: usize) {
     let k = T::of(0.044715);
     let half = T::of(0.5);
     let three = T::of(3.0);
-    for_rows(d, width, |r, dr| {
-        for (g, &v) in dr.iter_mut().zip(&x[r * width..][..width]) {
-            let u = c * (v + k * v * v * v);
-            let th = u.tanh_fast();
-            let sech2 = T::one() - th * th;
-            let du = c * (T::one() + three * k * v * v);
-            *g *= half * (T::one() + th) + half * v * sech2 * du;
-        }
-    });
+    for_rows(
+        d,
+        width,
+        #[inline(always)]
+        |r, dr| {
+            for (g, &v) in dr.iter_mut().zip(&x[r * width..][..width]) {
+                let u = c * (v + k * v * v * v);
+                let th = u.tanh_fast();
+                let sech2 = T::one() - th * th;
+                let du = c * (T::one() + three * k * v * v);
+                *g *= half * (T::one() + th) + half * v * sech2 * du;
+            }
+        },
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -365,12 +445,17 @@ impl Dropout {
         if !self.active() {
             return;
         }
-        for_rows(x, width, |r, xr| {
-            let base = row_ids[r] * width as u64;
-            for (i, v) in xr.iter_mut().enumerate() {
-                *v *= self.scale::<T>(base + i as u64);
-            }
-        });
+        for_rows(
+            x,
+            width,
+            #[inline(always)]
+            |r, xr| {
+                let base = row_ids[r] * width as u64;
+                for (i, v) in xr.iter_mut().enumerate() {
+                    *v *= self.scale::<T>(base + i as u64);
+                }
+            },
+        );
     }
 }
 
@@ -609,13 +694,18 @@ pub fn attention_bwd<T: Real>(
 pub fn softmax_xent_fwd<T: Real>(logits: &mut [T], losses: &mut [f64], targets: &[u32], v: usize) {
     let rows = logits.len() / v;
     // First pass in parallel: probabilities; second: losses (cheap).
-    for_rows(logits, v, |_, row| {
-        let sum = exp_shifted(row, T::one());
-        let inv = T::one() / sum;
-        for x in row.iter_mut() {
-            *x *= inv;
-        }
-    });
+    for_rows(
+        logits,
+        v,
+        #[inline(always)]
+        |_, row| {
+            let sum = exp_shifted(row, T::one());
+            let inv = T::one() / sum;
+            for x in row.iter_mut() {
+                *x *= inv;
+            }
+        },
+    );
     for (r, l) in losses[..rows].iter_mut().enumerate() {
         let p = logits[r * v + targets[r] as usize].f64();
         *l = -(p.max(f64::MIN_POSITIVE)).ln();
@@ -624,17 +714,7 @@ pub fn softmax_xent_fwd<T: Real>(logits: &mut [T], losses: &mut [f64], targets: 
 
 /// Turns the probabilities in place into `dlogits = (p - onehot(target)) · weight[row]`.
 pub fn softmax_xent_bwd<T: Real>(probs: &mut [T], targets: &[u32], weights: &[f64], v: usize) {
-    for_rows(probs, v, |r, row| {
-        let w = T::of(weights[r]);
-        if weights[r] == 0.0 {
-            row.fill(T::zero());
-            return;
-        }
-        for x in row.iter_mut() {
-            *x *= w;
-        }
-        row[targets[r] as usize] -= w;
-    });
+    xent_vocab_bwd(probs, targets, weights, v, 0);
 }
 
 /// Vocab-parallel cross-entropy, forward (Megatron's scheme): `logits` `[T, vl]` hold this
@@ -699,41 +779,54 @@ pub fn xent_vocab_bwd<T: Real>(
     vl: usize,
     v0: usize,
 ) {
-    for_rows(probs, vl, |r, row| {
-        let w = T::of(weights[r]);
-        if weights[r] == 0.0 {
-            row.fill(T::zero());
-            return;
-        }
-        for x in row.iter_mut() {
-            *x *= w;
-        }
-        let t = targets[r] as usize;
-        if (v0..v0 + vl).contains(&t) {
-            row[t - v0] -= w;
-        }
-    });
+    for_rows(
+        probs,
+        vl,
+        #[inline(always)]
+        |r, row| {
+            let w = T::of(weights[r]);
+            if weights[r] == 0.0 {
+                row.fill(T::zero());
+                return;
+            }
+            for x in row.iter_mut() {
+                *x *= w;
+            }
+            let t = targets[r] as usize;
+            if (v0..v0 + vl).contains(&t) {
+                row[t - v0] -= w;
+            }
+        },
+    );
 }
 
 /// Vocab-parallel lookup: `out[t] = wte[tokens[t] - v0]` where the token is one of this
 /// device's rows `v0..v0+vl` of the table, else 0 (the group's sum is the whole lookup).
 pub fn embed_vocab_part<T: Real>(out: &mut [T], tokens: &[u32], wte: &[T], v0: usize, d: usize) {
     let vl = wte.len() / d;
-    for_rows(out, d, |r, o| {
-        let t = tokens[r] as usize;
-        if (v0..v0 + vl).contains(&t) {
-            o.copy_from_slice(&wte[(t - v0) * d..][..d]);
-        } else {
-            o.fill(T::zero());
-        }
-    });
+    for_rows(
+        out,
+        d,
+        #[inline(always)]
+        |r, o| {
+            let t = tokens[r] as usize;
+            if (v0..v0 + vl).contains(&t) {
+                o.copy_from_slice(&wte[(t - v0) * d..][..d]);
+            } else {
+                o.fill(T::zero());
+            }
+        },
+    );
 }
 
 /// `out[t] += table[ids[t]]`.
 pub fn add_lookup<T: Real>(out: &mut [T], ids: &[u32], table: &[T], d: usize) {
-    for_rows(out, d, |r, o| {
-        add_into(o, &table[ids[r] as usize * d..][..d])
-    });
+    for_rows(
+        out,
+        d,
+        #[inline(always)]
+        |r, o| add_into(o, &table[ids[r] as usize * d..][..d]),
+    );
 }
 
 /// [`lookup_bwd`] into this device's rows `v0..v0+vl` of the table (other ids skipped).

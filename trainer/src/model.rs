@@ -1564,27 +1564,29 @@ impl Model {
             // dlnf = dlogits·wte ; dwte += dlogitsᵀ·lnf
             {
                 let (gw, _) = split_range(g, &lay.wte);
-                crate::linalg::matmul(
-                    gw,
-                    d,
-                    crate::linalg::t(&acts.logits, vl),
-                    crate::linalg::n(&acts.lnf, d),
-                    vl,
-                    rows,
-                    d,
-                    true,
+                crate::linalg::matmul_pair(
+                    crate::linalg::Product {
+                        c: gw,
+                        ldc: d,
+                        a: crate::linalg::t(&acts.logits, vl),
+                        b: crate::linalg::n(&acts.lnf, d),
+                        m: vl,
+                        k: rows,
+                        n: d,
+                        accumulate: true,
+                    },
+                    crate::linalg::Product {
+                        c: &mut acts.dtmp,
+                        ldc: d,
+                        a: crate::linalg::n(&acts.logits, vl),
+                        b: crate::linalg::n(&p[lay.wte.clone()], d),
+                        m: rows,
+                        k: vl,
+                        n: d,
+                        accumulate: false,
+                    },
                 );
             }
-            crate::linalg::matmul(
-                &mut acts.dtmp,
-                d,
-                crate::linalg::n(&acts.logits, vl),
-                crate::linalg::n(&p[lay.wte.clone()], d),
-                rows,
-                vl,
-                d,
-                false,
-            );
             // Each device saw its vocabulary columns: the norm's input gradient is summed.
             red.all_reduce(&mut acts.dtmp);
             // The head runs on all rows on every device; keep this device's rows' gradient.

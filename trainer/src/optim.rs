@@ -56,14 +56,25 @@ impl AdamW {
                 .zip(v.par_chunks_mut(CHUNK))
                 .zip(g.par_chunks(CHUNK).zip(decay.par_chunks(CHUNK)))
                 .for_each(|(((p, m), v), (g, d))| {
-                    self.update_serial(p, m, v, g, d, grad_scale, lr, t)
+                    crate::linalg::vectorized(
+                        #[inline(always)]
+                        || {
+                            self.update_serial(p, m, v, g, d, grad_scale, lr, t);
+                        },
+                    );
                 });
         } else {
-            self.update_serial(p, m, v, g, decay, grad_scale, lr, t);
+            crate::linalg::vectorized(
+                #[inline(always)]
+                || {
+                    self.update_serial(p, m, v, g, decay, grad_scale, lr, t);
+                },
+            );
         }
     }
 
     #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
     fn update_serial(
         &self,
         p: &mut [f32],

@@ -100,6 +100,42 @@ fn twenty_steps_equal_ten_plus_resume_plus_ten() {
 }
 
 #[test]
+fn two_threads_train_exactly_like_one() {
+    // Large enough that the products split into row blocks, the backward's weight and input
+    // gradients run as a pair, and the element-wise kernels run in parallel (each above its
+    // threshold); dropout on. Every output element is computed by one thread in the same
+    // order either way, so the runs agree bit for bit.
+    let cfg = ModelConfig::from_toml(
+        "name = \"test-threads\"\nlayers = 2\nhidden = 128\nheads = 4\nffn = 512\nvocab = 2500\n\
+         seq_len = 64\nquery_layer = true\ndropout = 0.1\nglobal_batch = 4\n",
+        "test",
+    )
+    .unwrap();
+    let text = corpus();
+    let (train, val) = data::split(&text);
+    let tok = Tokenizer::train(train, 2500).unwrap().to_json();
+    let run = |threads: usize| {
+        let mut s = Settings::for_model(&cfg, 3);
+        s.warmup = 1;
+        let tok = Tokenizer::from_json(&tok, Path::new("tokenizer.json")).unwrap();
+        let mut run = Run::new(&cfg, s, tok, train, val).unwrap();
+        let steps: Vec<(f64, f64)> = pangu_trainer::linalg::with_threads(threads, || {
+            (0..3)
+                .map(|_| {
+                    let info = run.step();
+                    (info.loss, info.grad_norm)
+                })
+                .collect()
+        });
+        (steps, run.state)
+    };
+    let (one, state_one) = run(1);
+    let (two, state_two) = run(2);
+    assert_eq!(one, two);
+    assert!(state_one == state_two, "weights or Adam state differ");
+}
+
+#[test]
 fn kv_cache_decoding_matches_the_full_forward_pass() {
     let cfg = small_config();
     let model = Model::new(&cfg, 5).unwrap();
