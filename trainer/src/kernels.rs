@@ -531,39 +531,30 @@ fn causal_blocks(s: usize) -> impl Iterator<Item = (usize, usize)> {
     (0..s).step_by(blk).map(move |r0| (r0, (r0 + blk).min(s)))
 }
 
-/// `out[s, hd] = L·R` for a lower-triangular `L` `[s, s]` (row stride s): block rows
-/// `r0..r1` of L times rows `0..r1` of R (row stride `ldr`); out has row stride `ldo`.
-fn causal_pv<T: Real>(
+/// `out[s, hd] = L·R`, or `Lᵀ·R` with `lt`, for a lower-triangular `L` `[s, s]` (row
+/// stride s) and `R` with row stride `ldr`; `out` has row stride `ldo`. `L·R`: block rows
+/// `r0..r1` of L meet rows `0..r1` of R only; `Lᵀ·R`: output rows `c0..c1` (columns of L)
+/// gather L's and R's rows `c0..s` only.
+#[allow(clippy::too_many_arguments)]
+fn causal_mul<T: Real>(
     out: &mut [T],
     ldo: usize,
     l: &[T],
+    lt: bool,
     r: &[T],
     ldr: usize,
     s: usize,
     hd: usize,
 ) {
-    for (r0, r1) in causal_blocks(s) {
-        let (ob, lb) = (&mut out[r0 * ldo..], &l[r0 * s..]);
-        matmul_with(ob, ldo, n(lb, s), n(r, ldr), r1 - r0, r1, hd, false, 1);
-    }
-}
-
-/// `out[s, hd] = Lᵀ·R` for a lower-triangular `L` `[s, s]`: output rows `c0..c1` (columns
-/// of L) gather L's rows `c0..s` only.
-fn causal_t_mul<T: Real>(
-    out: &mut [T],
-    ldo: usize,
-    l: &[T],
-    r: &[T],
-    ldr: usize,
-    s: usize,
-    hd: usize,
-) {
-    for (c0, c1) in causal_blocks(s) {
-        let ob = &mut out[c0 * ldo..];
-        let lb = &l[c0 * s + c0..];
-        let rb = &r[c0 * ldr..];
-        matmul_with(ob, ldo, t(lb, s), n(rb, ldr), c1 - c0, s - c0, hd, false, 1);
+    for (b0, b1) in causal_blocks(s) {
+        let ob = &mut out[b0 * ldo..];
+        if lt {
+            let (lb, rb) = (&l[b0 * s + b0..], &r[b0 * ldr..]);
+            matmul_with(ob, ldo, t(lb, s), n(rb, ldr), b1 - b0, s - b0, hd, false, 1);
+        } else {
+            let lb = &l[b0 * s..];
+            matmul_with(ob, ldo, n(lb, s), n(r, ldr), b1 - b0, b1, hd, false, 1);
+        }
     }
 }
 
@@ -618,9 +609,9 @@ pub fn attention_fwd<T: Real>(
                 for (j, (d, &pv)) in pd.iter_mut().zip(p.iter()).enumerate() {
                     *d = pv * drop.scale::<T>(base + j as u64);
                 }
-                causal_pv(o, w, pd, v, 3 * w, s, hd);
+                causal_mul(o, w, pd, false, v, 3 * w, s, hd);
             } else {
-                causal_pv(o, w, p, v, 3 * w, s, hd);
+                causal_mul(o, w, p, false, v, 3 * w, s, hd);
             }
         }
     };
@@ -685,7 +676,16 @@ pub fn attention_bwd<T: Real>(
             let v = &qkv_b[2 * w + hh * hd..];
             let d_o = &dout_b[hh * hd..];
             // dV = P_dropᵀ·dO
-            causal_t_mul(&mut dqkv_b[2 * w + hh * hd..], 3 * w, pd, d_o, w, s, hd);
+            causal_mul(
+                &mut dqkv_b[2 * w + hh * hd..],
+                3 * w,
+                pd,
+                true,
+                d_o,
+                w,
+                s,
+                hd,
+            );
             // dP_drop = dO·Vᵀ, rows r0..r1 against keys 0..r1
             for (r0, r1) in causal_blocks(s) {
                 let (ob, db) = (&d_o[r0 * w..], &mut dp[r0 * s..]);
@@ -714,8 +714,8 @@ pub fn attention_bwd<T: Real>(
                 dr[i + 1..].fill(T::zero());
             }
             // dQ = dS·K, dK = dSᵀ·Q
-            causal_pv(&mut dqkv_b[hh * hd..], 3 * w, dp, k, 3 * w, s, hd);
-            causal_t_mul(&mut dqkv_b[w + hh * hd..], 3 * w, dp, q, 3 * w, s, hd);
+            causal_mul(&mut dqkv_b[hh * hd..], 3 * w, dp, false, k, 3 * w, s, hd);
+            causal_mul(&mut dqkv_b[w + hh * hd..], 3 * w, dp, true, q, 3 * w, s, hd);
         }
     };
     if linalg::threads() > 1 {
