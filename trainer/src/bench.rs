@@ -150,7 +150,17 @@ pub fn run(shape: &BenchShape) -> Result<BenchResult, TrainError> {
     let (mut m, mut v) = (vec![0.0f32; n], vec![0.0f32; n]);
     let decay = model.layout.decay_mask();
     let b = shape.batch as usize;
-    let mut acts = Acts::<f32>::new(&dims, b, false);
+    // Even batches run as two halves (Model::step_halves), odd ones whole.
+    let split = b >= 2 && b % 2 == 0;
+    let mut acts = Acts::<f32>::new(&dims, if split { 0 } else { b }, false);
+    let mut halves = if split {
+        Some([
+            Acts::<f32>::new(&dims, b / 2, false),
+            Acts::<f32>::new(&dims, b / 2, false),
+        ])
+    } else {
+        None
+    };
     let opt = AdamW::default();
     let mut step_ms = Vec::new();
     let mut wait_ms = Vec::new();
@@ -170,12 +180,23 @@ pub fn run(shape: &BenchShape) -> Result<BenchResult, TrainError> {
         let mut batch = Batch::from_samples(&refs, &ids, dims.s);
         let c = batch.counted();
         batch.normalise(c);
+        let mut parts = [
+            Batch::from_samples(&refs[..b / 2], &ids[..b / 2], dims.s),
+            Batch::from_samples(&refs[b / 2..], &ids[b / 2..], dims.s),
+        ];
+        for h in &mut parts {
+            h.normalise(c);
+        }
         let w0 = cpu_wait_ns();
         let t0 = Instant::now();
         crate::linalg::in_pool(|| {
             g.fill(0.0);
-            model.forward(&p, &mut acts, &batch, u64::from(it), true);
-            model.backward(&p, &mut g, &mut acts, &batch, u64::from(it), true);
+            if let Some(acts2) = halves.as_mut() {
+                model.step_halves(&p, &mut g, acts2, &parts, u64::from(it), true);
+            } else {
+                model.forward(&p, &mut acts, &batch, u64::from(it), true);
+                model.backward(&p, &mut g, &mut acts, &batch, u64::from(it), true);
+            }
             let norm = optim::sum_squares(&g).sqrt();
             let scale = optim::clip_scale(norm, 1.0) as f32;
             opt.update(
@@ -221,7 +242,9 @@ pub fn run(shape: &BenchShape) -> Result<BenchResult, TrainError> {
         step_ms,
         wait_ms,
         clean_steps,
-        allocated_bytes: 4 * 4 * n as u64 + acts.bytes(),
+        allocated_bytes: 4 * 4 * n as u64
+            + acts.bytes()
+            + halves.as_ref().map_or(0, |h| h[0].bytes() + h[1].bytes()),
         plan_bytes: plan_bytes(&cfg, shape.batch),
     })
 }

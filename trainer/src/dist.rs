@@ -1042,7 +1042,7 @@ fn rank_loop(
                     c.acts[slot].swap_scratch(&mut c.scratch);
                     c.model.backward_part(
                         &c.p,
-                        &mut c.g,
+                        &mut crate::grads::Grads::whole(&mut c.g),
                         &mut c.acts[slot],
                         &batches[mb as usize],
                         step,

@@ -324,37 +324,89 @@ pub fn linear_bwd<T: Real>(
     k: usize,
     nn: usize,
 ) {
-    let weight = linalg::Product {
-        c: dw,
-        ldc: ldw,
-        a: t(x, ldx),
-        b: n(dy, ldy),
-        m: k,
-        k: rows,
-        n: nn,
-        accumulate: true,
-    };
+    let weight = grad_product(dw, ldw, true, dy, ldy, x, ldx, true, (rows, k, nn));
     match dx {
         Some((dx, lddx, acc)) => linalg::matmul_pair(
             weight,
-            linalg::Product {
-                c: dx,
-                ldc: lddx,
-                a: n(dy, ldy),
-                b: t(w, ldw),
-                m: rows,
-                k: nn,
-                n: k,
-                accumulate: acc,
-            },
+            grad_product(dx, lddx, acc, dy, ldy, w, ldw, false, (rows, k, nn)),
         ),
-        None => linalg::matmul(weight.c, ldw, weight.a, weight.b, k, rows, nn, true),
+        None => weight.run(),
     }
     if let Some(db) = db {
-        for r in 0..rows {
-            for (b, &g) in db[..nn].iter_mut().zip(&dy[r * ldy..][..nn]) {
-                *b += g;
-            }
+        bias_rows(db, dy, ldy, rows, nn);
+    }
+}
+
+/// A linear layer's gradient as a product, dy being `[rows, nn]`: the input's,
+/// `out = dy·Wᵀ` (`+=` with `acc`) with `other` = W `[k, nn]`, or with `weight` the weight's,
+/// `out += xᵀ·dy` with `other` = x `[rows, k]`.
+fn grad_product<'a, 'c, T: Real>(
+    out: &'c mut [T],
+    ldo: usize,
+    acc: bool,
+    dy: &'a [T],
+    ldy: usize,
+    other: &'a [T],
+    ld_other: usize,
+    weight: bool,
+    (rows, k, nn): (usize, usize, usize),
+) -> linalg::Product<'a, 'c, T> {
+    let (a, b, m, kk, cols) = if weight {
+        (t(other, ld_other), n(dy, ldy), k, rows, nn)
+    } else {
+        (n(dy, ldy), t(other, ld_other), rows, nn, k)
+    };
+    linalg::Product {
+        c: out,
+        ldc: ldo,
+        a,
+        b,
+        m,
+        k: kk,
+        n: cols,
+        accumulate: acc || weight,
+    }
+}
+
+/// The input-gradient half of [`linear_bwd`]: `dx = dy·Wᵀ`, or `dx += dy·Wᵀ` with `acc`.
+pub fn linear_bwd_input<T: Real>(
+    dx: &mut [T],
+    lddx: usize,
+    acc: bool,
+    dy: &[T],
+    ldy: usize,
+    w: &[T],
+    ldw: usize,
+    rows: usize,
+    k: usize,
+    nn: usize,
+) {
+    grad_product(dx, lddx, acc, dy, ldy, w, ldw, false, (rows, k, nn)).run();
+}
+
+/// The weight-gradient half of [`linear_bwd`]: `dw += xᵀ·dy` and `db += Σ_rows dy`.
+pub fn linear_bwd_weight<T: Real>(
+    dw: &mut [T],
+    ldw: usize,
+    db: Option<&mut [T]>,
+    dy: &[T],
+    ldy: usize,
+    x: &[T],
+    ldx: usize,
+    rows: usize,
+    k: usize,
+    nn: usize,
+) {
+    grad_product(dw, ldw, true, dy, ldy, x, ldx, true, (rows, k, nn)).run();
+    if let Some(db) = db {
+        bias_rows(db, dy, ldy, rows, nn);
+    }
+}
+
+fn bias_rows<T: Real>(db: &mut [T], dy: &[T], ldy: usize, rows: usize, nn: usize) {
+    for r in 0..rows {
+        for (b, &g) in db[..nn].iter_mut().zip(&dy[r * ldy..][..nn]) {
+            *b += g;
         }
     }
 }

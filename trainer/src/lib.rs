@@ -21,6 +21,7 @@ pub mod cpustat;
 pub mod data;
 pub mod dist;
 pub mod generate;
+pub mod grads;
 pub mod kernels;
 pub mod linalg;
 pub mod model;

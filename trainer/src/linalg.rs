@@ -230,7 +230,7 @@ pub fn matmul_with<T: Real>(
         whole
             .row_blocks(threads)
             .into_par_iter()
-            .for_each(|p| p.run(1));
+            .for_each(|p| p.run_on(1));
         return;
     }
     let par = gemm::Parallelism::None;
@@ -282,7 +282,13 @@ pub struct Product<'a, 'c, T> {
 }
 
 impl<T: Real> Product<'_, '_, T> {
-    fn run(self, threads: usize) {
+    /// Computes the product on [`threads`] threads.
+    pub fn run(self) {
+        let th = threads();
+        self.run_on(th);
+    }
+
+    fn run_on(self, threads: usize) {
         matmul_with(
             self.c,
             self.ldc,
@@ -359,15 +365,15 @@ pub fn matmul_pair<T: Real>(first: Product<'_, '_, T>, second: Product<'_, '_, T
     let (f1, f2) = (first.flops(), second.flops());
     let balanced = f1.min(f2) * 2 >= f1.max(f2) && f1.min(f2) >= 1 << 20;
     if th < 2 || !balanced {
-        first.run(th);
-        second.run(th);
+        first.run_on(th);
+        second.run_on(th);
         return;
     }
     // (Cutting both products into row blocks handed out dynamically was slower here: 2 and
     // 4 blocks each, medians +4 % and +13 % on the small shape's step.)
     let h1 = th / 2;
     let h2 = th - h1;
-    rayon::join(|| first.run(h1), || second.run(h2));
+    rayon::join(|| first.run_on(h1), || second.run_on(h2));
 }
 
 #[cfg(test)]

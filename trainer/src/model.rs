@@ -17,6 +17,7 @@ use pangu_model::{FfnKind, ModelConfig, NormKind, PositionKind};
 use pangu_strategies::Remat;
 use serde::Serialize;
 
+use crate::grads::{AbandonOnPanic, Grads, Slots};
 use crate::kernels::{self as k, AttnDims, Dropout};
 use crate::real::Real;
 use crate::rng;
@@ -839,12 +840,18 @@ impl Shape {
         } else {
             0
         };
-        // Residual stream (own rows), head, backward scratch (dx own rows; dtmp, dtmp2, sp;
-        // dqkv; dff; scores).
+        // Residual stream (own rows), head, backward scratch (dx own rows; dtmp, dtmp2; sp
+        // in a group; dqkv; dff; scores).
+        let sp = if self.tp > 1 || self.split > 1 {
+            rows * d
+        } else {
+            0
+        };
         let other = keep.res_slots() * rl * d
             + head
             + rl * d
-            + rows * (3 * d + 3 * dl + fl)
+            + rows * (2 * d + 3 * dl + fl)
+            + sp
             + b * s * s
             + sel;
         let f64_rows = if self.head { rows } else { 0 };
@@ -929,7 +936,12 @@ impl<T: Real> Acts<T> {
             dqkv: z(rows * 3 * dl),
             dff: z(rows * fl),
             dscratch: z(b * s * s),
-            sp: z(rows * d),
+            // Staging for sums over a tensor-parallel group (a single device writes in place).
+            sp: if shape.tp > 1 || shape.split > 1 {
+                z(rows * d)
+            } else {
+                Vec::new()
+            },
             head_in: if shape.head && shape.split > 1 {
                 z(rows * d)
             } else {
@@ -1282,9 +1294,14 @@ impl Model {
             self.drop(train, step, l, Site::AttnProbs),
             &batch.sample_ids,
         );
-        // mid = x + dropout(Σ_group att·Wo + bo)
+        // mid = x + dropout(Σ_group att·Wo + bo); alone (no group), straight into mid.
+        let alone = lay.part.tp == 1 && !seq;
         k::linear_fwd(
-            &mut sp[..rows * d],
+            if alone {
+                &mut a.mid
+            } else {
+                &mut sp[..rows * d]
+            },
             d,
             &a.att,
             dl,
@@ -1295,7 +1312,9 @@ impl Model {
             dl,
             d,
         );
-        self.sum_rows(&mut sp[..rows * d], &mut a.mid, red);
+        if !alone {
+            self.sum_rows(&mut sp[..rows * d], &mut a.mid, red);
+        }
         if seq {
             k::add_rows(&mut a.mid, &p[lp.b_o.clone()]);
         }
@@ -1315,7 +1334,7 @@ impl Model {
         );
         ffn_up(p, lp, &a.ln2, &mut a.up, &mut a.act, rows, d, fl);
         k::linear_fwd(
-            &mut sp[..rows * d],
+            if alone { &mut *y } else { &mut sp[..rows * d] },
             d,
             &a.act,
             fl,
@@ -1326,7 +1345,9 @@ impl Model {
             fl,
             d,
         );
-        self.sum_rows(&mut sp[..rows * d], y, red);
+        if !alone {
+            self.sum_rows(&mut sp[..rows * d], y, red);
+        }
         if seq {
             k::add_rows(y, &p[lp.b_down.clone()]);
         }
@@ -1358,7 +1379,66 @@ impl Model {
         step: u64,
         train: bool,
     ) {
-        self.backward_part(p, g, acts, batch, step, train, &mut Alone);
+        self.backward_part(
+            p,
+            &mut Grads::whole(g),
+            acts,
+            batch,
+            step,
+            train,
+            &mut Alone,
+        );
+    }
+
+    /// Forward and backward of one micro-batch given as two halves (`halves`, each with its
+    /// own activations `acts`), accumulating into `g`; returns the halves' summed loss. With
+    /// two or more threads the halves run at the same time, each on its own thread with
+    /// single-threaded kernels, and add their gradients into `g` tensor by tensor, half 0
+    /// first ([`crate::grads`]); on one thread they run one after the other in the same order,
+    /// so the result is the same bit for bit. The embedding's gradients follow, half 0's then
+    /// half 1's.
+    pub fn step_halves<T: Real>(
+        &self,
+        p: &[T],
+        g: &mut [T],
+        acts: &mut [Acts<T>; 2],
+        halves: &[Batch; 2],
+        step: u64,
+        train: bool,
+    ) -> f64 {
+        let threads = crate::linalg::threads();
+        let [a0, a1] = acts;
+        let (l0, l1) = {
+            let slots = Slots::new(&mut *g, self.layout.tensors.iter().map(|t| t.range()));
+            let half = |who: usize, acts: &mut Acts<T>, n: usize| {
+                crate::linalg::with_threads(n, || {
+                    let _release = AbandonOnPanic(&slots);
+                    let batch = &halves[who];
+                    let loss = self.forward_part(p, acts, batch, step, train, &mut Alone);
+                    let mut gh = Grads::shared(&slots, who);
+                    self.backward_part(p, &mut gh, acts, batch, step, train, &mut Alone);
+                    loss
+                })
+            };
+            if threads >= 2 {
+                std::thread::scope(|sc| {
+                    let second = sc.spawn(|| half(1, a1, threads - threads / 2));
+                    let l0 = half(0, a0, threads / 2);
+                    let l1 = second
+                        .join()
+                        .unwrap_or_else(|e| std::panic::resume_unwind(e));
+                    (l0, l1)
+                })
+            } else {
+                (half(0, a0, 1), half(1, a1, 1))
+            }
+        };
+        if self.layout.part.embedding {
+            let mut gh = Grads::whole(g);
+            self.embedding_bwd(&mut gh, a0, &halves[0], step, train, &mut Alone);
+            self.embedding_bwd(&mut gh, a1, &halves[1], step, train, &mut Alone);
+        }
+        l0 + l1
     }
 
     /// The tensor-parallel degree and this device's first row of the vocab-parallel table.
@@ -1534,7 +1614,7 @@ impl Model {
     pub fn backward_part<T: Real>(
         &self,
         p: &[T],
-        g: &mut [T],
+        g: &mut Grads<'_, '_, T>,
         acts: &mut Acts<T>,
         batch: &Batch,
         step: u64,
@@ -1562,41 +1642,35 @@ impl Model {
                 &acts.res[acts.keep.res_slot(nl)]
             };
             // dlnf = dlogits·wte ; dwte += dlogitsᵀ·lnf
-            {
-                let (gw, _) = split_range(g, &lay.wte);
-                crate::linalg::matmul_pair(
-                    crate::linalg::Product {
-                        c: gw,
-                        ldc: d,
-                        a: crate::linalg::t(&acts.logits, vl),
-                        b: crate::linalg::n(&acts.lnf, d),
-                        m: vl,
-                        k: rows,
-                        n: d,
-                        accumulate: true,
-                    },
-                    crate::linalg::Product {
-                        c: &mut acts.dtmp,
-                        ldc: d,
-                        a: crate::linalg::n(&acts.logits, vl),
-                        b: crate::linalg::n(&p[lay.wte.clone()], d),
-                        m: rows,
-                        k: vl,
-                        n: d,
-                        accumulate: false,
-                    },
-                );
+            let wte = &p[lay.wte.clone()];
+            let (logits, lnf) = (&acts.logits, &acts.lnf);
+            let input = |dtmp: &mut [T]| head_product(dtmp, logits, wte, false, rows, vl, d).run();
+            if g.is_half() {
+                // One half of a split batch: single-threaded, ordered (see `grads`).
+                let input_first = g.input_first();
+                if input_first {
+                    input(&mut acts.dtmp);
+                }
+                head_product(&mut g.take(&lay.wte), logits, lnf, true, rows, vl, d).run();
+                if !input_first {
+                    input(&mut acts.dtmp);
+                }
+            } else {
+                let mut gw = g.take(&lay.wte);
+                let weight = head_product(&mut gw, logits, lnf, true, rows, vl, d);
+                let dx = head_product(&mut acts.dtmp, logits, wte, false, rows, vl, d);
+                crate::linalg::matmul_pair(weight, dx);
             }
             // Each device saw its vocabulary columns: the norm's input gradient is summed.
             red.all_reduce(&mut acts.dtmp);
             // The head runs on all rows on every device; keep this device's rows' gradient.
             let full: &mut [T] = if seq { &mut acts.sp } else { &mut acts.dx };
             full.fill(T::zero());
-            let (dg, db) = two_ranges(g, &lay.lnf_g, &lay.lnf_b);
+            let (mut dg, mut db) = g.take2(&lay.lnf_g, &lay.lnf_b);
             k::layernorm_bwd(
                 full,
-                dg,
-                db,
+                &mut dg,
+                &mut db,
                 &acts.dtmp,
                 head_in,
                 &p[lay.lnf_g.clone()],
@@ -1632,11 +1706,12 @@ impl Model {
                 d,
                 row_ids,
             );
-            k::bias_bwd(&mut g[lp.b_down.clone()], dy);
+            k::bias_bwd(&mut g.take(&lp.b_down), dy);
             let dy = gathered(seq, dy, &mut acts.sp, red);
-            k::linear_bwd(
+            linear_back(
+                g,
                 Some((&mut acts.dff, fl, false)),
-                &mut g[lp.w_down.clone()],
+                &lp.w_down,
                 d,
                 None,
                 dy,
@@ -1650,12 +1725,12 @@ impl Model {
             );
             k::gelu_bwd_inplace(&mut acts.dff, &a.up, fl);
             {
-                let (gw, gb) = two_ranges(g, &lp.w_up, &lp.b_up);
-                k::linear_bwd(
+                linear_back(
+                    g,
                     Some((&mut acts.dtmp2, d, false)),
-                    gw,
+                    &lp.w_up,
                     fl,
-                    Some(gb),
+                    Some(&lp.b_up),
                     &acts.dff,
                     fl,
                     &a.ln2,
@@ -1670,11 +1745,11 @@ impl Model {
             // (over the group; scattered to this device's rows under sequence parallelism).
             let dln = summed(seq, &mut acts.dtmp2, &mut acts.dtmp[..rl * d], red);
             {
-                let (dg, db) = two_ranges(g, &lp.ln2_g, &lp.ln2_b);
+                let (mut dg, mut db) = g.take2(&lp.ln2_g, &lp.ln2_b);
                 k::layernorm_bwd(
                     &mut acts.dx,
-                    dg,
-                    db,
+                    &mut dg,
+                    &mut db,
                     dln,
                     &a.mid,
                     &p[lp.ln2_g.clone()],
@@ -1690,11 +1765,12 @@ impl Model {
                 d,
                 row_ids,
             );
-            k::bias_bwd(&mut g[lp.b_o.clone()], dy);
+            k::bias_bwd(&mut g.take(&lp.b_o), dy);
             let dy = gathered(seq, dy, &mut acts.sp, red);
-            k::linear_bwd(
+            linear_back(
+                g,
                 Some((&mut acts.dtmp2[..rows * dl], dl, false)),
-                &mut g[lp.w_o.clone()],
+                &lp.w_o,
                 d,
                 None,
                 dy,
@@ -1736,8 +1812,27 @@ impl Model {
                 &batch.sample_ids,
             );
             let w = &p[lp.w_qkv.clone()];
-            {
-                let (gw, gb) = two_ranges(g, &lp.w_qkv, &lp.b_qkv);
+            if g.is_half() {
+                // One half of a split batch: input gradients before or after the turn.
+                let input_first = g.input_first();
+                let mut inputs = || {
+                    let (dq, dkv) = (&mut acts.dtmp, &mut acts.dtmp2);
+                    qkv_inputs(query, dq, dkv, &acts.dqkv, w, d, dl, rows);
+                };
+                if input_first {
+                    inputs();
+                }
+                {
+                    let (mut gw, mut gb) = g.take2(&lp.w_qkv, &lp.b_qkv);
+                    let (qin, ln1) = (&a.qin, &a.ln1);
+                    qkv_weights(query, &mut gw, &mut gb, &acts.dqkv, qin, ln1, d, dl, rows);
+                }
+                if !input_first {
+                    inputs();
+                }
+            } else {
+                let (mut gw, mut gb) = g.take2(&lp.w_qkv, &lp.b_qkv);
+                let (gw, gb): (&mut [T], &mut [T]) = (&mut gw, &mut gb);
                 if query {
                     // Q from the query table, K and V from LN1(x).
                     k::linear_bwd(
@@ -1788,16 +1883,15 @@ impl Model {
             if query {
                 // The query table is looked up for all rows on every device.
                 red.all_reduce(&mut acts.dtmp);
-                let (gq, _) = split_range(g, &lay.wqe);
-                k::lookup_bwd(gq, &acts.dtmp, &batch.pos, d);
+                k::lookup_bwd(&mut g.take(&lay.wqe), &acts.dtmp, &batch.pos, d);
             }
             let dln = summed(seq, &mut acts.dtmp2, &mut acts.dtmp[..rl * d], red);
             {
-                let (dg, db) = two_ranges(g, &lp.ln1_g, &lp.ln1_b);
+                let (mut dg, mut db) = g.take2(&lp.ln1_g, &lp.ln1_b);
                 k::layernorm_bwd(
                     &mut acts.dx,
-                    dg,
-                    db,
+                    &mut dg,
+                    &mut db,
                     dln,
                     x,
                     &p[lp.ln1_g.clone()],
@@ -1807,23 +1901,158 @@ impl Model {
                 );
             }
             let span = lp.span();
-            red.layer_done(span.clone(), &g[span]);
+            if let Some(gs) = g.whole_slice(span.clone()) {
+                red.layer_done(span, gs);
+            }
         }
-        if !lay.part.embedding {
-            return;
+        if lay.part.embedding && !g.is_half() {
+            self.embedding_bwd(g, acts, batch, step, train, red);
         }
+    }
+
+    /// The embedding's backward: the word and position tables' gradients from the gradient
+    /// of the embedding's output ([`Acts::grad`]). [`Model::backward_part`] runs it itself,
+    /// except on a half of a split batch, whose embedding gradients are added after both
+    /// halves ([`Model::step_halves`]: the word table is also the head, so each half adds to it
+    /// twice, and half 1's head must not wait for half 0's embedding).
+    pub fn embedding_bwd<T: Real>(
+        &self,
+        g: &mut Grads<'_, '_, T>,
+        acts: &mut Acts<T>,
+        batch: &Batch,
+        step: u64,
+        train: bool,
+        red: &mut dyn Reduce<T>,
+    ) {
+        let d = self.dims().d;
+        let lay = &self.layout;
+        let own = self.local_rows(batch.b);
+        let (_, v0) = self.vocab_split();
         self.drop(train, step, 0, Site::Embedding)
-            .apply(&mut acts.dx, d, row_ids);
+            .apply(&mut acts.dx, d, &batch.row_ids[own]);
         // The embedding tables' gradients from all rows on every device (replicated).
-        let dx = gathered(seq, &acts.dx, &mut acts.sp, red);
-        {
-            let (gw, _) = split_range(g, &lay.wte);
-            k::lookup_bwd_part(gw, dx, &batch.tokens, v0, d);
+        let dx = gathered(lay.part.seq_parallel, &acts.dx, &mut acts.sp, red);
+        k::lookup_bwd_part(&mut g.take(&lay.wte), dx, &batch.tokens, v0, d);
+        k::lookup_bwd(&mut g.take(&lay.wpe), dx, &batch.pos, d);
+    }
+}
+
+/// A linear layer's backward through `g` (as [`k::linear_bwd`], with the weight and bias
+/// gradients named by their ranges). On a half of a split batch the input-gradient product
+/// runs before taking the weight's slot (half 1) or after releasing it (half 0).
+#[allow(clippy::too_many_arguments)]
+fn linear_back<T: Real>(
+    g: &mut Grads<'_, '_, T>,
+    dx: Option<(&mut [T], usize, bool)>,
+    wr: &Range<usize>,
+    ldw: usize,
+    br: Option<&Range<usize>>,
+    dy: &[T],
+    ldy: usize,
+    x: &[T],
+    ldx: usize,
+    w: &[T],
+    rows: usize,
+    kk: usize,
+    nn: usize,
+) {
+    if !g.is_half() {
+        let (mut gw, mut gb) = g.take_maybe2(wr, br);
+        let db = gb.as_deref_mut();
+        k::linear_bwd(dx, &mut gw, ldw, db, dy, ldy, x, ldx, w, rows, kk, nn);
+        return;
+    }
+    let input_first = g.input_first();
+    let mut dx = dx;
+    let mut input = || {
+        if let Some((dx, lddx, acc)) = dx.take() {
+            k::linear_bwd_input(dx, lddx, acc, dy, ldy, w, ldw, rows, kk, nn);
         }
-        {
-            let (gp, _) = split_range(g, &lay.wpe);
-            k::lookup_bwd(gp, dx, &batch.pos, d);
-        }
+    };
+    if input_first {
+        input();
+    }
+    {
+        let (mut gw, mut gb) = g.take_maybe2(wr, br);
+        let db = gb.as_deref_mut();
+        k::linear_bwd_weight(&mut gw, ldw, db, dy, ldy, x, ldx, rows, kk, nn);
+    }
+    if !input_first {
+        input();
+    }
+}
+
+/// The head's input gradient `dlnf = dlogits·wte` (`rows × d`, `other` = wte), or with
+/// `weight` its weight gradient `dwte += dlogitsᵀ·lnf` (`vl × d`, `other` = lnf).
+fn head_product<'a, 'c, T: Real>(
+    c: &'c mut [T],
+    dlogits: &'a [T],
+    other: &'a [T],
+    weight: bool,
+    rows: usize,
+    vl: usize,
+    d: usize,
+) -> crate::linalg::Product<'a, 'c, T> {
+    let (a, m, k) = if weight {
+        (crate::linalg::t(dlogits, vl), vl, rows)
+    } else {
+        (crate::linalg::n(dlogits, vl), rows, vl)
+    };
+    crate::linalg::Product {
+        c,
+        ldc: d,
+        a,
+        b: crate::linalg::n(other, d),
+        m,
+        k,
+        n: d,
+        accumulate: weight,
+    }
+}
+
+/// The QKV projection's input gradients on a half of a split batch: with the query layer,
+/// Q's goes to the query table (`dq`) and K and V's to LN1 (`dkv`); else all to LN1 (`dkv`).
+#[allow(clippy::too_many_arguments)]
+fn qkv_inputs<T: Real>(
+    query: bool,
+    dq: &mut [T],
+    dkv: &mut [T],
+    dqkv: &[T],
+    w: &[T],
+    d: usize,
+    dl: usize,
+    rows: usize,
+) {
+    if query {
+        k::linear_bwd_input(dq, d, false, dqkv, 3 * dl, w, 3 * dl, rows, d, dl);
+        let (dy, w) = (&dqkv[dl..], &w[dl..]);
+        k::linear_bwd_input(dkv, d, false, dy, 3 * dl, w, 3 * dl, rows, d, 2 * dl);
+    } else {
+        k::linear_bwd_input(dkv, d, false, dqkv, 3 * dl, w, 3 * dl, rows, d, 3 * dl);
+    }
+}
+
+/// The QKV projection's weight and bias gradients on a half of a split batch (Q's input is
+/// the query table's rows `qin` with the query layer).
+#[allow(clippy::too_many_arguments)]
+fn qkv_weights<T: Real>(
+    query: bool,
+    gw: &mut [T],
+    gb: &mut [T],
+    dqkv: &[T],
+    qin: &[T],
+    ln1: &[T],
+    d: usize,
+    dl: usize,
+    rows: usize,
+) {
+    if query {
+        let (gbq, gbkv) = gb.split_at_mut(dl);
+        k::linear_bwd_weight(gw, 3 * dl, Some(gbq), dqkv, 3 * dl, qin, d, rows, d, dl);
+        let (gw, dy) = (&mut gw[dl..], &dqkv[dl..]);
+        k::linear_bwd_weight(gw, 3 * dl, Some(gbkv), dy, 3 * dl, ln1, d, rows, d, 2 * dl);
+    } else {
+        k::linear_bwd_weight(gw, 3 * dl, Some(gb), dqkv, 3 * dl, ln1, d, rows, d, 3 * dl);
     }
 }
 
@@ -1929,20 +2158,4 @@ pub(crate) fn ffn_up<T: Real>(
         f,
     );
     k::gelu_fwd(act, up, f);
-}
-
-/// The sub-slice of `r` (and the rest, unused).
-fn split_range<'a, T>(g: &'a mut [T], r: &Range<usize>) -> (&'a mut [T], ()) {
-    (&mut g[r.clone()], ())
-}
-
-/// Two disjoint sub-slices (`a` before `b` in the buffer).
-fn two_ranges<'a, T>(
-    g: &'a mut [T],
-    a: &Range<usize>,
-    b: &Range<usize>,
-) -> (&'a mut [T], &'a mut [T]) {
-    debug_assert!(a.end <= b.start);
-    let (lo, hi) = g.split_at_mut(b.start);
-    (&mut lo[a.clone()], &mut hi[..b.len()])
 }

@@ -148,8 +148,26 @@ pub struct Memory {
 /// and the buffers of one micro-batch.
 pub fn required_bytes(model: &Model, settings: &Settings) -> u64 {
     let micro = settings.batch / settings.micro_batches.max(1);
+    let parts = parts_of(micro);
     16 * model.layout.total as u64
-        + Acts::<f32>::bytes_for_remat(&model.dims(), micro, settings.dropout > 0.0, settings.remat)
+        + parts as u64
+            * Acts::<f32>::bytes_for_remat(
+                &model.dims(),
+                micro / parts,
+                settings.dropout > 0.0,
+                settings.remat,
+            )
+}
+
+/// How many parts a micro-batch of `micro` samples runs in: two halves when it is even
+/// ([`Model::step_halves`]: on two threads each half runs on its own), else one. The
+/// halves' buffers together are those of the whole micro-batch.
+fn parts_of(micro: usize) -> usize {
+    if micro >= 2 && micro % 2 == 0 {
+        2
+    } else {
+        1
+    }
 }
 
 /// Memory the OS reports as available (`MemAvailable` of /proc/meminfo), if readable.
@@ -194,7 +212,8 @@ pub struct Run {
     pub state: State,
     grads: Vec<f32>,
     decay: Vec<bool>,
-    acts: Acts<f32>,
+    /// The buffers of one micro-batch: whole, or its two halves ([`parts_of`]).
+    acts: Vec<Acts<f32>>,
     /// The tokenizer.
     pub tokenizer: Tokenizer,
     /// Training split.
@@ -272,7 +291,17 @@ impl Run {
             )));
         }
         let micro = settings.batch / settings.micro_batches;
-        let acts = Acts::with_remat(&model.dims(), micro, settings.dropout > 0.0, settings.remat);
+        let parts = parts_of(micro);
+        let acts = (0..parts)
+            .map(|_| {
+                Acts::with_remat(
+                    &model.dims(),
+                    micro / parts,
+                    settings.dropout > 0.0,
+                    settings.remat,
+                )
+            })
+            .collect();
         Ok(Run {
             cfg: cfg.clone(),
             grads: vec![0.0; state.params.len()],
@@ -321,24 +350,31 @@ impl Run {
         )
     }
 
-    /// Samples of the next micro-batches of one step: their global visit indices.
-    fn step_batches(&mut self) -> Vec<Batch> {
+    /// Samples of the next micro-batches of one step (their global visit indices), each in
+    /// its parts ([`parts_of`]).
+    fn step_batches(&mut self) -> Vec<Vec<Batch>> {
         let b = self.settings.batch;
         let micro = b / self.settings.micro_batches;
+        let part = micro / parts_of(micro);
         let s = self.cfg.seq_len as usize;
         let ks: Vec<u64> = (self.samples_seen..self.samples_seen + b as u64).collect();
-        let mut batches: Vec<Batch> = ks
+        let mut batches: Vec<Vec<Batch>> = ks
             .chunks(micro)
             .map(|chunk| {
-                let samples: Vec<&[u32]> = chunk
-                    .iter()
-                    .map(|&k| self.train.sample(self.order.at(k)))
-                    .collect();
-                Batch::from_samples(&samples, chunk, s)
+                chunk
+                    .chunks(part)
+                    .map(|ids| {
+                        let samples: Vec<&[u32]> = ids
+                            .iter()
+                            .map(|&k| self.train.sample(self.order.at(k)))
+                            .collect();
+                        Batch::from_samples(&samples, ids, s)
+                    })
+                    .collect()
             })
             .collect();
-        let total: usize = batches.iter().map(Batch::counted).sum();
-        for bt in &mut batches {
+        let total: usize = batches.iter().flatten().map(Batch::counted).sum();
+        for bt in batches.iter_mut().flatten() {
             bt.normalise(total);
         }
         batches
@@ -354,18 +390,24 @@ impl Run {
         let batches = self.step_batches();
         self.grads.fill(0.0);
         let mut loss = 0.0;
-        for bt in &batches {
-            loss += self
-                .model
-                .forward(&self.state.params, &mut self.acts, bt, self.step, true);
-            self.model.backward(
-                &self.state.params,
-                &mut self.grads,
-                &mut self.acts,
-                bt,
-                self.step,
-                true,
-            );
+        for mb in &batches {
+            let p = &self.state.params;
+            loss += match (
+                <&[Batch; 2]>::try_from(mb.as_slice()),
+                <&mut [Acts<f32>; 2]>::try_from(self.acts.as_mut_slice()),
+            ) {
+                (Ok(halves), Ok(acts)) => {
+                    self.model
+                        .step_halves(p, &mut self.grads, acts, halves, self.step, true)
+                }
+                _ => {
+                    let acts = &mut self.acts[0];
+                    let l = self.model.forward(p, acts, &mb[0], self.step, true);
+                    self.model
+                        .backward(p, &mut self.grads, acts, &mb[0], self.step, true);
+                    l
+                }
+            };
         }
         let norm = optim::sum_squares(&self.grads).sqrt();
         let scale = optim::clip_scale(norm, self.settings.clip) as f32;
@@ -401,23 +443,25 @@ impl Run {
     fn evaluate_inner(&mut self, max_samples: usize) -> Eval {
         let s = self.cfg.seq_len as usize;
         let micro = self.settings.batch / self.settings.micro_batches;
+        let part = micro / self.acts.len();
         let n = self.val.samples().min(max_samples);
         let (mut sum, mut tokens, mut chars) = (0.0, 0usize, 0usize);
         let mut i = 0;
         while i + micro <= n {
-            let samples: Vec<&[u32]> = (i..i + micro).map(|k| self.val.sample(k)).collect();
-            let ids: Vec<u64> = (i as u64..(i + micro) as u64).collect();
-            let bt = Batch::from_samples(&samples, &ids, s);
-            self.model
-                .forward(&self.state.params, &mut self.acts, &bt, 0, false);
-            for (r, l) in self.acts.losses.iter().enumerate() {
-                if bt.weights[r] > 0.0 {
-                    sum += l;
-                    tokens += 1;
-                    chars += self.tokenizer.chars_of(bt.targets[r]);
+            for acts in &mut self.acts {
+                let samples: Vec<&[u32]> = (i..i + part).map(|k| self.val.sample(k)).collect();
+                let ids: Vec<u64> = (i as u64..(i + part) as u64).collect();
+                let bt = Batch::from_samples(&samples, &ids, s);
+                self.model.forward(&self.state.params, acts, &bt, 0, false);
+                for (r, l) in acts.losses.iter().enumerate() {
+                    if bt.weights[r] > 0.0 {
+                        sum += l;
+                        tokens += 1;
+                        chars += self.tokenizer.chars_of(bt.targets[r]);
+                    }
                 }
+                i += part;
             }
-            i += micro;
         }
         let loss = sum / tokens.max(1) as f64;
         Eval {
@@ -455,7 +499,7 @@ impl Run {
     /// Bytes allocated for this run's tensors.
     pub fn memory(&self) -> Memory {
         let p = self.state.params.len() as u64 * 4;
-        let act = self.acts.bytes();
+        let act = self.acts.iter().map(Acts::bytes).sum();
         Memory {
             weights: p,
             gradients: p,

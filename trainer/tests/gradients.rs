@@ -273,3 +273,50 @@ fn full_remat_changes_nothing_and_keeps_one_layer() {
         );
     }
 }
+
+#[test]
+fn two_halves_give_the_whole_batch_and_the_same_bits_on_two_threads() {
+    // Model::step_halves (the trainer's two-thread path) against one forward and backward of
+    // the whole batch; dropout masks follow the samples, so they are the same either way.
+    let s0 = [10, 11, special::EOD, 12, 3, 4, 5];
+    let s1 = [7, 12, 11, 10, 2, special::PAD, special::PAD];
+    for (query, dropout) in [(true, 0.2), (false, 0.0)] {
+        let cfg = micro_config(query, dropout);
+        let model = Model::new(&cfg, 3).unwrap();
+        let batch = micro_batch();
+        let n = batch.counted();
+        let p: Vec<f64> = model.layout.init(9);
+        let mut acts = Acts::<f64>::new(&model.dims(), 2, dropout > 0.0);
+        let whole_loss = model.forward(&p, &mut acts, &batch, 5, true);
+        let mut whole = vec![0.0; p.len()];
+        model.backward(&p, &mut whole, &mut acts, &batch, 5, true);
+        let mut halves = [
+            Batch::from_samples(&[&s0], &[0], 6),
+            Batch::from_samples(&[&s1], &[1], 6),
+        ];
+        for h in &mut halves {
+            h.normalise(n);
+        }
+        let run = |threads: usize| {
+            let mut acts = [
+                Acts::<f64>::new(&model.dims(), 1, dropout > 0.0),
+                Acts::<f64>::new(&model.dims(), 1, dropout > 0.0),
+            ];
+            let mut g = vec![0.0; p.len()];
+            let loss = pangu_trainer::linalg::with_threads(threads, || {
+                model.step_halves(&p, &mut g, &mut acts, &halves, 5, true)
+            });
+            (loss, g)
+        };
+        let (loss1, g1) = run(1);
+        assert!((loss1 - whole_loss).abs() <= 1e-12 * whole_loss.abs());
+        let scale = whole.iter().fold(1e-6, |m: f64, x| m.max(x.abs()));
+        for (i, (a, b)) in g1.iter().zip(&whole).enumerate() {
+            assert!((a - b).abs() <= 1e-12 * scale, "gradient {i}: {a} vs {b}");
+        }
+        assert!(g1.iter().any(|&x| x != 0.0));
+        let (loss2, g2) = run(2);
+        assert_eq!(loss1.to_bits(), loss2.to_bits());
+        assert!(g1.iter().zip(&g2).all(|(a, b)| a.to_bits() == b.to_bits()));
+    }
+}
