@@ -151,16 +151,10 @@ pub fn run(shape: &BenchShape) -> Result<BenchResult, TrainError> {
     let decay = model.layout.decay_mask();
     let b = shape.batch as usize;
     // Even batches run as two halves (Model::step_halves), odd ones whole.
-    let split = b >= 2 && b % 2 == 0;
-    let mut acts = Acts::<f32>::new(&dims, if split { 0 } else { b }, false);
-    let mut halves = if split {
-        Some([
-            Acts::<f32>::new(&dims, b / 2, false),
-            Acts::<f32>::new(&dims, b / 2, false),
-        ])
-    } else {
-        None
-    };
+    let part = b / crate::model::parts_of(b);
+    let mut acts: Vec<Acts<f32>> = (0..b / part)
+        .map(|_| Acts::new(&dims, part, false))
+        .collect();
     let opt = AdamW::default();
     let mut step_ms = Vec::new();
     let mut wait_ms = Vec::new();
@@ -177,26 +171,20 @@ pub fn run(shape: &BenchShape) -> Result<BenchResult, TrainError> {
             .collect();
         let refs: Vec<&[u32]> = samples.iter().map(Vec::as_slice).collect();
         let ids: Vec<u64> = (0..b as u64).collect();
-        let mut batch = Batch::from_samples(&refs, &ids, dims.s);
-        let c = batch.counted();
-        batch.normalise(c);
-        let mut parts = [
-            Batch::from_samples(&refs[..b / 2], &ids[..b / 2], dims.s),
-            Batch::from_samples(&refs[b / 2..], &ids[b / 2..], dims.s),
-        ];
-        for h in &mut parts {
-            h.normalise(c);
+        let mut parts: Vec<Batch> = refs
+            .chunks(part)
+            .zip(ids.chunks(part))
+            .map(|(r, i)| Batch::from_samples(r, i, dims.s))
+            .collect();
+        let c = parts.iter().map(Batch::counted).sum();
+        for bt in &mut parts {
+            bt.normalise(c);
         }
         let w0 = cpu_wait_ns();
         let t0 = Instant::now();
         crate::linalg::in_pool(|| {
             g.fill(0.0);
-            if let Some(acts2) = halves.as_mut() {
-                model.step_halves(&p, &mut g, acts2, &parts, u64::from(it), true);
-            } else {
-                model.forward(&p, &mut acts, &batch, u64::from(it), true);
-                model.backward(&p, &mut g, &mut acts, &batch, u64::from(it), true);
-            }
+            model.step_parts(&p, &mut g, &mut acts, &parts, u64::from(it), true);
             let norm = optim::sum_squares(&g).sqrt();
             let scale = optim::clip_scale(norm, 1.0) as f32;
             opt.update(
@@ -242,9 +230,7 @@ pub fn run(shape: &BenchShape) -> Result<BenchResult, TrainError> {
         step_ms,
         wait_ms,
         clean_steps,
-        allocated_bytes: 4 * 4 * n as u64
-            + acts.bytes()
-            + halves.as_ref().map_or(0, |h| h[0].bytes() + h[1].bytes()),
+        allocated_bytes: 4 * 4 * n as u64 + acts.iter().map(Acts::bytes).sum::<u64>(),
         plan_bytes: plan_bytes(&cfg, shape.batch),
     })
 }

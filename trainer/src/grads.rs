@@ -245,21 +245,17 @@ impl<'a, 'g, T> Grads<'a, 'g, T> {
 
 fn take_slot<'a, 'g, T>(slots: &'a Slots<'g, T>, who: usize, r: &Range<usize>) -> Taken<'a, 'g, T> {
     let slot = slots.slot(r);
-    let len = slot
-        .data
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .len();
+    slots.wait(slot, who);
+    let guard = slot.data.lock().unwrap_or_else(PoisonError::into_inner);
     assert_eq!(
-        len,
+        guard.len(),
         r.len(),
         "gradient slots: tensor at {} has another length",
         r.start
     );
-    slots.wait(slot, who);
     Taken {
         inner: TakenInner::Locked {
-            guard: slot.data.lock().unwrap_or_else(PoisonError::into_inner),
+            guard,
             turn: &slot.turn,
             who,
         },

@@ -1390,6 +1390,35 @@ impl Model {
         );
     }
 
+    /// Forward and backward of one micro-batch given in its parts ([`parts_of`]: the whole, or
+    /// two halves for [`Model::step_halves`]), each with its activations in `acts`;
+    /// accumulates into `g` and returns the loss.
+    pub fn step_parts<T: Real>(
+        &self,
+        p: &[T],
+        g: &mut [T],
+        acts: &mut [Acts<T>],
+        parts: &[Batch],
+        step: u64,
+        train: bool,
+    ) -> f64 {
+        match (
+            <&[Batch; 2]>::try_from(parts),
+            <&mut [Acts<T>; 2]>::try_from(&mut *acts),
+        ) {
+            (Ok(halves), Ok(acts)) => self.step_halves(p, g, acts, halves, step, train),
+            _ => {
+                assert!(
+                    parts.len() == 1 && acts.len() == 1,
+                    "a micro-batch runs whole or in two halves, each with its buffers"
+                );
+                let loss = self.forward(p, &mut acts[0], &parts[0], step, train);
+                self.backward(p, g, &mut acts[0], &parts[0], step, train);
+                loss
+            }
+        }
+    }
+
     /// Forward and backward of one micro-batch given as two halves (`halves`, each with its
     /// own activations `acts`), accumulating into `g`; returns the halves' summed loss. With
     /// two or more threads the halves run at the same time, each on its own thread with
@@ -1934,6 +1963,17 @@ impl Model {
         let dx = gathered(lay.part.seq_parallel, &acts.dx, &mut acts.sp, red);
         k::lookup_bwd_part(&mut g.take(&lay.wte), dx, &batch.tokens, v0, d);
         k::lookup_bwd(&mut g.take(&lay.wpe), dx, &batch.pos, d);
+    }
+}
+
+/// How many parts a micro-batch of `micro` samples runs in ([`Model::step_parts`]): two
+/// halves when it is even (on two threads each half runs on its own), else one. The halves'
+/// buffers together are those of the whole micro-batch.
+pub fn parts_of(micro: usize) -> usize {
+    if micro >= 2 && micro % 2 == 0 {
+        2
+    } else {
+        1
     }
 }
 

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, Manifest, State};
 use crate::data::{Order, Packed};
-use crate::model::{Acts, Batch, Model};
+use crate::model::{parts_of, Acts, Batch, Model};
 use crate::optim::{self, AdamW, Schedule};
 use crate::tokenizer::Tokenizer;
 use crate::TrainError;
@@ -157,17 +157,6 @@ pub fn required_bytes(model: &Model, settings: &Settings) -> u64 {
                 settings.dropout > 0.0,
                 settings.remat,
             )
-}
-
-/// How many parts a micro-batch of `micro` samples runs in: two halves when it is even
-/// ([`Model::step_halves`]: on two threads each half runs on its own), else one. The
-/// halves' buffers together are those of the whole micro-batch.
-fn parts_of(micro: usize) -> usize {
-    if micro >= 2 && micro % 2 == 0 {
-        2
-    } else {
-        1
-    }
 }
 
 /// Memory the OS reports as available (`MemAvailable` of /proc/meminfo), if readable.
@@ -391,23 +380,14 @@ impl Run {
         self.grads.fill(0.0);
         let mut loss = 0.0;
         for mb in &batches {
-            let p = &self.state.params;
-            loss += match (
-                <&[Batch; 2]>::try_from(mb.as_slice()),
-                <&mut [Acts<f32>; 2]>::try_from(self.acts.as_mut_slice()),
-            ) {
-                (Ok(halves), Ok(acts)) => {
-                    self.model
-                        .step_halves(p, &mut self.grads, acts, halves, self.step, true)
-                }
-                _ => {
-                    let acts = &mut self.acts[0];
-                    let l = self.model.forward(p, acts, &mb[0], self.step, true);
-                    self.model
-                        .backward(p, &mut self.grads, acts, &mb[0], self.step, true);
-                    l
-                }
-            };
+            loss += self.model.step_parts(
+                &self.state.params,
+                &mut self.grads,
+                &mut self.acts,
+                mb,
+                self.step,
+                true,
+            );
         }
         let norm = optim::sum_squares(&self.grads).sqrt();
         let scale = optim::clip_scale(norm, self.settings.clip) as f32;
