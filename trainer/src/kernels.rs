@@ -413,22 +413,31 @@ fn bias_rows<T: Real>(db: &mut [T], dy: &[T], ldy: usize, rows: usize, nn: usize
 
 // ---------------------------------------------------------------------------------------
 // GeLU (tanh approximation: Hendrycks & Gimpel 2016; MindSpore's nn.GELU default)
+//
+// gelu(x) = ½·x·(1 + tanh u) with u = √(2/π)·(x + 0.044715·x³). Since ½(1 + tanh u) = σ(2u),
+// the kernels compute x·σ(2u) = x / (1 + e^(−2u)): one exponential and one division, none of
+// the tanh's extra clamping and rescaling. The derivative is
+// σ(2u) + 2·x·σ(2u)·(1 − σ(2u))·u′ with u′ = √(2/π)·(1 + 3·0.044715·x²).
 
 const GELU_C: f64 = 0.797_884_560_802_865_4; // sqrt(2/pi)
+const GELU_K: f64 = 0.044715;
+
+/// `2u` of GeLU: `2·√(2/π)·x·(1 + 0.044715·x²)`.
+#[inline(always)]
+fn gelu_2u<T: Real>(v: T) -> T {
+    let (c2, k) = (T::of(2.0 * GELU_C), T::of(GELU_K));
+    c2 * v * (k * v).mul_add(v, T::one())
+}
 
 /// `out = gelu(x)`.
 pub fn gelu_fwd<T: Real>(out: &mut [T], x: &[T], width: usize) {
-    let c = T::of(GELU_C);
-    let k = T::of(0.044715);
-    let half = T::of(0.5);
     for_rows(
         out,
         width,
         #[inline(always)]
         |r, o| {
             for (o, &v) in o.iter_mut().zip(&x[r * width..][..width]) {
-                let u = c * (v + k * v * v * v);
-                *o = half * v * (T::one() + u.tanh_fast());
+                *o = v * gelu_2u(v).sigmoid_fast();
             }
         },
     );
@@ -437,21 +446,18 @@ pub fn gelu_fwd<T: Real>(out: &mut [T], x: &[T], width: usize) {
 /// `dx = dout · gelu'(x)` (overwrites `dx`; `dx` may hold `dout` itself: pass it as both via
 /// [`gelu_bwd_inplace`]).
 pub fn gelu_bwd_inplace<T: Real>(d: &mut [T], x: &[T], width: usize) {
-    let c = T::of(GELU_C);
-    let k = T::of(0.044715);
-    let half = T::of(0.5);
-    let three = T::of(3.0);
+    let c2 = T::of(2.0 * GELU_C);
+    let k3 = T::of(3.0 * GELU_K);
     for_rows(
         d,
         width,
         #[inline(always)]
         |r, dr| {
             for (g, &v) in dr.iter_mut().zip(&x[r * width..][..width]) {
-                let u = c * (v + k * v * v * v);
-                let th = u.tanh_fast();
-                let sech2 = T::one() - th * th;
-                let du = c * (T::one() + three * k * v * v);
-                *g *= half * (T::one() + th) + half * v * sech2 * du;
+                let s = gelu_2u(v).sigmoid_fast();
+                // 2·u′ = 2√(2/π)·(1 + 3k·x²)
+                let du2 = c2 * (k3 * v).mul_add(v, T::one());
+                *g *= (v * s * (T::one() - s)).mul_add(du2, s);
             }
         },
     );
@@ -855,10 +861,16 @@ pub fn xent_vocab_fwd<T: Real>(
         } else {
             T::zero()
         };
-        for x in row.iter_mut() {
-            *x = (*x - mx[r]).exp_fast();
-        }
-        sums[r] = sum8(row);
+        let m = mx[r];
+        sums[r] = linalg::vectorized(
+            #[inline(always)]
+            || {
+                for x in row.iter_mut() {
+                    *x = (*x - m).exp_fast();
+                }
+                sum8(row)
+            },
+        );
     }
     red.all_reduce(sums);
     red.all_reduce(tl);

@@ -1,0 +1,55 @@
+//! One-thread speed of the element-wise kernels around the products, on the shapes of half
+//! of `pangu-alpha-tiny`'s micro-batch (512 tokens): GeLU forward and backward over the FFN's
+//! 512×1024 activations and the softmax of the 512×8000 logits. Best of 20 calls.
+//!   cargo run --release -p pangu-trainer --example elementwise
+#![allow(clippy::unwrap_used)]
+use std::time::Instant;
+
+use pangu_trainer::kernels::{gelu_bwd_inplace, gelu_fwd, softmax_xent_fwd};
+
+fn best(mut f: impl FnMut()) -> f64 {
+    (0..20)
+        .map(|_| {
+            let t0 = Instant::now();
+            f();
+            t0.elapsed().as_secs_f64()
+        })
+        .fold(f64::MAX, f64::min)
+}
+
+fn main() {
+    let (rows, ffn, vocab) = (512usize, 1024usize, 8000usize);
+    let x: Vec<f32> = (0..rows * ffn)
+        .map(|i| ((i % 1000) as f32 - 500.0) * 0.01)
+        .collect();
+    let mut out = vec![0.0f32; rows * ffn];
+    let mut d = vec![0.5f32; rows * ffn];
+    let logits0: Vec<f32> = (0..rows * vocab).map(|i| (i % 977) as f32 * 0.01).collect();
+    let mut logits = logits0.clone();
+    let mut losses = vec![0.0f64; rows];
+    let targets: Vec<u32> = (0..rows as u32).map(|i| i * 7).collect();
+    let fwd = best(|| gelu_fwd(&mut out, &x, ffn));
+    let bwd = best(|| gelu_bwd_inplace(&mut d, &x, ffn));
+    let xent = best(|| {
+        logits.copy_from_slice(&logits0);
+        softmax_xent_fwd(&mut logits, &mut losses, &targets, vocab)
+    });
+    let copy = best(|| logits.copy_from_slice(&logits0));
+    let per = |s: f64, n: usize| s / n as f64 * 1e9;
+    println!(
+        "gelu forward  {rows}×{ffn}: {:.3} ms ({:.2} ns/element)",
+        fwd * 1e3,
+        per(fwd, rows * ffn)
+    );
+    println!(
+        "gelu backward {rows}×{ffn}: {:.3} ms ({:.2} ns/element)",
+        bwd * 1e3,
+        per(bwd, rows * ffn)
+    );
+    let xent = xent - copy;
+    println!(
+        "softmax + cross-entropy {rows}×{vocab}: {:.3} ms ({:.2} ns/element)",
+        xent * 1e3,
+        per(xent, rows * vocab)
+    );
+}
