@@ -1,11 +1,13 @@
 //! One-thread speed of the element-wise kernels around the products, on the shapes of half
 //! of `pangu-alpha-tiny`'s micro-batch (512 tokens): GeLU forward and backward over the FFN's
-//! 512×1024 activations and the softmax of the 512×8000 logits. Best of 20 calls.
+//! 512×1024 activations, the softmax of the 512×8000 logits and LayerNorm over 512×256. Best of 20 calls.
 //!   cargo run --release -p pangu-trainer --example elementwise
 #![allow(clippy::unwrap_used)]
 use std::time::Instant;
 
-use pangu_trainer::kernels::{gelu_bwd_inplace, gelu_fwd, softmax_xent_fwd};
+use pangu_trainer::kernels::{
+    gelu_bwd_inplace, gelu_fwd, layernorm_bwd, layernorm_fwd, softmax_xent_fwd,
+};
 
 fn best(mut f: impl FnMut()) -> f64 {
     (0..20)
@@ -35,21 +37,32 @@ fn main() {
         softmax_xent_fwd(&mut logits, &mut losses, &targets, vocab)
     });
     let copy = best(|| logits.copy_from_slice(&logits0));
-    let per = |s: f64, n: usize| s / n as f64 * 1e9;
-    println!(
-        "gelu forward  {rows}×{ffn}: {:.3} ms ({:.2} ns/element)",
-        fwd * 1e3,
-        per(fwd, rows * ffn)
-    );
-    println!(
-        "gelu backward {rows}×{ffn}: {:.3} ms ({:.2} ns/element)",
-        bwd * 1e3,
-        per(bwd, rows * ffn)
-    );
+    // LayerNorm over the 512×256 residual stream.
+    let h = 256;
+    let xs = &x[..rows * h];
+    let (gain, bias) = (vec![1.1f32; h], vec![0.1f32; h]);
+    let (mut mean, mut rstd) = (vec![0.0f32; rows], vec![0.0f32; rows]);
+    let mut ln = vec![0.0f32; rows * h];
+    let ln_f = best(|| layernorm_fwd(&mut ln, &mut mean, &mut rstd, xs, &gain, &bias, h));
+    let (mut dg, mut db, mut dx) = (vec![0.0f32; h], vec![0.0f32; h], vec![0.0f32; rows * h]);
+    let dout = &d[..rows * h];
+    let ln_b = best(|| layernorm_bwd(&mut dx, &mut dg, &mut db, dout, xs, &gain, &mean, &rstd, h));
     let xent = xent - copy;
-    println!(
-        "softmax + cross-entropy {rows}×{vocab}: {:.3} ms ({:.2} ns/element)",
-        xent * 1e3,
-        per(xent, rows * vocab)
-    );
+    for (what, secs, elements) in [
+        (format!("gelu forward  {rows}×{ffn}"), fwd, rows * ffn),
+        (format!("gelu backward {rows}×{ffn}"), bwd, rows * ffn),
+        (
+            format!("softmax + cross-entropy {rows}×{vocab}"),
+            xent,
+            rows * vocab,
+        ),
+        (format!("layernorm forward  {rows}×{h}"), ln_f, rows * h),
+        (format!("layernorm backward {rows}×{h}"), ln_b, rows * h),
+    ] {
+        println!(
+            "{what}: {:.3} ms ({:.2} ns/element)",
+            secs * 1e3,
+            secs / elements as f64 * 1e9
+        );
+    }
 }

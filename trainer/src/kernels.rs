@@ -248,9 +248,23 @@ pub fn layernorm_bwd<T: Real>(
             let xr = &x[r * d..][..d];
             let dor = &dout[r * d..][..d];
             let (m, s) = (mean[r], rstd[r]);
-            let mut sum_dn = T::zero();
-            let mut sum_dn_xh = T::zero();
-            for i in 0..d {
+            // Σ dn and Σ dn·x̂ in 8 lanes each (a single running sum would stay scalar).
+            let (mut acc_dn, mut acc_xh) = ([T::zero(); 8], [T::zero(); 8]);
+            let whole = d / 8 * 8;
+            for ((dc, gc), xc) in dor[..whole]
+                .chunks_exact(8)
+                .zip(g[..whole].chunks_exact(8))
+                .zip(xr[..whole].chunks_exact(8))
+            {
+                for l in 0..8 {
+                    let dn = dc[l] * gc[l];
+                    acc_dn[l] += dn;
+                    acc_xh[l] += dn * (xc[l] - m) * s;
+                }
+            }
+            let mut sum_dn = acc_dn.iter().fold(T::zero(), |a, &b| a + b);
+            let mut sum_dn_xh = acc_xh.iter().fold(T::zero(), |a, &b| a + b);
+            for i in whole..d {
                 let dn = dor[i] * g[i];
                 sum_dn += dn;
                 sum_dn_xh += dn * (xr[i] - m) * s;

@@ -40,7 +40,8 @@ fn assert_close(analytic: &[f64], numeric: &[f64], what: &str) {
 
 #[test]
 fn layernorm_backward_matches_finite_differences() {
-    let (rows, d) = (3, 5);
+    // d = 13: the row sums' 8-lane part and their remainder.
+    let (rows, d) = (3, 13);
     let mut x = vals(rows * d, 1);
     let g = vals(d, 2);
     let b = vals(d, 3);
@@ -65,7 +66,8 @@ fn layernorm_backward_matches_finite_differences() {
 
 #[test]
 fn gelu_backward_matches_finite_differences() {
-    let mut x = vals(12, 5);
+    // Spread to ±~6 so the tails (σ near 0 and 1) are covered too.
+    let mut x: Vec<f64> = vals(12, 5).iter().map(|v| 3.0 * v).collect();
     let r = vals(12, 6);
     let loss = |x: &[f64]| {
         let mut o = vec![0.0; 12];
