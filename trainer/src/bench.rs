@@ -183,7 +183,7 @@ pub fn run(shape: &BenchShape) -> Result<BenchResult, TrainError> {
         let w0 = cpu_wait_ns();
         let t0 = Instant::now();
         crate::linalg::in_pool(|| {
-            g.fill(0.0);
+            crate::kernels::zero(&mut g);
             model.step_parts(&p, &mut g, &mut acts, &parts, u64::from(it), true);
             let norm = optim::sum_squares(&g).sqrt();
             let scale = optim::clip_scale(norm, 1.0) as f32;

@@ -976,7 +976,7 @@ fn rank_loop(
             })
             .collect();
         for c in &mut chunks {
-            c.g.fill(0.0);
+            crate::kernels::zero(&mut c.g);
         }
         let mut loss = 0.0f64;
         for a in actions {

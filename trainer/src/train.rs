@@ -377,7 +377,7 @@ impl Run {
     fn step_inner(&mut self) -> StepInfo {
         let t0 = Instant::now();
         let batches = self.step_batches();
-        self.grads.fill(0.0);
+        crate::kernels::zero(&mut self.grads);
         let mut loss = 0.0;
         for mb in &batches {
             loss += self.model.step_parts(
