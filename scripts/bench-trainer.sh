@@ -4,6 +4,7 @@
 # scripts/torch_pangu_cpu.py), alternating the two in one run because the machine is shared.
 # Prints a markdown table (median ms/step of clean steps, tokens/s, GFLOP/s, ratio).
 #   pip install torch numpy && bash scripts/bench-trainer.sh [repeats]
+# SHAPES="tiny" (or "small") runs one shape only; the default is both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPEATS=${1:-1}
@@ -21,7 +22,7 @@ torch() { python3 $TORCH "$@" --json | grep '^JSON' | sed 's/^JSON //' | python3
 echo "| shape | threads | run | PyTorch ms/step | pangu ms/step | PyTorch tok/s | pangu tok/s | pangu GFLOP/s | pangu / PyTorch | clean steps (torch, pangu) |"
 echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"
 for r in $(seq 1 "$REPEATS"); do
-  for shape in tiny small; do
+  for shape in ${SHAPES:-tiny small}; do
     if [ $shape = tiny ]; then flags=$tiny; steps="--warmup 5 --steps 20"; else flags=$small; steps="--warmup 2 --steps 8"; fi
     for t in 1 2; do
       read -r tms ttok tgf tclean <<< "$(torch $flags $steps --threads $t)"
