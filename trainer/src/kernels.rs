@@ -143,12 +143,25 @@ pub fn embed_fwd<T: Real>(
 
 /// Accumulates the gradients of an embedding lookup: `dw[ids[t]] += dout[t]`.
 pub fn lookup_bwd<T: Real>(dw: &mut [T], dout: &[T], ids: &[u32], d: usize) {
+    lookup_bwd_strided(dw, dout, d, ids, d);
+}
+
+/// [`lookup_bwd`] from rows `d` wide at stride `ld` of `dout` (`dw[ids[t]] += dout[t, ..d]`),
+/// row by row in order (so the sums are deterministic).
+pub fn lookup_bwd_strided<T: Real>(dw: &mut [T], dout: &[T], ld: usize, ids: &[u32], d: usize) {
     for (r, &id) in ids.iter().enumerate() {
-        let g = &dout[r * d..][..d];
+        let g = &dout[r * ld..][..d];
         let w = &mut dw[id as usize * d..][..d];
         for (w, &g) in w.iter_mut().zip(g) {
             *w += g;
         }
+    }
+}
+
+/// `out[t, ..d] = table[ids[t]]` into rows at stride `ld` of `out` (a column block).
+pub fn lookup_fwd_strided<T: Real>(out: &mut [T], ld: usize, ids: &[u32], table: &[T], d: usize) {
+    for (r, &id) in ids.iter().enumerate() {
+        out[r * ld..][..d].copy_from_slice(&table[id as usize * d..][..d]);
     }
 }
 

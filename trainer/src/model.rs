@@ -831,7 +831,8 @@ impl Shape {
         let core = if keep.selective { 0 } else { probs };
         let per_layer = rows * (2 * d + 4 * dl + 2 * fl) + rl * (d + 4) + core;
         let sel = if keep.selective { probs + rows * dl } else { 0 };
-        let qin = if self.query { rows * d } else { 0 };
+        // The query table's projection [S, dl] (its gradient in backward).
+        let qin = if self.query { s * dl } else { 0 };
         let head = if self.head {
             rows * (d + 2)
                 + rows * dims.v / self.tp
@@ -894,7 +895,7 @@ impl<T: Real> Acts<T> {
                 ln1_mean: z(rl),
                 ln1_rstd: z(rl),
                 qin: if shape.query && nl > 0 && keep.act_slot(nl - 1) == i {
-                    z(rows * d)
+                    z(s * dl)
                 } else {
                     Vec::new()
                 },
@@ -1239,19 +1240,23 @@ impl Model {
         let w = &p[lp.w_qkv.clone()];
         let bq = &p[lp.b_qkv.clone()];
         if query {
-            k::lookup_fwd(&mut a.qin, &batch.pos, &p[lay.wqe.clone()], d);
+            // A row's query depends on its position only: project the query table once
+            // (`qin` = wqe·Wq + bq, [S, dl]) and look its rows up, instead of projecting the
+            // looked-up table rows one token at a time (the same values, S rows of work
+            // instead of B·S).
             k::linear_fwd(
-                &mut a.qkv,
-                3 * dl,
-                &a.qin,
+                &mut a.qin,
+                dl,
+                &p[lay.wqe.clone()],
                 d,
                 w,
                 3 * dl,
                 Some(&bq[..dl]),
-                rows,
+                s,
                 d,
                 dl,
             );
+            k::lookup_fwd_strided(&mut a.qkv, 3 * dl, &batch.pos, &a.qin, dl);
             k::linear_fwd(
                 &mut a.qkv[dl..],
                 3 * dl,
@@ -1726,7 +1731,7 @@ impl Model {
                 self.layers_fwd(p, acts, g0..li + 1, batch, step, train, ad, red);
             }
             let x = &acts.res[keep.res_slot(li)];
-            let a = &acts.layers[keep.act_slot(li)];
+            let a = &mut acts.layers[keep.act_slot(li)];
             // y = mid + drop(Σ act·Wd + bd): the FFN branch's gradient is drop-mask ⊙ dx,
             // gathered to all rows under sequence parallelism.
             let dy = self.drop(train, step, l, Site::FfnOut).masked(
@@ -1841,20 +1846,29 @@ impl Model {
                 &batch.sample_ids,
             );
             let w = &p[lp.w_qkv.clone()];
+            let wqe = &p[lay.wqe.clone()];
+            if query {
+                // The query table projection's gradient: dT[pos] += dQ, row by row ([S, dl]
+                // in `qin`, which held the projection itself in forward).
+                a.qin.fill(T::zero());
+                k::lookup_bwd_strided(&mut a.qin, &acts.dqkv, 3 * dl, &batch.pos, dl);
+            }
+            let qt = QueryGrad { dt: &a.qin, wqe, s };
             if g.is_half() {
                 // One half of a split batch: input gradients before or after the turn.
                 let input_first = g.input_first();
                 let mut inputs = || {
                     let (dq, dkv) = (&mut acts.dtmp, &mut acts.dtmp2);
-                    qkv_inputs(query, dq, dkv, &acts.dqkv, w, d, dl, rows);
+                    qkv_inputs(query.then_some(qt), dq, dkv, &acts.dqkv, w, d, dl, rows);
                 };
                 if input_first {
                     inputs();
                 }
                 {
                     let (mut gw, mut gb) = g.take2(&lp.w_qkv, &lp.b_qkv);
-                    let (qin, ln1) = (&a.qin, &a.ln1);
-                    qkv_weights(query, &mut gw, &mut gb, &acts.dqkv, qin, ln1, d, dl, rows);
+                    let (gw, gb): (&mut [T], &mut [T]) = (&mut gw, &mut gb);
+                    let ln1 = &a.ln1;
+                    qkv_weights(query.then_some(qt), gw, gb, &acts.dqkv, ln1, d, dl, rows);
                 }
                 if !input_first {
                     inputs();
@@ -1863,18 +1877,19 @@ impl Model {
                 let (mut gw, mut gb) = g.take2(&lp.w_qkv, &lp.b_qkv);
                 let (gw, gb): (&mut [T], &mut [T]) = (&mut gw, &mut gb);
                 if query {
-                    // Q from the query table, K and V from LN1(x).
+                    // Q from the query table (through its projection's gradient dT, S rows),
+                    // K and V from LN1(x).
                     k::linear_bwd(
-                        Some((&mut acts.dtmp, d, false)),
+                        Some((&mut acts.dtmp[..s * d], d, false)),
                         gw,
                         3 * dl,
                         Some(&mut gb[..dl]),
-                        &acts.dqkv,
-                        3 * dl,
                         &a.qin,
+                        dl,
+                        wqe,
                         d,
                         w,
-                        rows,
+                        s,
                         d,
                         dl,
                     );
@@ -1910,9 +1925,11 @@ impl Model {
                 }
             }
             if query {
-                // The query table is looked up for all rows on every device.
-                red.all_reduce(&mut acts.dtmp);
-                k::lookup_bwd(&mut g.take(&lay.wqe), &acts.dtmp, &batch.pos, d);
+                // The query table's gradient [S, d]: each device projected the whole table
+                // through its own heads' columns, so the group sums the parts.
+                let dq = &mut acts.dtmp[..s * d];
+                red.all_reduce(dq);
+                k::add_into(&mut g.take(&lay.wqe), dq);
             }
             let dln = summed(seq, &mut acts.dtmp2, &mut acts.dtmp[..rl * d], red);
             {
@@ -2050,11 +2067,21 @@ fn head_product<'a, 'c, T: Real>(
     }
 }
 
+/// The query layer's Q gradient through the query table: the projection's gradient `dt`
+/// `[s, dl]` (dQ summed over the rows at each position) and the table `wqe` `[s, d]`.
+#[derive(Clone, Copy)]
+struct QueryGrad<'a, T> {
+    dt: &'a [T],
+    wqe: &'a [T],
+    s: usize,
+}
+
 /// The QKV projection's input gradients on a half of a split batch: with the query layer,
-/// Q's goes to the query table (`dq`) and K and V's to LN1 (`dkv`); else all to LN1 (`dkv`).
+/// Q's goes to the query table (`dq`, `[S, d]`) and K and V's to LN1 (`dkv`); else all to
+/// LN1 (`dkv`).
 #[allow(clippy::too_many_arguments)]
 fn qkv_inputs<T: Real>(
-    query: bool,
+    query: Option<QueryGrad<'_, T>>,
     dq: &mut [T],
     dkv: &mut [T],
     dqkv: &[T],
@@ -2063,8 +2090,8 @@ fn qkv_inputs<T: Real>(
     dl: usize,
     rows: usize,
 ) {
-    if query {
-        k::linear_bwd_input(dq, d, false, dqkv, 3 * dl, w, 3 * dl, rows, d, dl);
+    if let Some(q) = query {
+        k::linear_bwd_input(dq, d, false, q.dt, dl, w, 3 * dl, q.s, d, dl);
         let (dy, w) = (&dqkv[dl..], &w[dl..]);
         k::linear_bwd_input(dkv, d, false, dy, 3 * dl, w, 3 * dl, rows, d, 2 * dl);
     } else {
@@ -2072,23 +2099,22 @@ fn qkv_inputs<T: Real>(
     }
 }
 
-/// The QKV projection's weight and bias gradients on a half of a split batch (Q's input is
-/// the query table's rows `qin` with the query layer).
+/// The QKV projection's weight and bias gradients on a half of a split batch (Q's from the
+/// query table and its projection's gradient with the query layer).
 #[allow(clippy::too_many_arguments)]
 fn qkv_weights<T: Real>(
-    query: bool,
+    query: Option<QueryGrad<'_, T>>,
     gw: &mut [T],
     gb: &mut [T],
     dqkv: &[T],
-    qin: &[T],
     ln1: &[T],
     d: usize,
     dl: usize,
     rows: usize,
 ) {
-    if query {
+    if let Some(q) = query {
         let (gbq, gbkv) = gb.split_at_mut(dl);
-        k::linear_bwd_weight(gw, 3 * dl, Some(gbq), dqkv, 3 * dl, qin, d, rows, d, dl);
+        k::linear_bwd_weight(gw, 3 * dl, Some(gbq), q.dt, dl, q.wqe, d, q.s, d, dl);
         let (gw, dy) = (&mut gw[dl..], &dqkv[dl..]);
         k::linear_bwd_weight(gw, 3 * dl, Some(gbkv), dy, 3 * dl, ln1, d, rows, d, 2 * dl);
     } else {
