@@ -34,7 +34,7 @@ fn main() {
     let bwd = best(|| gelu_bwd_inplace(&mut d, &x, ffn));
     let xent = best(|| {
         logits.copy_from_slice(&logits0);
-        softmax_xent_fwd(&mut logits, &mut losses, &targets, vocab)
+        softmax_xent_fwd(&mut logits, &mut losses, &targets, vocab, None)
     });
     let copy = best(|| logits.copy_from_slice(&logits0));
     // LayerNorm over the 512×256 residual stream.

@@ -36,6 +36,31 @@ where
     }
 }
 
+/// [`for_rows`] with one element of `aux` per row handed to `f` beside the row.
+pub fn for_rows_with<T: Send, U: Send, F>(buf: &mut [T], width: usize, aux: &mut [U], f: F)
+where
+    F: Fn(usize, &mut [T], &mut U) + Sync + Send,
+{
+    if linalg::threads() > 1 && buf.len() >= 1 << 14 {
+        buf.par_chunks_mut(width)
+            .zip(aux.par_iter_mut())
+            .enumerate()
+            .for_each(|(i, (r, a))| {
+                linalg::vectorized(
+                    #[inline(always)]
+                    || f(i, r, a),
+                )
+            });
+    } else {
+        for (i, (r, a)) in buf.chunks_mut(width).zip(aux.iter_mut()).enumerate() {
+            linalg::vectorized(
+                #[inline(always)]
+                || f(i, r, a),
+            );
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Reductions in 8 independent lanes: the compiler vectorises them (a single running float sum
 // cannot be reordered, so it stays scalar), and the order of additions is still fixed.
@@ -823,25 +848,55 @@ pub fn attention_bwd<T: Real>(
 // Softmax cross-entropy
 
 /// Turns `logits` `[T, V]` into probabilities in place and writes each row's
-/// `-ln p[target]` into `losses` (computed in f64 for the log-sum-exp).
-pub fn softmax_xent_fwd<T: Real>(logits: &mut [T], losses: &mut [f64], targets: &[u32], v: usize) {
+/// `-ln p[target]` into `losses` (computed in f64 for the log-sum-exp). With `grad` (the rows'
+/// loss weights) it leaves the loss gradient `(p - onehot(target)) · weight[row]` instead of
+/// the probabilities: [`softmax_xent_bwd`] fused into this pass, the same bits, and one
+/// trip less through a `[T, V]` buffer that does not fit in cache.
+pub fn softmax_xent_fwd<T: Real>(
+    logits: &mut [T],
+    losses: &mut [f64],
+    targets: &[u32],
+    v: usize,
+    grad: Option<&[f64]>,
+) {
     let rows = logits.len() / v;
-    // First pass in parallel: probabilities; second: losses (cheap).
-    for_rows(
+    for_rows_with(
         logits,
         v,
+        &mut losses[..rows],
         #[inline(always)]
-        |_, row| {
+        |r, row, loss| {
             let sum = exp_shifted(row, T::one());
             let inv = T::one() / sum;
-            for x in row.iter_mut() {
-                *x *= inv;
+            let t = targets[r] as usize;
+            *loss = -((row[t] * inv).f64().max(f64::MIN_POSITIVE)).ln();
+            match grad {
+                Some(w) => dlogits_row(row, inv, w[r], Some(t)),
+                None => {
+                    for x in row.iter_mut() {
+                        *x *= inv;
+                    }
+                }
             }
         },
     );
-    for (r, l) in losses[..rows].iter_mut().enumerate() {
-        let p = logits[r * v + targets[r] as usize].f64();
-        *l = -(p.max(f64::MIN_POSITIVE)).ln();
+}
+
+/// Row `row` of exponentials (or probabilities, `inv` = 1) with normaliser `inv` to the loss
+/// gradient `(x·inv - onehot(t))·w` (all zero for a row of weight 0): the same two roundings
+/// as normalising first and scaling after.
+#[inline(always)]
+fn dlogits_row<T: Real>(row: &mut [T], inv: T, w: f64, t: Option<usize>) {
+    if w == 0.0 {
+        row.fill(T::zero());
+        return;
+    }
+    let wt = T::of(w);
+    for x in row.iter_mut() {
+        *x = *x * inv * wt;
+    }
+    if let Some(t) = t {
+        row[t] -= wt;
     }
 }
 
@@ -854,12 +909,14 @@ pub fn softmax_xent_bwd<T: Real>(probs: &mut [T], targets: &[u32], weights: &[f6
 /// device's vocabulary columns `v0..v0+vl`. `mx_all` `[tp·T]` receives the group's row
 /// maxima (all-gathered through `red`), `sums` and `tl` `[T]` the row sums of exponentials
 /// and the targets' shifted logits (summed through `red`). Leaves probabilities in `logits`
-/// and `-ln p[target]` in `losses`.
+/// (or with `grad`, the loss gradient as [`softmax_xent_fwd`] does) and `-ln p[target]` in
+/// `losses`.
 #[allow(clippy::too_many_arguments)]
 pub fn xent_vocab_fwd<T: Real>(
     logits: &mut [T],
     losses: &mut [f64],
     targets: &[u32],
+    grad: Option<&[f64]>,
     vl: usize,
     v0: usize,
     mx_all: &mut [T],
@@ -903,8 +960,20 @@ pub fn xent_vocab_fwd<T: Real>(
     red.all_reduce(tl);
     for r in 0..rows {
         let inv = T::one() / sums[r];
-        for x in &mut logits[r * vl..][..vl] {
-            *x *= inv;
+        let row = &mut logits[r * vl..][..vl];
+        match grad {
+            Some(w) => {
+                let t = (targets[r] as usize).checked_sub(v0).filter(|&t| t < vl);
+                linalg::vectorized(
+                    #[inline(always)]
+                    || dlogits_row(row, inv, w[r], t),
+                );
+            }
+            None => {
+                for x in row.iter_mut() {
+                    *x *= inv;
+                }
+            }
         }
         losses[r] = sums[r].f64().ln() - tl[r].f64();
     }
@@ -923,18 +992,8 @@ pub fn xent_vocab_bwd<T: Real>(
         vl,
         #[inline(always)]
         |r, row| {
-            let w = T::of(weights[r]);
-            if weights[r] == 0.0 {
-                row.fill(T::zero());
-                return;
-            }
-            for x in row.iter_mut() {
-                *x *= w;
-            }
-            let t = targets[r] as usize;
-            if (v0..v0 + vl).contains(&t) {
-                row[t - v0] -= w;
-            }
+            let t = (targets[r] as usize).checked_sub(v0).filter(|&t| t < vl);
+            dlogits_row(row, T::one(), weights[r], t);
         },
     );
 }

@@ -643,6 +643,9 @@ pub struct Acts<T> {
     lnf_rstd: Vec<T>,
     /// Logits, then probabilities, then their gradient `[b·s·V]`.
     logits: Vec<T>,
+    /// Whether `logits` holds the loss gradient (left by a training forward) rather than
+    /// probabilities.
+    head_grad: bool,
     /// Per-row losses (nats).
     pub losses: Vec<f64>,
     // Backward scratch.
@@ -921,6 +924,7 @@ impl<T: Real> Acts<T> {
             lnf_mean: hz(rows),
             lnf_rstd: hz(rows),
             logits: hz(rows * v / shape.tp),
+            head_grad: false,
             vp: if shape.head && shape.tp > 1 {
                 z(rows * (shape.tp + 3))
             } else {
@@ -1057,8 +1061,13 @@ impl<T: Real> Acts<T> {
         (l + r + other) as u64 * sz + self.losses.len() as u64 * 8
     }
 
-    /// Probabilities of the last forward pass (`[b·s, V]`), before backward overwrites them.
+    /// Probabilities of the last forward pass (`[b·s, V]`) when it ran with `train` false (a
+    /// training forward leaves the loss gradient there, and backward uses it).
     pub fn probs(&self) -> &[T] {
+        assert!(
+            !self.head_grad,
+            "a training forward pass leaves the loss gradient, not probabilities"
+        );
         &self.logits
     }
 }
@@ -1614,8 +1623,12 @@ impl Model {
             vl,
             false,
         );
+        // A training forward is followed by backward: leave the loss gradient rather than the
+        // probabilities (the cross-entropy's backward fused into its forward pass).
+        let grad = train.then_some(&batch.weights[..]);
+        acts.head_grad = train;
         if tp == 1 {
-            k::softmax_xent_fwd(&mut acts.logits, &mut acts.losses, &batch.targets, v);
+            k::softmax_xent_fwd(&mut acts.logits, &mut acts.losses, &batch.targets, v, grad);
         } else {
             let (mx_all, rest) = acts.vp.split_at_mut(rows * tp);
             let (mx, rest) = rest.split_at_mut(rows);
@@ -1624,6 +1637,7 @@ impl Model {
                 &mut acts.logits,
                 &mut acts.losses,
                 &batch.targets,
+                grad,
                 vl,
                 v0,
                 mx_all,
@@ -1669,7 +1683,10 @@ impl Model {
         let (tp, v0) = self.vocab_split();
         let vl = v / tp;
         if lay.part.head {
-            k::xent_vocab_bwd(&mut acts.logits, &batch.targets, &batch.weights, vl, v0);
+            if !acts.head_grad {
+                k::xent_vocab_bwd(&mut acts.logits, &batch.targets, &batch.weights, vl, v0);
+            }
+            acts.head_grad = false;
             let head_in: &[T] = if seq {
                 &acts.head_in
             } else {

@@ -171,14 +171,28 @@ fn cross_entropy_backward_matches_finite_differences() {
     let loss = |x: &[f64]| {
         let mut p = x.to_vec();
         let mut l = vec![0.0; rows];
-        k::softmax_xent_fwd(&mut p, &mut l, &targets, v);
+        k::softmax_xent_fwd(&mut p, &mut l, &targets, v, None);
         l.iter().zip(&weights).map(|(a, b)| a * b).sum::<f64>()
     };
     let mut p = logits.clone();
     let mut l = vec![0.0; rows];
-    k::softmax_xent_fwd(&mut p, &mut l, &targets, v);
+    k::softmax_xent_fwd(&mut p, &mut l, &targets, v, None);
     k::softmax_xent_bwd(&mut p, &targets, &weights, v);
     assert_close(&p, &numeric(&mut logits, &mut |x| loss(x)), "dlogits");
+    // The training forward leaves the gradient itself: the same bits and the same losses.
+    let mut fused = logits.clone();
+    let mut lf = vec![0.0; rows];
+    k::softmax_xent_fwd(&mut fused, &mut lf, &targets, v, Some(&weights));
+    assert_eq!(fused, p);
+    assert_eq!(lf, l);
+    let mut f32s: Vec<f32> = logits.iter().map(|&x| (x * 9.0) as f32).collect();
+    let mut f32f = f32s.clone();
+    let (mut l1, mut l2) = (vec![0.0; rows], vec![0.0; rows]);
+    k::softmax_xent_fwd(&mut f32s, &mut l1, &targets, v, None);
+    k::softmax_xent_bwd(&mut f32s, &targets, &weights, v);
+    k::softmax_xent_fwd(&mut f32f, &mut l2, &targets, v, Some(&weights));
+    assert_eq!(f32s, f32f);
+    assert_eq!(l1, l2);
 }
 
 fn micro_config(query: bool, dropout: f64) -> ModelConfig {
