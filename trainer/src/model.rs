@@ -1702,7 +1702,7 @@ impl Model {
                 if input_first {
                     input(&mut acts.dtmp);
                 }
-                head_product(&mut g.take(&lay.wte), logits, lnf, true, rows, vl, d).run();
+                head_weight_grad(&mut g.take(&lay.wte), logits, lnf, rows, vl, d);
                 if !input_first {
                     input(&mut acts.dtmp);
                 }
@@ -2083,6 +2083,31 @@ fn head_product<'a, 'c, T: Real>(
         accumulate: weight,
     }
 }
+
+/// The head's weight gradient `dwte += dlogitsᵀ·lnf` on one thread, in blocks of
+/// [`HEAD_GRAD_ROWS`] vocabulary rows: `dlogitsᵀ` is a strided operand that the GEMM packs
+/// before use, and a block's packed copy (`rows` × 500 floats) stays in the core's caches
+/// where the whole (`rows` × V) does not. One thread, per half micro-batch, median of
+/// interleaved calls: tiny (512 rows, V 8000) 28.2 against 29.5 ms; small (1024 rows, V
+/// 16000) 240 against 262 ms (blocks of 250 and 1000 rows gave 232 and 226, 125 rows 264).
+fn head_weight_grad<T: Real>(
+    c: &mut [T],
+    dlogits: &[T],
+    lnf: &[T],
+    rows: usize,
+    vl: usize,
+    d: usize,
+) {
+    for v0 in (0..vl).step_by(HEAD_GRAD_ROWS) {
+        let vb = HEAD_GRAD_ROWS.min(vl - v0);
+        let mut block = head_product(&mut c[v0 * d..], &dlogits[v0..], lnf, true, rows, vl, d);
+        block.m = vb;
+        block.run();
+    }
+}
+
+/// Vocabulary rows per block of [`head_weight_grad`].
+const HEAD_GRAD_ROWS: usize = 500;
 
 /// The query layer's Q gradient through the query table: the projection's gradient `dt`
 /// `[s, dl]` (dQ summed over the rows at each position) and the table `wqe` `[s, d]`.
