@@ -616,6 +616,7 @@ pub struct LayerActs<T> {
     ln1: Vec<T>,
     ln1_mean: Vec<T>,
     ln1_rstd: Vec<T>,
+    /// The query layer's table projection `[S, dl]` (forward), then its gradient (backward).
     qin: Vec<T>,
     qkv: Vec<T>,
     probs: Vec<T>,
@@ -817,7 +818,8 @@ impl Shape {
         }
     }
 
-    /// Elements of one kept layer, of the query input, and of everything else; and f64 rows.
+    /// Elements of one kept layer, of the query table's projection, and of everything else;
+    /// and f64 rows.
     fn elems(
         &self,
         dims: &Dims,
