@@ -19,21 +19,15 @@ pub fn for_rows<T: Send, F>(buf: &mut [T], width: usize, f: F)
 where
     F: Fn(usize, &mut [T]) + Sync + Send,
 {
-    if linalg::threads() > 1 && buf.len() >= 1 << 14 {
-        buf.par_chunks_mut(width).enumerate().for_each(|(i, r)| {
-            linalg::vectorized(
-                #[inline(always)]
-                || f(i, r),
-            )
-        });
-    } else {
-        for (i, r) in buf.chunks_mut(width).enumerate() {
-            linalg::vectorized(
-                #[inline(always)]
-                || f(i, r),
-            );
-        }
-    }
+    // One zero-sized element per row: nothing is allocated.
+    let mut none = vec![(); buf.len().div_ceil(width)];
+    for_rows_with(
+        buf,
+        width,
+        &mut none,
+        #[inline(always)]
+        |i, r, _| f(i, r),
+    );
 }
 
 /// [`for_rows`] with one element of `aux` per row handed to `f` beside the row.
@@ -188,18 +182,6 @@ pub fn lookup_fwd_strided<T: Real>(out: &mut [T], ld: usize, ids: &[u32], table:
     for (r, &id) in ids.iter().enumerate() {
         out[r * ld..][..d].copy_from_slice(&table[id as usize * d..][..d]);
     }
-}
-
-/// `out[t] = table[ids[t]]`.
-pub fn lookup_fwd<T: Real>(out: &mut [T], ids: &[u32], table: &[T], d: usize) {
-    for_rows(
-        out,
-        d,
-        #[inline(always)]
-        |r, o| {
-            o.copy_from_slice(&table[ids[r] as usize * d..][..d]);
-        },
-    );
 }
 
 // ---------------------------------------------------------------------------------------

@@ -2100,11 +2100,11 @@ fn head_weight_grad<T: Real>(
     vl: usize,
     d: usize,
 ) {
+    use crate::linalg::{matmul, n, t};
     for v0 in (0..vl).step_by(HEAD_GRAD_ROWS) {
         let vb = HEAD_GRAD_ROWS.min(vl - v0);
-        let mut block = head_product(&mut c[v0 * d..], &dlogits[v0..], lnf, true, rows, vl, d);
-        block.m = vb;
-        block.run();
+        let (c, a) = (&mut c[v0 * d..], t(&dlogits[v0..], vl));
+        matmul(c, d, a, n(lnf, d), vb, rows, d, true);
     }
 }
 
