@@ -1,20 +1,25 @@
 //! One-thread rate of every matrix product in a training step, as the trainer calls them
 //! (`linalg::matmul`, row-major, the same transposes): the forward products of the linear
 //! layers, their weight and input gradients (×(layers + 1) with the query layer), and the tied
-//! head's three. Median of 9 timed calls after 2 untimed ones.
+//! head's three. Median of 9 timed calls after 2 untimed ones. Then the attention core
+//! (`kernels::attention_fwd` + `attention_bwd`: its causal-block products and softmax) on half a
+//! micro-batch, as the trainer runs it, ×2 halves ×(layers + 1). Together these are a lower
+//! bound on a one-thread training step: everything else (LayerNorm, GeLU, cross-entropy,
+//! AdamW, embeddings) comes on top.
 //!   cargo run --release -p pangu-trainer --example gemm_shapes [tiny|small]
 #![allow(clippy::unwrap_used)]
 use std::time::Instant;
 
+use pangu_trainer::kernels::{attention_bwd, attention_fwd, AttnDims, Dropout};
 use pangu_trainer::linalg::{matmul, n, t, with_threads};
 
 fn main() {
     let small = std::env::args().nth(1).as_deref() == Some("small");
-    // (tokens, hidden, ffn, vocab, layers incl. the query layer)
-    let (tk, h, f, v, nl) = if small {
-        (2048, 512, 2048, 16000, 7)
+    // (tokens, hidden, ffn, vocab, layers incl. the query layer, sequence, heads)
+    let (tk, h, f, v, nl, seq, heads) = if small {
+        (2048, 512, 2048, 16000, 7, 256, 8)
     } else {
-        (1024, 256, 1024, 8000, 5)
+        (1024, 256, 1024, 8000, 5, 128, 4)
     };
     // (name, m, k, n, A stored transposed, B stored transposed, calls per step)
     let products = [
@@ -65,4 +70,65 @@ fn main() {
         total_s * 1e3,
         total_flop / total_s / 1e9
     );
+    let attn = attention_core(tk / seq / 2, seq, heads, h / heads);
+    println!(
+        "attention core, half a micro-batch: {:.3} ms; per step ({} calls): {:.1} ms",
+        attn * 1e3,
+        2 * nl,
+        attn * 2e3 * nl as f64
+    );
+    println!(
+        "products + attention core: {:.1} ms",
+        (total_s + attn * 2.0 * nl as f64) * 1e3
+    );
+}
+
+/// Median seconds of one attention forward + backward (no dropout, no document resets) on
+/// `b` sequences of `s` tokens, `h` heads of `hd`.
+fn attention_core(b: usize, s: usize, h: usize, hd: usize) -> f64 {
+    let w = h * hd;
+    let qkv: Vec<f32> = (0..b * s * 3 * w)
+        .map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5)
+        .collect();
+    let dout: Vec<f32> = (0..b * s * w)
+        .map(|i| ((i * 104_729) % 1000) as f32 * 1e-3 - 0.5)
+        .collect();
+    let start = vec![0u32; b * s];
+    let ids: Vec<u64> = (0..b as u64).collect();
+    let (mut out, mut probs) = (vec![0f32; b * s * w], vec![0f32; b * h * s * s]);
+    let (mut dqkv, mut scratch) = (vec![0f32; b * s * 3 * w], vec![0f32; b * s * s]);
+    let dims = AttnDims::whole(b, s, h, hd);
+    let mut times: Vec<f64> = (0..23)
+        .map(|_| {
+            let t0 = Instant::now();
+            with_threads(1, || {
+                attention_fwd(
+                    &mut out,
+                    &mut probs,
+                    &mut [],
+                    &qkv,
+                    &start,
+                    dims,
+                    Dropout::OFF,
+                    &ids,
+                );
+                attention_bwd(
+                    &mut dqkv,
+                    &mut scratch,
+                    &dout,
+                    &qkv,
+                    &probs,
+                    &[],
+                    &start,
+                    dims,
+                    Dropout::OFF,
+                    &ids,
+                );
+            });
+            t0.elapsed().as_secs_f64()
+        })
+        .skip(3)
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
 }
