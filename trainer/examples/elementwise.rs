@@ -31,7 +31,7 @@ fn main() {
     let mut losses = vec![0.0f64; rows];
     let targets: Vec<u32> = (0..rows as u32).map(|i| i * 7).collect();
     let fwd = best(|| gelu_fwd(&mut out, &x, ffn));
-    let bwd = best(|| gelu_bwd_inplace(&mut d, &x, ffn));
+    let bwd = best(|| gelu_bwd_inplace(&mut d, &x, &out, ffn));
     let xent = best(|| {
         logits.copy_from_slice(&logits0);
         softmax_xent_fwd(&mut logits, &mut losses, &targets, vocab, None)

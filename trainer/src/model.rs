@@ -1776,7 +1776,7 @@ impl Model {
                 fl,
                 d,
             );
-            k::gelu_bwd_inplace(&mut acts.dff, &a.up, fl);
+            k::gelu_bwd_inplace(&mut acts.dff, &a.up, &a.act, fl);
             {
                 linear_back(
                     g,
