@@ -13,7 +13,7 @@
 use std::collections::{HashMap, HashSet};
 
 use pangu_hardware::Topology;
-use pangu_strategies::collective::default_algorithm;
+use pangu_strategies::collective::CollectiveGroup;
 use pangu_strategies::strategy::Axis;
 use pangu_strategies::{CollectiveAlgorithm, CollectiveKind, Plan};
 
@@ -38,16 +38,13 @@ pub struct Exclusive<'t> {
     net: Option<Network<'t>>,
 }
 
-fn algo_for(plan: &Plan, topo: &Topology, ranks: &[u32]) -> CollectiveAlgorithm {
-    let mut servers: Vec<u32> = ranks.iter().map(|&c| topo.position(c).server).collect();
-    servers.sort_unstable();
-    servers.dedup();
-    let per = ranks.len() as u32 / servers.len().max(1) as u32;
-    default_algorithm(
-        plan.cluster.spec.collective_library,
-        servers.len() as u32,
-        per,
-    )
+/// The `[collectives]` keys of the collectives an axis's groups run.
+fn keys_of(axis: Axis) -> &'static [CollectiveGroup] {
+    match axis {
+        Axis::Tp => &[CollectiveGroup::Tp],
+        Axis::Dp => &[CollectiveGroup::Dp, CollectiveGroup::Opt],
+        Axis::Pp => &[CollectiveGroup::Pp],
+    }
 }
 
 impl<'t> Exclusive<'t> {
@@ -83,12 +80,20 @@ impl<'t> Exclusive<'t> {
                     continue;
                 }
                 let id = groups.len();
-                let algo = algo_for(plan, topo, &g);
                 let mut links = Vec::new();
-                for step in steps(CollectiveKind::AllReduce, algo, &g, 1.0, topo) {
-                    for (a, b, _) in step {
-                        if let Ok(r) = topo.route(a, b) {
-                            links.extend(r);
+                for &key in keys_of(axis) {
+                    let algo = plan.algorithm(key, &g);
+                    for kind in [
+                        CollectiveKind::AllReduce,
+                        CollectiveKind::ReduceScatter,
+                        CollectiveKind::AllGather,
+                    ] {
+                        for step in steps(kind, algo, &g, 1.0, topo) {
+                            for (a, b, _) in step {
+                                if let Ok(r) = topo.route(a, b) {
+                                    links.extend(r);
+                                }
+                            }
                         }
                     }
                 }

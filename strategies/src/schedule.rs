@@ -233,6 +233,68 @@ impl Timing {
 }
 
 impl Schedule {
+    /// The chunk on the peer stage that a send of `stage` feeds (`None` for other actions):
+    /// activations leaving the last stage enter the next chunk of stage 0, gradients leaving
+    /// stage 0 the previous chunk of the last stage; everything else stays in its chunk.
+    pub fn receiving_chunk(&self, stage: u32, action: &Action) -> Option<u32> {
+        match *action {
+            Action::SendActivation { chunk, .. } if stage == self.p - 1 => Some(chunk + 1),
+            Action::SendGradient { chunk, .. } if stage == 0 => Some(chunk.wrapping_sub(1)),
+            Action::SendActivation { chunk, .. } | Action::SendGradient { chunk, .. } => {
+                Some(chunk)
+            }
+            _ => None,
+        }
+    }
+
+    /// The micro-batch of each chunk's last backward on `stage` (indexed by chunk): after it
+    /// the chunk's gradients for the step are final.
+    pub fn last_backward(&self, stage: u32) -> Vec<Option<u32>> {
+        let mut out = vec![None; self.v as usize];
+        for a in &self.stages[stage as usize] {
+            if let Action::Backward { mb, chunk } = *a {
+                out[chunk as usize] = Some(mb);
+            }
+        }
+        out
+    }
+
+    /// The chunks of `stage` in the order their last backward of the step runs.
+    pub fn chunks_by_last_backward(&self, stage: u32) -> Vec<usize> {
+        let last = self.last_backward(stage);
+        let mut order: Vec<(usize, usize)> = Vec::new();
+        for (i, a) in self.stages[stage as usize].iter().enumerate() {
+            if let Action::Backward { mb, chunk } = *a {
+                if last[chunk as usize] == Some(mb) {
+                    order.push((i, chunk as usize));
+                }
+            }
+        }
+        order.into_iter().map(|(_, c)| c).collect()
+    }
+
+    /// The most micro-batches of each chunk that `stage` holds at once (forward done, backward
+    /// not yet), indexed by chunk: the activation slots an executor needs.
+    pub fn in_flight(&self, stage: u32) -> Vec<usize> {
+        let mut now = vec![0usize; self.v as usize];
+        let mut peak = vec![0usize; self.v as usize];
+        for a in &self.stages[stage as usize] {
+            match *a {
+                Action::Forward { chunk, .. } => {
+                    let c = chunk as usize;
+                    now[c] += 1;
+                    peak[c] = peak[c].max(now[c]);
+                }
+                Action::Backward { chunk, .. } => {
+                    let c = chunk as usize;
+                    now[c] = now[c].saturating_sub(1);
+                }
+                _ => {}
+            }
+        }
+        peak
+    }
+
     /// Runs the action lists with `fwd(stage, chunk)` and `bwd(stage, chunk)` durations and
     /// instantaneous messages, as a small discrete-event interpreter with blocking receives.
     pub fn time(
@@ -270,15 +332,11 @@ impl Schedule {
                             busy[s] += d;
                             in_flight[s] -= 1;
                         }
-                        Action::SendActivation { mb, chunk, peer } => {
-                            // The last stage feeds the next chunk of stage 0.
-                            let c = if st == self.p - 1 { chunk + 1 } else { chunk };
-                            mailbox.insert((true, mb, c, peer), clock[s]);
-                        }
-                        Action::SendGradient { mb, chunk, peer } => {
-                            // Stage 0 feeds the previous chunk of the last stage.
-                            let c = if st == 0 { chunk - 1 } else { chunk };
-                            mailbox.insert((false, mb, c, peer), clock[s]);
+                        Action::SendActivation { mb, peer, .. }
+                        | Action::SendGradient { mb, peer, .. } => {
+                            let fwd = matches!(a, Action::SendActivation { .. });
+                            let c = self.receiving_chunk(st, &a).unwrap_or(0);
+                            mailbox.insert((fwd, mb, c, peer), clock[s]);
                         }
                         Action::RecvActivation { mb, chunk, .. } => {
                             match mailbox.remove(&(true, mb, chunk, st)) {

@@ -120,6 +120,7 @@ pub fn enumerate(
                                         grad_bucket: DEFAULT_GRAD_BUCKET,
                                         zero3_gather: Default::default(),
                                         zero3_prefetch: Default::default(),
+                                        collectives: Default::default(),
                                     });
                                 }
                             }

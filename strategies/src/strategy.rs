@@ -17,6 +17,7 @@ use std::str::FromStr;
 use pangu_hardware::Bytes;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::collective::{Collectives, CollectivesSpec};
 use crate::PlanError;
 
 macro_rules! string_serde {
@@ -422,6 +423,10 @@ pub struct StrategySpec {
     /// ZeRO-3 backward prefetch: `pre` (default) or `post`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zero3_prefetch: Option<BackwardPrefetch>,
+    /// Collective algorithm per group (`[collectives]`: `tp`, `dp`, `opt`, `pp` =
+    /// `auto | ring | tree | halving-doubling | hierarchical`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collectives: Option<CollectivesSpec>,
 }
 
 impl StrategySpec {
@@ -436,7 +441,13 @@ impl StrategySpec {
     /// `self` with every field that `over` sets replaced by `over`'s.
     pub fn overlay(&self, over: &StrategySpec) -> StrategySpec {
         macro_rules! pick {
-            ($($f:ident),*) => { StrategySpec { $($f: over.$f.clone().or_else(|| self.$f.clone()),)* } };
+            ($($f:ident),*) => { StrategySpec {
+                $($f: over.$f.clone().or_else(|| self.$f.clone()),)*
+                collectives: match (&self.collectives, &over.collectives) {
+                    (Some(a), Some(b)) => Some(a.overlay(b)),
+                    (a, b) => b.or(*a),
+                },
+            } };
         }
         pick!(
             devices,
@@ -500,6 +511,9 @@ pub struct Strategy {
     /// ZeRO-3 backward prefetch.
     #[serde(default, skip_serializing_if = "is_default")]
     pub zero3_prefetch: BackwardPrefetch,
+    /// Collective algorithm per group.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub collectives: Collectives,
 }
 
 fn is_default<T: Default + PartialEq>(x: &T) -> bool {
@@ -527,6 +541,8 @@ impl Strategy {
             grad_bucket: Some(self.grad_bucket),
             zero3_gather: Some(self.zero3_gather),
             zero3_prefetch: Some(self.zero3_prefetch),
+            collectives: (!self.collectives.is_auto())
+                .then(|| CollectivesSpec::from_resolved(&self.collectives)),
         }
     }
 
@@ -559,7 +575,7 @@ impl Strategy {
             String::new()
         };
         format!(
-            "dp{} tp{} pp{} mb{}x{} {} opt={}{zero3} remat={}{}{}",
+            "dp{} tp{} pp{} mb{}x{} {} opt={}{zero3} remat={}{}{}{}",
             self.dp,
             self.tp,
             self.pp,
@@ -573,6 +589,11 @@ impl Strategy {
                 String::new()
             } else {
                 format!(" order={}", self.rank_order)
+            },
+            if self.collectives.is_auto() {
+                String::new()
+            } else {
+                format!(" coll[{}]", self.collectives.summary())
             }
         )
     }
@@ -738,6 +759,7 @@ pub fn resolve(
         grad_bucket: spec.grad_bucket.unwrap_or(DEFAULT_GRAD_BUCKET),
         zero3_gather: spec.zero3_gather.unwrap_or_default(),
         zero3_prefetch: spec.zero3_prefetch.unwrap_or_default(),
+        collectives: spec.collectives.unwrap_or_default().resolve(),
     };
     Ok((strategy, notes))
 }

@@ -1,0 +1,168 @@
+//! Validation of a strategy against a model and a cluster, and the layers of each stage.
+
+use pangu_hardware::Cluster;
+use pangu_model::ModelConfig;
+
+use super::LayerId;
+use crate::strategy::{Precision, ScheduleKind, Strategy};
+use crate::PlanError;
+
+/// Common divisors of the values, for "what would fit" messages.
+fn divisors_of_all(vals: &[u32], limit: u32) -> Vec<u32> {
+    (1..=limit)
+        .filter(|d| vals.iter().all(|v| v % d == 0))
+        .collect()
+}
+
+fn fmt_list(v: &[u32]) -> String {
+    v.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+}
+
+pub(super) fn check_devices(s: &Strategy, cluster: &Cluster) -> Result<(), PlanError> {
+    if s.dp * s.tp * s.pp != s.devices {
+        return Err(PlanError::Devices(format!(
+            "dp {} × tp {} × pp {} = {} ≠ {} devices",
+            s.dp,
+            s.tp,
+            s.pp,
+            s.dp * s.tp * s.pp,
+            s.devices
+        )));
+    }
+    if s.devices > cluster.chips() {
+        return Err(PlanError::Devices(format!(
+            "the strategy uses {} devices but cluster {} has {} chips",
+            s.devices,
+            cluster.spec.name,
+            cluster.chips()
+        )));
+    }
+    if s.global_batch != s.dp * s.micro_batch_size * s.micro_batches {
+        return Err(PlanError::Batch(format!(
+            "dp {} × micro-batch size {} × micro-batches {} = {} ≠ global batch {}",
+            s.dp,
+            s.micro_batch_size,
+            s.micro_batches,
+            s.dp * s.micro_batch_size * s.micro_batches,
+            s.global_batch
+        )));
+    }
+    Ok(())
+}
+
+pub(super) fn check_tp(m: &ModelConfig, s: &Strategy) -> Result<(), PlanError> {
+    let vals = [
+        ("heads", m.heads),
+        ("kv_heads", m.kv_heads()),
+        ("hidden", m.hidden),
+        ("ffn", m.ffn),
+        ("vocab", m.vocab),
+    ];
+    if let Some((name, v)) = vals.iter().find(|(_, v)| v % s.tp != 0) {
+        let ok = divisors_of_all(&vals.map(|(_, v)| v), 64.min(s.devices));
+        let ok: Vec<u32> = ok
+            .into_iter()
+            .filter(|t| s.devices % (t * s.pp) == 0)
+            .collect();
+        return Err(PlanError::TensorParallel(format!(
+            "tp {} does not divide {name} {v} of {}; tp must divide heads {}, kv_heads {}, hidden {}, ffn {} and vocab {}: \
+             with pp {} on {} devices use one of {}",
+            s.tp,
+            m.name,
+            m.heads,
+            m.kv_heads(),
+            m.hidden,
+            m.ffn,
+            m.vocab,
+            s.pp,
+            s.devices,
+            fmt_list(&ok)
+        )));
+    }
+    Ok(())
+}
+
+pub(super) fn check_pipeline(m: &ModelConfig, s: &Strategy, v: u32) -> Result<(), PlanError> {
+    let virt = s.pp * v;
+    if virt > m.layers {
+        return Err(PlanError::Pipeline(format!(
+            "pp {} × {} chunk(s) = {virt} pipeline pieces but {} has only {} layers; use pp ≤ {}",
+            s.pp,
+            v,
+            m.name,
+            m.layers,
+            m.layers / v
+        )));
+    }
+    match s.schedule {
+        ScheduleKind::OneFOneB if s.micro_batches < s.pp => Err(PlanError::Schedule(format!(
+            "1F1B needs at least as many micro-batches as stages: {} micro-batches < pp {}; raise the global batch, \
+             lower --micro-batch-size, or use --schedule gpipe",
+            s.micro_batches, s.pp
+        ))),
+        ScheduleKind::Interleaved { chunks } if s.micro_batches % s.pp != 0 || s.micro_batches < s.pp => {
+            Err(PlanError::Schedule(format!(
+                "interleaved:{chunks} needs the micro-batch count to be a multiple of pp: {} micro-batches with pp {}",
+                s.micro_batches, s.pp
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
+pub(super) fn check_precision(s: &Strategy, c: &Cluster) -> Result<u32, PlanError> {
+    let chip = &c.spec.chip;
+    let missing = match s.precision {
+        Precision::Bf16 if chip.bf16.is_none() => Some("bf16"),
+        Precision::Fp32 if chip.fp32.is_none() => Some("fp32"),
+        _ => None,
+    };
+    if let Some(p) = missing {
+        return Err(PlanError::Precision(format!(
+            "{} has no {p} compute rate in cluster {}; use --precision fp16 or give chip.{p} in a cluster file",
+            chip.name, c.spec.name
+        )));
+    }
+    Ok(s.precision.act_bytes())
+}
+
+/// Layers of each virtual stage: explicit, or PanGu-α's `stage = i·V // L` ([R]).
+pub(super) fn layer_layout(
+    m: &ModelConfig,
+    s: &Strategy,
+    v: u32,
+) -> Result<Vec<Vec<LayerId>>, PlanError> {
+    let virt = s.pp * v;
+    let id = |i: u32| {
+        if m.query_layer && i == m.layers - 1 {
+            LayerId::Query
+        } else {
+            LayerId::Block(i)
+        }
+    };
+    let counts: Vec<u32> = match &s.layers_per_stage {
+        Some(c) => {
+            if c.len() as u32 != virt || c.iter().sum::<u32>() != m.layers || c.contains(&0) {
+                return Err(PlanError::Pipeline(format!(
+                    "layers_per_stage {:?} must list {virt} positive counts (pp {} × {v} chunks) summing to {} layers",
+                    c, s.pp, m.layers
+                )));
+            }
+            c.clone()
+        }
+        None => {
+            let mut c = vec![0u32; virt as usize];
+            for i in 0..m.layers {
+                c[(u64::from(i) * u64::from(virt) / u64::from(m.layers)) as usize] += 1;
+            }
+            c
+        }
+    };
+    let mut out = Vec::with_capacity(virt as usize);
+    let mut next = 0;
+    for n in counts {
+        out.push((next..next + n).map(id).collect());
+        next += n;
+    }
+    Ok(out)
+}
