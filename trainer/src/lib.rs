@@ -9,7 +9,8 @@
 //! - [`tokenizer`]: jieba segmentation + a Unigram vocabulary (Hugging Face `tokenizers`).
 //! - [`data`]: the corpus, packing into `seq + 1` samples with EOD reset, the held-out split.
 //! - [`optim`]: AdamW with PanGu-α's decay rules, warm-up + cosine, global-norm clipping.
-//! - [`checkpoint`]: safetensors + a manifest, written atomically.
+//! - [`checkpoint`]: safetensors + a manifest, written atomically ([`fsio`]: the hash and the
+//!   atomic write it and the tokenizer share).
 //! - [`train`]: the training loop; [`generate`]: sampling with a KV cache.
 //!
 //! It depends on `pangu-strategies` (the plan, the report types) and never on the simulator.
@@ -21,6 +22,7 @@ pub mod comm;
 pub mod cpustat;
 pub mod data;
 pub mod dist;
+pub mod fsio;
 pub mod generate;
 pub mod grads;
 pub mod kernels;
