@@ -10,6 +10,7 @@ use rayon::prelude::*;
 
 use crate::linalg::{self, matmul_with, n, t};
 use crate::real::Real;
+use crate::reduce::Reduce;
 use crate::rng;
 
 /// Runs `f(row_index, row)` over the `width`-element rows of `buf`, in parallel when the
@@ -914,7 +915,7 @@ pub fn xent_vocab_fwd<T: Real>(
     mx: &mut [T],
     sums: &mut [T],
     tl: &mut [T],
-    red: &mut dyn crate::model::Reduce<T>,
+    red: &mut dyn Reduce<T>,
 ) {
     let rows = logits.len() / vl;
     for (r, m) in mx.iter_mut().enumerate() {

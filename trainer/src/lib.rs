@@ -5,6 +5,7 @@
 //!   the finite-difference tests run the very same code in f64.
 //! - [`linalg`]: matrix multiply through the `gemm` crate (the only `unsafe`, bounds-checked).
 //! - [`model`]: the parameter layout, forward and backward of the whole model.
+//! - [`reduce`]: the sums over a tensor-parallel group that the model and kernels call.
 //! - [`grads`]: where a backward pass adds its gradients (two halves of a batch share one buffer).
 //! - [`tokenizer`]: jieba segmentation + a Unigram vocabulary (Hugging Face `tokenizers`).
 //! - [`data`]: the corpus, packing into `seq + 1` samples with EOD reset, the held-out split.
@@ -30,6 +31,7 @@ pub mod linalg;
 pub mod model;
 pub mod optim;
 pub mod real;
+pub mod reduce;
 pub mod rng;
 pub mod sharded;
 pub mod tokenizer;
