@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command (README "Run the tests"; .ci/run calls it too).
-# Installs the Debian packages the tests need, then runs every test of the workspace.
+# Installs the Debian packages the tests need, checks that no crate has an import cycle
+# between its files (scripts/check-cycles.py), then runs every test of the workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +23,8 @@ if [ ${#missing[@]} -gt 0 ]; then
     fi
 fi
 
+# Import cycles between the source files of each crate (the rule is in the script's header).
+python3 scripts/check-cycles.py
 cargo test --workspace --locked
 # The MPI backend: a build with the `mpi` feature and multi-process runs under mpirun.
 cargo test --locked -p pangu-cli --features mpi --test mpi

@@ -14,19 +14,16 @@ use pangu_model::ModelConfig;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
 
+use crate::fsio::fnv1a;
 use crate::model::Layout;
-use crate::tokenizer::fnv1a;
 use crate::TrainError;
 
 /// Manifest format tag.
 pub const FORMAT: &str = "pangu-twin-checkpoint/1";
 
-/// Writes `bytes` to `path` through a temporary file and a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(|e| TrainError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| TrainError::io(path, e))
-}
+/// Writes `bytes` to `path` through a temporary file and a rename (kept here for callers of
+/// `checkpoint::write_atomic`; it lives in [`crate::fsio`]).
+pub use crate::fsio::write_atomic;
 
 /// What a checkpoint records besides tensors.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

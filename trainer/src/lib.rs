@@ -5,11 +5,13 @@
 //!   the finite-difference tests run the very same code in f64.
 //! - [`linalg`]: matrix multiply through the `gemm` crate (the only `unsafe`, bounds-checked).
 //! - [`model`]: the parameter layout, forward and backward of the whole model.
+//! - [`reduce`]: the sums over a tensor-parallel group that the model and kernels call.
 //! - [`grads`]: where a backward pass adds its gradients (two halves of a batch share one buffer).
 //! - [`tokenizer`]: jieba segmentation + a Unigram vocabulary (Hugging Face `tokenizers`).
 //! - [`data`]: the corpus, packing into `seq + 1` samples with EOD reset, the held-out split.
 //! - [`optim`]: AdamW with PanGu-α's decay rules, warm-up + cosine, global-norm clipping.
-//! - [`checkpoint`]: safetensors + a manifest, written atomically.
+//! - [`checkpoint`]: safetensors + a manifest, written atomically ([`fsio`]: the hash and the
+//!   atomic write it and the tokenizer share).
 //! - [`train`]: the training loop; [`generate`]: sampling with a KV cache.
 //!
 //! It depends on `pangu-strategies` (the plan, the report types) and never on the simulator.
@@ -21,6 +23,7 @@ pub mod comm;
 pub mod cpustat;
 pub mod data;
 pub mod dist;
+pub mod fsio;
 pub mod generate;
 pub mod grads;
 pub mod kernels;
@@ -28,6 +31,7 @@ pub mod linalg;
 pub mod model;
 pub mod optim;
 pub mod real;
+pub mod reduce;
 pub mod rng;
 pub mod sharded;
 pub mod tokenizer;

@@ -21,9 +21,9 @@ use pangu_strategies::{OptShard, Strategy};
 use safetensors::tensor::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{self, write_atomic};
+use crate::checkpoint;
+use crate::fsio::{fnv1a, write_atomic};
 use crate::model::{Layout, Part};
-use crate::tokenizer::fnv1a;
 use crate::TrainError;
 
 /// Format tag of sharded manifests.

@@ -52,12 +52,9 @@ impl std::fmt::Debug for Tokenizer {
     }
 }
 
-/// FNV-1a, 64 bit: the content hash that ties checkpoints to their tokenizer.
-pub fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
+/// FNV-1a, 64 bit: the content hash that ties checkpoints to their tokenizer (kept here for
+/// callers of `tokenizer::fnv1a`; it lives in [`crate::fsio`]).
+pub use crate::fsio::fnv1a;
 
 /// The Unigram trainer gives characters that pruning removed the scores `min + k·1e-4`, k
 /// counting in the iteration order of a randomly seeded hash set, so which character gets which
@@ -194,7 +191,7 @@ impl Tokenizer {
 
     /// Writes the tokenizer file.
     pub fn save(&self, path: &Path) -> Result<(), TrainError> {
-        crate::checkpoint::write_atomic(path, &self.to_json())
+        crate::fsio::write_atomic(path, &self.to_json())
     }
 
     /// Reads a tokenizer written by [`Tokenizer::save`].

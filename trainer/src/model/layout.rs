@@ -1,0 +1,524 @@
+//! The parameter layout: the model's shapes ([`Dims`]), a device's share of the model
+//! ([`Part`]), and where each named tensor lies in the one flat fp32 buffer ([`Layout`],
+//! [`TensorInfo`], [`LayerParams`]), with its initial values and the maps between a part and
+//! the whole model.
+
+use std::ops::Range;
+
+use pangu_model::{FfnKind, ModelConfig, NormKind, PositionKind};
+use serde::Serialize;
+
+use crate::real::Real;
+use crate::rng;
+use crate::TrainError;
+
+/// One named tensor inside the flat parameter buffer.
+#[derive(Debug, Clone, Serialize)]
+pub struct TensorInfo {
+    /// Name, e.g. `layers.0.attn.qkv.weight`.
+    pub name: String,
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// First element in the flat buffer.
+    pub offset: usize,
+    /// Whether AdamW decays it (weights of matrices and embeddings; not LayerNorm or biases).
+    pub decay: bool,
+    /// Standard deviation of its initial normal values (0: constant `init_value`).
+    #[serde(skip)]
+    pub init_std: f64,
+    /// Constant initial value when `init_std` is 0.
+    #[serde(skip)]
+    pub init_value: f64,
+    /// How this device's tensor is cut from the whole model's.
+    pub split: Split,
+    /// Index of the whole tensor in the whole model's layout (keys its initial values).
+    #[serde(skip)]
+    pub global: usize,
+}
+
+/// How a tensor of a tensor-parallel device relates to the whole model's tensor (Megatron's
+/// and PanGu-α's op-level split: Q, K, V and FFN-up by columns, attention output and FFN-down
+/// by rows; everything else replicated).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Split {
+    /// The whole tensor (replicated across the tensor-parallel group).
+    Whole,
+    /// The last dimension is `blocks` equal blocks (Q | K | V); each device holds its
+    /// `1/tp` of every block.
+    Cols {
+        /// Blocks side by side.
+        blocks: usize,
+    },
+    /// Each device holds `1/tp` of the first dimension.
+    Rows,
+}
+
+/// The share of the model one device holds: a range of layers (a pipeline model chunk, with
+/// the embedding when it is the first and the final norm and tied head when it is the last)
+/// and a tensor-parallel slice of each layer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Part {
+    /// Tensor-parallel degree.
+    pub tp: usize,
+    /// This device's index in its tensor-parallel group.
+    pub tp_rank: usize,
+    /// Global indices of the layers held (the query layer is the last of the model's).
+    pub layers: Range<usize>,
+    /// Holds the embeddings (the first virtual stage).
+    pub embedding: bool,
+    /// Holds the final LayerNorm, the head and the loss (the last virtual stage).
+    pub head: bool,
+    /// Sequence parallelism (with `tp > 1`): the residual stream, LayerNorms and dropout
+    /// hold this device's `1/tp` block of the rows; all-gathers and reduce-scatters take the
+    /// place of the all-reduces (Korthikanti et al. 2022).
+    pub seq_parallel: bool,
+}
+
+impl Part {
+    /// The whole model of `layers` layers on one device.
+    pub fn whole(layers: usize) -> Part {
+        Part {
+            tp: 1,
+            tp_rank: 0,
+            layers: 0..layers,
+            embedding: true,
+            head: true,
+            seq_parallel: false,
+        }
+    }
+
+    /// Whether this is the whole model.
+    pub fn is_whole(&self, layers: usize) -> bool {
+        self.tp == 1 && self.layers == (0..layers) && self.embedding && self.head
+    }
+}
+
+impl TensorInfo {
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Whether it has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Its range in the flat buffer.
+    pub fn range(&self) -> Range<usize> {
+        self.offset..self.offset + self.len()
+    }
+}
+
+/// Ranges of one layer's tensors.
+#[derive(Debug, Clone)]
+pub struct LayerParams {
+    /// LN1 gain and bias.
+    pub ln1_g: Range<usize>,
+    /// LN1 bias.
+    pub ln1_b: Range<usize>,
+    /// Q, K, V weights `[d, 3d]`.
+    pub w_qkv: Range<usize>,
+    /// Q, K, V biases `[3d]`.
+    pub b_qkv: Range<usize>,
+    /// Attention output projection `[d, d]`.
+    pub w_o: Range<usize>,
+    /// Its bias.
+    pub b_o: Range<usize>,
+    /// LN2 gain.
+    pub ln2_g: Range<usize>,
+    /// LN2 bias.
+    pub ln2_b: Range<usize>,
+    /// FFN up `[d, f]`.
+    pub w_up: Range<usize>,
+    /// Its bias.
+    pub b_up: Range<usize>,
+    /// FFN down `[f, d]`.
+    pub w_down: Range<usize>,
+    /// Its bias.
+    pub b_down: Range<usize>,
+}
+
+impl LayerParams {
+    /// The layer's contiguous range of the buffer (its tensors lie side by side).
+    pub fn span(&self) -> Range<usize> {
+        self.ln1_g.start..self.b_down.end
+    }
+}
+
+/// The model's shapes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Dims {
+    /// Hidden size.
+    pub d: usize,
+    /// Heads.
+    pub h: usize,
+    /// FFN inner size.
+    pub f: usize,
+    /// Vocabulary.
+    pub v: usize,
+    /// Sequence length.
+    pub s: usize,
+    /// All layers, the query layer included.
+    pub layers: usize,
+    /// Whether the last layer is the query layer.
+    pub query: bool,
+    /// Heads on this device (`h / tp`).
+    pub hl: usize,
+    /// FFN columns on this device (`f / tp`).
+    pub fl: usize,
+}
+
+impl Dims {
+    /// Head size.
+    pub fn hd(&self) -> usize {
+        self.d / self.h
+    }
+
+    /// Width of this device's heads (`d / tp`).
+    pub fn dl(&self) -> usize {
+        self.hl * self.hd()
+    }
+
+    /// The shapes of `part` of `cfg`, or the error that says why the trainer cannot run them
+    /// (an architecture it does not implement, a tensor-parallel degree that does not divide
+    /// the model, layers the model lacks).
+    fn checked(cfg: &ModelConfig, part: &Part) -> Result<Dims, TrainError> {
+        let unsupported = |field: &str, why: &str| {
+            Err(TrainError::Unsupported(format!(
+                "model '{}': {field} {why} (the CPU trainer runs the PanGu-α architecture: learned positions, \
+                 LayerNorm, GeLU FFN with biases, tied embedding, full multi-head attention)",
+                cfg.name
+            )))
+        };
+        cfg.validate()
+            .map_err(|e| TrainError::Unsupported(e.to_string()))?;
+        if cfg.position != PositionKind::Learned {
+            return unsupported("position", "is not 'learned'");
+        }
+        if cfg.norm != NormKind::Layernorm {
+            return unsupported("norm", "is not 'layernorm'");
+        }
+        if cfg.ffn_kind != FfnKind::Gelu {
+            return unsupported("ffn_kind", "is not 'gelu'");
+        }
+        if !cfg.bias {
+            return unsupported("bias", "is false");
+        }
+        if !cfg.tied_embeddings {
+            return unsupported("tied_embeddings", "is false");
+        }
+        if cfg.kv_heads() != cfg.heads {
+            return unsupported("kv_heads", "differs from heads");
+        }
+        let (h, f, l) = (cfg.heads as usize, cfg.ffn as usize, cfg.layers as usize);
+        let tp = part.tp;
+        if tp == 0
+            || h % tp != 0
+            || f % tp != 0
+            || cfg.vocab as usize % tp != 0
+            || part.tp_rank >= tp
+        {
+            return Err(TrainError::Config(format!(
+                "model '{}': tensor-parallel degree {tp} must divide the heads ({h}), the FFN size ({f}) and the vocabulary ({})",
+                cfg.name, cfg.vocab
+            )));
+        }
+        if part.layers.end > l || part.layers.start > part.layers.end {
+            return Err(TrainError::Config(format!(
+                "model '{}' has {l} layers; a part cannot hold layers {:?}",
+                cfg.name, part.layers
+            )));
+        }
+        Ok(Dims {
+            d: cfg.hidden as usize,
+            h,
+            f,
+            v: cfg.vocab as usize,
+            s: cfg.seq_len as usize,
+            layers: l,
+            query: cfg.query_layer,
+            hl: h / tp,
+            fl: f / tp,
+        })
+    }
+}
+
+/// The parameter layout of a model.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// Shapes.
+    pub dims: Dims,
+    /// Every tensor, in buffer order.
+    pub tensors: Vec<TensorInfo>,
+    /// Word embedding `[V, d]` (also the output head).
+    pub wte: Range<usize>,
+    /// Position embedding `[S, d]`.
+    pub wpe: Range<usize>,
+    /// Query-layer position table `[S, d]` (empty without a query layer).
+    pub wqe: Range<usize>,
+    /// Per layer.
+    pub layers: Vec<LayerParams>,
+    /// Final LayerNorm gain.
+    pub lnf_g: Range<usize>,
+    /// Final LayerNorm bias.
+    pub lnf_b: Range<usize>,
+    /// Total elements.
+    pub total: usize,
+    /// The share of the model this layout holds.
+    pub part: Part,
+}
+
+impl Layout {
+    /// The layout of the whole of `cfg`; errors name the field the trainer cannot run.
+    pub fn new(cfg: &ModelConfig) -> Result<Layout, TrainError> {
+        Layout::part(cfg, &Part::whole(cfg.layers as usize))
+    }
+
+    /// The layout of one device's `part` of `cfg`.
+    pub fn part(cfg: &ModelConfig, part: &Part) -> Result<Layout, TrainError> {
+        let dims = Dims::checked(cfg, part)?;
+        let (l, tp) = (dims.layers, part.tp);
+        let whole = if part.is_whole(l) {
+            None
+        } else {
+            Some(Layout::new(cfg)?)
+        };
+        let (d, v, s) = (dims.d, dims.v, dims.s);
+        let (dl, fl) = (dims.dl(), dims.fl);
+        let mut tensors = Vec::new();
+        let mut off = 0usize;
+        let mut add =
+            |name: String, shape: Vec<usize>, split: Split, decay: bool, std: f64, value: f64| {
+                let len: usize = shape.iter().product();
+                let global = match &whole {
+                    Some(w) => w.tensors.iter().position(|t| t.name == name).unwrap_or(0),
+                    None => tensors.len(),
+                };
+                tensors.push(TensorInfo {
+                    name,
+                    shape,
+                    offset: off,
+                    decay,
+                    init_std: std,
+                    init_value: value,
+                    split,
+                    global,
+                });
+                off += len;
+                off - len..off
+            };
+        let holds_query = dims.query && part.layers.contains(&(l - 1));
+        let n = |keep: bool, rows: usize| if keep { rows } else { 0 };
+        use Split::{Cols, Rows, Whole};
+        // Initialisation of [R] pangu_alpha.py (pangu-alpha.md §1.6): embeddings N(0, 0.02);
+        // the projections into the residual stream N(0, 0.02/sqrt(2L)); FFN up N(0, 0.02);
+        // biases 0, LayerNorm gain 1. Q/K/V use MindSpore's Dense default, whose value the
+        // reference could not confirm: N(0, 0.02) as every other input projection here.
+        let std = 0.02;
+        let std_out = 0.02 / (2.0 * l as f64).sqrt();
+        let (emb, head) = (part.embedding, part.head);
+        // Vocab-parallel word table (and tied head): each device holds `V/tp` rows.
+        let wte = add(
+            "embedding.word".into(),
+            vec![n(emb || head, v / tp), d],
+            if tp > 1 { Rows } else { Whole },
+            true,
+            std,
+            0.0,
+        );
+        let wpe = add(
+            "embedding.position".into(),
+            vec![n(emb, s), d],
+            Whole,
+            true,
+            std,
+            0.0,
+        );
+        let wqe = add(
+            "embedding.query".into(),
+            vec![n(holds_query, s), d],
+            Whole,
+            true,
+            std,
+            0.0,
+        );
+        let mut layers = Vec::new();
+        for i in part.layers.clone() {
+            let p = |n: &str| format!("layers.{i}.{n}");
+            let qkv = Cols { blocks: 3 };
+            let col = Cols { blocks: 1 };
+            layers.push(LayerParams {
+                ln1_g: add(p("ln1.gamma"), vec![d], Whole, false, 0.0, 1.0),
+                ln1_b: add(p("ln1.beta"), vec![d], Whole, false, 0.0, 0.0),
+                w_qkv: add(p("attn.qkv.weight"), vec![d, 3 * dl], qkv, true, std, 0.0),
+                b_qkv: add(p("attn.qkv.bias"), vec![3 * dl], qkv, false, 0.0, 0.0),
+                w_o: add(p("attn.out.weight"), vec![dl, d], Rows, true, std_out, 0.0),
+                b_o: add(p("attn.out.bias"), vec![d], Whole, false, 0.0, 0.0),
+                ln2_g: add(p("ln2.gamma"), vec![d], Whole, false, 0.0, 1.0),
+                ln2_b: add(p("ln2.beta"), vec![d], Whole, false, 0.0, 0.0),
+                w_up: add(p("ffn.up.weight"), vec![d, fl], col, true, std, 0.0),
+                b_up: add(p("ffn.up.bias"), vec![fl], col, false, 0.0, 0.0),
+                w_down: add(p("ffn.down.weight"), vec![fl, d], Rows, true, std_out, 0.0),
+                b_down: add(p("ffn.down.bias"), vec![d], Whole, false, 0.0, 0.0),
+            });
+        }
+        let lnf_g = add(
+            "final_ln.gamma".into(),
+            vec![n(head, d)],
+            Whole,
+            false,
+            0.0,
+            1.0,
+        );
+        let lnf_b = add(
+            "final_ln.beta".into(),
+            vec![n(head, d)],
+            Whole,
+            false,
+            0.0,
+            0.0,
+        );
+        let total = lnf_b.end;
+        // Tensors this part does not hold (and the query table of a model without one).
+        tensors.retain(|t| !t.is_empty());
+        if whole.is_none() {
+            for (i, t) in tensors.iter_mut().enumerate() {
+                t.global = i;
+            }
+        }
+        Ok(Layout {
+            dims,
+            tensors,
+            wte,
+            wpe,
+            wqe,
+            layers,
+            lnf_g,
+            lnf_b,
+            total,
+            part: part.clone(),
+        })
+    }
+
+    /// Initial parameters for `seed` (each element a pure function of seed, tensor and index).
+    pub fn init<T: Real>(&self, seed: u64) -> Vec<T> {
+        let mut p = vec![T::zero(); self.total];
+        for t in &self.tensors {
+            let s = rng::stream(&[0x1417, t.global as u64]);
+            for (i, x) in p[t.range()].iter_mut().enumerate() {
+                *x = if t.init_std > 0.0 {
+                    let gi = self.global_index(t, i);
+                    T::of(t.init_std * rng::normal(seed, s, gi as u64))
+                } else {
+                    T::of(t.init_value)
+                };
+            }
+        }
+        p
+    }
+
+    /// The index inside the whole model's tensor of element `i` of this part's tensor `t`.
+    pub fn global_index(&self, t: &TensorInfo, i: usize) -> usize {
+        let (tp, r) = (self.part.tp, self.part.tp_rank);
+        match t.split {
+            Split::Whole => i,
+            _ if tp == 1 => i,
+            Split::Rows => r * t.len() + i,
+            Split::Cols { blocks } => {
+                let width = *t.shape.last().unwrap_or(&1);
+                let (row, j) = (i / width, i % width);
+                let lw = width / blocks;
+                let (blk, jj) = (j / lw, j % lw);
+                row * width * tp + blk * lw * tp + r * lw + jj
+            }
+        }
+    }
+
+    /// Copies this part's values `local` into their places in the whole model's buffer `out`
+    /// (laid out by `whole`).
+    pub fn scatter<T: Copy>(&self, whole: &Layout, local: &[T], out: &mut [T]) {
+        for t in &self.tensors {
+            let w = &whole.tensors[t.global];
+            for i in 0..t.len() {
+                out[w.offset + self.global_index(t, i)] = local[t.offset + i];
+            }
+        }
+    }
+
+    /// [`Layout::scatter`] of the elements of `local` whose flat index lies in `keep`.
+    pub fn scatter_within<T: Copy>(
+        &self,
+        whole: &Layout,
+        local: &[T],
+        out: &mut [T],
+        keep: &Range<usize>,
+    ) {
+        for t in &self.tensors {
+            let w = &whole.tensors[t.global];
+            let lo = keep.start.max(t.offset);
+            let hi = keep.end.min(t.offset + t.len());
+            for j in lo..hi {
+                out[w.offset + self.global_index(t, j - t.offset)] = local[j];
+            }
+        }
+    }
+
+    /// This part's values cut from the whole model's buffer `src` (laid out by `whole`).
+    pub fn gather<T: Copy + Default>(&self, whole: &Layout, src: &[T]) -> Vec<T> {
+        let mut out = vec![T::default(); self.total];
+        for t in &self.tensors {
+            let w = &whole.tensors[t.global];
+            for i in 0..t.len() {
+                out[t.offset + i] = src[w.offset + self.global_index(t, i)];
+            }
+        }
+        out
+    }
+
+    /// Ranges of the elements this device counts in global sums over the model (the gradient
+    /// norm): a tensor replicated over the tensor-parallel group counts on its rank 0 only,
+    /// and the tied word embedding counts where the embedding lives, not in the head's copy.
+    pub fn counted_ranges(&self) -> Vec<Range<usize>> {
+        self.tensors
+            .iter()
+            .filter(|t| t.split != Split::Whole || self.part.tp == 1 || self.part.tp_rank == 0)
+            .filter(|t| self.part.embedding || t.name != "embedding.word")
+            .map(TensorInfo::range)
+            .collect()
+    }
+
+    /// Ranges of the gradients a device computes from its own rows only under sequence
+    /// parallelism (LayerNorm gains and biases, the biases added after a reduce-scatter);
+    /// empty otherwise.
+    pub fn row_partial_ranges(&self) -> Vec<Range<usize>> {
+        if !(self.part.seq_parallel && self.part.tp > 1) {
+            return Vec::new();
+        }
+        self.layers
+            .iter()
+            .flat_map(|lp| {
+                [
+                    lp.ln1_g.clone(),
+                    lp.ln1_b.clone(),
+                    lp.b_o.clone(),
+                    lp.ln2_g.clone(),
+                    lp.ln2_b.clone(),
+                    lp.b_down.clone(),
+                ]
+            })
+            .collect()
+    }
+
+    /// A 0/1 mask per element: 1 where AdamW applies weight decay.
+    pub fn decay_mask(&self) -> Vec<bool> {
+        let mut m = vec![false; self.total];
+        for t in &self.tensors {
+            if t.decay {
+                m[t.range()].fill(true);
+            }
+        }
+        m
+    }
+}
