@@ -26,4 +26,4 @@ pub use app::{App, Command, Tab, View};
 pub use editor::Editor;
 pub use job::Job;
 pub use palette::{color, heat};
-pub use simulation::{simulate, Bar, SimOutput};
+pub use simulation::{simulate, SimOutput};

@@ -63,7 +63,7 @@ fn simulate_shows_results_and_the_timeline() {
     h.run_ok();
     assert!(h.query_by_label_contains("shown").is_some());
     let out = h.state().results.as_ref().unwrap().as_ref().unwrap();
-    assert!(!out.bars.is_empty() && !out.rows.is_empty());
+    assert!(!out.timeline.spans.is_empty() && !out.timeline.rows.is_empty());
 }
 
 #[test]
