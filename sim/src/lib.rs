@@ -8,6 +8,7 @@
 //!   point-to-point transfers.
 //! - [`network`]: transfers are flows over the topology's routes, sharing links max-min fairly.
 //! - [`engine`]: the event queue; [`run`] executes the graph and fills a `StepReport`.
+//! - [`timeline`]: the rows and spans of a run, for the Chrome trace and the app's Gantt chart.
 //!
 //! ```
 //! use pangu_model::ModelConfig;
@@ -34,6 +35,7 @@ pub mod isolated;
 pub mod network;
 pub mod run;
 pub mod search;
+pub mod timeline;
 pub mod validate;
 pub mod workload;
 
@@ -231,39 +233,30 @@ pub fn simulate_shared(a: &Plan, b: &Plan) -> Result<Shared, SimError> {
 }
 
 /// A Chrome-trace (Perfetto) JSON document of a simulated step for the given ranks: one
-/// process per rank, one thread per stream, collectives named with group and size.
+/// process per rank, one thread per stream, collectives named with group and size. The events
+/// are the rows and spans of [`timeline::build`] over every stream.
 pub fn chrome_trace(plan: &Plan, run: &Run, w: &Workload, ranks: &[u32]) -> serde_json::Value {
     use serde_json::json;
-    let keep: std::collections::HashSet<u32> = ranks.iter().copied().collect();
-    let mut events = Vec::new();
-    for &r in ranks {
-        let stage = plan.mesh.coords(r).pp;
+    let streams = timeline::STREAMS.map(|(s, _)| s);
+    let tl = timeline::build(plan, run, w, ranks, &streams);
+    let mut events = Vec::with_capacity(ranks.len() + tl.rows.len() + tl.spans.len());
+    for rank in tl.rows.chunks(streams.len()) {
+        let (r, stage) = (rank[0].device, rank[0].stage);
         events.push(json!({"name": "process_name", "ph": "M", "pid": r, "args": {"name": format!("rank {r} (stage {stage})")}}));
-        for (tid, name) in [(0, "compute"), (1, "tp"), (2, "dp/opt"), (3, "pp")] {
-            events.push(json!({"name": "thread_name", "ph": "M", "pid": r, "tid": tid, "args": {"name": name}}));
+        for row in rank {
+            events.push(json!({"name": "thread_name", "ph": "M", "pid": r, "tid": row.stream as u32, "args": {"name": timeline::stream_name(row.stream)}}));
         }
     }
-    for (i, t) in w.tasks.iter().enumerate() {
-        if !keep.contains(&t.device) {
-            continue;
-        }
-        let (s, e) = run.times[i];
-        if e <= s {
-            continue;
-        }
-        let cat = match t.work {
-            workload::Work::Compute { cat, .. } => cat.name(),
-            workload::Work::Coll { inst } => w.colls[inst as usize].cat.name(),
-            _ => "pp_comm",
-        };
+    for s in tl.spans {
+        let row = tl.rows[s.row as usize];
         events.push(json!({
-            "name": run::describe(t.label, t.work, w),
-            "cat": cat,
+            "name": s.label,
+            "cat": s.cat.name(),
             "ph": "X",
-            "ts": s as f64 / 1e3,
-            "dur": (e - s) as f64 / 1e3,
-            "pid": t.device,
-            "tid": t.stream as u32,
+            "ts": s.start as f64 / 1e3,
+            "dur": (s.end - s.start) as f64 / 1e3,
+            "pid": row.device,
+            "tid": row.stream as u32,
         }));
     }
     json!({"traceEvents": events, "displayTimeUnit": "ms"})

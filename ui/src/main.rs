@@ -8,7 +8,7 @@ fn main() -> eframe::Result<()> {
     let mut i = 0;
     while i < args.len() {
         match args[i].as_str() {
-            "--simulate" => app.start_simulation(),
+            "--simulate" => app.handle(pangu_ui::Command::Simulate),
             "--tab" if i + 1 < args.len() => {
                 i += 1;
                 match pangu_ui::Tab::from_name(&args[i]) {

@@ -63,7 +63,7 @@ fn simulate_shows_results_and_the_timeline() {
     h.run_ok();
     assert!(h.query_by_label_contains("shown").is_some());
     let out = h.state().results.as_ref().unwrap().as_ref().unwrap();
-    assert!(!out.bars.is_empty() && !out.rows.is_empty());
+    assert!(!out.timeline.spans.is_empty() && !out.timeline.rows.is_empty());
 }
 
 #[test]
@@ -74,8 +74,8 @@ fn clicking_a_search_row_loads_its_strategy() {
     h.run_ok();
     h.get_by_label("Run search").click();
     h.step();
-    wait(&mut h, 300, |a| a.search.is_some());
-    let best = match &h.state().search {
+    wait(&mut h, 300, |a| a.tabs.search.result.is_some());
+    let best = match &h.state().tabs.search.result {
         Some(Ok(s)) => s.ranked[0].clone(),
         other => panic!("{:?}", other.as_ref().map(|_| ())),
     };
@@ -133,18 +133,8 @@ fn the_training_monitor_plots_a_falling_loss_live() {
     h.run_ok();
     h.get_by_label("Train pangu-alpha-tiny").click();
     h.step();
-    wait(&mut h, 300, |a| {
-        a.training.as_ref().is_some_and(|t| t.losses.len() >= 4)
-    });
-    let losses: Vec<f64> = h
-        .state()
-        .training
-        .as_ref()
-        .unwrap()
-        .losses
-        .iter()
-        .map(|l| l.1)
-        .collect();
+    wait(&mut h, 300, |a| a.tabs.training.losses.len() >= 4);
+    let losses: Vec<f64> = h.state().tabs.training.losses.iter().map(|l| l.1).collect();
     assert!(losses.iter().all(|l| l.is_finite()));
     assert!(
         losses.last().unwrap() < losses.first().unwrap(),
