@@ -19,6 +19,7 @@
 //! assert_eq!(c.topology.level_between(0, 5), pangu_hardware::Level::Server);
 //! ```
 
+pub mod fxhash;
 pub mod spec;
 pub mod topology;
 pub mod units;

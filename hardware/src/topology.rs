@@ -145,7 +145,7 @@ pub struct Topology {
     nics_per_server: u32,
     servers_per_rack: u32,
     links: Vec<Link>,
-    index: std::collections::HashMap<(Node, Node), LinkId>,
+    index: crate::fxhash::FxMap<(Node, Node), LinkId>,
     /// Links taken out of service ([`Topology::fail`]); routes avoid them.
     failed: std::collections::BTreeSet<LinkId>,
 }
@@ -161,7 +161,7 @@ impl Topology {
             nics_per_server: spec.network.nics_per_server,
             servers_per_rack: spec.network.servers_per_rack.max(1),
             links: Vec::new(),
-            index: std::collections::HashMap::new(),
+            index: Default::default(),
             failed: Default::default(),
         };
         let servers = spec.servers();

@@ -9,7 +9,11 @@
 
 use pangu_hardware::Topology;
 use pangu_strategies::collective::Program;
+use std::rc::Rc;
+
 use pangu_strategies::{CollectiveAlgorithm, CollectiveKind};
+
+use pangu_hardware::fxhash::FxMap;
 
 /// One transfer: (source chip, destination chip, bytes).
 pub type Transfer = (u32, u32, f64);
@@ -32,7 +36,8 @@ pub fn program(
     Program::build(kind, algo, &placement(ranks, topo))
 }
 
-/// The program's steps as chip transfers of a `bytes` buffer.
+/// The program's steps as chip transfers of a `bytes` buffer (unit bytes for [`steps`], which
+/// scales them).
 pub fn transfers(program: &Program, ranks: &[u32], bytes: f64) -> Vec<Step> {
     if bytes <= 0.0 {
         return Vec::new();
@@ -45,7 +50,7 @@ pub fn transfers(program: &Program, ranks: &[u32], bytes: f64) -> Vec<Step> {
             for t in step {
                 let (a, b) = (ranks[t.src as usize], ranks[t.dst as usize]);
                 let x = bytes * program.fraction(&t.pieces);
-                // Ranges of one message follow each other in the program's list.
+                // A program lists a step's transfers by source, then destination.
                 match out.last_mut() {
                     Some(last) if last.0 == a && last.1 == b => last.2 += x,
                     _ => out.push((a, b, x)),
@@ -53,6 +58,13 @@ pub fn transfers(program: &Program, ranks: &[u32], bytes: f64) -> Vec<Step> {
             }
             out
         })
+        .collect()
+}
+
+/// Scales unit-byte steps to a `bytes` buffer.
+fn scaled(unit: &[Step], bytes: f64) -> Vec<Step> {
+    unit.iter()
+        .map(|s| s.iter().map(|&(a, b, x)| (a, b, x * bytes)).collect())
         .collect()
 }
 
@@ -64,10 +76,70 @@ pub fn steps(
     bytes: f64,
     topo: &Topology,
 ) -> Vec<Step> {
-    if ranks.len() <= 1 || bytes <= 0.0 {
-        return Vec::new();
+    Programs::default().steps(kind, algo, ranks, bytes, topo)
+}
+
+/// A collective over a group: what, and how.
+type Which = (CollectiveKind, CollectiveAlgorithm);
+
+/// A group's programs as unit steps, by what they compute and how.
+type Shared = Vec<(Which, Rc<Vec<Step>>)>;
+
+/// [`steps`] with each distinct collective's program built once (a step runs the same few
+/// collectives thousands of times); the same numbers as [`steps`], bit for bit.
+#[derive(Default)]
+pub struct Programs {
+    /// By group (looked up by slice, without allocating), then by collective and algorithm.
+    unit: FxMap<Vec<u32>, Shared>,
+}
+
+impl Programs {
+    /// The steps of a collective over `ranks` of a one-byte buffer (shared).
+    pub fn unit(
+        &mut self,
+        kind: CollectiveKind,
+        algo: CollectiveAlgorithm,
+        ranks: &[u32],
+        topo: &Topology,
+    ) -> Rc<Vec<Step>> {
+        if ranks.len() <= 1 {
+            return Rc::default();
+        }
+        if let Some(list) = self.unit.get(ranks) {
+            if let Some((_, u)) = list.iter().find(|(k, _)| *k == (kind, algo)) {
+                return Rc::clone(u);
+            }
+        }
+        let u = Rc::new(transfers(&program(kind, algo, ranks, topo), ranks, 1.0));
+        self.unit
+            .entry(ranks.to_vec())
+            .or_default()
+            .push(((kind, algo), Rc::clone(&u)));
+        u
     }
-    transfers(&program(kind, algo, ranks, topo), ranks, bytes)
+
+    /// The steps of a collective over `ranks` of a `bytes` buffer.
+    pub fn steps(
+        &mut self,
+        kind: CollectiveKind,
+        algo: CollectiveAlgorithm,
+        ranks: &[u32],
+        bytes: f64,
+        topo: &Topology,
+    ) -> Vec<Step> {
+        if ranks.len() <= 1 || bytes <= 0.0 {
+            return Vec::new();
+        }
+        scaled(&self.unit(kind, algo, ranks, topo), bytes)
+    }
+
+    /// Unit steps scaled to `bytes` (what [`Programs::steps`] does after [`Programs::unit`]).
+    pub fn scale(unit: &[Step], bytes: f64) -> Vec<Step> {
+        if bytes <= 0.0 {
+            return Vec::new();
+        }
+        scaled(unit, bytes)
+    }
 }
 
 #[cfg(test)]

@@ -50,8 +50,8 @@ pub struct Folding {
     tp_action: Option<Action>,
     mesh: pangu_strategies::Mesh,
     /// Canonical link and orbit size of each link, filled on demand.
-    canon: crate::fxhash::FxMap<LinkId, (LinkId, u32)>,
-    routes: crate::fxhash::FxMap<(u32, u32), WeightedRoute>,
+    canon: pangu_hardware::fxhash::FxMap<LinkId, (LinkId, u32)>,
+    routes: pangu_hardware::fxhash::FxMap<(u32, u32), WeightedRoute>,
 }
 
 impl Folding {
@@ -127,13 +127,19 @@ impl Folding {
     }
 
     /// Whether every distinct collective of the workload maps onto itself step by step.
-    pub fn collectives_symmetric(&self, plan: &Plan, w: &crate::workload::Workload) -> bool {
+    pub fn collectives_symmetric(
+        &self,
+        plan: &Plan,
+        w: &crate::workload::Workload,
+        programs: &mut crate::collective::Programs,
+    ) -> bool {
         let mut seen = std::collections::HashSet::new();
         w.colls.iter().all(|c| {
             if !seen.insert((c.kind, c.algo, c.ranks.clone())) {
                 return true;
             }
-            crate::collective::steps(c.kind, c.algo, &c.ranks, 1.0, &plan.cluster.topology)
+            programs
+                .unit(c.kind, c.algo, &c.ranks, &plan.cluster.topology)
                 .iter()
                 .all(|step| self.step_is_symmetric(&c.ranks, step))
         })

@@ -49,7 +49,7 @@ fn keys_of(axis: Axis) -> &'static [CollectiveGroup] {
 
 impl<'t> Exclusive<'t> {
     /// Finds the tensor-parallel groups whose links are theirs alone.
-    pub fn analyse(plan: &'t Plan) -> Exclusive<'t> {
+    pub fn analyse(plan: &'t Plan, programs: &mut crate::collective::Programs) -> Exclusive<'t> {
         let topo = &plan.cluster.topology;
         // Owner of each link: Some(group index) while one group uses it, None once shared.
         let mut owner: HashMap<u32, Option<usize>> = HashMap::new();
@@ -81,18 +81,29 @@ impl<'t> Exclusive<'t> {
                 }
                 let id = groups.len();
                 let mut links = Vec::new();
+                // Every collective the group runs: an all-reduce's transfers cover the
+                // reduce-scatter's and all-gather's, except for the tree, whose other kinds
+                // run the ring.
+                let mut algos: Vec<CollectiveAlgorithm> = Vec::new();
                 for &key in keys_of(axis) {
-                    let algo = plan.algorithm(key, &g);
-                    for kind in [
-                        CollectiveKind::AllReduce,
-                        CollectiveKind::ReduceScatter,
-                        CollectiveKind::AllGather,
-                    ] {
-                        for step in steps(kind, algo, &g, 1.0, topo) {
-                            for (a, b, _) in step {
-                                if let Ok(r) = topo.route(a, b) {
-                                    links.extend(r);
-                                }
+                    let a = plan.algorithm(key, &g);
+                    for a in [a, CollectiveAlgorithm::Ring] {
+                        if !algos.contains(&a) {
+                            algos.push(a);
+                        }
+                        if a != CollectiveAlgorithm::DoubleBinaryTree {
+                            break;
+                        }
+                    }
+                }
+                for algo in algos {
+                    for step in programs
+                        .unit(CollectiveKind::AllReduce, algo, &g, topo)
+                        .iter()
+                    {
+                        for &(a, b, _) in step {
+                            if let Ok(r) = topo.route(a, b) {
+                                links.extend(r);
                             }
                         }
                     }

@@ -29,7 +29,6 @@ pub mod cost;
 pub mod engine;
 pub mod faults;
 pub mod fold;
-pub mod fxhash;
 pub mod goodput;
 pub mod isolated;
 pub mod network;
@@ -117,10 +116,11 @@ pub fn simulate_with(
                 .filter(|&r| f.is_rep(r))
                 .collect();
             let w = workload::build(plan, &cost, &reps);
-            if !f.collectives_symmetric(plan, &w) {
+            let mut programs = collective::Programs::default();
+            if !f.collectives_symmetric(plan, &w, &mut programs) {
                 continue;
             }
-            match run::simulate(plan, &w, cal, Some(f), opts.memo) {
+            match run::simulate(plan, &w, cal, Some(f), opts.memo, programs) {
                 Ok(run) => return Ok((run, w)),
                 Err(SimError::Fold(_)) => {}
                 Err(e) => return Err(e),
@@ -129,7 +129,7 @@ pub fn simulate_with(
     }
     let all: Vec<u32> = (0..plan.strategy.devices).collect();
     let w = workload::build(plan, &cost, &all);
-    let run = run::simulate(plan, &w, cal, None, opts.memo)?;
+    let run = run::simulate(plan, &w, cal, None, opts.memo, Default::default())?;
     Ok((run, w))
 }
 
@@ -150,7 +150,7 @@ pub fn simulate_faulty(
     let all: Vec<u32> = (0..p.strategy.devices).collect();
     let mut w = workload::build(&p, &cost, &all);
     faults.apply_stragglers(&mut w);
-    let run = run::simulate(&p, &w, &cal, None, opts.memo)?;
+    let run = run::simulate(&p, &w, &cal, None, opts.memo, Default::default())?;
     Ok((run, w, p))
 }
 
@@ -217,7 +217,7 @@ pub fn simulate_shared(a: &Plan, b: &Plan) -> Result<Shared, SimError> {
     let wb = build(b)?;
     let first_b = w.tasks.len();
     w.append(wb, na);
-    let run = run::simulate(a, &w, &cal, None, false)?;
+    let run = run::simulate(a, &w, &cal, None, false, Default::default())?;
     let b_end = run.times[first_b..]
         .iter()
         .map(|&(_, e)| e)

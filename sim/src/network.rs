@@ -230,7 +230,7 @@ pub struct Network<'t> {
     free: Vec<FlowId>,
     /// Route of each (source, destination) pair in use, an index in `route_table` (0: the
     /// empty route of a chip-local transfer).
-    routes: crate::fxhash::FxMap<(u32, u32), u32>,
+    routes: pangu_hardware::fxhash::FxMap<(u32, u32), u32>,
     route_table: Vec<Route>,
     arena: Vec<(u32, f64)>,
     scratch: (Vec<u32>, Vec<FlowId>, Vec<u32>),

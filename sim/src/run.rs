@@ -8,9 +8,11 @@
 //! pipeline that drains) or `idle`. The categories of a device sum to the step time.
 
 use pangu_strategies::report::{Breakdown, DeviceReport, LinkUse, PathSegment};
-use pangu_strategies::{Category, Plan, StepReport};
+use std::rc::Rc;
 
-use crate::collective::{steps, Step};
+use pangu_strategies::{Category, CollectiveAlgorithm, CollectiveKind, Plan, StepReport};
+
+use crate::collective::Step;
 use crate::cores::Pool;
 use crate::cost::Calibration;
 use crate::engine::{Queue, Time};
@@ -81,6 +83,11 @@ struct Sim<'a> {
     step: Vec<u32>,
     pending: Vec<u32>,
     coll_steps: Vec<Vec<Step>>,
+    /// Each distinct collective's program, built once.
+    programs: crate::collective::Programs,
+    /// Under folding: each distinct collective's unit steps, checked for symmetry and cut to
+    /// the representatives' transfers.
+    folded: pangu_hardware::fxhash::FxMap<FoldKey, Rc<Vec<Step>>>,
     owner: Vec<Owner>,
     step_overhead: Time,
     done_tasks: usize,
@@ -108,6 +115,9 @@ struct Sim<'a> {
 
 const NONE: u32 = u32::MAX;
 
+/// A distinct collective: what, how, over which chips.
+type FoldKey = (CollectiveKind, CollectiveAlgorithm, Vec<u32>);
+
 /// Simulates one step of `plan` given its workload (built for the folding's representatives
 /// when `fold` is given).
 pub fn simulate(
@@ -116,6 +126,7 @@ pub fn simulate(
     cal: &Calibration,
     fold: Option<Folding>,
     memo: bool,
+    mut programs: crate::collective::Programs,
 ) -> Result<Run, SimError> {
     let n = w.tasks.len();
     let devices = w.streams.len();
@@ -125,6 +136,11 @@ pub fn simulate(
         net.set_folding(f);
     }
     let (pools, pool_of) = host_pools(plan, devices);
+    let exclusive = if memo {
+        Exclusive::analyse(plan, &mut programs)
+    } else {
+        Exclusive::none()
+    };
     let mut sim = Sim {
         pools,
         pool_of,
@@ -150,6 +166,8 @@ pub fn simulate(
         step: vec![0; w.colls.len()],
         pending: vec![0; w.colls.len()],
         coll_steps: vec![Vec::new(); w.colls.len()],
+        programs,
+        folded: Default::default(),
         owner: Vec::new(),
         step_overhead: (step_overhead * 1e9).round() as Time,
         done_tasks: 0,
@@ -158,11 +176,7 @@ pub fn simulate(
         arrive_max: vec![0; w.colls.len()],
         done_scratch: Vec::new(),
         step_flows: vec![Vec::new(); w.colls.len()],
-        exclusive: if memo {
-            Exclusive::analyse(plan)
-        } else {
-            Exclusive::none()
-        },
+        exclusive,
         link_efficiency: cal.link_efficiency,
         memo_load: vec![0.0; plan.cluster.topology.links().len()],
         memo_scale: tp_group_scale(plan, w),
@@ -410,21 +424,38 @@ impl Sim<'_> {
             self.q.push(now + timed.duration, Ev::CollDone(inst));
             return Ok(());
         }
-        let mut all = steps(c.kind, c.algo, &c.ranks, c.bytes, topo);
-        if let Some(f) = self.net.folding() {
-            for step in &mut all {
-                if !f.step_is_symmetric(&c.ranks, step) {
-                    return Err(SimError::Fold(format!(
-                        "a {:?} {:?} step over {} ranks is not symmetric under {}",
-                        c.algo,
-                        c.kind,
-                        c.ranks.len(),
-                        f.describe()
-                    )));
-                }
-                step.retain(|t| f.is_rep(t.0));
+        let all = match self.net.folding() {
+            None => self.programs.steps(c.kind, c.algo, &c.ranks, c.bytes, topo),
+            Some(f) => {
+                // Symmetry depends on who sends to whom, not on the size: checked once per
+                // distinct collective, on its unit steps, which keep the representatives'
+                // transfers only.
+                let key = (c.kind, c.algo, c.ranks.clone());
+                let unit = match self.folded.get(&key) {
+                    Some(u) => Rc::clone(u),
+                    None => {
+                        let mut steps: Vec<Step> =
+                            (*self.programs.unit(c.kind, c.algo, &c.ranks, topo)).clone();
+                        for step in &mut steps {
+                            if !f.step_is_symmetric(&c.ranks, step) {
+                                return Err(SimError::Fold(format!(
+                                    "a {:?} {:?} step over {} ranks is not symmetric under {}",
+                                    c.algo,
+                                    c.kind,
+                                    c.ranks.len(),
+                                    f.describe()
+                                )));
+                            }
+                            step.retain(|t| f.is_rep(t.0));
+                        }
+                        let u = Rc::new(steps);
+                        self.folded.insert(key, Rc::clone(&u));
+                        u
+                    }
+                };
+                crate::collective::Programs::scale(&unit, c.bytes)
             }
-        }
+        };
         self.coll_steps[inst as usize] = all;
         self.next_step(inst, now)
     }

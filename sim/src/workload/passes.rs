@@ -21,14 +21,17 @@ fn part_ops<'p>(plan: &'p Plan, chunk: &Chunk, part: ChunkPart) -> &'p [Op] {
         ChunkPart::Embedding => &ops.embedding,
         ChunkPart::Layer(i) => ops.layer(chunk.layers[i]),
         ChunkPart::Head => &ops.head,
+        // The tied table's ops are the embedding's lookup and the head's product.
+        ChunkPart::SharedTable => &[],
     }
 }
 
 impl Builder<'_> {
     /// The parts of chunk `ci` in order of use (reversed for backward).
     fn seq(&self, ci: u32, chunk: &Chunk, reverse: bool) -> Seq {
-        let mut v: Seq = chunk
-            .parts()
+        let mut v: Seq = self
+            .plan
+            .parts(chunk)
             .into_iter()
             .map(|p| ((ci, p), self.plan.part_params(chunk, p)))
             .collect();
@@ -163,13 +166,22 @@ impl Builder<'_> {
         let seq = self.seq(ci, chunk, true);
         let pos = |part: ChunkPart| seq.iter().position(|(k, _)| k.1 == part).unwrap_or(0);
         let ahead = self.plan.strategy.zero3_prefetch == BackwardPrefetch::Pre;
+        // The head's (and the embedding's) backward finishes the tied table's gradient too.
+        let table: &[ChunkPart] = if self.plan.shares_table() {
+            &[ChunkPart::SharedTable]
+        } else {
+            &[]
+        };
         if chunk.head {
-            let k = pos(ChunkPart::Head);
-            self.need_weights(d, &seq, k, ahead);
+            for &p in table.iter().chain([&ChunkPart::Head]) {
+                self.need_weights(d, &seq, pos(p), ahead);
+            }
             self.run_ops(d, &ops.head, true, Category::Compute, label);
-            self.gather_after_backward(d, &seq, k + 1);
+            self.gather_after_backward(d, &seq, pos(ChunkPart::Head) + 1);
             if last {
-                self.part_done(d, ci, ChunkPart::Head);
+                for &p in table.iter().chain([&ChunkPart::Head]) {
+                    self.part_done(d, ci, p);
+                }
             }
         }
         let group = match self.plan.strategy.remat {
@@ -202,10 +214,14 @@ impl Builder<'_> {
             }
         }
         if chunk.embedding {
-            self.need_weights(d, &seq, pos(ChunkPart::Embedding), ahead);
+            for &p in [&ChunkPart::Embedding].into_iter().chain(table) {
+                self.need_weights(d, &seq, pos(p), ahead);
+            }
             self.run_ops(d, &ops.embedding, true, Category::Compute, label);
             if last {
-                self.part_done(d, ci, ChunkPart::Embedding);
+                for &p in [&ChunkPart::Embedding].into_iter().chain(table) {
+                    self.part_done(d, ci, p);
+                }
             }
         }
     }

@@ -33,6 +33,24 @@ pub enum CollectiveAlgorithm {
     },
 }
 
+impl fmt::Display for CollectiveAlgorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CollectiveAlgorithm::Ring => f.write_str("ring"),
+            CollectiveAlgorithm::DoubleBinaryTree => f.write_str("tree"),
+            CollectiveAlgorithm::HalvingDoubling => f.write_str("halving-doubling"),
+            CollectiveAlgorithm::Hierarchical { inter } => {
+                let inter = match inter {
+                    InterServer::Ring => "ring",
+                    InterServer::HalvingDoubling => "halving-doubling",
+                    InterServer::DoubleBinaryTree => "tree",
+                };
+                write!(f, "hierarchical(ring inside, {inter} across servers)")
+            }
+        }
+    }
+}
+
 /// The across-servers part of a hierarchical collective.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]

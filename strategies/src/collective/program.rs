@@ -10,8 +10,9 @@
 //! ([`Program::elements`]) and a fraction `(hi − lo) / pieces` of its bytes
 //! ([`Program::fraction`]).
 //!
-//! Semantics, which both consumers follow: a step's sends read the buffer as it was before the
-//! step, its receives are applied in list order after them; a step starts when the previous
+//! Semantics, which both consumers follow: a step's transfers are listed by source, then
+//! destination; its sends read the buffer as it was before the step, its receives are applied
+//! in list order after them; a step starts when the previous
 //! one's transfers have arrived (the executor enforces this per rank by blocking receives, the
 //! simulator per group as a barrier, pricing one step overhead each). For a reduce-scatter or an
 //! all-gather `radix[0]` is the group size and position `i` owns the pieces under top-level
@@ -114,14 +115,19 @@ impl Program {
                 steps: Vec::new(),
             };
         }
-        match algorithm {
+        let mut p = match algorithm {
             CollectiveAlgorithm::Hierarchical { inter } => match by_server(servers) {
                 Layout::Uniform(groups) => hierarchical(kind, inter, &groups),
                 Layout::OnePerServer => flat(inter_algorithm(inter)),
                 Layout::Other => flat(CollectiveAlgorithm::Ring),
             },
             a => flat(a),
+        };
+        // By source, then destination (stable: the ranges of one message stay in order).
+        for step in &mut p.steps {
+            step.sort_by_key(|t| (t.src, t.dst));
         }
+        p
     }
 
     /// Number of pieces.

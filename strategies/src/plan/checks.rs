@@ -1,9 +1,8 @@
-//! Validation of a strategy against a model and a cluster, and the layers of each stage.
+//! Validation of a strategy against a model and a cluster.
 
 use pangu_hardware::Cluster;
 use pangu_model::ModelConfig;
 
-use super::LayerId;
 use crate::strategy::{Precision, ScheduleKind, Strategy};
 use crate::PlanError;
 
@@ -124,45 +123,4 @@ pub(super) fn check_precision(s: &Strategy, c: &Cluster) -> Result<u32, PlanErro
         )));
     }
     Ok(s.precision.act_bytes())
-}
-
-/// Layers of each virtual stage: explicit, or PanGu-α's `stage = i·V // L` ([R]).
-pub(super) fn layer_layout(
-    m: &ModelConfig,
-    s: &Strategy,
-    v: u32,
-) -> Result<Vec<Vec<LayerId>>, PlanError> {
-    let virt = s.pp * v;
-    let id = |i: u32| {
-        if m.query_layer && i == m.layers - 1 {
-            LayerId::Query
-        } else {
-            LayerId::Block(i)
-        }
-    };
-    let counts: Vec<u32> = match &s.layers_per_stage {
-        Some(c) => {
-            if c.len() as u32 != virt || c.iter().sum::<u32>() != m.layers || c.contains(&0) {
-                return Err(PlanError::Pipeline(format!(
-                    "layers_per_stage {:?} must list {virt} positive counts (pp {} × {v} chunks) summing to {} layers",
-                    c, s.pp, m.layers
-                )));
-            }
-            c.clone()
-        }
-        None => {
-            let mut c = vec![0u32; virt as usize];
-            for i in 0..m.layers {
-                c[(u64::from(i) * u64::from(virt) / u64::from(m.layers)) as usize] += 1;
-            }
-            c
-        }
-    };
-    let mut out = Vec::with_capacity(virt as usize);
-    let mut next = 0;
-    for n in counts {
-        out.push((next..next + n).map(id).collect());
-        next += n;
-    }
-    Ok(out)
 }

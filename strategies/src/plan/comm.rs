@@ -139,6 +139,24 @@ impl Plan {
         )
     }
 
+    /// The algorithm of each `[collectives]` group of device 0 (tp, dp, opt, pp), for groups
+    /// of more than one device, with the group's size.
+    pub fn group_algorithms(&self) -> Vec<(CollectiveGroup, u32, CollectiveAlgorithm)> {
+        let axis = |g: CollectiveGroup| match g {
+            CollectiveGroup::Tp => Axis::Tp,
+            CollectiveGroup::Dp | CollectiveGroup::Opt => Axis::Dp,
+            CollectiveGroup::Pp => Axis::Pp,
+        };
+        CollectiveGroup::ALL
+            .into_iter()
+            .filter(|&g| g != CollectiveGroup::Opt || self.strategy.opt_shard != OptShard::None)
+            .filter_map(|g| {
+                let ranks = self.mesh.group_of(axis(g), 0);
+                (ranks.len() > 1).then(|| (g, ranks.len() as u32, self.algorithm(g, &ranks)))
+            })
+            .collect()
+    }
+
     /// The program of one collective of `group` over `ranks` (chips in group order).
     pub fn program(&self, group: CollectiveGroup, kind: CollectiveKind, ranks: &[u32]) -> Program {
         Program::build(kind, self.algorithm(group, ranks), &self.placement(ranks))
@@ -166,7 +184,7 @@ impl Plan {
         let mut out = Vec::new();
         let mut open: (Vec<(usize, ChunkPart)>, u64) = (Vec::new(), 0);
         for (c, chunk) in st.chunks.iter().enumerate() {
-            for part in chunk.parts() {
+            for part in self.parts(chunk) {
                 open.0.push((c, part));
                 open.1 += self.part_params(chunk, part);
                 if open.1 * wb >= cap {
@@ -379,7 +397,7 @@ impl Plan {
                 stage
                     .chunks
                     .iter()
-                    .flat_map(|c| c.parts().into_iter().map(move |p| (c, p)))
+                    .flat_map(|c| self.parts(c).into_iter().map(move |p| (c, p)))
                     .map(|(c, p)| (self.part_params(c, p), 2 * m))
                     .collect()
             }

@@ -24,7 +24,7 @@ mod fixes;
 
 pub use buckets::{ChunkPart, GradBucket};
 
-use checks::{check_devices, check_pipeline, check_precision, check_tp, layer_layout};
+use checks::{check_devices, check_pipeline, check_precision, check_tp};
 
 /// A layer of the model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -410,4 +410,41 @@ impl Plan {
     pub fn with_strategy(&self, s: &Strategy) -> Result<Plan, PlanError> {
         Plan::build(&self.model, &self.cluster, s)
     }
+}
+
+/// Layers of each virtual stage: explicit, or PanGu-α's `stage = i·V // L` ([R]).
+fn layer_layout(m: &ModelConfig, s: &Strategy, v: u32) -> Result<Vec<Vec<LayerId>>, PlanError> {
+    let virt = s.pp * v;
+    let id = |i: u32| {
+        if m.query_layer && i == m.layers - 1 {
+            LayerId::Query
+        } else {
+            LayerId::Block(i)
+        }
+    };
+    let counts: Vec<u32> = match &s.layers_per_stage {
+        Some(c) => {
+            if c.len() as u32 != virt || c.iter().sum::<u32>() != m.layers || c.contains(&0) {
+                return Err(PlanError::Pipeline(format!(
+                    "layers_per_stage {:?} must list {virt} positive counts (pp {} × {v} chunks) summing to {} layers",
+                    c, s.pp, m.layers
+                )));
+            }
+            c.clone()
+        }
+        None => {
+            let mut c = vec![0u32; virt as usize];
+            for i in 0..m.layers {
+                c[(u64::from(i) * u64::from(virt) / u64::from(m.layers)) as usize] += 1;
+            }
+            c
+        }
+    };
+    let mut out = Vec::with_capacity(virt as usize);
+    let mut next = 0;
+    for n in counts {
+        out.push((next..next + n).map(id).collect());
+        next += n;
+    }
+    Ok(out)
 }

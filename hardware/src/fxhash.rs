@@ -1,5 +1,6 @@
-//! A small, fast, deterministic hasher for the simulator's hot maps (integer keys), after the
-//! multiply-rotate scheme of Firefox's and rustc's FxHash. Not for untrusted keys.
+//! A small, fast, deterministic hasher for hot maps with integer keys (the topology's link
+//! index, the simulator's maps), after the multiply-rotate scheme of Firefox's and rustc's
+//! FxHash. Not for untrusted keys.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
