@@ -58,10 +58,7 @@ from collections import defaultdict, deque
 
 # Known cycles, each the exact set of files (relative to the repository root) of one
 # strongly connected component, with the reason it is tolerated.
-ALLOWED = [
-    # removed by the collectives work
-    ({"trainer/src/dist.rs", "trainer/src/sharded.rs"}, "dist <-> sharded"),
-]
+ALLOWED = []
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IDENT = r"(?:r#)?[A-Za-z_][A-Za-z0-9_]*"

@@ -79,6 +79,11 @@ pub(crate) struct StrategyArgs {
     /// backward) or `post` (gathered after it: FSDP `BACKWARD_POST`, Composer's default).
     #[arg(long)]
     pub zero3_prefetch: Option<BackwardPrefetch>,
+    /// Collective algorithm of a group: `KIND=ALGO` with KIND tp, dp, opt or pp and ALGO
+    /// auto, ring, tree, halving-doubling or hierarchical (repeatable); a bare `ALGO` sets
+    /// every group. `auto` is the cluster's collective library's default.
+    #[arg(long, value_name = "KIND=ALGO")]
+    pub collective: Vec<String>,
 }
 
 impl StrategyArgs {
@@ -110,6 +115,14 @@ impl StrategyArgs {
             grad_bucket: None,
             zero3_gather: self.zero3_gather,
             zero3_prefetch: self.zero3_prefetch,
+            collectives: if self.collective.is_empty() {
+                None
+            } else {
+                Some(
+                    pangu_strategies::collective::CollectivesSpec::from_flags(&self.collective)
+                        .map_err(anyhow::Error::msg)?,
+                )
+            },
         };
         Ok(file.overlay(&flags))
     }
@@ -158,5 +171,37 @@ impl SetupArgs {
         }
         let resolved = resolve_inputs(&model, cluster, &spec)?;
         Ok(Setup { model, resolved })
+    }
+}
+
+/// How the executor's ranks communicate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Backend {
+    /// One thread per rank in this process.
+    Threads,
+    /// One process per rank under `mpirun -np N` (a build with `--features mpi`).
+    Mpi,
+}
+
+impl Backend {
+    /// Errors unless this binary can run the backend.
+    pub(crate) fn available(self) -> Result<()> {
+        if self == Backend::Mpi && !cfg!(feature = "mpi") {
+            bail!(
+                "--backend mpi: this binary was built without MPI; build it with `cargo build --release --features mpi` \
+                 (needs Debian's libopenmpi-dev, openmpi-bin and libclang-dev) and start it with `mpirun -np N`"
+            );
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Backend::Threads => "threads",
+            Backend::Mpi => "mpi",
+        })
     }
 }

@@ -14,7 +14,7 @@ use pangu_trainer::tokenizer::Tokenizer;
 use pangu_trainer::train::{Eval, Run, Settings, StepInfo};
 use serde_json::json;
 
-use crate::args::{load_model, StrategyArgs};
+use crate::args::{load_model, Backend, StrategyArgs};
 use crate::output::{emit, outln, print_json};
 
 /// The corpus shipped in the repository.
@@ -106,12 +106,13 @@ pub(crate) struct TrainArgs {
     /// one device, each rank is a thread (or an MPI process with --backend mpi).
     #[command(flatten)]
     strategy: StrategyArgs,
-    /// Collective algorithm of the reductions: ring, halving-doubling or double-binary-tree.
-    #[arg(long, default_value = "ring")]
-    collective: String,
+    /// Group the ranks into this many virtual servers of consecutive ranks (so that
+    /// hierarchical collectives have servers to work across on one machine).
+    #[arg(long, default_value_t = 1)]
+    virtual_servers: u32,
     /// Communication backend: threads (one process) or mpi (`mpirun -np N pangu train …`).
-    #[arg(long, default_value = "threads")]
-    backend: String,
+    #[arg(long, value_enum, default_value_t = Backend::Threads)]
+    backend: Backend,
     /// Seconds a rank waits for a peer before the run stops with an error.
     #[arg(long, default_value_t = 60.0)]
     comm_timeout: f64,
@@ -151,14 +152,9 @@ pub(crate) fn run(a: &TrainArgs) -> Result<()> {
     }
     let spec = a.strategy.spec()?;
     let devices = spec.dp.unwrap_or(1) * spec.tp.unwrap_or(1) * spec.pp.unwrap_or(1);
-    match a.backend.as_str() {
-        "threads" => {}
-        "mpi" if cfg!(feature = "mpi") => return run_dist(a, &spec),
-        "mpi" => bail!(
-            "--backend mpi: this binary was built without MPI; build it with `cargo build --release --features mpi` \
-             (needs Debian's libopenmpi-dev, openmpi-bin and libclang-dev) and start it with `mpirun -np N`"
-        ),
-        other => bail!("--backend {other}: use threads or mpi"),
+    a.backend.available()?;
+    if a.backend == Backend::Mpi {
+        return run_dist(a, &spec);
     }
     let sharded_resume = match &a.resume {
         Some(dir) => pangu_trainer::sharded::is_sharded(dir)?,
@@ -351,14 +347,8 @@ pub(crate) fn run(a: &TrainArgs) -> Result<()> {
 /// `pangu train` with more than one device: the strategy's plan on this machine (one virtual
 /// device per rank), executed on threads or MPI processes.
 fn run_dist(a: &TrainArgs, spec: &pangu_strategies::StrategySpec) -> Result<()> {
-    use pangu_strategies::CollectiveAlgorithm;
     use pangu_trainer::dist::{self, DistConfig};
-    let algo = match a.collective.as_str() {
-        "ring" => CollectiveAlgorithm::Ring,
-        "halving-doubling" => CollectiveAlgorithm::HalvingDoubling,
-        "double-binary-tree" => CollectiveAlgorithm::DoubleBinaryTree,
-        other => bail!("--collective {other}: use ring, halving-doubling or double-binary-tree"),
-    };
+    use pangu_trainer::host;
     // Ranks are threads or processes; each computes on one core's worth of kernels.
     bench::set_threads(1);
     // A checkpoint of any plan (or of one device) resumes under the strategy given here, or
@@ -397,13 +387,13 @@ fn run_dist(a: &TrainArgs, spec: &pangu_strategies::StrategySpec) -> Result<()> 
             (cfg, s)
         }
     };
-    let plan = dist::plan_for(&cfg, &spec)?;
+    let plan = host::plan_on(&cfg, &spec, a.virtual_servers)?;
     let st = &plan.strategy;
     // The plan checked each device's memory; the settings follow it.
     s.batch = st.global_batch as usize;
     s.micro_batches = st.micro_batches as usize;
     s.remat = st.remat == pangu_strategies::Remat::Full;
-    dist::check_plan(&plan, &s)?;
+    host::check_plan(&plan, &s)?;
     let steps = s.steps;
     let corpus_path = a.corpus.clone().unwrap_or_else(default_corpus);
     let text = data::read_corpus(&corpus_path)?;
@@ -441,7 +431,6 @@ fn run_dist(a: &TrainArgs, spec: &pangu_strategies::StrategySpec) -> Result<()> 
         }
     }
     let dc = DistConfig {
-        algo,
         timeout: std::time::Duration::from_secs_f64(a.comm_timeout.max(0.001)),
         fail: None,
     };
@@ -451,15 +440,15 @@ fn run_dist(a: &TrainArgs, spec: &pangu_strategies::StrategySpec) -> Result<()> 
     );
     if !a.json {
         eprintln!(
-            "model {}: {describe}; {} ranks on {} ({} cores here), {:?} collectives, fp32",
+            "model {}: {describe}; {} ranks on {} ({} cores here), collectives {}, fp32",
             cfg.name,
             plan.mesh.size(),
             a.backend,
             threads_default(),
-            algo
+            collectives_line(&plan)
         );
     }
-    let r = if a.backend == "mpi" {
+    let r = if a.backend == Backend::Mpi {
         mpi_rank(&plan, &s, &dc, &packed, steps, io)?
     } else {
         Some(dist::train_threads_with(
@@ -479,7 +468,7 @@ fn run_dist(a: &TrainArgs, spec: &pangu_strategies::StrategySpec) -> Result<()> 
         "schedule": st.schedule.to_string(),
         "opt_shard": st.opt_shard.to_string(),
         "remat": st.remat.to_string(),
-        "collective": a.collective,
+        "collectives": plan.group_algorithms().iter().map(|(g, n, a)| serde_json::json!({"group": g, "size": n, "algorithm": a.to_string()})).collect::<Vec<_>>(),
         "backend": a.backend,
         "steps": steps,
         "losses": r.losses,
@@ -930,4 +919,18 @@ pub(crate) fn generate(a: &GenerateArgs) -> Result<()> {
         }));
     }
     emit(&format!("{}{}\n", a.prompt, text))
+}
+
+/// The plan's algorithm per group, e.g. `tp 2 ring, dp 4 halving-doubling`.
+pub(crate) fn collectives_line(plan: &pangu_strategies::Plan) -> String {
+    let v: Vec<String> = plan
+        .group_algorithms()
+        .into_iter()
+        .map(|(g, n, a)| format!("{} {n} {a}", g.name()))
+        .collect();
+    if v.is_empty() {
+        "none (one device per group)".into()
+    } else {
+        v.join(", ")
+    }
 }

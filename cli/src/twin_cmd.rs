@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use crate::args::load_model;
+use crate::args::{load_model, Backend};
 use crate::output::{emit, outln, print_json, table};
 
 /// Options of `pangu twin`.
@@ -25,6 +25,11 @@ enum TwinCommand {
     /// For each strategy: simulate it on the calibrated profile, run the executor for a few
     /// steps, and compare predicted with measured step time and memory.
     Check(CheckArgs),
+    /// Run every collective program (each algorithm and kind, on one server and on virtual
+    /// servers of 2 and 4 ranks) on this machine's ranks and check each rank's messages and
+    /// results against the program: on threads, or as one rank of `mpirun -np N` with
+    /// `--backend mpi`. Exits 1 when anything differs.
+    CommCheck(CommCheckArgs),
     /// One rank of the MPI ping-pong `calibrate --mpi` starts under mpirun (rank 0 prints).
     #[command(hide = true)]
     MpiProbe {
@@ -35,6 +40,22 @@ enum TwinCommand {
         #[arg(long, default_value_t = 20)]
         reps: usize,
     },
+}
+
+#[derive(Debug, Args)]
+struct CommCheckArgs {
+    /// Ranks (threads backend; under MPI the job's size).
+    #[arg(long, default_value_t = 4)]
+    ranks: usize,
+    /// Threads in this process, or this process as one MPI rank.
+    #[arg(long, value_enum, default_value_t = Backend::Threads)]
+    backend: Backend,
+    /// Elements of the test buffer.
+    #[arg(long, default_value_t = 61)]
+    len: usize,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -126,8 +147,123 @@ pub(crate) fn run(a: &TwinArgs) -> Result<()> {
     match &a.command {
         TwinCommand::Calibrate(c) => calibrate(c),
         TwinCommand::Check(c) => check(c),
+        TwinCommand::CommCheck(c) => comm_check(c),
         TwinCommand::MpiProbe { bytes, reps } => mpi_probe(*bytes, *reps),
     }
+}
+
+/// `pangu twin comm-check`: every rank's programs, summed up by rank 0.
+fn comm_check(a: &CommCheckArgs) -> Result<()> {
+    use pangu_trainer::comm::check::{check_programs, ProgramCheck};
+    a.backend.available()?;
+    let timeout = std::time::Duration::from_secs(60);
+    let (results, ranks): (Vec<(usize, ProgramCheck)>, usize) = match a.backend {
+        Backend::Threads => {
+            if a.ranks == 0 {
+                bail!("--ranks 0: a group needs at least one rank");
+            }
+            let comms = pangu_trainer::comm::threads::group(a.ranks, timeout);
+            let len = a.len;
+            let handles: Vec<_> = comms
+                .into_iter()
+                .map(|mut c| std::thread::spawn(move || check_programs(&mut c, len)))
+                .collect();
+            let mut out = Vec::new();
+            for (r, h) in handles.into_iter().enumerate() {
+                let res = h
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("rank {r} panicked"))?
+                    .with_context(|| format!("rank {r}"))?;
+                out.push((r, res));
+            }
+            (out, a.ranks)
+        }
+        Backend::Mpi => comm_check_mpi(a.len, timeout)?,
+    };
+    let Some((_, first)) = results.first() else {
+        return Ok(());
+    };
+    let failures: Vec<String> = results
+        .iter()
+        .flat_map(|(_, c)| c.failures.clone())
+        .collect();
+    let messages: usize = results.iter().map(|(_, c)| c.messages).sum();
+    if a.json {
+        print_json(&json!({
+            "ranks": ranks,
+            "programs_per_rank": first.programs,
+            "messages": messages,
+            "failures": failures,
+        }))?;
+    } else {
+        let mut o = String::new();
+        outln!(
+            o,
+            "{} programs on {} ranks ({} messages{}): {}",
+            first.programs,
+            ranks,
+            messages,
+            if a.backend == Backend::Mpi {
+                " of rank 0; each rank checked its own"
+            } else {
+                ""
+            },
+            if failures.is_empty() {
+                "every rank sent and received what the program lists, and every result is right"
+                    .to_string()
+            } else {
+                format!("{} mismatches", failures.len())
+            }
+        );
+        for f in &failures {
+            outln!(o, "  {f}");
+        }
+        emit(&o)?;
+    }
+    if !failures.is_empty() {
+        bail!("{} of the checks failed", failures.len());
+    }
+    Ok(())
+}
+
+/// This process's rank of `comm-check` under mpirun: its own result (every rank checks its own
+/// messages; a failing rank exits non-zero, which stops the job).
+#[cfg(feature = "mpi")]
+fn comm_check_mpi(
+    len: usize,
+    timeout: std::time::Duration,
+) -> Result<(
+    Vec<(usize, pangu_trainer::comm::check::ProgramCheck)>,
+    usize,
+)> {
+    use pangu_trainer::comm::Communicator;
+    let mut comm = pangu_trainer::comm::mpi_backend::init(timeout, 64 * len * 4 + (1 << 20))
+        .context("MPI is already initialised")?;
+    let rank = comm.rank();
+    let r = pangu_trainer::comm::check::check_programs(&mut comm, len)
+        .with_context(|| format!("rank {rank}"))?;
+    if !r.failures.is_empty() {
+        bail!("rank {rank}: {}", r.failures.join("; "));
+    }
+    comm.barrier()?;
+    // Rank 0 speaks for the job (each rank checked its own messages).
+    let size = comm.size();
+    if rank == 0 {
+        Ok((vec![(rank, r)], size))
+    } else {
+        Ok((Vec::new(), size))
+    }
+}
+
+#[cfg(not(feature = "mpi"))]
+fn comm_check_mpi(
+    _: usize,
+    _: std::time::Duration,
+) -> Result<(
+    Vec<(usize, pangu_trainer::comm::check::ProgramCheck)>,
+    usize,
+)> {
+    bail!("this binary was built without MPI")
 }
 
 /// One compared strategy.
@@ -291,7 +427,7 @@ fn check(a: &CheckArgs) -> Result<()> {
         spec.precision
             .get_or_insert(pangu_strategies::Precision::Fp32);
         spec.global_batch.get_or_insert(cfg.global_batch);
-        let exec_plan = dist::plan_for(&cfg, &spec).with_context(|| name.clone())?;
+        let exec_plan = pangu_trainer::host::plan_for(&cfg, &spec).with_context(|| name.clone())?;
         let devices = exec_plan.strategy.devices;
         probes
             .entry(devices)
@@ -309,7 +445,6 @@ fn check(a: &CheckArgs) -> Result<()> {
         });
     }
     let dc = dist::DistConfig {
-        algo: pangu_strategies::CollectiveAlgorithm::Ring,
         timeout: std::time::Duration::from_secs(120),
         fail: None,
     };

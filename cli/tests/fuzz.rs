@@ -333,7 +333,7 @@ fn checkpoints() -> &'static (PathBuf, PathBuf) {
         run.step();
         let single = run.save(&dir.join("single")).unwrap();
         let spec = pangu_strategies::StrategySpec::from_toml("dp = 2\ntp = 2\nmicro_batches = 2", "t").unwrap();
-        let plan = dist::plan_for(&cfg, &spec).unwrap();
+        let plan = pangu_trainer::host::plan_for(&cfg, &spec).unwrap();
         let save = dist::Save {
             dir: dir.join("sharded"),
             every: 1,
@@ -341,8 +341,7 @@ fn checkpoints() -> &'static (PathBuf, PathBuf) {
             tokenizer_hash: tok_hash,
         };
         let dc = dist::DistConfig {
-            algo: pangu_strategies::CollectiveAlgorithm::Ring,
-            timeout: std::time::Duration::from_secs(30),
+                timeout: std::time::Duration::from_secs(30),
             fail: None,
         };
         dist::train_threads_with(&plan, &s, &dc, &run.train, 1, dist::Io { resume: None, save: Some(&save) }).unwrap();

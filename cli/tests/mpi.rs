@@ -194,3 +194,31 @@ fn calibration_measures_transfers_between_two_mpi_processes() {
     assert!(gb_s > 0.01 && gb_s.is_finite(), "{gb_s} GB/s");
     assert!(lat > 0.0 && lat < 1e5, "{lat} us");
 }
+
+#[test]
+fn every_collective_program_runs_exactly_over_mpi_for_groups_of_2_to_16() {
+    let _one = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    // One mpirun per group size: each rank runs every program (4 kinds × 6 algorithms × its
+    // placements) and checks its own messages and results against the program.
+    for n in 2..=16 {
+        let t = Instant::now();
+        let out = mpirun(&n.to_string())
+            .args(["twin", "comm-check", "--backend", "mpi", "--json"])
+            .output()
+            .unwrap();
+        succeeded(&out);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            v["failures"].as_array().map(Vec::len),
+            Some(0),
+            "n {n}: {v}"
+        );
+        assert!(v["programs_per_rank"].as_u64().unwrap() >= 24, "n {n}: {v}");
+        eprintln!(
+            "comm-check over {n} MPI ranks: {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
+    }
+}

@@ -13,6 +13,9 @@
 //! - [`checkpoint`]: safetensors + a manifest, written atomically ([`fsio`]: the hash and the
 //!   atomic write it and the tokenizer share).
 //! - [`train`]: the training loop; [`generate`]: sampling with a KV cache.
+//! - [`comm`]: point-to-point messages and the plan's collective programs (threads, MPI);
+//!   [`host`]: a plan on this machine; [`dist`]: the distributed executor of a plan;
+//!   [`sharded`]: its checkpoints.
 //!
 //! It depends on `pangu-strategies` (the plan, the report types) and never on the simulator.
 
@@ -26,6 +29,7 @@ pub mod dist;
 pub mod fsio;
 pub mod generate;
 pub mod grads;
+pub mod host;
 pub mod kernels;
 pub mod linalg;
 pub mod model;
@@ -64,6 +68,21 @@ pub enum TrainError {
     /// A setting is out of range.
     #[error("{0}")]
     Config(String),
+    /// A communication failed; the message names this rank, the peer and the operation.
+    #[error(transparent)]
+    Comm(#[from] comm::CommError),
+    /// A rank of a distributed run panicked.
+    #[error("rank {rank} panicked: {message}")]
+    Panicked {
+        /// The rank.
+        rank: usize,
+        /// The panic's message.
+        message: String,
+    },
+    /// Ranks of a distributed run failed, the root causes first (a panic or a timeout before
+    /// the peers that saw the rank stop).
+    #[error("distributed run failed: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Distributed(Vec<TrainError>),
 }
 
 impl TrainError {

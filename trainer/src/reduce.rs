@@ -5,7 +5,7 @@
 //! It sits below `model` and `kernels` (the vocab-parallel cross-entropy sums through it), so
 //! neither has to import the other for it.
 
-use std::ops::Range;
+use pangu_strategies::plan::ChunkPart;
 
 use crate::real::Real;
 
@@ -19,9 +19,10 @@ pub trait Reduce<T> {
     fn all_gather(&mut self, local: &[T], full: &mut [T]);
     /// Sums `full` over the group and leaves this member's block of it in `local`.
     fn reduce_scatter(&mut self, full: &mut [T], local: &mut [T]);
-    /// Backward has finished a layer whose gradient is `grads`, the `range` of the part's
-    /// buffer (the executor starts its data-parallel reduction here when it is final).
-    fn layer_done(&mut self, _range: Range<usize>, _grads: &[T]) {}
+    /// Backward has finished one of the plan's chunk parts; `grads` is the chunk's whole
+    /// gradient buffer (the executor starts a data-parallel bucket here when the part
+    /// completes one).
+    fn part_done(&mut self, _part: ChunkPart, _grads: &[T]) {}
 }
 
 /// One device: nothing to reduce.

@@ -17,13 +17,14 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use pangu_model::ModelConfig;
-use pangu_strategies::{OptShard, Strategy};
+use pangu_strategies::Strategy;
 use safetensors::tensor::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint;
 use crate::fsio::{fnv1a, write_atomic};
-use crate::model::{Layout, Part};
+use crate::host;
+use crate::model::Layout;
 use crate::TrainError;
 
 /// Format tag of sharded manifests.
@@ -67,12 +68,12 @@ pub struct PartState<'a> {
     pub layout: &'a Layout,
     /// Its weights.
     pub params: &'a [f32],
-    /// Adam moments of `shard` of its flat buffer.
+    /// Adam moments of `shard` of its flat buffer (the ranges concatenated).
     pub m: &'a [f32],
     /// Second moments.
     pub v: &'a [f32],
-    /// The range of the flat buffer this rank updates.
-    pub shard: Range<usize>,
+    /// The ranges of the flat buffer this rank updates.
+    pub shard: &'a [Range<usize>],
 }
 
 /// The file of rank `r`.
@@ -240,15 +241,14 @@ pub fn load_whole(dir: &Path) -> Result<Loaded, TrainError> {
         ));
     }
     let files = checkpoint::read_hashed(&ck, &man.files)?;
-    let plan = crate::dist::plan_for(&man.model, &man.strategy.to_spec())?;
+    let plan = crate::host::plan_for(&man.model, &man.strategy.to_spec())?;
     let whole = Layout::new(&man.model)?;
     let mut state = WholeState {
         params: vec![0.0; whole.total],
         m: vec![0.0; whole.total],
         v: vec![0.0; whole.total],
     };
-    let s = &plan.strategy;
-    let sharded = s.opt_shard != OptShard::None && s.dp > 1;
+    let sharded = crate::host::is_sharded(&plan);
     for r in 0..plan.mesh.size() {
         let name = rank_file(r as usize);
         let path = ck.join(&name);
@@ -260,34 +260,29 @@ pub fn load_whole(dir: &Path) -> Result<Loaded, TrainError> {
         })?;
         let c = plan.mesh.coords(r);
         for (ci, chunk) in plan.stages[c.pp as usize].chunks.iter().enumerate() {
-            let part = Part {
-                tp: s.tp as usize,
-                tp_rank: c.tp as usize,
-                layers: crate::dist::layer_range(&man.model, &chunk.layers),
-                embedding: chunk.embedding,
-                head: chunk.head,
-                seq_parallel: s.seq_parallel && s.tp > 1,
-            };
-            let layout = Layout::part(&man.model, &part)?;
+            let layout = Layout::part(&man.model, &host::chunk_part(&plan, chunk, c.tp as usize))?;
             let mut p = vec![0.0f32; layout.total];
             for t in &layout.tensors {
                 let w = f32s(&path, &st, &format!("c{ci}.w.{}", t.name), &t.shape)?;
                 p[t.range()].copy_from_slice(&w);
             }
             layout.scatter(&whole, &p, &mut state.params);
-            let n = layout.total;
-            let shard = if sharded {
-                crate::comm::chunk(n, s.dp as usize, c.dp as usize)
-            } else {
-                0..n
-            };
+            let buckets = host::chunk_buckets(&plan, c.pp, ci, &layout);
+            let shard = host::shard_ranges(&plan, &buckets, &layout, c.dp as usize);
+            let held: usize = shard.iter().map(Range::len).sum();
             // Moments: each element from the replica that updates it.
             if sharded || c.dp == 0 {
                 for (key, out) in [("m", &mut state.m), ("v", &mut state.v)] {
-                    let part_m = f32s(&path, &st, &format!("c{ci}.{key}"), &[shard.len()])?;
-                    let mut full = vec![0.0f32; n];
-                    full[shard.clone()].copy_from_slice(&part_m);
-                    layout.scatter_within(&whole, &full, out, &shard);
+                    let part_m = f32s(&path, &st, &format!("c{ci}.{key}"), &[held])?;
+                    let mut full = vec![0.0f32; layout.total];
+                    let mut at = 0;
+                    for r in &shard {
+                        full[r.clone()].copy_from_slice(&part_m[at..at + r.len()]);
+                        at += r.len();
+                    }
+                    for r in &shard {
+                        layout.scatter_within(&whole, &full, out, r);
+                    }
                 }
             }
         }

@@ -1,22 +1,25 @@
-//! The collectives of the thread backend: every algorithm, group sizes 1-8 (powers of two and
-//! not), uneven buffer lengths; all ranks end with identical sums; failures are reported,
-//! never hung on.
+//! The collectives of the thread backend run the strategies crate's programs exactly: for every
+//! algorithm, group sizes 2-16 and flat and multi-server placements, each rank's log of sends
+//! and receives equals what the program lists for it, and the results are the collective's
+//! (identical bits on every rank). Failures are reported, never hung on.
 #![allow(clippy::unwrap_used, clippy::needless_range_loop)]
 
 use std::time::{Duration, Instant};
 
-use pangu_strategies::collective::InterServer;
-use pangu_strategies::CollectiveAlgorithm;
-use pangu_trainer::comm::{chunk, threads, CommError, Communicator};
+use pangu_strategies::collective::Program;
+use pangu_strategies::{CollectiveAlgorithm, CollectiveKind};
+use pangu_trainer::comm::{
+    chunk, expected_log, threads, CommError, Communicator, GroupPrograms, Recorder,
+};
 use pangu_trainer::rng;
 
-const ALGOS: [CollectiveAlgorithm; 4] = [
-    CollectiveAlgorithm::Ring,
-    CollectiveAlgorithm::HalvingDoubling,
-    CollectiveAlgorithm::DoubleBinaryTree,
-    CollectiveAlgorithm::Hierarchical {
-        inter: InterServer::HalvingDoubling,
-    },
+use pangu_trainer::comm::check::ALGORITHMS as ALGOS;
+
+const KINDS: [CollectiveKind; 4] = [
+    CollectiveKind::AllReduce,
+    CollectiveKind::ReduceScatter,
+    CollectiveKind::AllGather,
+    CollectiveKind::Broadcast,
 ];
 
 fn data(rank: usize, len: usize) -> Vec<f32> {
@@ -41,24 +44,30 @@ fn on_group<R: Send + 'static>(
     handles.into_iter().map(|h| h.join().unwrap()).collect()
 }
 
+use pangu_trainer::comm::check::placements;
+
 #[test]
-fn all_reduce_sums_identically_on_every_rank() {
-    for n in 1..=8 {
-        for len in [1, 7, 64, 1000] {
-            let want: Vec<f64> = (0..len)
-                .map(|i| (0..n).map(|r| f64::from(data(r, len)[i])).sum())
-                .collect();
+fn every_rank_sends_and_receives_exactly_what_the_program_lists() {
+    for n in 2..=16 {
+        for servers in placements(n) {
             for algo in ALGOS {
-                let out = on_group(n, move |c| {
-                    let mut b = data(c.rank(), len);
-                    c.all_reduce(&mut b, algo).unwrap();
-                    b
-                });
-                for r in 1..n {
-                    assert_eq!(out[r], out[0], "n {n} len {len} {algo:?}: ranks disagree");
-                }
-                for (x, w) in out[0].iter().zip(&want) {
-                    assert!((f64::from(*x) - w).abs() < 1e-5, "n {n} len {len} {algo:?}");
+                for kind in KINDS {
+                    let p = Program::build(kind, algo, &servers);
+                    let len = 37 + n;
+                    let prog = p.clone();
+                    let logs = on_group(n, move |c| {
+                        let mut rec = Recorder::new(c);
+                        let mut b = data(rec.rank(), len);
+                        rec.run(&prog, &mut b).unwrap();
+                        rec.log
+                    });
+                    for (r, log) in logs.iter().enumerate() {
+                        assert_eq!(
+                            log,
+                            &expected_log(&p, r, len),
+                            "{kind:?} {algo:?} n {n} servers {servers:?} rank {r}"
+                        );
+                    }
                 }
             }
         }
@@ -66,41 +75,56 @@ fn all_reduce_sums_identically_on_every_rank() {
 }
 
 #[test]
-fn reduce_scatter_then_all_gather_is_an_all_reduce() {
-    for n in [2, 3, 4, 6, 8] {
-        let len = 101;
-        for algo in [
-            CollectiveAlgorithm::Ring,
-            CollectiveAlgorithm::HalvingDoubling,
-        ] {
-            let out = on_group(n, move |c| {
-                let mut b = data(c.rank(), len);
-                let mine = c.reduce_scatter(&mut b, algo).unwrap();
-                assert_eq!(mine, chunk(len, c.size(), c.rank()));
-                let part = b[mine.clone()].to_vec();
-                // Scribble over the rest: the gather must restore it from the owners.
-                for (i, x) in b.iter_mut().enumerate() {
-                    if !mine.contains(&i) {
-                        *x = f32::NAN;
-                    }
-                }
-                c.all_gather(&mut b, algo).unwrap();
-                (part, b)
-            });
-            for r in 0..n {
-                let want: Vec<f32> = {
-                    let mut s = vec![0.0f64; len];
-                    for q in 0..n {
-                        for (a, b) in s.iter_mut().zip(data(q, len)) {
-                            *a += f64::from(b);
+fn the_self_check_passes_on_threads_for_groups_of_2_to_16() {
+    for n in 2..=16 {
+        let out = on_group(n, |c| {
+            pangu_trainer::comm::check::check_programs(c, 45).unwrap()
+        });
+        for (r, o) in out.iter().enumerate() {
+            assert!(o.failures.is_empty(), "n {n} rank {r}: {:?}", o.failures);
+            assert!(o.programs >= 24 && o.messages > 0, "n {n} rank {r}: {o:?}");
+        }
+    }
+}
+
+#[test]
+fn every_program_computes_its_collective_with_identical_bits_on_every_rank() {
+    for n in 1..=9 {
+        for servers in placements(n) {
+            for len in [1, 7, 64, 1000] {
+                let want: Vec<f64> = (0..len)
+                    .map(|i| (0..n).map(|r| f64::from(data(r, len)[i])).sum())
+                    .collect();
+                for algo in ALGOS {
+                    let progs = GroupPrograms::new(algo, &servers);
+                    let out = on_group(n, move |c| {
+                        let mut b = data(c.rank(), len);
+                        c.all_reduce(&mut b, &progs).unwrap();
+                        let mut r = data(c.rank(), len);
+                        let mine = c.reduce_scatter(&mut r, &progs).unwrap();
+                        assert_eq!(mine, chunk(len, c.size(), c.rank()));
+                        let part = r[mine.clone()].to_vec();
+                        // Scribble over the rest: the gather must restore it from the owners.
+                        for (i, x) in r.iter_mut().enumerate() {
+                            if !mine.contains(&i) {
+                                *x = f32::NAN;
+                            }
+                        }
+                        c.all_gather(&mut r, &progs).unwrap();
+                        (b, part, r)
+                    });
+                    let case = format!("n {n} len {len} {algo:?} servers {servers:?}");
+                    for r in 0..n {
+                        assert_eq!(out[r].0, out[0].0, "{case}: ranks disagree");
+                        assert_eq!(out[r].1, out[r].2[chunk(len, n, r)].to_vec(), "{case}");
+                        for (x, w) in out[r].2.iter().zip(&want) {
+                            assert!((f64::from(*x) - w).abs() < 1e-5, "{case}");
                         }
                     }
-                    s.iter().map(|&x| x as f32).collect()
-                };
-                for (x, w) in out[r].1.iter().zip(&want) {
-                    assert!((x - w).abs() < 1e-5, "n {n} {algo:?} rank {r}");
+                    for (x, w) in out[0].0.iter().zip(&want) {
+                        assert!((f64::from(*x) - w).abs() < 1e-5, "{case}");
+                    }
                 }
-                assert_eq!(out[r].0, out[r].1[chunk(len, n, r)].to_vec());
             }
         }
     }
@@ -134,9 +158,8 @@ fn a_silent_peer_times_out_and_a_dead_one_is_named() {
     let mut c0 = comms.pop().unwrap();
     let t = Instant::now();
     let mut b = vec![1.0f32; 10];
-    let e = c0
-        .all_reduce(&mut b, CollectiveAlgorithm::Ring)
-        .unwrap_err();
+    let ring = GroupPrograms::flat(CollectiveAlgorithm::Ring, 2);
+    let e = c0.all_reduce(&mut b, &ring).unwrap_err();
     assert!(matches!(e, CommError::Timeout { peer: 1, .. }), "{e}");
     assert!(t.elapsed() < Duration::from_secs(5));
     assert!(e.to_string().contains("rank 1"));
@@ -146,8 +169,31 @@ fn a_silent_peer_times_out_and_a_dead_one_is_named() {
         panic!("worker failure (expected by the test)");
     });
     assert!(h.join().is_err());
-    let e = c0
-        .all_reduce(&mut b, CollectiveAlgorithm::Ring)
-        .unwrap_err();
+    let e = c0.all_reduce(&mut b, &ring).unwrap_err();
     assert!(matches!(e, CommError::PeerGone { peer: 1, .. }), "{e}");
+}
+
+#[test]
+fn a_group_without_this_rank_and_a_program_of_another_size_are_named() {
+    let mut comms = threads::group(2, Duration::from_millis(200));
+    let mut c0 = comms.remove(0);
+    let members = [1usize, 3];
+    let e = pangu_trainer::comm::Group::new(&mut c0, &members)
+        .err()
+        .unwrap();
+    assert!(matches!(e, CommError::NotInGroup { rank: 0, .. }), "{e}");
+    assert!(e.to_string().contains("[1, 3]"), "{e}");
+    let four = GroupPrograms::flat(CollectiveAlgorithm::Ring, 4);
+    let e = c0.all_reduce(&mut [0.0; 8], &four).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            CommError::GroupSize {
+                want: 4,
+                got: 2,
+                ..
+            }
+        ),
+        "{e}"
+    );
 }

@@ -8,9 +8,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use pangu_model::ModelConfig;
-use pangu_strategies::{CollectiveAlgorithm, StrategySpec};
+use pangu_strategies::StrategySpec;
 use pangu_trainer::data;
-use pangu_trainer::dist::{plan_for, train_threads, DistConfig, DistResult};
+use pangu_trainer::dist::{train_threads, DistConfig, DistResult};
+use pangu_trainer::host::plan_for;
 use pangu_trainer::tokenizer::Tokenizer;
 use pangu_trainer::train::{Run, Settings};
 
@@ -50,18 +51,15 @@ fn spec(toml: &str) -> StrategySpec {
     StrategySpec::from_toml(toml, "test").unwrap()
 }
 
-fn run(
-    cfg: &ModelConfig,
-    s: &Settings,
-    single: &Run,
-    toml: &str,
-    algo: CollectiveAlgorithm,
-) -> DistResult {
-    let plan = plan_for(cfg, &spec(toml)).unwrap_or_else(|e| panic!("{toml}: {e}"));
+/// Trains `toml` with every group's collectives run by `algo` (a `[collectives]` value).
+fn run(cfg: &ModelConfig, s: &Settings, single: &Run, toml: &str, algo: &str) -> DistResult {
+    let toml = format!(
+        "{toml}\n[collectives]\ntp = \"{algo}\"\ndp = \"{algo}\"\nopt = \"{algo}\"\npp = \"{algo}\"\n"
+    );
+    let plan = plan_for(cfg, &spec(&toml)).unwrap_or_else(|e| panic!("{toml}: {e}"));
     let mut s = s.clone();
     s.micro_batches = plan.strategy.micro_batches as usize;
     let dist = DistConfig {
-        algo,
         timeout: Duration::from_secs(60),
         fail: None,
     };
@@ -72,33 +70,33 @@ fn run(
 fn every_dimension_and_their_combinations_match_single_device() {
     let (cfg, s, mut single) = setup(0.0);
     let losses: Vec<f64> = (0..STEPS).map(|_| single.step().loss).collect();
-    use CollectiveAlgorithm::{DoubleBinaryTree as Tree, HalvingDoubling as Hd, Ring};
-    let plans: &[(&str, CollectiveAlgorithm)] = &[
-        ("dp = 2", Ring),
-        ("dp = 4", Hd),
-        ("dp = 4\nopt_shard = \"zero1\"", Hd),
-        ("dp = 2\nopt_shard = \"mindspore\"", Tree),
-        ("tp = 2", Ring),
-        ("tp = 4", Hd),
-        ("pp = 2\nschedule = \"1f1b\"", Ring),
-        ("pp = 2\nschedule = \"gpipe\"", Ring),
-        ("pp = 4\nschedule = \"1f1b\"\nmicro_batches = 4", Ring),
-        ("pp = 2\nschedule = \"interleaved:2\"", Ring),
-        ("dp = 2\ntp = 2", Ring),
-        ("dp = 2\npp = 2\nopt_shard = \"zero1\"", Ring),
-        ("tp = 2\npp = 2\nremat = \"full\"", Hd),
-        ("dp = 2\ntp = 2\npp = 2", Ring),
-        ("tp = 2\nseq_parallel = true", Ring),
-        ("remat = \"selective\"", Ring),
-        ("remat = \"every:3\"", Ring),
+    let (ring, hd, tree) = ("ring", "halving-doubling", "tree");
+    let plans: &[(&str, &str)] = &[
+        ("dp = 2", ring),
+        ("dp = 4", hd),
+        ("dp = 4\nopt_shard = \"zero1\"", hd),
+        ("dp = 2\nopt_shard = \"mindspore\"", tree),
+        ("tp = 2", ring),
+        ("tp = 4", hd),
+        ("pp = 2\nschedule = \"1f1b\"", ring),
+        ("pp = 2\nschedule = \"gpipe\"", ring),
+        ("pp = 4\nschedule = \"1f1b\"\nmicro_batches = 4", ring),
+        ("pp = 2\nschedule = \"interleaved:2\"", ring),
+        ("dp = 2\ntp = 2", ring),
+        ("dp = 2\npp = 2\nopt_shard = \"zero1\"", ring),
+        ("tp = 2\npp = 2\nremat = \"full\"", hd),
+        ("dp = 2\ntp = 2\npp = 2", ring),
+        ("tp = 2\nseq_parallel = true", ring),
+        ("remat = \"selective\"", ring),
+        ("remat = \"every:3\"", ring),
         (
             "dp = 2\npp = 2\nremat = \"every:2\"\nschedule = \"interleaved:2\"",
-            Ring,
+            ring,
         ),
-        ("tp = 4\npp = 2\nseq_parallel = true\nremat = \"full\"", Hd),
+        ("tp = 4\npp = 2\nseq_parallel = true\nremat = \"full\"", hd),
         (
             "dp = 2\ntp = 2\npp = 2\nschedule = \"gpipe\"\nopt_shard = \"zero1\"\nremat = \"full\"",
-            Tree,
+            tree,
         ),
     ];
     for &(toml, algo) in plans {
@@ -132,24 +130,84 @@ fn every_dimension_and_their_combinations_match_single_device() {
 }
 
 #[test]
-fn data_parallel_buckets_are_reduced_while_backward_runs() {
+fn data_parallel_buckets_are_reduced_while_backward_runs_in_the_plans_order() {
     let (cfg, s, mut single) = setup(0.0);
     let losses: Vec<f64> = (0..STEPS).map(|_| single.step().loss).collect();
     // 16 KiB buckets: a layer of this model is ~50 KiB of gradients, one bucket or more each.
-    let r = run(
-        &cfg,
-        &s,
-        &single,
+    for toml in [
         "dp = 2\npp = 2\ngrad_bucket = \"16 KiB\"",
-        CollectiveAlgorithm::Ring,
-    );
-    for (a, b) in r.losses.iter().zip(&losses) {
-        assert!((a - b).abs() < 1e-4, "loss {a} vs {b}");
+        "dp = 2\npp = 2\ngrad_bucket = \"16 KiB\"\nopt_shard = \"zero1\"",
+        "dp = 2\npp = 2\nschedule = \"interleaved:2\"\ngrad_bucket = \"64 KiB\"",
+    ] {
+        let r = run(&cfg, &s, &single, toml, "ring");
+        for (a, b) in r.losses.iter().zip(&losses) {
+            assert!((a - b).abs() < 1e-4, "{toml}: loss {a} vs {b}");
+        }
+        assert!(rel_diff(&r.params, &single.state.params) < 1e-4, "{toml}");
+        // Every rank issues the plan's buckets (the simulator's: see sim/tests/buckets.rs),
+        // in its order, on the communication thread, every step.
+        let plan = plan_for(&cfg, &spec(toml)).unwrap();
+        for rk in &r.ranks {
+            let want: Vec<(usize, usize)> = plan
+                .grad_buckets(rk.stage as u32)
+                .iter()
+                .map(|b| (b.chunk, b.params as usize))
+                .collect();
+            assert!(want.len() >= 2, "{toml}: {want:?}");
+            let got: Vec<(usize, usize)> = rk.bucket_log.clone();
+            assert_eq!(
+                got.len(),
+                want.len() * STEPS as usize,
+                "{toml} rank {}",
+                rk.rank
+            );
+            for step in got.chunks(want.len()) {
+                assert_eq!(step, &want[..], "{toml} rank {}", rk.rank);
+            }
+            assert_eq!(
+                rk.overlapped_buckets,
+                want.len() as u64 * STEPS,
+                "rank {}",
+                rk.rank
+            );
+        }
     }
-    assert!(rel_diff(&r.params, &single.state.params) < 1e-4);
-    // Two layers per stage, one bucket per layer, every step.
-    for rk in &r.ranks {
-        assert_eq!(rk.overlapped_buckets, 2 * STEPS, "rank {}", rk.rank);
+}
+
+#[test]
+fn hierarchical_collectives_over_virtual_servers_match_single_device() {
+    use pangu_trainer::host::plan_on;
+    let (cfg, s, mut single) = setup(0.0);
+    let losses: Vec<f64> = (0..STEPS).map(|_| single.step().loss).collect();
+    for (toml, servers) in [
+        ("dp = 4\ntp = 2", 2),
+        ("dp = 4\nopt_shard = \"zero1\"", 2),
+        ("dp = 2\ntp = 2\npp = 2", 4),
+    ] {
+        let full = format!("{toml}\n[collectives]\ndp = \"hierarchical\"\nopt = \"hierarchical\"\ntp = \"hierarchical\"\n");
+        let plan = plan_on(&cfg, &spec(&full), servers).unwrap();
+        let mut s = s.clone();
+        s.micro_batches = plan.strategy.micro_batches as usize;
+        let dist = DistConfig {
+            timeout: Duration::from_secs(60),
+            fail: None,
+        };
+        let r = train_threads(&plan, &s, &dist, &single.train, STEPS).unwrap();
+        for (a, b) in r.losses.iter().zip(&losses) {
+            assert!((a - b).abs() < 1e-4, "{toml}: loss {a} vs {b}");
+        }
+        assert!(rel_diff(&r.params, &single.state.params) < 1e-4, "{toml}");
+        let dp: Vec<u32> = plan.mesh.group_of(pangu_strategies::strategy::Axis::Dp, 0);
+        let algo = plan.algorithm(pangu_strategies::collective::CollectiveGroup::Dp, &dp);
+        if dp.len() == 4 && servers == 2 {
+            assert!(
+                matches!(
+                    algo,
+                    pangu_strategies::CollectiveAlgorithm::Hierarchical { .. }
+                ),
+                "{toml}: {algo:?}"
+            );
+        }
     }
 }
 
@@ -161,7 +219,7 @@ fn dropout_masks_follow_global_indices_across_tensor_and_pipeline_splits() {
         "dp = 2\ntp = 2\npp = 2",
         "tp = 2\npp = 2\nseq_parallel = true",
     ] {
-        let r = run(&cfg, &s, &single, toml, CollectiveAlgorithm::Ring);
+        let r = run(&cfg, &s, &single, toml, "ring");
         for (a, b) in r.losses.iter().zip(&losses) {
             assert!((a - b).abs() < 1e-4, "{toml}: loss {a} vs {b}");
         }
@@ -172,64 +230,34 @@ fn dropout_masks_follow_global_indices_across_tensor_and_pipeline_splits() {
 #[test]
 fn sharding_and_remat_cut_the_bytes_each_rank_allocates() {
     let (cfg, s, single) = setup(0.0);
-    let plain = run(&cfg, &s, &single, "dp = 4", CollectiveAlgorithm::Ring);
-    let sharded = run(
-        &cfg,
-        &s,
-        &single,
-        "dp = 4\nopt_shard = \"zero1\"",
-        CollectiveAlgorithm::Ring,
-    );
-    let n = single.state.params.len();
-    let saved = 8 * (n - pangu_trainer::comm::chunk(n, 4, 0).len()) as u64;
-    // Without sharding, the overlapped reduction also holds copies of the layers' gradients
-    // (its fusion buckets, all in flight until the optimizer step): 4 bytes per layer weight.
-    let layer_params: usize = pangu_trainer::model::Layout::new(&cfg)
-        .unwrap()
-        .layers
+    let plain = run(&cfg, &s, &single, "dp = 4", "ring");
+    let sharded = run(&cfg, &s, &single, "dp = 4\nopt_shard = \"zero1\"", "ring");
+    // Sharding keeps Adam moments for rank 0's chunk of every bucket only.
+    let plan = plan_for(&cfg, &spec("dp = 4\nopt_shard = \"zero1\"")).unwrap();
+    let layout = pangu_trainer::model::Layout::new(&cfg).unwrap();
+    let buckets = pangu_trainer::host::chunk_buckets(&plan, 0, 0, &layout);
+    let shard: usize = pangu_trainer::host::shard_ranges(&plan, &buckets, &layout, 0)
         .iter()
-        .map(|l| l.span().len())
+        .map(|r| r.len())
         .sum();
+    let n = single.state.params.len();
+    assert!(shard * 4 <= n + 4 * buckets.len() && shard * 4 + 4 * buckets.len() >= n);
     assert_eq!(
         sharded.ranks[0].allocated_bytes,
-        plain.ranks[0].allocated_bytes - saved - 4 * layer_params as u64
+        plain.ranks[0].allocated_bytes - 8 * (n - shard) as u64
     );
-    let remat = run(
-        &cfg,
-        &s,
-        &single,
-        "dp = 4\nremat = \"full\"",
-        CollectiveAlgorithm::Ring,
-    );
+    let remat = run(&cfg, &s, &single, "dp = 4\nremat = \"full\"", "ring");
     assert_eq!(plain.losses, remat.losses, "remat alone changes nothing");
     assert_eq!(plain.params, remat.params);
     assert!(remat.ranks[0].allocated_bytes < plain.ranks[0].allocated_bytes);
     // Tensor parallelism splits the layer weights; sequence parallelism the residual stream.
-    let tp = run(&cfg, &s, &single, "tp = 2", CollectiveAlgorithm::Ring);
+    let tp = run(&cfg, &s, &single, "tp = 2", "ring");
     assert!(tp.ranks[0].allocated_bytes < plain.ranks[0].allocated_bytes);
-    let sp = run(
-        &cfg,
-        &s,
-        &single,
-        "tp = 2\nseq_parallel = true",
-        CollectiveAlgorithm::Ring,
-    );
+    let sp = run(&cfg, &s, &single, "tp = 2\nseq_parallel = true", "ring");
     assert!(sp.ranks[0].allocated_bytes < tp.ranks[0].allocated_bytes);
     // Selective remat drops the attention core; every:2 keeps every other layer's input.
-    let sel = run(
-        &cfg,
-        &s,
-        &single,
-        "dp = 4\nremat = \"selective\"",
-        CollectiveAlgorithm::Ring,
-    );
-    let every = run(
-        &cfg,
-        &s,
-        &single,
-        "dp = 4\nremat = \"every:2\"",
-        CollectiveAlgorithm::Ring,
-    );
+    let sel = run(&cfg, &s, &single, "dp = 4\nremat = \"selective\"", "ring");
+    let every = run(&cfg, &s, &single, "dp = 4\nremat = \"every:2\"", "ring");
     for r in [&sel, &every] {
         assert_eq!(plain.losses, r.losses, "remat alone changes nothing");
         assert_eq!(plain.params, r.params);
@@ -251,7 +279,6 @@ fn bad_plans_are_rejected_with_the_reason() {
     let (cfg, s, single) = setup(0.0);
     let plan = plan_for(&cfg, &spec("tp = 2\nprecision = \"fp16\"")).unwrap();
     let dist = DistConfig {
-        algo: CollectiveAlgorithm::Ring,
         timeout: Duration::from_secs(5),
         fail: None,
     };
@@ -275,7 +302,6 @@ fn sharded_checkpoints_resume_under_the_same_plan_and_reshard_to_another() {
         tokenizer_hash: format!("{:016x}", single.tokenizer.hash()),
     };
     let dist = DistConfig {
-        algo: CollectiveAlgorithm::Ring,
         timeout: Duration::from_secs(60),
         fail: None,
     };
@@ -356,7 +382,6 @@ fn a_panicking_rank_stops_every_rank_and_leaves_whole_checkpoints() {
     };
     let plan = plan_for(&cfg, &spec("dp = 2\ntp = 2\npp = 2\nmicro_batches = 2")).unwrap();
     let dist = DistConfig {
-        algo: CollectiveAlgorithm::Ring,
         timeout: Duration::from_secs(20),
         fail: Some((5, 2)),
     };

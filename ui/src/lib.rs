@@ -21,6 +21,7 @@ pub mod job;
 pub mod palette;
 pub mod simulation;
 pub mod tabs;
+mod widgets;
 
 pub use app::{App, Command, Tab, View};
 pub use editor::Editor;

@@ -20,6 +20,7 @@ use std::ops::Range;
 use pangu_strategies::collective::{Combine, Program};
 use pangu_strategies::{CollectiveAlgorithm, CollectiveKind};
 
+pub mod check;
 #[cfg(feature = "mpi")]
 pub mod mpi_backend;
 pub mod threads;
@@ -174,7 +175,11 @@ pub trait Communicator {
     {
         let n = self.size();
         let order: Vec<usize> = (0..n).map(|i| (root + i) % n).collect();
-        let p = Program::build(CollectiveKind::Broadcast, CollectiveAlgorithm::Ring, &vec![0; n]);
+        let p = Program::build(
+            CollectiveKind::Broadcast,
+            CollectiveAlgorithm::Ring,
+            &vec![0; n],
+        );
         Group::new(self, &order)?.run(&p, buf)
     }
 

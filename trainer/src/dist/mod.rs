@@ -29,197 +29,29 @@
 //! The runs differ from one device only in the order of floating-point additions; tests hold
 //! losses and weights to 1e-4.
 
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use pangu_model::ModelConfig;
-use pangu_strategies::report::DeviceReport;
-use pangu_strategies::{Breakdown, Plan, StepReport};
-use serde::Serialize;
+use pangu_strategies::Plan;
 
 use crate::comm::{threads, CommError, Communicator};
 use crate::data::Packed;
 use crate::host::check_plan;
 use crate::model::Layout;
-use crate::sharded::WholeState;
 use crate::train::Settings;
 use crate::TrainError;
 
 mod buckets;
+mod groups;
 mod rank;
+mod report;
+mod setup;
 mod tp;
 
-use rank::{rank_loop, RankOutput};
+pub use report::{measured_report, DistResult, RankReport};
+pub use setup::{DistConfig, Io, Save};
 
-/// How the executor communicates (the collective algorithms are the plan's).
-#[derive(Debug, Clone, Copy)]
-pub struct DistConfig {
-    /// How long a rank waits on a peer before giving up.
-    pub timeout: Duration,
-    /// Fault injection for failure drills and tests: `(rank, step)` panics that rank when
-    /// it starts that step.
-    pub fail: Option<(usize, u64)>,
-}
-
-/// What one rank measured (seconds summed over the steps).
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct RankReport {
-    /// Rank.
-    pub rank: usize,
-    /// Pipeline stage.
-    pub stage: usize,
-    /// Forward and backward compute (the tensor-parallel sums inside excluded).
-    pub compute_s: f64,
-    /// Sums over the tensor-parallel group inside the layers.
-    pub tp_comm_s: f64,
-    /// Sending activations and gradients to the neighbouring stages.
-    pub pp_comm_s: f64,
-    /// Waiting for a neighbouring stage's activation or gradient (the pipeline bubble).
-    pub bubble_s: f64,
-    /// Gradient reductions (data parallel, the tied embedding, the norm and the loss).
-    pub dp_comm_s: f64,
-    /// The weight all-gather of optimizer sharding.
-    pub opt_comm_s: f64,
-    /// The optimizer update.
-    pub optimizer_s: f64,
-    /// The whole loop on this rank.
-    pub wall_s: f64,
-    /// Bytes this rank allocated (weights, gradients, its Adam state, activations).
-    pub allocated_bytes: u64,
-    /// Gradient buckets reduced while backward ran (threads backend, dp > 1).
-    pub overlapped_buckets: u64,
-    /// The data-parallel buckets in the order this rank issued them: (chunk, elements).
-    pub bucket_log: Vec<(usize, usize)>,
-    /// Wall seconds of each step on this rank.
-    pub step_s: Vec<f64>,
-    /// What each step had of the machine (rank 0 only: the counters are the process's).
-    pub step_cpu: Vec<crate::cpustat::Window>,
-}
-
-/// The result of a distributed run.
-#[derive(Debug, Clone, Serialize)]
-pub struct DistResult {
-    /// Mean training loss per step (identical on every rank).
-    pub losses: Vec<f64>,
-    /// Final parameters of the whole model, assembled from the ranks' parts (threads
-    /// backend; under MPI only this process's part is known and this is empty).
-    #[serde(skip)]
-    pub params: Vec<f32>,
-    /// Per rank.
-    pub ranks: Vec<RankReport>,
-    /// Wall time.
-    pub wall_s: f64,
-    /// Seconds of each step (the slowest rank's).
-    pub step_s: Vec<f64>,
-    /// What each step had of the machine: this process's CPU wait, steal and other
-    /// processes' share (read by rank 0; empty under MPI).
-    pub step_cpu: Vec<crate::cpustat::Window>,
-    /// The measured step report (the simulator's type and categories, per device).
-    pub report: StepReport,
-}
-
-/// The slowest rank's time of each step.
-fn slowest(ranks: &[RankReport]) -> Vec<f64> {
-    let n = ranks.iter().map(|r| r.step_s.len()).max().unwrap_or(0);
-    (0..n)
-        .map(|i| {
-            ranks
-                .iter()
-                .filter_map(|r| r.step_s.get(i))
-                .fold(0.0, |a, &b| f64::max(a, b))
-        })
-        .collect()
-}
-
-/// The measured counterpart of the simulator's step report: per device, the categories of
-/// [`Breakdown`] averaged over the steps (compute includes the optimizer update and, under
-/// remat, the recomputation; idle is the rest of the step); MFU against the cores' fp32 peak
-/// (`cpu-host` preset, one core per rank).
-pub fn measured_report(
-    cfg: &ModelConfig,
-    global_batch: usize,
-    ranks: &[RankReport],
-    steps: u64,
-) -> StepReport {
-    let st = steps.max(1) as f64;
-    let devices: Vec<DeviceReport> = ranks
-        .iter()
-        .map(|r| {
-            let step = r.wall_s / st;
-            let mut b = Breakdown {
-                compute: (r.compute_s + r.optimizer_s) / st,
-                tp_comm: r.tp_comm_s / st,
-                pp_comm: r.pp_comm_s / st,
-                bubble: r.bubble_s / st,
-                dp_comm: r.dp_comm_s / st,
-                opt_comm: r.opt_comm_s / st,
-                ..Breakdown::default()
-            };
-            let busy = b.compute + b.tp_comm + b.pp_comm + b.bubble + b.dp_comm + b.opt_comm;
-            b.idle = (step - busy).max(0.0);
-            DeviceReport {
-                rank: r.rank as u32,
-                stage: r.stage as u32,
-                breakdown: b,
-                peak_memory_bytes: r.allocated_bytes,
-            }
-        })
-        .collect();
-    let step_time_s = ranks.iter().map(|r| r.wall_s / st).fold(0.0, f64::max);
-    let n = devices.len().max(1) as f64;
-    let mut mean = Breakdown::default();
-    for d in &devices {
-        let b = &d.breakdown;
-        mean.compute += b.compute / n;
-        mean.tp_comm += b.tp_comm / n;
-        mean.pp_comm += b.pp_comm / n;
-        mean.bubble += b.bubble / n;
-        mean.dp_comm += b.dp_comm / n;
-        mean.opt_comm += b.opt_comm / n;
-        mean.idle += b.idle / n;
-    }
-    let tokens = global_batch as f64 * f64::from(cfg.seq_len);
-    let tokens_per_s = tokens / step_time_s.max(1e-12);
-    let peak = pangu_hardware::Cluster::from_name("cpu-host:1")
-        .ok()
-        .and_then(|c| c.spec.chip.fp32.map(|r| r.0))
-        .unwrap_or(f64::NAN);
-    let mfu = cfg.flops_per_token() * tokens_per_s / (peak * n);
-    StepReport {
-        step_time_s,
-        tokens_per_s,
-        samples_per_s: global_batch as f64 / step_time_s.max(1e-12),
-        mfu,
-        hfu: mfu,
-        breakdown: mean,
-        devices,
-        critical_path: Vec::new(),
-        links: Vec::new(),
-        peak_memory_bytes: ranks.iter().map(|r| r.allocated_bytes).max().unwrap_or(0),
-    }
-}
-
-/// Where a run starts and what it saves.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Io<'a> {
-    /// Start after this many steps from this whole-model state (a checkpoint of any plan).
-    pub resume: Option<(u64, &'a WholeState)>,
-    /// Write sharded checkpoints.
-    pub save: Option<&'a Save>,
-}
-
-/// Sharded checkpointing of a run.
-#[derive(Debug, Clone)]
-pub struct Save {
-    /// Run folder (`step-N` folders and `latest` go here).
-    pub dir: PathBuf,
-    /// Every this many steps, and after the last.
-    pub every: u64,
-    /// The tokenizer file to store with each checkpoint.
-    pub tokenizer_json: Vec<u8>,
-    /// Its hash.
-    pub tokenizer_hash: String,
-}
+use rank::{rank_loop, Inputs, RankOutput};
+use report::slowest;
 
 /// Trains `plan` on `data` with one thread per rank of its mesh until step `steps`.
 pub fn train_threads(
@@ -242,6 +74,14 @@ pub fn train_threads_with(
     io: Io<'_>,
 ) -> Result<DistResult, TrainError> {
     check_plan(plan, settings)?;
+    let inputs = Inputs {
+        plan,
+        settings,
+        dist,
+        data,
+        steps,
+        io,
+    };
     let world = plan.mesh.size() as usize;
     let t0 = Instant::now();
     let comms = threads::group(world, dist.timeout);
@@ -254,7 +94,7 @@ pub fn train_threads_with(
             .map(|(mut c, a)| {
                 s.spawn(move || {
                     let a: Box<dyn Communicator + Send> = Box::new(a);
-                    rank_loop(plan, settings, dist, data, steps, io, &mut c, Some(a))
+                    rank_loop(inputs, &mut c, Some(a))
                 })
             })
             .collect();
@@ -363,7 +203,15 @@ pub fn train_mpi(
     let t0 = Instant::now();
     let rank = comm.rank();
     // MPI calls from a second thread would need MPI_THREAD_MULTIPLE: no overlap here.
-    let out = rank_loop(plan, settings, dist, data, steps, io, &mut comm, None)?;
+    let inputs = Inputs {
+        plan,
+        settings,
+        dist,
+        data,
+        steps,
+        io,
+    };
+    let out = rank_loop(inputs, &mut comm, None)?;
     let ranks = vec![out.report];
     let report = measured_report(&plan.model, settings.batch, &ranks, steps);
     Ok((
@@ -379,4 +227,3 @@ pub fn train_mpi(
         },
     ))
 }
-

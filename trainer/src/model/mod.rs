@@ -28,6 +28,7 @@ mod linear;
 use std::ops::Range;
 
 use pangu_model::ModelConfig;
+use pangu_strategies::plan::ChunkPart;
 
 pub use crate::reduce::{Alone, Reduce};
 pub use acts::{Acts, LayerActs, Scratch};
@@ -319,8 +320,19 @@ impl Model {
     ) {
         let lay = &self.layout;
         let nl = lay.layers.len();
+        // The word table tied across two chunks is a part of its own (the plan's buckets).
+        let shared = lay.part.embedding != lay.part.head;
+        let done = |red: &mut dyn Reduce<T>, g: &Grads<'_, '_, T>, part: ChunkPart| {
+            if let Some(gs) = g.whole_slice(0..lay.total) {
+                red.part_done(part, gs);
+            }
+        };
         if lay.part.head {
             self.head_bwd(p, g, acts, batch, red);
+            if shared {
+                done(red, g, ChunkPart::SharedTable);
+            }
+            done(red, g, ChunkPart::Head);
         }
         let ad = self.attn_dims(batch.b);
         for li in (0..nl).rev() {
@@ -333,13 +345,14 @@ impl Model {
                 self.layers_fwd(p, acts, g0..li + 1, batch, step, train, ad, red);
             }
             self.layer_bwd(p, g, acts, li, batch, step, train, ad, red);
-            let span = lay.layers[li].span();
-            if let Some(gs) = g.whole_slice(span.clone()) {
-                red.layer_done(span, gs);
-            }
+            done(red, g, ChunkPart::Layer(li));
         }
         if lay.part.embedding && !g.is_half() {
             self.embedding_bwd(g, acts, batch, step, train, red);
+            done(red, g, ChunkPart::Embedding);
+            if shared {
+                done(red, g, ChunkPart::SharedTable);
+            }
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use pangu_model::ModelConfig;
 
-use super::choose;
+use crate::widgets::choose;
 use crate::{Command, View};
 
 /// The model tab (no state of its own: the presets are the app's inputs).

@@ -5,9 +5,9 @@ use std::ops::RangeInclusive;
 
 use pangu_strategies::{OptShard, RankOrder};
 
-use super::choose;
 use crate::editor::Editor;
 use crate::palette;
+use crate::widgets::choose;
 use crate::{Command, Tab, View};
 
 /// The strategy tab (no state of its own: the editor's fields are the app's inputs).

@@ -1,0 +1,220 @@
+//! A plan on this machine, and what the executor derives from it: the `cpu-host` cluster as
+//! N virtual devices (optionally grouped into virtual servers, so that hierarchical
+//! collectives run on one host), the executor's check of a plan, each chunk's model part, the
+//! flat-buffer ranges of the plan's chunk parts and gradient buckets, and a rank's optimizer
+//! shard. The distributed executor and the sharded checkpoints both read them here.
+
+use std::ops::Range;
+
+use pangu_model::ModelConfig;
+use pangu_strategies::collective::{chunk, CollectiveGroup};
+use pangu_strategies::plan::{ChunkPart, GradBucket};
+use pangu_strategies::strategy::{OptShard, Precision, StrategySpec};
+use pangu_strategies::{Chunk, CollectiveKind, LayerId, Plan};
+
+use crate::comm::GroupPrograms;
+use crate::model::{Layout, Part};
+use crate::train::Settings;
+use crate::TrainError;
+
+/// The plan of `spec` for `cfg` on this machine: the `cpu-host` preset with one virtual
+/// device per rank (dp × tp × pp; dp defaults to 1), fp32 unless the spec says otherwise.
+pub fn plan_for(cfg: &ModelConfig, spec: &StrategySpec) -> Result<Plan, TrainError> {
+    plan_on(cfg, spec, 1)
+}
+
+/// [`plan_for`] with the devices grouped into `servers` virtual servers (consecutive ranks
+/// per server), so that collectives see a multi-server placement.
+pub fn plan_on(cfg: &ModelConfig, spec: &StrategySpec, servers: u32) -> Result<Plan, TrainError> {
+    let mut spec = spec.clone();
+    spec.precision.get_or_insert(Precision::Fp32);
+    let devices = spec.dp.unwrap_or(1) * spec.tp.unwrap_or(1) * spec.pp.unwrap_or(1);
+    spec.dp.get_or_insert(1);
+    spec.devices = Some(devices);
+    let cluster = host_cluster(devices, servers)?;
+    let (strategy, _) =
+        pangu_strategies::strategy::resolve(&spec, &spec, cfg.global_batch, devices)
+            .map_err(|e| TrainError::Config(e.to_string()))?;
+    Plan::new(cfg, &cluster, &strategy).map_err(|e| TrainError::Config(e.to_string()))
+}
+
+/// This machine as `devices` virtual devices: the `cpu-host` preset with the devices split
+/// over `servers` virtual servers (threads or processes of one machine) and the machine's
+/// memory split between them.
+pub fn host_cluster(devices: u32, servers: u32) -> Result<pangu_hardware::Cluster, TrainError> {
+    let err = |e: pangu_hardware::HardwareError| TrainError::Config(e.to_string());
+    let text = pangu_hardware::preset_toml("cpu-host").map_err(err)?;
+    let mut spec = pangu_hardware::ClusterSpec::from_toml(text, "cpu-host").map_err(err)?;
+    let machine = spec.chip.hbm.0 * u64::from(spec.server.chips);
+    let devices = devices.max(1);
+    let servers = servers.max(1);
+    if devices % servers != 0 {
+        return Err(TrainError::Config(format!(
+            "--virtual-servers {servers} does not divide the {devices} devices; use a divisor of {devices}"
+        )));
+    }
+    spec.chips = devices;
+    spec.server.chips = devices / servers;
+    // The machine's cores are split evenly between the virtual servers.
+    spec.server.shared_cores = spec.server.shared_cores.map(|c| c / f64::from(servers));
+    if servers > 1 {
+        spec.network.nics_per_server = 1;
+        spec.network.servers_per_rack = servers;
+    }
+    spec.chip.hbm = pangu_hardware::Bytes(machine / u64::from(devices));
+    pangu_hardware::Cluster::new(spec).map_err(err)
+}
+
+/// Checks that the executor can run `plan` with `settings`; the error names the value.
+pub fn check_plan(plan: &Plan, settings: &Settings) -> Result<(), TrainError> {
+    settings.validate()?;
+    let s = &plan.strategy;
+    if s.precision != Precision::Fp32 {
+        return Err(TrainError::Unsupported(format!(
+            "precision {}: the CPU executor trains in fp32 (set precision = \"fp32\")",
+            s.precision
+        )));
+    }
+    let rows = s.micro_batch_size * plan.model.seq_len;
+    if s.seq_parallel && s.tp > 1 && rows % s.tp != 0 {
+        return Err(TrainError::Config(format!(
+            "seq_parallel: the {rows} rows of a micro-batch (micro-batch size {} × sequence {}) do not split into tp {} blocks",
+            s.micro_batch_size, plan.model.seq_len, s.tp
+        )));
+    }
+    if settings.batch != s.global_batch as usize
+        || settings.micro_batches != s.micro_batches as usize
+    {
+        return Err(TrainError::Config(format!(
+            "the training settings ask for batch {} in {} micro-batches but the plan has global batch {} in {} micro-batches",
+            settings.batch, settings.micro_batches, s.global_batch, s.micro_batches
+        )));
+    }
+    Ok(())
+}
+
+/// Global layer indices of a chunk of the plan.
+pub fn layer_range(cfg: &ModelConfig, layers: &[LayerId]) -> Range<usize> {
+    let idx = |l: &LayerId| match l {
+        LayerId::Block(i) => *i as usize,
+        LayerId::Query => cfg.layers as usize - 1,
+    };
+    match (layers.first(), layers.last()) {
+        (Some(a), Some(b)) => idx(a)..idx(b) + 1,
+        _ => 0..0,
+    }
+}
+
+/// The model part a device of tensor-parallel rank `tp_rank` holds for `chunk`.
+pub fn chunk_part(plan: &Plan, chunk: &Chunk, tp_rank: usize) -> Part {
+    let s = &plan.strategy;
+    Part {
+        tp: s.tp as usize,
+        tp_rank,
+        layers: layer_range(&plan.model, &chunk.layers),
+        embedding: chunk.embedding,
+        head: chunk.head,
+        seq_parallel: s.seq_parallel && s.tp > 1,
+    }
+}
+
+/// The ranges of `layout`'s flat buffer that hold one of the plan's chunk parts.
+pub fn part_ranges(layout: &Layout, part: ChunkPart) -> Vec<Range<usize>> {
+    let p = &layout.part;
+    let shared = p.embedding != p.head;
+    let ranges = match part {
+        ChunkPart::SharedTable => vec![layout.wte.clone()],
+        ChunkPart::Embedding if shared => vec![layout.wpe.clone()],
+        ChunkPart::Embedding => vec![layout.wte.clone(), layout.wpe.clone()],
+        ChunkPart::Layer(i) => {
+            let mut v = vec![layout.layers.get(i).map(|l| l.span()).unwrap_or(0..0)];
+            if p.layers.start + i + 1 == layout.dims.layers && layout.dims.query {
+                v.push(layout.wqe.clone());
+            }
+            v
+        }
+        ChunkPart::Head => vec![layout.lnf_g.clone(), layout.lnf_b.clone()],
+    };
+    ranges.into_iter().filter(|r| !r.is_empty()).collect()
+}
+
+/// A gradient bucket of the plan as ranges of a chunk's flat buffer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BucketRanges {
+    /// The plan's bucket.
+    pub bucket: GradBucket,
+    /// Its parts' ranges, in the bucket's part order.
+    pub ranges: Vec<Range<usize>>,
+    /// Elements.
+    pub len: usize,
+}
+
+impl BucketRanges {
+    /// The ranges of the bucket's elements `within` (offsets into the bucket's concatenation).
+    pub fn sub(&self, within: Range<usize>) -> Vec<Range<usize>> {
+        let mut out = Vec::new();
+        let mut at = 0;
+        for r in &self.ranges {
+            let (lo, hi) = (within.start.max(at), within.end.min(at + r.len()));
+            if lo < hi {
+                out.push(r.start + lo - at..r.start + hi - at);
+            }
+            at += r.len();
+        }
+        out
+    }
+}
+
+/// The gradient buckets of chunk `ci` of `stage`, in the plan's issue order.
+pub fn chunk_buckets(plan: &Plan, stage: u32, ci: usize, layout: &Layout) -> Vec<BucketRanges> {
+    plan.grad_buckets(stage)
+        .into_iter()
+        .filter(|b| b.chunk == ci)
+        .map(|bucket| {
+            let ranges: Vec<Range<usize>> = bucket
+                .parts
+                .iter()
+                .flat_map(|&p| part_ranges(layout, p))
+                .collect();
+            let len = ranges.iter().map(Range::len).sum();
+            BucketRanges {
+                bucket,
+                ranges,
+                len,
+            }
+        })
+        .collect()
+}
+
+/// Whether the plan shards the optimizer (and so the reduced gradients) over dp.
+pub fn is_sharded(plan: &Plan) -> bool {
+    plan.strategy.opt_shard != OptShard::None && plan.strategy.dp > 1
+}
+
+/// The ranges of a chunk's flat buffer that data-parallel rank `dp_rank` updates: its
+/// [`chunk`] of every bucket when the optimizer is sharded, else the whole buffer.
+pub fn shard_ranges(
+    plan: &Plan,
+    buckets: &[BucketRanges],
+    layout: &Layout,
+    dp_rank: usize,
+) -> Vec<Range<usize>> {
+    if !is_sharded(plan) {
+        return std::iter::once(0..layout.total).collect();
+    }
+    let dp = plan.strategy.dp as usize;
+    buckets
+        .iter()
+        .flat_map(|b| b.sub(chunk(b.len, dp, dp_rank)))
+        .collect()
+}
+
+/// The collective programs of one group of the plan (ranks are chips of its mesh).
+pub fn programs(plan: &Plan, key: CollectiveGroup, ranks: &[usize]) -> GroupPrograms {
+    let chips: Vec<u32> = ranks.iter().map(|&r| r as u32).collect();
+    GroupPrograms {
+        all_reduce: plan.program(key, CollectiveKind::AllReduce, &chips),
+        reduce_scatter: plan.program(key, CollectiveKind::ReduceScatter, &chips),
+        all_gather: plan.program(key, CollectiveKind::AllGather, &chips),
+    }
+}
