@@ -181,13 +181,23 @@ impl ClusterSpec {
 
     /// Checks every value and the shape; errors name the field and what would be valid.
     pub fn validate(&self) -> Result<(), HardwareError> {
-        let bad = |field: &str, reason: String| {
-            Err(HardwareError::Invalid {
-                cluster: self.name.clone(),
-                field: field.into(),
-                reason,
-            })
-        };
+        self.validate_shape()?;
+        self.validate_chip_and_server()?;
+        self.validate_network()
+    }
+
+    /// The error for `field`.
+    fn bad(&self, field: &str, reason: String) -> Result<(), HardwareError> {
+        Err(HardwareError::Invalid {
+            cluster: self.name.clone(),
+            field: field.into(),
+            reason,
+        })
+    }
+
+    /// Chip, server and island counts: bounded, and fitting together.
+    fn validate_shape(&self) -> Result<(), HardwareError> {
+        let bad = |field: &str, reason: String| self.bad(field, reason);
         if self.chips == 0 {
             return bad("chips", "a cluster needs at least one chip".into());
         }
@@ -222,7 +232,7 @@ impl ClusterSpec {
         if self.server.chips == 0 {
             return bad("server.chips", "a server needs at least one chip".into());
         }
-        if self.server.islands == 0 || self.server.chips % self.server.islands != 0 {
+        if self.server.islands == 0 || !self.server.chips.is_multiple_of(self.server.islands) {
             return bad(
                 "server.islands",
                 format!(
@@ -231,7 +241,7 @@ impl ClusterSpec {
                 ),
             );
         }
-        if self.chips > self.server.chips && self.chips % self.server.chips != 0 {
+        if self.chips > self.server.chips && !self.chips.is_multiple_of(self.server.chips) {
             let lo = self.chips / self.server.chips * self.server.chips;
             let lo = lo.max(self.server.chips);
             let hi = lo.saturating_add(self.server.chips);
@@ -248,8 +258,8 @@ impl ClusterSpec {
         let isl = self.island_size();
         if self.chips < self.server.chips
             && self.server.island.kind == IslandKind::FullMesh
-            && self.chips % isl != 0
-            && isl % self.chips != 0
+            && !self.chips.is_multiple_of(isl)
+            && !isl.is_multiple_of(self.chips)
         {
             return bad(
                 "chips",
@@ -259,6 +269,12 @@ impl ClusterSpec {
                 ),
             );
         }
+        Ok(())
+    }
+
+    /// The chip's rates and memory, the islands' links and the path between islands.
+    fn validate_chip_and_server(&self) -> Result<(), HardwareError> {
+        let bad = |field: &str, reason: String| self.bad(field, reason);
         if let Some(c) = self.server.shared_cores {
             if !(c.is_finite() && c > 0.0 && c <= 1e6) {
                 return bad(
@@ -297,6 +313,12 @@ impl ClusterSpec {
                 Some(CrossIsland::Network) => {}
             }
         }
+        Ok(())
+    }
+
+    /// NICs, links, racks and the spine, where servers (or islands) talk over the network.
+    fn validate_network(&self) -> Result<(), HardwareError> {
+        let bad = |field: &str, reason: String| self.bad(field, reason);
         let needs_network = self.servers() > 1
             || matches!(self.server.cross_island, Some(CrossIsland::Network))
                 && self.server.islands > 1;

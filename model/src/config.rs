@@ -228,14 +228,14 @@ impl ModelConfig {
                 "a model with a query layer needs at least 2 layers".into(),
             );
         }
-        if self.hidden % self.heads != 0 {
+        if !self.hidden.is_multiple_of(self.heads) {
             return bad(
                 "heads",
                 format!("{} heads do not divide hidden {}", self.heads, self.hidden),
             );
         }
         let kv = self.kv_heads();
-        if kv == 0 || self.heads % kv != 0 {
+        if kv == 0 || !self.heads.is_multiple_of(kv) {
             return bad(
                 "kv_heads",
                 format!("{kv} key/value heads must divide the {} heads", self.heads),

@@ -97,7 +97,7 @@ impl Folding {
                 v.push(Action::Xor);
             }
             if let Some(g) = (1..n)
-                .filter(|g| n % g == 0)
+                .filter(|g| n.is_multiple_of(*g))
                 .find(|&g| ok(Action::Cyclic(g)))
             {
                 v.push(Action::Cyclic(g));

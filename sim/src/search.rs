@@ -56,7 +56,7 @@ pub fn search(
         .par_iter()
         .map(|s| {
             let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if n % 256 == 0 {
+            if n.is_multiple_of(256) {
                 progress("ranking", n, total);
             }
             let plan = Plan::build(model, cluster, s).ok()?;

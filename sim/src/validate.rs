@@ -237,30 +237,8 @@ fn setup(r: &Row, extra: Option<&Assumption>) -> Result<Setup, String> {
             dp * mb * m
         }
     };
-    let rc = field(r, "recompute").to_ascii_lowercase();
-    let remat =
-        if rc.starts_with("full") || rc.starts_with("on") || rc.starts_with("rematerialization") {
-            Remat::Full
-        } else if rc.starts_with("selective") {
-            Remat::Selective
-        } else if rc.starts_with("none") {
-            Remat::None
-        } else {
-            assumptions.push("no recompute".into());
-            Remat::None
-        };
-    let z = field(r, "zero_stage").to_ascii_lowercase();
-    let opt_shard = if z.starts_with('3') {
-        OptShard::Zero3
-    } else if z.starts_with('2') || z.contains("stage 2") {
-        OptShard::Zero2
-    } else if z.starts_with('1') {
-        OptShard::Zero1
-    } else if z.contains("optimizer parallel") {
-        OptShard::Mindspore
-    } else {
-        OptShard::None
-    };
+    let remat = remat_of(r, &mut assumptions);
+    let opt_shard = opt_shard_of(r);
     let precision = if field(r, "precision").to_ascii_lowercase().contains("bf16")
         && cluster.spec.chip.bf16.is_some()
     {
@@ -311,22 +289,7 @@ fn setup(r: &Row, extra: Option<&Assumption>) -> Result<Setup, String> {
         precision: Some(precision),
         ..Default::default()
     };
-    let pick = [
-        ("step_time_s", Metric::StepTime),
-        ("tflops_per_chip", Metric::TflopsPerChip),
-        ("tokens_per_s_per_chip", Metric::TokensPerSPerChip),
-        ("mfu_pct", Metric::Mfu),
-    ];
-    let mut chosen = None;
-    for (col, m) in pick {
-        if let Some(v) = num(r, col)? {
-            if !derived(r, col) {
-                chosen = Some((m, if m == Metric::Mfu { v / 100.0 } else { v }));
-                break;
-            }
-        }
-    }
-    let (metric, published) = chosen.ok_or("no measured step time, TFLOP/s, tokens/s or MFU")?;
+    let (metric, published) = metric_of(r)?;
     let mut spec = spec;
     let mut model = model;
     if let Some(a) = extra {
@@ -353,6 +316,58 @@ fn setup(r: &Row, extra: Option<&Assumption>) -> Result<Setup, String> {
         published,
         assumptions,
     })
+}
+
+/// The row's recomputation (an unstated one is assumed off, and said so).
+fn remat_of(r: &Row, assumptions: &mut Vec<String>) -> Remat {
+    let rc = field(r, "recompute").to_ascii_lowercase();
+    if rc.starts_with("full") || rc.starts_with("on") || rc.starts_with("rematerialization") {
+        Remat::Full
+    } else if rc.starts_with("selective") {
+        Remat::Selective
+    } else if rc.starts_with("none") {
+        Remat::None
+    } else {
+        assumptions.push("no recompute".into());
+        Remat::None
+    }
+}
+
+/// The row's optimizer sharding from its ZeRO stage column.
+fn opt_shard_of(r: &Row) -> OptShard {
+    let z = field(r, "zero_stage").to_ascii_lowercase();
+    if z.starts_with('3') {
+        OptShard::Zero3
+    } else if z.starts_with('2') || z.contains("stage 2") {
+        OptShard::Zero2
+    } else if z.starts_with('1') {
+        OptShard::Zero1
+    } else if z.contains("optimizer parallel") {
+        OptShard::Mindspore
+    } else {
+        OptShard::None
+    }
+}
+
+/// The row's published figure: the first measured (not derived) of step time, TFLOP/s per
+/// chip, tokens/s per chip and MFU.
+fn metric_of(r: &Row) -> Result<(Metric, f64), String> {
+    let pick = [
+        ("step_time_s", Metric::StepTime),
+        ("tflops_per_chip", Metric::TflopsPerChip),
+        ("tokens_per_s_per_chip", Metric::TokensPerSPerChip),
+        ("mfu_pct", Metric::Mfu),
+    ];
+    let mut chosen = None;
+    for (col, m) in pick {
+        if let Some(v) = num(r, col)? {
+            if !derived(r, col) {
+                chosen = Some((m, if m == Metric::Mfu { v / 100.0 } else { v }));
+                break;
+            }
+        }
+    }
+    Ok(chosen.ok_or("no measured step time, TFLOP/s, tokens/s or MFU")?)
 }
 
 /// The figure a simulated report gives in a row's convention.

@@ -75,16 +75,16 @@ pub fn enumerate(
     precision: Precision,
 ) -> Vec<Strategy> {
     let mut out = Vec::new();
-    let divisors = |n: u32| (1..=n).filter(move |d| n % d == 0);
+    let divisors = |n: u32| (1..=n).filter(move |d| n.is_multiple_of(*d));
     for tp in divisors(devices).filter(|&t| t <= space.max_tp) {
         for pp in divisors(devices / tp) {
             let dp = devices / (tp * pp);
-            if global_batch % dp != 0 {
+            if !global_batch.is_multiple_of(dp) {
                 continue;
             }
             let per_replica = global_batch / dp;
             for &mbs in &space.micro_batch_sizes {
-                if per_replica % mbs != 0 {
+                if !per_replica.is_multiple_of(mbs) {
                     continue;
                 }
                 let m = per_replica / mbs;

@@ -48,7 +48,7 @@ pub fn host_cluster(devices: u32, servers: u32) -> Result<pangu_hardware::Cluste
     let machine = spec.chip.hbm.0 * u64::from(spec.server.chips);
     let devices = devices.max(1);
     let servers = servers.max(1);
-    if devices % servers != 0 {
+    if !devices.is_multiple_of(servers) {
         return Err(TrainError::Config(format!(
             "--virtual-servers {servers} does not divide the {devices} devices; use a divisor of {devices}"
         )));
@@ -76,7 +76,7 @@ pub fn check_plan(plan: &Plan, settings: &Settings) -> Result<(), TrainError> {
         )));
     }
     let rows = s.micro_batch_size * plan.model.seq_len;
-    if s.seq_parallel && s.tp > 1 && rows % s.tp != 0 {
+    if s.seq_parallel && s.tp > 1 && !rows.is_multiple_of(s.tp) {
         return Err(TrainError::Config(format!(
             "seq_parallel: the {rows} rows of a micro-batch (micro-batch size {} × sequence {}) do not split into tp {} blocks",
             s.micro_batch_size, plan.model.seq_len, s.tp

@@ -72,7 +72,7 @@ impl Settings {
         if self.batch == 0 {
             return bad("--batch must be at least 1".into());
         }
-        if self.micro_batches == 0 || self.batch % self.micro_batches != 0 {
+        if self.micro_batches == 0 || !self.batch.is_multiple_of(self.micro_batches) {
             return bad(format!(
                 "--micro-batches {} must divide the batch of {} samples",
                 self.micro_batches, self.batch

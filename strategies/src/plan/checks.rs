@@ -61,7 +61,7 @@ pub(super) fn check_tp(m: &ModelConfig, s: &Strategy) -> Result<(), PlanError> {
         let ok = divisors_of_all(&vals.map(|(_, v)| v), 64.min(s.devices));
         let ok: Vec<u32> = ok
             .into_iter()
-            .filter(|t| s.devices % (t * s.pp) == 0)
+            .filter(|t| s.devices.is_multiple_of(t * s.pp))
             .collect();
         return Err(PlanError::TensorParallel(format!(
             "tp {} does not divide {name} {v} of {}; tp must divide heads {}, kv_heads {}, hidden {}, ffn {} and vocab {}: \
@@ -99,7 +99,7 @@ pub(super) fn check_pipeline(m: &ModelConfig, s: &Strategy, v: u32) -> Result<()
              lower --micro-batch-size, or use --schedule gpipe",
             s.micro_batches, s.pp
         ))),
-        ScheduleKind::Interleaved { chunks } if s.micro_batches % s.pp != 0 || s.micro_batches < s.pp => {
+        ScheduleKind::Interleaved { chunks } if !s.micro_batches.is_multiple_of(s.pp) || s.micro_batches < s.pp => {
             Err(PlanError::Schedule(format!(
                 "interleaved:{chunks} needs the micro-batch count to be a multiple of pp: {} micro-batches with pp {}",
                 s.micro_batches, s.pp

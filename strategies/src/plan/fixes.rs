@@ -84,7 +84,7 @@ impl Plan {
                 },
             ));
         }
-        if s.dp % 2 == 0 {
+        if s.dp.is_multiple_of(2) {
             let tp = s.tp * 2;
             cands.push((
                 format!("--tp {tp}"),
@@ -108,7 +108,7 @@ impl Plan {
                 },
             ));
         }
-        if s.micro_batch_size > 1 && s.micro_batch_size % 2 == 0 {
+        if s.micro_batch_size > 1 && s.micro_batch_size.is_multiple_of(2) {
             let b = s.micro_batch_size / 2;
             cands.push((
                 format!("--micro-batch-size {b}"),

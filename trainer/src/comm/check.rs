@@ -42,7 +42,7 @@ pub const ALGORITHMS: [CollectiveAlgorithm; 6] = [
 pub fn placements(n: usize) -> Vec<Vec<u32>> {
     let mut out = vec![vec![0; n]];
     for k in [2, 4] {
-        if n % k == 0 && n > k {
+        if n.is_multiple_of(k) && n > k {
             out.push((0..n as u32).map(|i| i / k as u32).collect());
         }
     }

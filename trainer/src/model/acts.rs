@@ -143,7 +143,7 @@ impl Keep {
             li
         } else if li == self.nl {
             self.groups()
-        } else if li % k == 0 {
+        } else if li.is_multiple_of(k) {
             li / k
         } else {
             self.groups() + li % k

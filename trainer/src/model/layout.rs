@@ -217,7 +217,7 @@ impl Dims {
         if tp == 0
             || h % tp != 0
             || f % tp != 0
-            || cfg.vocab as usize % tp != 0
+            || !(cfg.vocab as usize).is_multiple_of(tp)
             || part.tp_rank >= tp
         {
             return Err(TrainError::Config(format!(

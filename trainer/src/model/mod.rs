@@ -361,7 +361,7 @@ impl Model {
 /// halves when it is even (on two threads each half runs on its own), else one. The halves'
 /// buffers together are those of the whole micro-batch.
 pub fn parts_of(micro: usize) -> usize {
-    if micro >= 2 && micro % 2 == 0 {
+    if micro >= 2 && micro.is_multiple_of(2) {
         2
     } else {
         1
