@@ -127,8 +127,8 @@ fn bad_input_gets_an_actionable_error() {
     );
     fails_with(&["plan", "--tp", "1", "--pp", "128"], &["only 64 layers"]);
     fails_with(
-        &["plan", "--global-batch", "128"],
-        &["micro-batches < pp 16"],
+        &["plan", "--global-batch", "100"],
+        &["global batch 100 does not split over dp 16"],
     );
     fails_with(
         &["plan", "--micro-batches", "8", "--micro-batch-size", "2"],

@@ -516,7 +516,8 @@ mod tests {
 
     #[test]
     fn one_f_one_b_bubble_is_textbook() {
-        for (p, m) in [(2, 4), (4, 8), (8, 32), (16, 32)] {
+        // Fewer micro-batches than stages too (the warm-up clamps to m, as Megatron's does).
+        for (p, m) in [(2, 4), (4, 8), (8, 32), (16, 32), (4, 2), (8, 3), (16, 1)] {
             let t = build(ScheduleKind::OneFOneB, p, m)
                 .time(|_, _| 1.0, |_, _| 2.0)
                 .unwrap();

@@ -33,18 +33,16 @@ pub fn plan_on(cfg: &ModelConfig, spec: &StrategySpec, servers: u32) -> Result<P
     spec.devices = Some(devices);
     let cluster = host_cluster(devices, servers)?;
     let (strategy, _) =
-        pangu_strategies::strategy::resolve(&spec, &spec, cfg.global_batch, devices)
-            .map_err(|e| TrainError::Config(e.to_string()))?;
-    Plan::new(cfg, &cluster, &strategy).map_err(|e| TrainError::Config(e.to_string()))
+        pangu_strategies::strategy::resolve(&spec, &spec, cfg.global_batch, devices)?;
+    Ok(Plan::new(cfg, &cluster, &strategy)?)
 }
 
 /// This machine as `devices` virtual devices: the `cpu-host` preset with the devices split
 /// over `servers` virtual servers (threads or processes of one machine) and the machine's
 /// memory split between them.
 pub fn host_cluster(devices: u32, servers: u32) -> Result<pangu_hardware::Cluster, TrainError> {
-    let err = |e: pangu_hardware::HardwareError| TrainError::Config(e.to_string());
-    let text = pangu_hardware::preset_toml("cpu-host").map_err(err)?;
-    let mut spec = pangu_hardware::ClusterSpec::from_toml(text, "cpu-host").map_err(err)?;
+    let text = pangu_hardware::preset_toml("cpu-host")?;
+    let mut spec = pangu_hardware::ClusterSpec::from_toml(text, "cpu-host")?;
     let machine = spec.chip.hbm.0 * u64::from(spec.server.chips);
     let devices = devices.max(1);
     let servers = servers.max(1);
@@ -62,7 +60,7 @@ pub fn host_cluster(devices: u32, servers: u32) -> Result<pangu_hardware::Cluste
         spec.network.servers_per_rack = servers;
     }
     spec.chip.hbm = pangu_hardware::Bytes(machine / u64::from(devices));
-    pangu_hardware::Cluster::new(spec).map_err(err)
+    Ok(pangu_hardware::Cluster::new(spec)?)
 }
 
 /// Checks that the executor can run `plan` with `settings`; the error names the value.

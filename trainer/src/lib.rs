@@ -68,6 +68,12 @@ pub enum TrainError {
     /// A setting is out of range.
     #[error("{0}")]
     Config(String),
+    /// The strategy cannot be planned on this machine (the plan's error names the value).
+    #[error(transparent)]
+    Plan(#[from] pangu_strategies::PlanError),
+    /// The machine's cluster description is invalid.
+    #[error(transparent)]
+    Hardware(#[from] pangu_hardware::HardwareError),
     /// A communication failed; the message names this rank, the peer and the operation.
     #[error(transparent)]
     Comm(#[from] comm::CommError),

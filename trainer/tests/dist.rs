@@ -81,6 +81,8 @@ fn every_dimension_and_their_combinations_match_single_device() {
         ("pp = 2\nschedule = \"1f1b\"", ring),
         ("pp = 2\nschedule = \"gpipe\"", ring),
         ("pp = 4\nschedule = \"1f1b\"\nmicro_batches = 4", ring),
+        // Fewer micro-batches than stages: 1F1B's warm-up clamps to the micro-batch count.
+        ("pp = 4\nschedule = \"1f1b\"\nmicro_batches = 2", ring),
         ("pp = 2\nschedule = \"interleaved:2\"", ring),
         ("dp = 2\ntp = 2", ring),
         ("dp = 2\npp = 2\nopt_shard = \"zero1\"", ring),

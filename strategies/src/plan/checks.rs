@@ -94,11 +94,6 @@ pub(super) fn check_pipeline(m: &ModelConfig, s: &Strategy, v: u32) -> Result<()
         )));
     }
     match s.schedule {
-        ScheduleKind::OneFOneB if s.micro_batches < s.pp => Err(PlanError::Schedule(format!(
-            "1F1B needs at least as many micro-batches as stages: {} micro-batches < pp {}; raise the global batch, \
-             lower --micro-batch-size, or use --schedule gpipe",
-            s.micro_batches, s.pp
-        ))),
         ScheduleKind::Interleaved { chunks } if !s.micro_batches.is_multiple_of(s.pp) || s.micro_batches < s.pp => {
             Err(PlanError::Schedule(format!(
                 "interleaved:{chunks} needs the micro-batch count to be a multiple of pp: {} micro-batches with pp {}",
