@@ -84,6 +84,10 @@ pub(crate) struct StrategyArgs {
     /// every group. `auto` is the cluster's collective library's default.
     #[arg(long, value_name = "KIND=ALGO")]
     pub collective: Vec<String>,
+    /// Pad the vocabulary to a multiple of this × tp (Megatron-LM's
+    /// `--make-vocab-size-divisible-by`; default 128, PanGu-α's references 1).
+    #[arg(long, value_name = "N")]
+    pub vocab_divisible_by: Option<u32>,
 }
 
 impl StrategyArgs {
@@ -115,6 +119,7 @@ impl StrategyArgs {
             grad_bucket: None,
             zero3_gather: self.zero3_gather,
             zero3_prefetch: self.zero3_prefetch,
+            vocab_divisible_by: self.vocab_divisible_by,
             collectives: if self.collective.is_empty() {
                 None
             } else {

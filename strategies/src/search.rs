@@ -121,6 +121,7 @@ pub fn enumerate(
                                         zero3_gather: Default::default(),
                                         zero3_prefetch: Default::default(),
                                         collectives: Default::default(),
+                                        vocab_divisible_by: crate::strategy::DEFAULT_VOCAB_DIVISOR,
                                     });
                                 }
                             }

@@ -354,3 +354,51 @@ fn resolution_keeps_the_global_batch() {
         assert_eq!(s.dp * s.tp * s.pp, 2048);
     }
 }
+
+#[test]
+fn the_vocabulary_is_padded_as_megatron_pads_it_never_refused() {
+    // GPT-2's 50257 tokens: tp 2 does not divide them; Megatron pads to a multiple of 128 × tp.
+    let mut m = ModelConfig::preset("gpt3-175b").unwrap();
+    m.vocab = 50257;
+    let c = Cluster::from_name("dgx-a100-80g:1024").unwrap();
+    for (tp, div, want) in [
+        (2, None, 50432),
+        (8, None, 51200),
+        (8, Some(1), 50264),
+        (1, Some(1), 50257),
+    ] {
+        let user = StrategySpec {
+            tp: Some(tp),
+            pp: Some(8),
+            schedule: Some(ScheduleKind::OneFOneB),
+            vocab_divisible_by: div,
+            ..Default::default()
+        };
+        let r = resolve_inputs(&m, Some(c.clone()), &user).unwrap();
+        let p = Plan::build(&m, &r.cluster, &r.strategy).unwrap();
+        assert_eq!(p.padded_vocab, want, "tp {tp} divisor {div:?}");
+        assert_eq!(p.padded_vocab % tp, 0);
+        let noted = p
+            .notes
+            .iter()
+            .any(|n| n.contains(&format!("padded to {want}")));
+        assert_eq!(noted, want != 50257, "{:?}", p.notes);
+        // The head and the word table hold the padded rows.
+        let emb: u64 = p.ops.embedding.iter().map(|o| o.params).sum();
+        assert_eq!(
+            emb,
+            u64::from(want) / u64::from(tp) * u64::from(m.hidden)
+                + u64::from(m.seq_len) * u64::from(m.hidden)
+        );
+    }
+    let e = resolve_inputs(
+        &m,
+        Some(c),
+        &StrategySpec {
+            vocab_divisible_by: Some(0),
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("vocab_divisible_by 0"), "{e}");
+}

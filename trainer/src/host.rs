@@ -28,6 +28,9 @@ pub fn plan_for(cfg: &ModelConfig, spec: &StrategySpec) -> Result<Plan, TrainErr
 pub fn plan_on(cfg: &ModelConfig, spec: &StrategySpec, servers: u32) -> Result<Plan, TrainError> {
     let mut spec = spec.clone();
     spec.precision.get_or_insert(Precision::Fp32);
+    // The executor trains the PanGu-α architecture, whose framework keeps the vocabulary
+    // unpadded (MindSpore): padding only where tp needs it, unless the spec says otherwise.
+    spec.vocab_divisible_by.get_or_insert(1);
     let devices = spec.dp.unwrap_or(1) * spec.tp.unwrap_or(1) * spec.pp.unwrap_or(1);
     spec.dp.get_or_insert(1);
     spec.devices = Some(devices);
@@ -71,6 +74,13 @@ pub fn check_plan(plan: &Plan, settings: &Settings) -> Result<(), TrainError> {
         return Err(TrainError::Unsupported(format!(
             "precision {}: the CPU executor trains in fp32 (set precision = \"fp32\")",
             s.precision
+        )));
+    }
+    if plan.padded_vocab != plan.model.vocab {
+        return Err(TrainError::Unsupported(format!(
+            "the plan pads the vocabulary {} to {} (vocab_divisible_by {} × tp {}); the CPU executor does not pad it yet: \
+             use vocab_divisible_by = 1 with a tp that divides {}",
+            plan.model.vocab, plan.padded_vocab, s.vocab_divisible_by, s.tp, plan.model.vocab
         )));
     }
     let rows = s.micro_batch_size * plan.model.seq_len;

@@ -74,7 +74,7 @@ impl Builder<'_> {
                 pp: s.pp - 1,
                 ..d.coords
             });
-            let bytes = f64::from(plan.model.vocab) / f64::from(s.tp)
+            let bytes = f64::from(plan.padded_vocab) / f64::from(s.tp)
                 * f64::from(plan.model.hidden)
                 * gb as f64;
             let deps: Vec<u32> = d.last_compute.into_iter().collect();

@@ -94,7 +94,7 @@ impl Plan {
 
     /// Parameters of the word table on one device (vocabulary-parallel over tp).
     fn table_params(&self) -> u64 {
-        u64::from(self.model.vocab) / u64::from(self.strategy.tp) * u64::from(self.model.hidden)
+        u64::from(self.padded_vocab) / u64::from(self.strategy.tp) * u64::from(self.model.hidden)
     }
 
     /// Parameters of one part of a chunk on one device.

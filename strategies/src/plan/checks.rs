@@ -55,7 +55,6 @@ pub(super) fn check_tp(m: &ModelConfig, s: &Strategy) -> Result<(), PlanError> {
         ("kv_heads", m.kv_heads()),
         ("hidden", m.hidden),
         ("ffn", m.ffn),
-        ("vocab", m.vocab),
     ];
     if let Some((name, v)) = vals.iter().find(|(_, v)| v % s.tp != 0) {
         let ok = divisors_of_all(&vals.map(|(_, v)| v), 64.min(s.devices));
@@ -64,15 +63,14 @@ pub(super) fn check_tp(m: &ModelConfig, s: &Strategy) -> Result<(), PlanError> {
             .filter(|t| s.devices.is_multiple_of(t * s.pp))
             .collect();
         return Err(PlanError::TensorParallel(format!(
-            "tp {} does not divide {name} {v} of {}; tp must divide heads {}, kv_heads {}, hidden {}, ffn {} and vocab {}: \
-             with pp {} on {} devices use one of {}",
+            "tp {} does not divide {name} {v} of {}; tp must divide heads {}, kv_heads {}, hidden {} and ffn {} \
+             (the vocabulary is padded): with pp {} on {} devices use one of {}",
             s.tp,
             m.name,
             m.heads,
             m.kv_heads(),
             m.hidden,
             m.ffn,
-            m.vocab,
             s.pp,
             s.devices,
             fmt_list(&ok)

@@ -209,7 +209,7 @@ impl Plan {
         if s.pp > 1 && self.model.tied_embeddings {
             let gb = memory::bytes_per_param(s.precision, s.micro_batches > 1).1;
             let emb =
-                u64::from(self.model.vocab) / u64::from(s.tp) * u64::from(self.model.hidden) * gb;
+                u64::from(self.padded_vocab) / u64::from(s.tp) * u64::from(self.model.hidden) * gb;
             let pair = self.embedding_pair();
             t.add(
                 Row::all_reduce(GroupKind::Embedding, "tied embedding gradient", emb, 1, 2).on(

@@ -100,6 +100,9 @@ pub struct Plan {
     pub mesh: Mesh,
     /// Stages with their layers and memory.
     pub stages: Vec<Stage>,
+    /// The vocabulary padded to a multiple of `vocab_divisible_by × tp`: the word table's
+    /// and the head's rows.
+    pub padded_vocab: u32,
     /// Per-part op graphs.
     pub ops: PartOps,
     /// The pipeline schedule.
@@ -149,17 +152,30 @@ impl Plan {
             seq_parallel: s.seq_parallel,
             act_bytes,
         };
+        // The op graph is the padded model's: the padding's rows are computed and stored.
+        let padded_vocab = s.padded_vocab(model.vocab);
+        let sized = ModelConfig {
+            vocab: padded_vocab,
+            ..model.clone()
+        };
         let ops = PartOps {
             shape,
-            block: part_ops(model, Part::Block, shape),
+            block: part_ops(&sized, Part::Block, shape),
             query: if model.query_layer {
-                part_ops(model, Part::QueryLayer, shape)
+                part_ops(&sized, Part::QueryLayer, shape)
             } else {
                 Vec::new()
             },
-            embedding: part_ops(model, Part::Embedding, shape),
-            head: part_ops(model, Part::Head, shape),
+            embedding: part_ops(&sized, Part::Embedding, shape),
+            head: part_ops(&sized, Part::Head, shape),
         };
+        let mut notes = Vec::new();
+        if padded_vocab != model.vocab {
+            notes.push(format!(
+                "vocabulary {} padded to {padded_vocab} (a multiple of vocab_divisible_by {} × tp {}, as Megatron-LM pads it)",
+                model.vocab, s.vocab_divisible_by, s.tp
+            ));
+        }
         let mesh = Mesh {
             pp: s.pp,
             dp: s.dp,
@@ -175,12 +191,13 @@ impl Plan {
             strategy: s.clone(),
             mesh,
             stages: Vec::new(),
+            padded_vocab,
             ops,
             schedule,
             comms: Vec::new(),
             capacity,
             warnings,
-            notes: Vec::new(),
+            notes,
         };
         plan.stages = (0..s.pp).map(|st| plan.build_stage(st, &layout)).collect();
         plan.comms = plan.communication();

@@ -85,6 +85,10 @@ pub struct StrategySpec {
     /// `auto | ring | tree | halving-doubling | hierarchical`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub collectives: Option<CollectivesSpec>,
+    /// The vocabulary is padded to a multiple of this × tp (Megatron's
+    /// `--make-vocab-size-divisible-by`; default 128, 1 pads only to a multiple of tp).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vocab_divisible_by: Option<u32>,
 }
 
 impl StrategySpec {
@@ -124,7 +128,8 @@ impl StrategySpec {
             layers_per_stage,
             grad_bucket,
             zero3_gather,
-            zero3_prefetch
+            zero3_prefetch,
+            vocab_divisible_by
         )
     }
 }
@@ -172,6 +177,23 @@ pub struct Strategy {
     /// Collective algorithm per group.
     #[serde(default, skip_serializing_if = "is_default")]
     pub collectives: Collectives,
+    /// The vocabulary is padded to a multiple of this × tp.
+    #[serde(
+        default = "default_vocab_divisor",
+        skip_serializing_if = "is_default_vocab_divisor"
+    )]
+    pub vocab_divisible_by: u32,
+}
+
+/// Megatron-LM's default `--make-vocab-size-divisible-by`.
+pub const DEFAULT_VOCAB_DIVISOR: u32 = 128;
+
+fn default_vocab_divisor() -> u32 {
+    DEFAULT_VOCAB_DIVISOR
+}
+
+fn is_default_vocab_divisor(v: &u32) -> bool {
+    *v == DEFAULT_VOCAB_DIVISOR
 }
 
 fn is_default<T: Default + PartialEq>(x: &T) -> bool {
@@ -201,7 +223,15 @@ impl Strategy {
             zero3_prefetch: Some(self.zero3_prefetch),
             collectives: (!self.collectives.is_auto())
                 .then(|| CollectivesSpec::from_resolved(&self.collectives)),
+            vocab_divisible_by: Some(self.vocab_divisible_by),
         }
+    }
+
+    /// The vocabulary `vocab` padded as Megatron pads it: up to a multiple of
+    /// `vocab_divisible_by × tp`, so that tensor parallelism always divides it.
+    pub fn padded_vocab(&self, vocab: u32) -> u32 {
+        let multiple = u64::from(self.vocab_divisible_by.max(1)) * u64::from(self.tp.max(1));
+        (u64::from(vocab).div_ceil(multiple) * multiple).min(u64::from(u32::MAX)) as u32
     }
 
     /// Bytes per parameter of the optimizer-sharding weight all-gathers: the working

@@ -50,6 +50,15 @@ pub fn resolve(
         zero3_gather: spec.zero3_gather.unwrap_or_default(),
         zero3_prefetch: spec.zero3_prefetch.unwrap_or_default(),
         collectives: spec.collectives.unwrap_or_default().resolve(),
+        vocab_divisible_by: match spec.vocab_divisible_by {
+            Some(0) => {
+                return Err(PlanError::TensorParallel(
+                    "vocab_divisible_by 0: give a positive divisor (128 is Megatron's default; 1 pads only to a multiple of tp)".into(),
+                ))
+            }
+            Some(d) => d,
+            None => super::DEFAULT_VOCAB_DIVISOR,
+        },
     };
     Ok((strategy, notes))
 }
