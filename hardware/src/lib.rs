@@ -84,9 +84,17 @@ pub enum HardwareError {
 pub fn presets() -> &'static [(&'static str, &'static str)] {
     &[
         ("ascend910", include_str!("../presets/ascend910.toml")),
+        ("ascend910b", include_str!("../presets/ascend910b.toml")),
+        (
+            "cloudmatrix384",
+            include_str!("../presets/cloudmatrix384.toml"),
+        ),
         ("dgx-a100-40g", include_str!("../presets/dgx-a100-40g.toml")),
         ("dgx-a100-80g", include_str!("../presets/dgx-a100-80g.toml")),
         ("dgx-h100", include_str!("../presets/dgx-h100.toml")),
+        ("dgx-h200", include_str!("../presets/dgx-h200.toml")),
+        ("dgx-b200", include_str!("../presets/dgx-b200.toml")),
+        ("gb200-nvl72", include_str!("../presets/gb200-nvl72.toml")),
         ("dgx2-v100", include_str!("../presets/dgx2-v100.toml")),
         ("cpu-host", include_str!("../presets/cpu-host.toml")),
     ]

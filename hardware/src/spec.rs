@@ -25,6 +25,13 @@ pub struct ChipSpec {
     /// fp32 peak (matrix unit where one exists, else vector).
     #[serde(default)]
     pub fp32: Option<FlopRate>,
+    /// Dense fp8 matrix peak (E4M3/E5M2 operands, as NVIDIA's Transformer Engine uses them),
+    /// without 2:4 structured sparsity: datasheets often print the sparse figure, twice this.
+    /// `None` when the chip has no fp8 matrix format usable for training: A100, V100, and the
+    /// Ascend 910, 910B and 910C (their cube units take fp16, bf16 from the 910B on, hf32/fp32
+    /// and int8; Huawei's fp8 formats start with the Ascend 950). The presets cite each value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fp8: Option<FlopRate>,
     /// HBM capacity.
     pub hbm: Bytes,
     /// HBM bandwidth.
@@ -284,6 +291,16 @@ impl ClusterSpec {
             }
         }
         check_rate("chip.fp16", self.chip.fp16.0, self)?;
+        // The optional rates, where given, obey the same rule as fp16.
+        for (field, rate) in [
+            ("chip.bf16", self.chip.bf16),
+            ("chip.fp32", self.chip.fp32),
+            ("chip.fp8", self.chip.fp8),
+        ] {
+            if let Some(r) = rate {
+                check_rate(field, r.0, self)?;
+            }
+        }
         check_positive_bytes("chip.hbm", self.chip.hbm, self)?;
         if self.chip.reserved >= self.chip.hbm {
             return bad(
