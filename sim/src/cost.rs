@@ -57,6 +57,8 @@ const FAMILIES: &[(&str, &str)] = &[
     ("h100", include_str!("../calibration/h100.toml")),
     ("v100", include_str!("../calibration/v100.toml")),
     ("ascend910", include_str!("../calibration/ascend910.toml")),
+    ("ascend910b", include_str!("../calibration/ascend910b.toml")),
+    ("b200", include_str!("../calibration/b200.toml")),
     ("cpu", include_str!("../calibration/cpu.toml")),
 ];
 
@@ -102,19 +104,25 @@ impl Calibration {
     /// The family a chip belongs to, from its name.
     pub fn for_chip(chip: &ChipSpec) -> Result<Calibration, SimError> {
         let n = chip.name.to_ascii_lowercase();
-        let family = if n.contains("ascend") {
+        let family = if n.contains("910b") || n.contains("910c") {
+            "ascend910b"
+        } else if n.contains("ascend") {
             "ascend910"
         } else if n.contains("a100") {
             "a100"
-        } else if n.contains("h100") {
+        } else if n.contains("h100") || n.contains("h200") {
+            // H200 is the H100's GH100 compute with more and faster HBM (the chip's own
+            // bandwidth is in its spec).
             "h100"
+        } else if n.contains("b200") || n.contains("gb200") {
+            "b200"
         } else if n.contains("v100") {
             "v100"
         } else if n.contains("x86") || n.contains("cpu") || n.contains("core") {
             "cpu"
         } else {
             return Err(SimError::Calibration(format!(
-                "chip {:?} matches no calibrated family (ascend910, a100, h100, v100, cpu); name it after one",
+                "chip {:?} matches no calibrated family (ascend910, ascend910b, a100, h100, b200, v100, cpu); name it after one",
                 chip.name
             )));
         };
