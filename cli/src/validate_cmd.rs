@@ -2,7 +2,9 @@
 
 use anyhow::{Context, Result};
 use clap::Args;
-use pangu_sim::validate::{read_assumptions, read_rows, run_row, summary, Metric, RowResult};
+use pangu_sim::validate::{
+    rank_groups, read_assumptions, read_rows, run_row, summary, GroupRanking, Metric, RowResult,
+};
 use serde_json::json;
 
 use crate::output::{emit, outln, print_json, table, tool_field};
@@ -90,6 +92,7 @@ pub(crate) fn run(args: &ValidateArgs) -> Result<()> {
     bar.finish_and_clear();
     let (med, max) = summary(&results, false);
     let (vmed, vmax) = summary(&results, true);
+    let groups = rank_groups(&results, 3);
     if args.json {
         return print_json(&json!({
             "tool": tool_field(&text),
@@ -97,6 +100,7 @@ pub(crate) fn run(args: &ValidateArgs) -> Result<()> {
             "median_abs_error": med,
             "max_abs_error": max,
             "verified": {"median_abs_error": vmed, "max_abs_error": vmax, "rows": results.iter().filter(|r| r.verified && !r.calibration && r.error.is_some()).count()},
+            "ranking": {"groups": groups, "median_spearman": median_spearman(&groups), "worst_regret": worst_regret(&groups)},
         }));
     }
     let mut out = String::new();
@@ -159,5 +163,65 @@ pub(crate) fn run(args: &ValidateArgs) -> Result<()> {
         f(max)
     );
     outln!(out, "verified rows (the gate; Ascend rows calibrate and are excluded): median |error| {}, max {}", f(vmed), f(vmax));
+    ranking_section(&mut out, &groups);
     emit(&out)
+}
+
+/// Median Spearman correlation over the groups that have one.
+fn median_spearman(groups: &[GroupRanking]) -> Option<f64> {
+    let mut v: Vec<f64> = groups.iter().filter_map(|g| g.spearman).collect();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    (n > 0).then(|| {
+        if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        }
+    })
+}
+
+/// The largest regret of a predicted-best pick.
+fn worst_regret(groups: &[GroupRanking]) -> Option<f64> {
+    groups.iter().map(|g| g.regret).max_by(f64::total_cmp)
+}
+
+/// Strategies ranked within groups of one model on one cluster (at least 3 compared rows).
+fn ranking_section(out: &mut String, groups: &[GroupRanking]) {
+    if groups.is_empty() {
+        return;
+    }
+    let rows: Vec<Vec<String>> = groups
+        .iter()
+        .map(|g| {
+            vec![
+                g.group.clone(),
+                g.rows.len().to_string(),
+                g.spearman.map_or("-".into(), |s| format!("{s:+.2}")),
+                format!("{:.3}", g.regret),
+                if g.pick == g.best {
+                    g.pick.clone()
+                } else {
+                    format!("{} (best {})", g.pick, g.best)
+                },
+            ]
+        })
+        .collect();
+    outln!(out);
+    outln!(
+        out,
+        "{}",
+        table(
+            &["group", "rows", "spearman", "regret", "predicted best"],
+            &rows
+        )
+    );
+    let f = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.3}"));
+    outln!(
+        out,
+        "ranking within {} groups: median Spearman {}, worst regret {} (regret: measured time of the predicted-best strategy over the measured best's, minus one)",
+        groups.len(),
+        f(median_spearman(groups)),
+        f(worst_regret(groups))
+    );
 }

@@ -21,6 +21,10 @@ use serde::Serialize;
 
 use crate::SimError;
 
+mod ranking;
+
+pub use ranking::{rank_groups, spearman, GroupRanking};
+
 /// Which figure a row is compared on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -65,6 +69,9 @@ pub struct RowResult {
     pub strategy: Option<String>,
     /// Whether the run was folded.
     pub folded: bool,
+    /// The group whose strategies are ranked together: the row's `group` column, else its
+    /// model shape, accelerator and chip count.
+    pub group: String,
 }
 
 type Row = HashMap<String, String>;
@@ -430,6 +437,7 @@ pub fn run_row(r: &Row, extra: Option<&Assumption>) -> RowResult {
         skipped: None,
         strategy: None,
         folded: false,
+        group: group_of(r),
     };
     let st = match setup(r, extra) {
         Ok(s) => s,
@@ -473,6 +481,24 @@ pub fn run_row(r: &Row, extra: Option<&Assumption>) -> RowResult {
         Err(e) => out.skipped = Some(e.to_string()),
     }
     out
+}
+
+/// The group a row's strategies are ranked in.
+fn group_of(r: &Row) -> String {
+    let g = field(r, "group");
+    if !g.is_empty() {
+        return g.to_string();
+    }
+    format!(
+        "{} (L{} d{} h{} s{}) on {} × {}",
+        field(r, "model"),
+        field(r, "layers"),
+        field(r, "hidden"),
+        field(r, "heads"),
+        field(r, "seq_len"),
+        field(r, "accelerator"),
+        field(r, "n_chips")
+    )
 }
 
 /// Median and maximum absolute error over rows with an error.
