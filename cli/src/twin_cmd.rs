@@ -10,6 +10,7 @@ use pangu_twin::{CheckReport, CommCheck, Progress, TwinError};
 use serde_json::json;
 
 use crate::args::{load_model, Backend};
+use crate::flag_enums::{lenient, MachineFlag};
 use crate::output::{emit, outln, print_json, table};
 
 /// Options of `pangu twin`.
@@ -77,8 +78,8 @@ struct CheckArgs {
     /// Which machine to compare: `typical` (the median probe against the median run: the
     /// machine as it was during the check, other tenants included) or `quiet` (the fastest
     /// probe against the fastest run: the machine without them; interference only slows).
-    #[arg(long, value_enum, ignore_case = true, default_value_t = MachineArg::Typical)]
-    machine: MachineArg,
+    #[arg(long, value_parser = lenient::<MachineFlag>(), default_value = "typical")]
+    machine: MachineFlag,
     /// Fewer calibration repetitions.
     #[arg(long)]
     quick: bool,
@@ -114,24 +115,6 @@ struct CalibrateArgs {
     /// Print JSON (the measurements and the profile).
     #[arg(long)]
     json: bool,
-}
-
-/// `--machine`: which machine `twin check` compares on a shared host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum MachineArg {
-    /// Median probe, median run.
-    Typical,
-    /// Fastest probe, fastest run.
-    Quiet,
-}
-
-impl From<MachineArg> for pangu_twin::Estimate {
-    fn from(m: MachineArg) -> Self {
-        match m {
-            MachineArg::Typical => pangu_twin::Estimate::Typical,
-            MachineArg::Quiet => pangu_twin::Estimate::Quiet,
-        }
-    }
 }
 
 pub(crate) fn run(a: &TwinArgs) -> Result<()> {
