@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use pangu_hardware::{split_count, Cluster};
 use pangu_model::ModelConfig;
-use pangu_strategies::{resolve_inputs, Remat, Resolved, ScheduleKind, StrategySpec};
+use pangu_strategies::{resolve_inputs, Reference, Remat, Resolved, ScheduleKind, StrategySpec};
 
 use crate::flag_enums::{
     lenient, GatherFlag, OptShardFlag, PrecisionFlag, PrefetchFlag, RankOrderFlag,
@@ -163,6 +163,22 @@ pub(crate) struct Setup {
 }
 
 impl SetupArgs {
+    /// `--cluster`, else the model's reference cluster (`reference`: the model's reference).
+    pub(crate) fn cluster_or_reference(
+        &self,
+        model: &ModelConfig,
+        reference: Option<&Reference>,
+    ) -> Result<Cluster> {
+        match (&self.cluster, reference) {
+            (Some(c), _) => load_cluster(c),
+            (None, Some(r)) => Ok(Cluster::from_name(&r.cluster)?),
+            (None, None) => bail!(
+                "model {} has no reference cluster; pass --cluster NAME:N",
+                model.name
+            ),
+        }
+    }
+
     pub(crate) fn resolve(&self) -> Result<Setup> {
         let model = load_model(&self.model)?;
         let cluster = self.cluster.as_deref().map(load_cluster).transpose()?;

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, Result};
 use clap::Args;
 use pangu_hardware::Cluster;
 use pangu_model::ModelConfig;
@@ -50,14 +50,9 @@ impl Inputs {
     fn new(args: &SearchArgs) -> Result<Inputs> {
         let model = crate::args::load_model(&args.setup.model)?;
         let reference = pangu_strategies::reference(&model.name);
-        let cluster = match (&args.setup.cluster, &reference) {
-            (Some(c), _) => crate::args::load_cluster(c)?,
-            (None, Some(r)) => Cluster::from_name(&r.cluster)?,
-            (None, None) => bail!(
-                "model {} has no reference cluster; pass --cluster NAME:N",
-                model.name
-            ),
-        };
+        let cluster = args
+            .setup
+            .cluster_or_reference(&model, reference.as_ref())?;
         let spec = args.setup.strategy.spec()?;
         let own_plan = pangu_strategies::resolve_inputs(&model, Some(cluster.clone()), &spec)
             .ok()
