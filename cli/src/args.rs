@@ -6,9 +6,10 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use pangu_hardware::{split_count, Cluster};
 use pangu_model::ModelConfig;
-use pangu_strategies::{
-    resolve_inputs, BackwardPrefetch, GatherPrecision, OptShard, Precision, RankOrder, Remat,
-    Resolved, ScheduleKind, StrategySpec,
+use pangu_strategies::{resolve_inputs, Reference, Remat, Resolved, ScheduleKind, StrategySpec};
+
+use crate::flag_enums::{
+    lenient, GatherFlag, OptShardFlag, PrecisionFlag, PrefetchFlag, RankOrderFlag,
 };
 
 /// Model and cluster selection.
@@ -56,29 +57,29 @@ pub(crate) struct StrategyArgs {
     /// Pipeline schedule: gpipe, 1f1b or interleaved:V.
     #[arg(long)]
     pub schedule: Option<ScheduleKind>,
-    /// Optimizer sharding: none, zero1, zero2, mindspore or zero3.
-    #[arg(long)]
-    pub opt_shard: Option<OptShard>,
+    /// Optimizer sharding over the data-parallel group.
+    #[arg(long, value_parser = lenient::<OptShardFlag>())]
+    pub opt_shard: Option<OptShardFlag>,
     /// Rematerialisation: none, selective, full or every:K.
     #[arg(long)]
     pub remat: Option<Remat>,
     /// Sequence parallelism (`--seq-parallel` or `--seq-parallel=false`).
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub seq_parallel: Option<bool>,
-    /// Precision: fp16, bf16 or fp32.
-    #[arg(long)]
-    pub precision: Option<Precision>,
+    /// Precision.
+    #[arg(long, value_parser = lenient::<PrecisionFlag>())]
+    pub precision: Option<PrecisionFlag>,
     /// Rank numbering, slowest axis first, e.g. pp-dp-tp (PanGu-α's) or dp-pp-tp.
-    #[arg(long)]
-    pub rank_order: Option<RankOrder>,
+    #[arg(long, value_parser = lenient::<RankOrderFlag>())]
+    pub rank_order: Option<RankOrderFlag>,
     /// ZeRO-3 weight gathers in the training precision (`compute`, default) or in `fp32`
     /// (FSDP with fp32 `param_dtype`, e.g. Composer's 2023 `DEFAULT` mixed precision).
-    #[arg(long)]
-    pub zero3_gather: Option<GatherPrecision>,
+    #[arg(long, value_parser = lenient::<GatherFlag>())]
+    pub zero3_gather: Option<GatherFlag>,
     /// ZeRO-3 backward prefetch: `pre` (default; the next gather overlaps this part's
     /// backward) or `post` (gathered after it: FSDP `BACKWARD_POST`, Composer's default).
-    #[arg(long)]
-    pub zero3_prefetch: Option<BackwardPrefetch>,
+    #[arg(long, value_parser = lenient::<PrefetchFlag>())]
+    pub zero3_prefetch: Option<PrefetchFlag>,
     /// Collective algorithm of a group: `KIND=ALGO` with KIND tp, dp, opt or pp and ALGO
     /// auto, ring, tree, halving-doubling or hierarchical (repeatable); a bare `ALGO` sets
     /// every group. `auto` is the cluster's collective library's default.
@@ -110,15 +111,15 @@ impl StrategyArgs {
             micro_batch_size: self.micro_batch_size,
             global_batch: self.global_batch,
             schedule: self.schedule,
-            opt_shard: self.opt_shard,
+            opt_shard: self.opt_shard.map(Into::into),
             remat: self.remat,
             seq_parallel: self.seq_parallel,
-            precision: self.precision,
-            rank_order: self.rank_order,
+            precision: self.precision.map(Into::into),
+            rank_order: self.rank_order.map(Into::into),
             layers_per_stage: None,
             grad_bucket: None,
-            zero3_gather: self.zero3_gather,
-            zero3_prefetch: self.zero3_prefetch,
+            zero3_gather: self.zero3_gather.map(Into::into),
+            zero3_prefetch: self.zero3_prefetch.map(Into::into),
             vocab_divisible_by: self.vocab_divisible_by,
             collectives: if self.collective.is_empty() {
                 None
@@ -167,6 +168,22 @@ pub(crate) struct Setup {
 }
 
 impl SetupArgs {
+    /// `--cluster`, else the model's reference cluster (`reference`: the model's reference).
+    pub(crate) fn cluster_or_reference(
+        &self,
+        model: &ModelConfig,
+        reference: Option<&Reference>,
+    ) -> Result<Cluster> {
+        match (&self.cluster, reference) {
+            (Some(c), _) => load_cluster(c),
+            (None, Some(r)) => Ok(Cluster::from_name(&r.cluster)?),
+            (None, None) => bail!(
+                "model {} has no reference cluster; pass --cluster NAME:N",
+                model.name
+            ),
+        }
+    }
+
     pub(crate) fn resolve(&self) -> Result<Setup> {
         let model = load_model(&self.model)?;
         let cluster = self.cluster.as_deref().map(load_cluster).transpose()?;

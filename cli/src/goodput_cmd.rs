@@ -2,9 +2,9 @@
 
 use anyhow::{bail, Result};
 use clap::Args;
-use pangu_sim::goodput::{self, Mtbf, RunSpec};
+use pangu_sim::goodput::{self, Goodput, Mtbf, RunSpec};
 use pangu_strategies::{Plan, Precision};
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::args::SetupArgs;
 use crate::output::{emit, outln, print_json, table, tool_field};
@@ -67,11 +67,36 @@ fn checkpoint_bytes(plan: &Plan) -> f64 {
     plan.model.params().total as f64 * per_param
 }
 
+/// The run the flags describe: its tokens, the simulated step, the machine it fails on and
+/// its checkpoints.
+struct Described {
+    tokens: f64,
+    spec: RunSpec,
+    /// NIC links and servers of the job.
+    links: u32,
+    servers: u32,
+    /// Bytes of one checkpoint.
+    bytes: f64,
+}
+
 pub(crate) fn run(a: &GoodputArgs) -> Result<()> {
     let setup = a.setup.resolve()?;
     let r = &setup.resolved;
     let plan = Plan::new(&setup.model, &r.cluster, &r.strategy)?;
-    let tokens = match a.tokens {
+    let tokens = tokens_of(a, &plan)?;
+    check_flags(a)?;
+    let d = describe(a, &plan, tokens)?;
+    let g = goodput::analyse(&d.spec, a.checkpoint_interval_s, a.trials, a.seed);
+    if a.json {
+        print_json(&goodput_json(&plan, &d, &g))
+    } else {
+        emit(&goodput_text(&plan, &d, &g))
+    }
+}
+
+/// The run's tokens: `--tokens`, or PanGu-α 200B's for that model.
+fn tokens_of(a: &GoodputArgs, plan: &Plan) -> Result<f64> {
+    Ok(match a.tokens {
         Some(t) if t > 0.0 && t.is_finite() => t,
         Some(t) => bail!("--tokens {t}: give a positive token count, e.g. --tokens 3e11"),
         None if plan.model.name == "pangu-alpha-200b" => PANGU_200B_TOKENS,
@@ -79,7 +104,11 @@ pub(crate) fn run(a: &GoodputArgs) -> Result<()> {
             "--tokens: how many tokens does the {} run train on? (e.g. --tokens 3e11)",
             plan.model.name
         ),
-    };
+    })
+}
+
+/// Refuses rates, bandwidths and times that are not positive (or negative for the restart).
+fn check_flags(a: &GoodputArgs) -> Result<()> {
     for (name, v) in [
         ("--chip-mtbf-h", a.chip_mtbf_h),
         ("--link-mtbf-h", a.link_mtbf_h),
@@ -109,13 +138,18 @@ pub(crate) fn run(a: &GoodputArgs) -> Result<()> {
     if a.trials == 0 {
         bail!("--trials 0: the Monte Carlo check needs at least one run");
     }
-    let step = pangu_sim::simulate(&plan)?.report;
+    Ok(())
+}
+
+/// Simulates the plan's step and describes the whole run.
+fn describe(a: &GoodputArgs, plan: &Plan, tokens: f64) -> Result<Described> {
+    let step = pangu_sim::simulate(plan)?.report;
     let s = &plan.strategy;
     let tokens_per_step = f64::from(s.global_batch) * f64::from(plan.model.seq_len);
     let topo = &plan.cluster.topology;
     let servers = s.devices.div_ceil(topo.chips_per_server());
     let links = servers * topo.nics_per_server();
-    let bytes = checkpoint_bytes(&plan);
+    let bytes = checkpoint_bytes(plan);
     let spec = RunSpec {
         step_s: step.step_time_s,
         steps: (tokens / tokens_per_step).ceil(),
@@ -130,34 +164,46 @@ pub(crate) fn run(a: &GoodputArgs) -> Result<()> {
         checkpoint_s: bytes / (a.storage_write_gbps * 1e9),
         restart_s: a.restart_s + bytes / (a.storage_read_gbps * 1e9),
     };
-    let g = goodput::analyse(&spec, a.checkpoint_interval_s, a.trials, a.seed);
-    if a.json {
-        return print_json(&json!({
-            "tool": tool_field(&(&plan.model, &plan.cluster.spec, &plan.strategy)),
-            "model": plan.model.name,
-            "cluster": plan.cluster.spec.name,
-            "summary": s.summary(),
-            "tokens": tokens,
-            "steps": spec.steps,
-            "step_time_s": spec.step_s,
-            "checkpoint_bytes": bytes,
-            "checkpoint_write_s": spec.checkpoint_s,
-            "restart_s": spec.restart_s,
-            "mtbf_h": spec.mtbf,
-            "goodput": g.goodput,
-            "expected_days": g.expected_days,
-            "ideal_days": g.ideal_days,
-            "checkpoint_interval_s": g.checkpoint_interval_s,
-            "best_checkpoint_interval_s": g.best_checkpoint_interval_s,
-            "young_daly_interval_s": g.young_daly_interval_s,
-            "daly_interval_s": g.daly_interval_s,
-            "goodput_at_young_daly": g.goodput_at_young_daly,
-            "job_mtbf_h": g.mtbf_s / 3600.0,
-            "expected_failures": g.expected_failures,
-            "monte_carlo": g.monte_carlo,
-            "curve": g.curve.iter().map(|(t, v)| json!({"interval_s": t, "goodput": v})).collect::<Vec<_>>(),
-        }));
-    }
+    Ok(Described {
+        tokens,
+        spec,
+        links,
+        servers,
+        bytes,
+    })
+}
+
+fn goodput_json(plan: &Plan, d: &Described, g: &Goodput) -> Value {
+    let spec = &d.spec;
+    json!({
+        "tool": tool_field(&(&plan.model, &plan.cluster.spec, &plan.strategy)),
+        "model": plan.model.name,
+        "cluster": plan.cluster.spec.name,
+        "summary": plan.strategy.summary(),
+        "tokens": d.tokens,
+        "steps": spec.steps,
+        "step_time_s": spec.step_s,
+        "checkpoint_bytes": d.bytes,
+        "checkpoint_write_s": spec.checkpoint_s,
+        "restart_s": spec.restart_s,
+        "mtbf_h": spec.mtbf,
+        "goodput": g.goodput,
+        "expected_days": g.expected_days,
+        "ideal_days": g.ideal_days,
+        "checkpoint_interval_s": g.checkpoint_interval_s,
+        "best_checkpoint_interval_s": g.best_checkpoint_interval_s,
+        "young_daly_interval_s": g.young_daly_interval_s,
+        "daly_interval_s": g.daly_interval_s,
+        "goodput_at_young_daly": g.goodput_at_young_daly,
+        "job_mtbf_h": g.mtbf_s / 3600.0,
+        "expected_failures": g.expected_failures,
+        "monte_carlo": g.monte_carlo,
+        "curve": g.curve.iter().map(|(t, v)| json!({"interval_s": t, "goodput": v})).collect::<Vec<_>>(),
+    })
+}
+
+fn goodput_text(plan: &Plan, d: &Described, g: &Goodput) -> String {
+    let (s, spec) = (&plan.strategy, &d.spec);
     let mut out = String::new();
     outln!(
         out,
@@ -170,7 +216,7 @@ pub(crate) fn run(a: &GoodputArgs) -> Result<()> {
     outln!(
         out,
         "{:.3e} tokens = {:.0} steps of {:.3} s: {:.1} days without failures",
-        tokens,
+        d.tokens,
         spec.steps,
         spec.step_s,
         g.ideal_days
@@ -181,12 +227,12 @@ pub(crate) fn run(a: &GoodputArgs) -> Result<()> {
          checkpoint {:.2} TB written in {:.0} s, restart {:.0} s",
         g.mtbf_s / 3600.0,
         s.devices,
-        links,
-        servers,
+        d.links,
+        d.servers,
         spec.mtbf.chip_h,
         spec.mtbf.link_h,
         spec.mtbf.server_h,
-        bytes / 1e12,
+        d.bytes / 1e12,
         spec.checkpoint_s,
         spec.restart_s
     );
@@ -195,7 +241,7 @@ pub(crate) fn run(a: &GoodputArgs) -> Result<()> {
         vec![
             "best (minimises expected time)".to_string(),
             format!("{:.0}", g.best_checkpoint_interval_s),
-            format!("{:.4}", analyse_at(&spec, g.best_checkpoint_interval_s)),
+            format!("{:.4}", analyse_at(spec, g.best_checkpoint_interval_s)),
         ],
         vec![
             "Young / Daly first order √(2δM)".to_string(),
@@ -205,7 +251,7 @@ pub(crate) fn run(a: &GoodputArgs) -> Result<()> {
         vec![
             "Daly higher order".to_string(),
             format!("{:.0}", g.daly_interval_s),
-            format!("{:.4}", analyse_at(&spec, g.daly_interval_s)),
+            format!("{:.4}", analyse_at(spec, g.daly_interval_s)),
         ],
     ];
     outln!(
@@ -226,7 +272,7 @@ pub(crate) fn run(a: &GoodputArgs) -> Result<()> {
         mc.p90_days,
         mc.mean_goodput
     );
-    emit(&out)
+    out
 }
 
 fn analyse_at(spec: &RunSpec, t: f64) -> f64 {

@@ -5,6 +5,7 @@
 
 mod args;
 mod check_cmd;
+mod flag_enums;
 mod goodput_cmd;
 mod output;
 mod plan_cmd;

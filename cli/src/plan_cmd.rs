@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Result};
 use clap::Args;
-use pangu_hardware::Bytes;
+use pangu_hardware::{Bytes, Level};
 use pangu_strategies::strategy::Axis;
 use pangu_strategies::{Chunk, LayerId, Plan, PlanError, ScheduleKind};
 use serde_json::{json, Value};
@@ -51,6 +51,17 @@ pub(crate) fn describe_chunk(c: &Chunk) -> String {
     parts.join(" + ")
 }
 
+/// The parallel axes by name, in the order the tables show them.
+const AXES: [(&str, Axis); 3] = [("tp", Axis::Tp), ("dp", Axis::Dp), ("pp", Axis::Pp)];
+
+/// The groups of an axis and the widest link level any of them spans.
+fn groups_of(plan: &Plan, axis: Axis) -> (Vec<Vec<u32>>, Option<Level>) {
+    let gs = plan.groups(axis);
+    let topo = &plan.cluster.topology;
+    let span = gs.iter().map(|g| topo.span(g)).max();
+    (gs, span)
+}
+
 fn gb(b: Bytes) -> String {
     format!("{:.2} GiB", b.gib())
 }
@@ -77,14 +88,12 @@ pub(crate) fn plan_json(plan: &Plan, notes: &[String]) -> Value {
             })
         })
         .collect();
-    let groups: Value = [("tp", Axis::Tp), ("dp", Axis::Dp), ("pp", Axis::Pp)]
+    let groups: Value = AXES
         .iter()
-        .map(|(name, axis)| {
-            let gs = plan.groups(*axis);
-            let topo = &plan.cluster.topology;
-            let span = gs.iter().map(|g| topo.span(g)).max();
+        .map(|&(name, axis)| {
+            let (gs, span) = groups_of(plan, axis);
             (
-                (*name).to_string(),
+                name.to_string(),
                 json!({
                     "size": gs.first().map_or(0, Vec::len),
                     "count": gs.len(),
@@ -150,12 +159,11 @@ pub(crate) fn plan_json(plan: &Plan, notes: &[String]) -> Value {
 fn print_table(out: &mut String, plan: &Plan, notes: &[String]) {
     let s = &plan.strategy;
     let spec = &plan.cluster.spec;
-    let p = plan.model.params();
     outln!(
         out,
         "plan: {} ({:.3} B parameters) on {} ({} × {}, {} HBM)",
         plan.model.name,
-        p.total as f64 / 1e9,
+        plan.model.params().total as f64 / 1e9,
         spec.name,
         plan.cluster.chips(),
         spec.chip.name,
@@ -169,16 +177,34 @@ fn print_table(out: &mut String, plan: &Plan, notes: &[String]) {
         s.precision
     );
     outln!(out);
-    let topo = &plan.cluster.topology;
-    let rows: Vec<Vec<String>> = [("tp", Axis::Tp), ("dp", Axis::Dp), ("pp", Axis::Pp)]
+    outln!(out, "{}", groups_table(plan));
+    outln!(out, "{}", stages_table(plan));
+    memory_lines(out, plan);
+    outln!(out);
+    outln!(out, "communication per step (busiest device):");
+    outln!(out, "{}", comm_table(plan));
+    let bubble = plan.bubble_fraction();
+    match s.schedule {
+        ScheduleKind::Interleaved { chunks } => outln!(out, "pipeline bubble: {bubble:.3} of stage time (interleaved, {chunks} chunks)"),
+        _ => outln!(out,
+            "pipeline bubble: {bubble:.3} of stage time ((p-1)/(m+p-1) = {:.3} for balanced stages)",
+            f64::from(s.pp - 1) / f64::from(s.micro_batches + s.pp - 1)
+        ),
+    }
+    for w in &plan.warnings {
+        outln!(out, "warning: {w}");
+    }
+    for n in notes {
+        outln!(out, "note: {n}");
+    }
+}
+
+/// Each axis's group size, count, widest span and first group.
+fn groups_table(plan: &Plan) -> String {
+    let rows: Vec<Vec<String>> = AXES
         .iter()
-        .map(|(name, axis)| {
-            let gs = plan.groups(*axis);
-            let span = gs
-                .iter()
-                .map(|g| topo.span(g))
-                .max()
-                .map_or("-", |l| l.name());
+        .map(|&(name, axis)| {
+            let (gs, span) = groups_of(plan, axis);
             let first = gs.first().cloned().unwrap_or_default();
             let shown: Vec<String> = first.iter().take(8).map(u32::to_string).collect();
             let more = if first.len() > 8 { ", …" } else { "" };
@@ -186,19 +212,19 @@ fn print_table(out: &mut String, plan: &Plan, notes: &[String]) {
                 name.to_string(),
                 first.len().to_string(),
                 gs.len().to_string(),
-                span.to_string(),
+                span.map_or("-", |l| l.name()).to_string(),
                 format!("[{}{more}]", shown.join(", ")),
             ]
         })
         .collect();
-    outln!(
-        out,
-        "{}",
-        table(
-            &["group", "size", "count", "spans", "first group (chips)"],
-            &rows
-        )
-    );
+    table(
+        &["group", "size", "count", "spans", "first group (chips)"],
+        &rows,
+    )
+}
+
+/// Each stage's layers, parameters and memory.
+fn stages_table(plan: &Plan) -> String {
     let rows: Vec<Vec<String>> = plan
         .stages
         .iter()
@@ -221,32 +247,32 @@ fn print_table(out: &mut String, plan: &Plan, notes: &[String]) {
             ]
         })
         .collect();
-    outln!(
-        out,
-        "{}",
-        table(
-            &[
-                "stage",
-                "layers",
-                "params",
-                "weights",
-                "grads",
-                "optimizer",
-                "activations",
-                "buffers",
-                "total"
-            ],
-            &rows
-        )
-    );
-    let max = plan.max_memory();
+    table(
+        &[
+            "stage",
+            "layers",
+            "params",
+            "weights",
+            "grads",
+            "optimizer",
+            "activations",
+            "buffers",
+            "total",
+        ],
+        &rows,
+    )
+}
+
+/// Whether the busiest device fits, and what each memory-saving switch turned off would need.
+fn memory_lines(out: &mut String, plan: &Plan) {
+    let chip = &plan.cluster.spec.chip;
     outln!(
         out,
         "memory: {} per device at most, {} usable ({} HBM − {} reserved): {}",
-        gb(max.total),
+        gb(plan.max_memory().total),
         gb(plan.capacity),
-        spec.chip.hbm,
-        spec.chip.reserved,
+        chip.hbm,
+        chip.reserved,
         if plan.fits() { "fits" } else { "DOES NOT FIT" }
     );
     for (name, flag, bytes) in plan.switches_off() {
@@ -261,7 +287,10 @@ fn print_table(out: &mut String, plan: &Plan, notes: &[String]) {
             }
         );
     }
-    outln!(out);
+}
+
+/// The communication of the busiest device per step.
+fn comm_table(plan: &Plan) -> String {
     let rows: Vec<Vec<String>> = plan
         .comms
         .iter()
@@ -280,39 +309,20 @@ fn print_table(out: &mut String, plan: &Plan, notes: &[String]) {
             ]
         })
         .collect();
-    outln!(out, "communication per step (busiest device):");
-    outln!(
-        out,
-        "{}",
-        table(
-            &[
-                "group",
-                "purpose",
-                "collective",
-                "algorithm",
-                "ranks",
-                "spans",
-                "per call",
-                "calls",
-                "per step"
-            ],
-            &rows
-        )
-    );
-    let bubble = plan.bubble_fraction();
-    match s.schedule {
-        ScheduleKind::Interleaved { chunks } => outln!(out, "pipeline bubble: {bubble:.3} of stage time (interleaved, {chunks} chunks)"),
-        _ => outln!(out,
-            "pipeline bubble: {bubble:.3} of stage time ((p-1)/(m+p-1) = {:.3} for balanced stages)",
-            f64::from(s.pp - 1) / f64::from(s.micro_batches + s.pp - 1)
-        ),
-    }
-    for w in &plan.warnings {
-        outln!(out, "warning: {w}");
-    }
-    for n in notes {
-        outln!(out, "note: {n}");
-    }
+    table(
+        &[
+            "group",
+            "purpose",
+            "collective",
+            "algorithm",
+            "ranks",
+            "spans",
+            "per call",
+            "calls",
+            "per step",
+        ],
+        &rows,
+    )
 }
 
 /// Runs `pangu plan`.

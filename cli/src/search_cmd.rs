@@ -3,11 +3,14 @@
 
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::{anyhow, Result};
 use clap::Args;
-use pangu_strategies::search::SearchSpace;
-use pangu_strategies::Plan;
-use serde_json::json;
+use pangu_hardware::Cluster;
+use pangu_model::ModelConfig;
+use pangu_sim::search::SearchResult;
+use pangu_strategies::search::{Candidate, SearchSpace};
+use pangu_strategies::{Plan, Precision};
+use serde_json::{json, Value};
 
 use crate::args::SetupArgs;
 use crate::output::{emit, outln, print_json, table, tool_field};
@@ -31,31 +34,73 @@ pub(crate) struct SearchArgs {
     pub csv: bool,
 }
 
-/// Runs `pangu search`.
-pub(crate) fn run(args: &SearchArgs) -> Result<()> {
-    // The search fixes only the model, the cluster, the chips used, the global batch and the
-    // precision; the user's (or the reference) strategy, when it is valid, is the comparison.
-    let model = &crate::args::load_model(&args.setup.model)?;
-    let reference = pangu_strategies::reference(&model.name);
-    let cluster = match (&args.setup.cluster, &reference) {
-        (Some(c), _) => crate::args::load_cluster(c)?,
-        (None, Some(r)) => pangu_hardware::Cluster::from_name(&r.cluster)?,
-        (None, None) => bail!(
-            "model {} has no reference cluster; pass --cluster NAME:N",
-            model.name
-        ),
-    };
-    let spec = args.setup.strategy.spec()?;
-    let own_plan = pangu_strategies::resolve_inputs(model, Some(cluster.clone()), &spec)
-        .ok()
-        .and_then(|r| Plan::new(model, &r.cluster, &r.strategy).ok());
-    let devices = spec.devices.unwrap_or(cluster.chips());
-    let global_batch = spec.global_batch.unwrap_or(model.global_batch);
-    let precision = spec
-        .precision
-        .or_else(|| reference.as_ref().and_then(|r| r.strategy.precision))
-        .unwrap_or(pangu_strategies::Precision::Fp16);
-    let tokens = f64::from(global_batch) * f64::from(model.seq_len);
+/// What the search fixes, from the flags: the model, the cluster, the chips used, the global
+/// batch and the precision; the user's (or the reference) strategy, when it is valid, is the
+/// comparison.
+struct Inputs {
+    model: ModelConfig,
+    cluster: Cluster,
+    own_plan: Option<Plan>,
+    devices: u32,
+    global_batch: u32,
+    precision: Precision,
+}
+
+impl Inputs {
+    fn new(args: &SearchArgs) -> Result<Inputs> {
+        let model = crate::args::load_model(&args.setup.model)?;
+        let reference = pangu_strategies::reference(&model.name);
+        let cluster = args
+            .setup
+            .cluster_or_reference(&model, reference.as_ref())?;
+        let spec = args.setup.strategy.spec()?;
+        let own_plan = pangu_strategies::resolve_inputs(&model, Some(cluster.clone()), &spec)
+            .ok()
+            .and_then(|r| Plan::new(&model, &r.cluster, &r.strategy).ok());
+        let devices = spec.devices.unwrap_or(cluster.chips());
+        let global_batch = spec.global_batch.unwrap_or(model.global_batch);
+        let precision = spec
+            .precision
+            .or_else(|| reference.as_ref().and_then(|r| r.strategy.precision))
+            .unwrap_or(Precision::Fp16);
+        Ok(Inputs {
+            model,
+            cluster,
+            own_plan,
+            devices,
+            global_batch,
+            precision,
+        })
+    }
+
+    /// Tokens per step.
+    fn tokens(&self) -> f64 {
+        f64::from(self.global_batch) * f64::from(self.model.seq_len)
+    }
+}
+
+/// What the search found, with its wall time and the user's strategy simulated.
+struct Found {
+    res: SearchResult,
+    wall: f64,
+    /// The user's (or the reference) strategy's summary and simulated step time.
+    own: Option<(String, f64)>,
+}
+
+impl Found {
+    fn best(&self) -> &Candidate {
+        &self.res.ranked[0]
+    }
+
+    /// The user's strategy among the ranked candidates.
+    fn own_candidate(&self, inputs: &Inputs) -> Option<&Candidate> {
+        let own = inputs.own_plan.as_ref()?;
+        self.res.ranked.iter().find(|c| own.strategy == c.strategy)
+    }
+}
+
+/// Runs the search with a spinner on stderr; errors when nothing fits.
+fn search(inputs: &Inputs, refine: usize) -> Result<Found> {
     let t0 = Instant::now();
     let bar = indicatif::ProgressBar::new(100);
     bar.set_style(
@@ -64,91 +109,132 @@ pub(crate) fn run(args: &SearchArgs) -> Result<()> {
     );
     let progress =
         |stage: &str, n: usize, total: usize| bar.set_message(format!("{stage} {n}/{total}"));
-    let own_strategy = own_plan.as_ref().map(|p| p.strategy.clone());
+    let own_strategy = inputs.own_plan.as_ref().map(|p| p.strategy.clone());
     let res = pangu_sim::search::search(
-        model,
-        &cluster,
-        devices,
-        global_batch,
-        precision,
+        &inputs.model,
+        &inputs.cluster,
+        inputs.devices,
+        inputs.global_batch,
+        inputs.precision,
         &SearchSpace::default(),
-        args.refine,
+        refine,
         own_strategy.as_ref(),
         &progress,
     );
     bar.finish_and_clear();
     let wall = t0.elapsed().as_secs_f64();
     if res.ranked.is_empty() {
-        let mem = res
-            .min_memory_bytes
-            .map_or("no strategy was even valid".to_string(), |m| {
-                format!(
-                    "smallest per-device memory found {:.1} GiB > {:.1} GiB usable",
-                    m as f64 / (1u64 << 30) as f64,
-                    cluster.spec.chip.usable_memory().gib()
-                )
-            });
-        bail!("no strategy of {} fits on {devices} × {}: {mem}; allow more devices or a smaller global batch", res.candidates_total, cluster.spec.chip.name);
+        return Err(nothing_fits(inputs, &res));
     }
     // The user's own (or the reference) strategy, simulated, for comparison.
-    let own = own_plan.as_ref().and_then(|p| {
+    let own = inputs.own_plan.as_ref().and_then(|p| {
         pangu_sim::simulate(p)
             .ok()
             .map(|run| (p.strategy.summary(), run.report.step_time_s))
     });
-    let best = &res.ranked[0];
+    Ok(Found { res, wall, own })
+}
+
+fn nothing_fits(inputs: &Inputs, res: &SearchResult) -> anyhow::Error {
+    let chip = &inputs.cluster.spec.chip;
+    let mem = res
+        .min_memory_bytes
+        .map_or("no strategy was even valid".to_string(), |m| {
+            format!(
+                "smallest per-device memory found {:.1} GiB > {:.1} GiB usable",
+                m as f64 / (1u64 << 30) as f64,
+                chip.usable_memory().gib()
+            )
+        });
+    anyhow!(
+        "no strategy of {} fits on {} × {}: {mem}; allow more devices or a smaller global batch",
+        res.candidates_total,
+        inputs.devices,
+        chip.name
+    )
+}
+
+/// Runs `pangu search`.
+pub(crate) fn run(args: &SearchArgs) -> Result<()> {
+    let inputs = Inputs::new(args)?;
+    let found = search(&inputs, args.refine)?;
     if args.json {
-        return print_json(&json!({
-            "tool": tool_field(&(model, &cluster.spec, global_batch)),
-            "candidates_total": res.candidates_total,
-            "candidates_valid": res.candidates_valid,
-            "candidates_fitting": res.candidates_fitting,
-            "best": {
-                "strategy": best.strategy,
-                "summary": best.summary,
-                "step_time_s": best.step_s(),
-                "tokens_per_s": tokens / best.step_s(),
-                "memory_bytes": best.memory_bytes,
-            },
-            "own": own.as_ref().map(|(sum, t)| json!({"summary": sum, "step_time_s": t, "tokens_per_s": tokens / t})),
-            "explain_vs_runner_up": res.ranked.get(1).map(|b| pangu_strategies::search::explain(best, b).iter().map(|(c, d)| json!({"category": c.name(), "seconds": d})).collect::<Vec<_>>()),
-            "explain_vs_own": res.ranked.iter().find(|c| own_plan.as_ref().is_some_and(|p| p.strategy == c.strategy)).map(|o| pangu_strategies::search::explain(best, o).iter().map(|(c, d)| json!({"category": c.name(), "seconds": d})).collect::<Vec<_>>()),
-            "ranked": res.ranked.iter().take(args.top).collect::<Vec<_>>(),
-            "pareto": res.pareto.iter().map(|&i| &res.ranked[i]).collect::<Vec<_>>(),
-            "wall_s": wall,
-        }));
+        print_json(&search_json(args, &inputs, &found))
+    } else if args.csv {
+        emit(&search_csv(&inputs, &found.res))
+    } else {
+        emit(&search_table(args, &inputs, &found))
     }
+}
+
+/// Where `a`'s time differs from `b`'s, per category.
+fn explain_json(a: &Candidate, b: &Candidate) -> Vec<Value> {
+    pangu_strategies::search::explain(a, b)
+        .iter()
+        .map(|(c, d)| json!({"category": c.name(), "seconds": d}))
+        .collect()
+}
+
+fn search_json(args: &SearchArgs, inputs: &Inputs, found: &Found) -> Value {
+    let (res, best, tokens) = (&found.res, found.best(), inputs.tokens());
+    json!({
+        "tool": tool_field(&(&inputs.model, &inputs.cluster.spec, inputs.global_batch)),
+        "candidates_total": res.candidates_total,
+        "candidates_valid": res.candidates_valid,
+        "candidates_fitting": res.candidates_fitting,
+        "best": {
+            "strategy": best.strategy,
+            "summary": best.summary,
+            "step_time_s": best.step_s(),
+            "tokens_per_s": tokens / best.step_s(),
+            "memory_bytes": best.memory_bytes,
+        },
+        "own": found.own.as_ref().map(|(sum, t)| json!({"summary": sum, "step_time_s": t, "tokens_per_s": tokens / t})),
+        "explain_vs_runner_up": res.ranked.get(1).map(|b| explain_json(best, b)),
+        "explain_vs_own": found.own_candidate(inputs).map(|o| explain_json(best, o)),
+        "ranked": res.ranked.iter().take(args.top).collect::<Vec<_>>(),
+        "pareto": res.pareto.iter().map(|&i| &res.ranked[i]).collect::<Vec<_>>(),
+        "wall_s": found.wall,
+    })
+}
+
+/// Every fitting candidate, one CSV row each.
+fn search_csv(inputs: &Inputs, res: &SearchResult) -> String {
     let mut out = String::new();
-    if args.csv {
+    outln!(
+        out,
+        "summary,analytic_step_s,simulated_step_s,tokens_per_s,memory_bytes"
+    );
+    for c in &res.ranked {
         outln!(
             out,
-            "summary,analytic_step_s,simulated_step_s,tokens_per_s,memory_bytes"
+            "{},{},{},{},{}",
+            c.summary,
+            c.fast_step_s,
+            c.refined_step_s.map_or(String::new(), |x| x.to_string()),
+            inputs.tokens() / c.step_s(),
+            c.memory_bytes
         );
-        for c in &res.ranked {
-            outln!(
-                out,
-                "{},{},{},{},{}",
-                c.summary,
-                c.fast_step_s,
-                c.refined_step_s.map_or(String::new(), |x| x.to_string()),
-                tokens / c.step_s(),
-                c.memory_bytes
-            );
-        }
-        return emit(&out);
     }
+    out
+}
+
+/// The head line, the top candidates, the comparisons and the Pareto front.
+fn search_table(args: &SearchArgs, inputs: &Inputs, found: &Found) -> String {
+    let (res, best) = (&found.res, found.best());
+    let mut out = String::new();
     outln!(
         out,
         "search: {} on {} × {}, global batch {}: {} strategies, {} valid, {} fit; top {} re-simulated ({:.1} s)",
-        model.name,
-        devices,
-        cluster.spec.chip.name,
-        global_batch,
+        inputs.model.name,
+        inputs.devices,
+        inputs.cluster.spec.chip.name,
+        inputs.global_batch,
         res.candidates_total,
         res.candidates_valid,
         res.candidates_fitting,
         args.refine.min(res.candidates_fitting),
-        wall
+        found.wall
     );
     let rows: Vec<Vec<String>> = res
         .ranked
@@ -161,7 +247,7 @@ pub(crate) fn run(args: &SearchArgs) -> Result<()> {
                 c.summary.clone(),
                 c.refined_step_s.map_or("-".into(), |x| format!("{x:.3}")),
                 format!("{:.3}", c.fast_step_s),
-                format!("{:.0}", tokens / c.step_s()),
+                format!("{:.0}", inputs.tokens() / c.step_s()),
                 format!("{:.1} GiB", c.memory_bytes as f64 / (1u64 << 30) as f64),
             ]
         })
@@ -181,9 +267,7 @@ pub(crate) fn run(args: &SearchArgs) -> Result<()> {
             &rows
         )
     );
-    let why = |a: &pangu_strategies::search::Candidate,
-               b: &pangu_strategies::search::Candidate|
-     -> String {
+    let why = |a: &Candidate, b: &Candidate| -> String {
         pangu_strategies::search::explain(a, b)
             .iter()
             .take(4)
@@ -198,17 +282,13 @@ pub(crate) fn run(args: &SearchArgs) -> Result<()> {
             why(best, second)
         );
     }
-    if let Some((sum, t)) = &own {
+    if let Some((sum, t)) = &found.own {
         outln!(
             out,
             "your strategy ({sum}): {t:.3} s simulated; the best is {:.1} % faster",
             (t / best.step_s() - 1.0) * 100.0
         );
-        if let Some(mine) = res
-            .ranked
-            .iter()
-            .find(|c| own_plan.as_ref().is_some_and(|p| p.strategy == c.strategy))
-        {
+        if let Some(mine) = found.own_candidate(inputs) {
             outln!(
                 out,
                 "#1 against yours (per device, #1 − yours): {}",
@@ -225,5 +305,5 @@ pub(crate) fn run(args: &SearchArgs) -> Result<()> {
             .collect::<Vec<_>>()
             .join(" ")
     );
-    emit(&out)
+    out
 }

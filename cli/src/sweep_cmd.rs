@@ -105,14 +105,9 @@ pub(crate) fn run(args: &SweepArgs) -> Result<()> {
         .collect::<Result<_>>()?;
     let model = crate::args::load_model(&args.setup.model)?;
     let reference = pangu_strategies::reference(&model.name);
-    let cluster = match (&args.setup.cluster, &reference) {
-        (Some(c), _) => crate::args::load_cluster(c)?,
-        (None, Some(r)) => Cluster::from_name(&r.cluster)?,
-        (None, None) => bail!(
-            "model {} has no reference cluster; pass --cluster NAME:N",
-            model.name
-        ),
-    };
+    let cluster = args
+        .setup
+        .cluster_or_reference(&model, reference.as_ref())?;
     let base_spec = reference
         .map(|r| r.strategy)
         .unwrap_or_default()
