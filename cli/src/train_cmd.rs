@@ -2,7 +2,7 @@
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -10,6 +10,7 @@ use pangu_trainer::bench::{self, BenchShape};
 use pangu_trainer::data;
 use pangu_trainer::generate::{self, Sampling};
 use pangu_trainer::model::Model;
+use pangu_trainer::session::{Checkpoints, Control, Until};
 use pangu_trainer::tokenizer::Tokenizer;
 use pangu_trainer::train::{Eval, Run, Settings, StepInfo};
 use serde_json::json;
@@ -228,58 +229,51 @@ pub(crate) fn run(a: &TrainArgs) -> Result<()> {
         pb.set_position(start_step);
         pb
     };
+    let until = Until {
+        steps: total,
+        deadline: deadline(a.minutes),
+        eval_every: a.eval_every,
+        eval_samples: a.val_samples,
+        checkpoints: out.as_ref().map(|o| Checkpoints {
+            dir: o.clone(),
+            every: a.checkpoint_every,
+        }),
+    };
     let mut curve: Vec<(StepInfo, Option<Eval>)> = Vec::new();
     let t0 = Instant::now();
-    let deadline = a.minutes.map(|m| m * 60.0);
-    let mut tok_rates = Vec::new();
-    while run.step < total {
-        if deadline.is_some_and(|d| t0.elapsed().as_secs_f64() >= d) {
-            break;
-        }
-        let info = run.step();
-        if !info.loss.is_finite() {
-            bail!(
-                "the loss became {} at step {}: lower --lr (now {})",
-                info.loss,
-                info.step,
-                run.settings.lr
-            );
-        }
-        tok_rates.push(info.tokens_per_s);
-        let ev = if a.eval_every > 0 && info.step % a.eval_every == 0 {
-            Some(run.evaluate(a.val_samples))
-        } else {
-            None
-        };
+    let mut failed = None;
+    let outcome = run.train_until(&until, &mut |p| {
         pb.set_message(format!(
             "loss {:.3}  {:.0} tok/s{}",
-            info.loss,
-            info.tokens_per_s,
-            ev.map_or(String::new(), |e| format!(
+            p.step.loss,
+            p.step.tokens_per_s,
+            p.eval.map_or(String::new(), |e| format!(
                 "  val {:.3}/char",
                 e.loss_per_char
             ))
         ));
-        pb.set_position(info.step);
-        if let (Some(o), true) = (
-            &out,
-            a.checkpoint_every > 0 && info.step % a.checkpoint_every == 0,
-        ) {
-            run.save(o)?;
-        }
-        curve.push((info, ev));
-        if let (Some(o), Some(_)) = (&out, ev) {
+        pb.set_position(p.step.step);
+        curve.push((p.step, p.eval));
+        if let (Some(o), Some(_)) = (&out, p.eval) {
             // The curve so far, so a long run can be watched while it trains.
-            write_curve(o, start_step, &curve)?;
+            if let Err(e) = write_curve(o, start_step, &curve) {
+                failed = Some(e);
+                return Control::Abort;
+            }
         }
-    }
+        Control::Continue
+    })?;
     pb.finish_and_clear();
-    let final_eval = run.evaluate(usize::MAX);
-    let mut median = tok_rates.clone();
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    let final_eval = outcome
+        .final_eval
+        .context("the training session was aborted")?;
+    let mut median: Vec<f64> = curve.iter().map(|(s, _)| s.tokens_per_s).collect();
     median.sort_by(f64::total_cmp);
     let tokens_per_s = median.get(median.len() / 2).copied().unwrap_or(0.0);
-    if let Some(o) = &out {
-        let dir = run.save(o)?;
+    if let (Some(o), Some(dir)) = (&out, &outcome.checkpoint) {
         write_curve(o, start_step, &curve)?;
         plot_curve(&o.join("curve.png"), o)?;
         outln!(log, "checkpoint {}", dir.display());
@@ -342,6 +336,17 @@ pub(crate) fn run(a: &TrainArgs) -> Result<()> {
     }
     // The header line already went to stderr.
     emit(&log[header_len..])
+}
+
+/// --minutes as a deadline: a negative one has passed, one too far (or not a number) never
+/// comes.
+fn deadline(minutes: Option<f64>) -> Option<Duration> {
+    let m = minutes?;
+    match Duration::try_from_secs_f64(m * 60.0) {
+        Ok(d) => Some(d),
+        Err(_) if m > 0.0 || m.is_nan() => None,
+        Err(_) => Some(Duration::ZERO),
+    }
 }
 
 /// `pangu train` with more than one device: the strategy's plan on this machine (one virtual
