@@ -2,16 +2,22 @@
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
+use pangu_model::ModelConfig;
+use pangu_strategies::{Plan, Precision, Remat, StrategySpec};
 use pangu_trainer::bench::{self, BenchShape};
 use pangu_trainer::data;
+use pangu_trainer::dist::{self, DistConfig, DistResult};
 use pangu_trainer::generate::{self, Sampling};
+use pangu_trainer::host;
 use pangu_trainer::model::Model;
+use pangu_trainer::session::{Checkpoints, Control, Until};
+use pangu_trainer::sharded::Loaded;
 use pangu_trainer::tokenizer::Tokenizer;
-use pangu_trainer::train::{Eval, Run, Settings, StepInfo};
+use pangu_trainer::train::{Eval, Memory, Run, Settings, StepInfo};
 use serde_json::json;
 
 use crate::args::{load_model, Backend, StrategyArgs};
@@ -151,47 +157,43 @@ pub(crate) fn run(a: &TrainArgs) -> Result<()> {
         return run_bench(a, threads);
     }
     let spec = a.strategy.spec()?;
-    let devices = spec.dp.unwrap_or(1) * spec.tp.unwrap_or(1) * spec.pp.unwrap_or(1);
     a.backend.available()?;
-    if a.backend == Backend::Mpi {
-        return run_dist(a, &spec);
+    if on_executor(a, &spec)? {
+        run_dist(a, &spec)
+    } else {
+        run_single(a, &spec, threads)
     }
+}
+
+/// Whether the run goes to the distributed executor: under MPI, with more than one device,
+/// from a sharded checkpoint, or with selective or every-k remat (one device is a plan too).
+fn on_executor(a: &TrainArgs, spec: &StrategySpec) -> Result<bool> {
+    if a.backend == Backend::Mpi {
+        return Ok(true);
+    }
+    let devices = spec.dp.unwrap_or(1) * spec.tp.unwrap_or(1) * spec.pp.unwrap_or(1);
     let sharded_resume = match &a.resume {
         Some(dir) => pangu_trainer::sharded::is_sharded(dir)?,
         None => false,
     };
-    // Selective and every-k remat run on the executor (one device is a plan too).
-    let partial_remat = matches!(
-        spec.remat,
-        Some(pangu_strategies::Remat::Selective | pangu_strategies::Remat::Every(2..))
-    );
-    if devices > 1 || sharded_resume || partial_remat {
-        return run_dist(a, &spec);
-    }
+    let partial_remat = matches!(spec.remat, Some(Remat::Selective | Remat::Every(2..)));
+    Ok(devices > 1 || sharded_resume || partial_remat)
+}
+
+/// `pangu train` on one device: a session ([`Run::train_until`]) behind a progress bar, its
+/// curve, checkpoints and report in --out, and a summary.
+fn run_single(a: &TrainArgs, spec: &StrategySpec, threads: usize) -> Result<()> {
     bench::set_threads(threads);
     let corpus_path = a.corpus.clone().unwrap_or_else(default_corpus);
     let text = data::read_corpus(&corpus_path)?;
     let (train_text, val_text) = data::split(&text);
     if let Some(p) = spec.precision {
-        if p != pangu_strategies::Precision::Fp32 {
+        if p != Precision::Fp32 {
             eprintln!("note: the strategy names {p}; the CPU executor computes in fp32");
         }
     }
-    let mut run = if let Some(dir) = &a.resume {
-        Run::resume(dir, train_text, val_text)?
-    } else {
-        let cfg = load_model(&a.model)?;
-        let s = settings_from(a, &cfg, &spec)?;
-        let tok = tokenizer_for(a, &cfg, train_text)?;
-        Run::new(&cfg, s, tok, train_text, val_text)?
-    };
-    if a.resume.is_some() {
-        if let Some(steps) = a.steps {
-            run.settings.steps = steps;
-        }
-    }
-    let out = a.out.clone();
-    if let Some(o) = &out {
+    let mut run = open_run(a, spec, train_text, val_text)?;
+    if let Some(o) = &a.out {
         std::fs::create_dir_all(o).with_context(|| format!("cannot create {}", o.display()))?;
         run.tokenizer.save(&o.join("tokenizer.json"))?;
     }
@@ -215,125 +217,12 @@ pub(crate) fn run(a: &TrainArgs) -> Result<()> {
         eprint!("{log}");
     }
     let header_len = log.len();
-    let total = run.settings.steps;
-    let start_step = run.step;
-    let pb = if a.quiet || a.json {
-        ProgressBar::hidden()
-    } else {
-        let pb = ProgressBar::new(total);
-        pb.set_style(
-            ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  ETA {eta}")
-                .map_err(|e| anyhow!("{e}"))?,
-        );
-        pb.set_position(start_step);
-        pb
-    };
-    let mut curve: Vec<(StepInfo, Option<Eval>)> = Vec::new();
-    let t0 = Instant::now();
-    let deadline = a.minutes.map(|m| m * 60.0);
-    let mut tok_rates = Vec::new();
-    while run.step < total {
-        if deadline.is_some_and(|d| t0.elapsed().as_secs_f64() >= d) {
-            break;
-        }
-        let info = run.step();
-        if !info.loss.is_finite() {
-            bail!(
-                "the loss became {} at step {}: lower --lr (now {})",
-                info.loss,
-                info.step,
-                run.settings.lr
-            );
-        }
-        tok_rates.push(info.tokens_per_s);
-        let ev = if a.eval_every > 0 && info.step % a.eval_every == 0 {
-            Some(run.evaluate(a.val_samples))
-        } else {
-            None
-        };
-        pb.set_message(format!(
-            "loss {:.3}  {:.0} tok/s{}",
-            info.loss,
-            info.tokens_per_s,
-            ev.map_or(String::new(), |e| format!(
-                "  val {:.3}/char",
-                e.loss_per_char
-            ))
-        ));
-        pb.set_position(info.step);
-        if let (Some(o), true) = (
-            &out,
-            a.checkpoint_every > 0 && info.step % a.checkpoint_every == 0,
-        ) {
-            run.save(o)?;
-        }
-        curve.push((info, ev));
-        if let (Some(o), Some(_)) = (&out, ev) {
-            // The curve so far, so a long run can be watched while it trains.
-            write_curve(o, start_step, &curve)?;
-        }
+    let session = train_single(a, &mut run, &mut log)?;
+    if save_report(a, &single_report(&run, &session, threads, &mem))? {
+        return Ok(());
     }
-    pb.finish_and_clear();
-    let final_eval = run.evaluate(usize::MAX);
-    let mut median = tok_rates.clone();
-    median.sort_by(f64::total_cmp);
-    let tokens_per_s = median.get(median.len() / 2).copied().unwrap_or(0.0);
-    if let Some(o) = &out {
-        let dir = run.save(o)?;
-        write_curve(o, start_step, &curve)?;
-        plot_curve(&o.join("curve.png"), o)?;
-        outln!(log, "checkpoint {}", dir.display());
-    }
-    let losses: Vec<f64> = curve.iter().map(|(s, _)| s.loss).collect();
-    let report = json!({
-        "model": run.cfg.name,
-        "params": run.state.params.len(),
-        "steps": run.step,
-        "steps_this_run": run.step - start_step,
-        "wall_s": t0.elapsed().as_secs_f64(),
-        "losses": losses,
-        "val_loss": final_eval.loss,
-        "val_loss_per_char": final_eval.loss_per_char,
-        "val_perplexity": final_eval.perplexity,
-        "val_samples": final_eval.samples,
-        "evals": curve.iter().filter_map(|(_, e)| *e).collect::<Vec<_>>(),
-        "tokens_per_s": tokens_per_s,
-        "threads": threads,
-        "precision": "fp32",
-        "settings": run.settings,
-        "memory": mem,
-    });
-    if let Some(o) = &out {
-        std::fs::write(
-            o.join("report.json"),
-            serde_json::to_string_pretty(&report)?,
-        )?;
-    }
-    if a.json {
-        return print_json(&report);
-    }
-    outln!(
-        log,
-        "step {}: train loss {:.4}, held-out loss {:.4}/token = {:.4} nats/char (perplexity {:.1}) on {} samples; \
-         {:.0} tokens/s median",
-        run.step,
-        losses.last().copied().unwrap_or(f64::NAN),
-        final_eval.loss,
-        final_eval.loss_per_char,
-        final_eval.perplexity,
-        final_eval.samples,
-        tokens_per_s
-    );
-    outln!(
-        log,
-        "memory allocated: weights {} B, gradients {} B, Adam {} B, activations+scratch {} B, total {} B",
-        mem.weights,
-        mem.gradients,
-        mem.optimizer,
-        mem.activations,
-        mem.total
-    );
-    if let Some(o) = &out {
+    single_summary(&mut log, &run, &session, &mem);
+    if let Some(o) = &a.out {
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -344,11 +233,179 @@ pub(crate) fn run(a: &TrainArgs) -> Result<()> {
     emit(&log[header_len..])
 }
 
+/// A fresh run from the flags, or the checkpoint of --resume (ending at --steps if given).
+fn open_run(a: &TrainArgs, spec: &StrategySpec, train_text: &str, val_text: &str) -> Result<Run> {
+    let Some(dir) = &a.resume else {
+        let cfg = load_model(&a.model)?;
+        let s = settings_from(a, &cfg, spec)?;
+        let tok = tokenizer_for(a, &cfg, train_text)?;
+        return Ok(Run::new(&cfg, s, tok, train_text, val_text)?);
+    };
+    let mut run = Run::resume(dir, train_text, val_text)?;
+    if let Some(steps) = a.steps {
+        run.settings.steps = steps;
+    }
+    Ok(run)
+}
+
+/// What a single-device session gave: its steps (with their evaluations) and the final
+/// evaluation.
+struct Session {
+    /// When it started.
+    t0: Instant,
+    /// The step it started from (a resumed run's).
+    start_step: u64,
+    /// Each step of this session and the evaluation after it, if any.
+    curve: Vec<(StepInfo, Option<Eval>)>,
+    /// On all held-out samples, at the end.
+    final_eval: Eval,
+}
+
+impl Session {
+    fn losses(&self) -> Vec<f64> {
+        self.curve.iter().map(|(s, _)| s.loss).collect()
+    }
+
+    /// The median step's throughput.
+    fn tokens_per_s(&self) -> f64 {
+        let mut rates: Vec<f64> = self.curve.iter().map(|(s, _)| s.tokens_per_s).collect();
+        rates.sort_by(f64::total_cmp);
+        rates.get(rates.len() / 2).copied().unwrap_or(0.0)
+    }
+}
+
+/// --minutes as a deadline: a negative one has passed, one too far (or not a number) never
+/// comes.
+fn deadline(minutes: Option<f64>) -> Option<Duration> {
+    let m = minutes?;
+    match Duration::try_from_secs_f64(m * 60.0) {
+        Ok(d) => Some(d),
+        Err(_) if m > 0.0 || m.is_nan() => None,
+        Err(_) => Some(Duration::ZERO),
+    }
+}
+
+/// The session of the flags, with the progress bar, curve.csv rewritten after each
+/// evaluation, and the last checkpoint, curve and plot in --out (named in `log`).
+fn train_single(a: &TrainArgs, run: &mut Run, log: &mut String) -> Result<Session> {
+    let start_step = run.step;
+    let pb = if a.quiet || a.json {
+        ProgressBar::hidden()
+    } else {
+        let pb = ProgressBar::new(run.settings.steps);
+        pb.set_style(
+            ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  ETA {eta}")
+                .map_err(|e| anyhow!("{e}"))?,
+        );
+        pb.set_position(start_step);
+        pb
+    };
+    let until = Until {
+        steps: run.settings.steps,
+        deadline: deadline(a.minutes),
+        eval_every: a.eval_every,
+        eval_samples: a.val_samples,
+        checkpoints: a.out.as_ref().map(|o| Checkpoints {
+            dir: o.clone(),
+            every: a.checkpoint_every,
+        }),
+    };
+    let t0 = Instant::now();
+    let mut curve: Vec<(StepInfo, Option<Eval>)> = Vec::new();
+    let mut failed = None;
+    let outcome = run.train_until(&until, &mut |p| {
+        pb.set_message(format!(
+            "loss {:.3}  {:.0} tok/s{}",
+            p.step.loss,
+            p.step.tokens_per_s,
+            p.eval.map_or(String::new(), |e| format!(
+                "  val {:.3}/char",
+                e.loss_per_char
+            ))
+        ));
+        pb.set_position(p.step.step);
+        curve.push((p.step, p.eval));
+        if let (Some(o), Some(_)) = (&a.out, p.eval) {
+            // The curve so far, so a long run can be watched while it trains.
+            if let Err(e) = write_curve(o, start_step, &curve) {
+                failed = Some(e);
+                return Control::Abort;
+            }
+        }
+        Control::Continue
+    })?;
+    pb.finish_and_clear();
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    let final_eval = outcome
+        .final_eval
+        .context("the training session was aborted")?;
+    if let (Some(o), Some(dir)) = (&a.out, &outcome.checkpoint) {
+        write_curve(o, start_step, &curve)?;
+        plot_curve(&o.join("curve.png"), o)?;
+        outln!(log, "checkpoint {}", dir.display());
+    }
+    Ok(Session {
+        t0,
+        start_step,
+        curve,
+        final_eval,
+    })
+}
+
+/// The JSON report of a single-device run.
+fn single_report(run: &Run, s: &Session, threads: usize, mem: &Memory) -> serde_json::Value {
+    let e = &s.final_eval;
+    json!({
+        "model": run.cfg.name,
+        "params": run.state.params.len(),
+        "steps": run.step,
+        "steps_this_run": run.step - s.start_step,
+        "wall_s": s.t0.elapsed().as_secs_f64(),
+        "losses": s.losses(),
+        "val_loss": e.loss,
+        "val_loss_per_char": e.loss_per_char,
+        "val_perplexity": e.perplexity,
+        "val_samples": e.samples,
+        "evals": s.curve.iter().filter_map(|(_, e)| *e).collect::<Vec<_>>(),
+        "tokens_per_s": s.tokens_per_s(),
+        "threads": threads,
+        "precision": "fp32",
+        "settings": run.settings,
+        "memory": mem,
+    })
+}
+
+/// The closing lines of a single-device run: the losses, throughput and memory.
+fn single_summary(log: &mut String, run: &Run, s: &Session, mem: &Memory) {
+    let e = &s.final_eval;
+    outln!(
+        log,
+        "step {}: train loss {:.4}, held-out loss {:.4}/token = {:.4} nats/char (perplexity {:.1}) on {} samples; \
+         {:.0} tokens/s median",
+        run.step,
+        s.losses().last().copied().unwrap_or(f64::NAN),
+        e.loss,
+        e.loss_per_char,
+        e.perplexity,
+        e.samples,
+        s.tokens_per_s()
+    );
+    outln!(
+        log,
+        "memory allocated: weights {} B, gradients {} B, Adam {} B, activations+scratch {} B, total {} B",
+        mem.weights,
+        mem.gradients,
+        mem.optimizer,
+        mem.activations,
+        mem.total
+    );
+}
+
 /// `pangu train` with more than one device: the strategy's plan on this machine (one virtual
 /// device per rank), executed on threads or MPI processes.
-fn run_dist(a: &TrainArgs, spec: &pangu_strategies::StrategySpec) -> Result<()> {
-    use pangu_trainer::dist::{self, DistConfig};
-    use pangu_trainer::host;
+fn run_dist(a: &TrainArgs, spec: &StrategySpec) -> Result<()> {
     // Ranks are threads or processes; each computes on one core's worth of kernels.
     bench::set_threads(1);
     // A checkpoint of any plan (or of one device) resumes under the strategy given here, or
@@ -357,34 +414,14 @@ fn run_dist(a: &TrainArgs, spec: &pangu_strategies::StrategySpec) -> Result<()> 
         Some(dir) => Some(pangu_trainer::sharded::load_whole(dir)?),
         None => None,
     };
-    let mut spec = spec.clone();
-    let (cfg, mut s) = match &loaded {
-        Some(l) => {
-            let mut s: Settings = serde_json::from_value(l.settings.clone())
-                .with_context(|| format!("{}: settings", l.dir.display()))?;
-            if let Some(steps) = a.steps {
-                s.steps = steps;
-            }
-            if spec == pangu_strategies::StrategySpec::default() {
-                if let Some(old) = &l.strategy {
-                    spec = old.to_spec();
-                    spec.devices = None;
-                }
-            }
-            if spec.global_batch.is_some_and(|g| g as usize != s.batch) {
-                bail!(
-                    "the checkpoint trained with a global batch of {}; a resumed run keeps it (drop --global-batch/--batch)",
-                    s.batch
-                );
-            }
-            spec.global_batch = Some(s.batch as u32);
-            (l.model.clone(), s)
-        }
+    let (cfg, spec, mut s) = match &loaded {
+        Some(l) => resumed_inputs(a, l, spec)?,
         None => {
             let cfg = load_model(&a.model)?;
+            let mut spec = spec.clone();
             spec.global_batch = global_batch(a, &spec)?.or(Some(cfg.global_batch));
             let s = base_settings(a, &cfg);
-            (cfg, s)
+            (cfg, spec, s)
         }
     };
     let plan = host::plan_on(&cfg, &spec, a.virtual_servers)?;
@@ -392,37 +429,97 @@ fn run_dist(a: &TrainArgs, spec: &pangu_strategies::StrategySpec) -> Result<()> 
     // The plan checked each device's memory; the settings follow it.
     s.batch = st.global_batch as usize;
     s.micro_batches = st.micro_batches as usize;
-    s.remat = st.remat == pangu_strategies::Remat::Full;
+    s.remat = st.remat == Remat::Full;
     host::check_plan(&plan, &s)?;
-    let steps = s.steps;
     let corpus_path = a.corpus.clone().unwrap_or_else(default_corpus);
     let text = data::read_corpus(&corpus_path)?;
     let (train_text, _) = data::split(&text);
     let tok = match &loaded {
-        Some(l) => {
-            let t = Tokenizer::from_json(&l.tokenizer_json, &l.dir.join("tokenizer.json"))?;
-            if format!("{:016x}", t.hash()) != l.tokenizer_hash {
-                bail!(
-                    "{}: the tokenizer does not match the manifest's hash",
-                    l.dir.display()
-                );
-            }
-            t
-        }
+        Some(l) => checkpoint_tokenizer(l)?,
         None => tokenizer_for(a, &cfg, train_text)?,
     };
     let packed = data::Packed::new(&tok, train_text, cfg.seq_len as usize);
-    let save = a.out.as_ref().map(|o| dist::Save {
-        dir: o.clone(),
-        every: a.checkpoint_every,
-        tokenizer_json: tok.to_json(),
-        tokenizer_hash: format!("{:016x}", tok.hash()),
-    });
-    let io = dist::Io {
-        resume: loaded.as_ref().map(|l| (l.step, &l.state)),
-        save: save.as_ref(),
+    let Some(r) = execute_plan(a, &plan, &s, &packed, &tok, loaded.as_ref())? else {
+        // Under MPI only rank 0 reports.
+        return Ok(());
     };
-    if let Some(l) = &loaded {
+    let start = loaded.as_ref().map_or(0, |l| l.step);
+    let tokens = (s.batch as u64 * (s.steps - start) * u64::from(cfg.seq_len)) as f64;
+    let resumed_from = loaded.as_ref().map(|l| l.step);
+    let report = dist_report(a.backend, &plan, &r, s.steps, resumed_from, tokens);
+    if save_report(a, &report)? {
+        return Ok(());
+    }
+    emit(&dist_summary(&r, start, tokens, a.out.as_deref()))
+}
+
+/// Writes the report into --out (if given) and prints it with --json; whether it printed.
+fn save_report(a: &TrainArgs, report: &serde_json::Value) -> Result<bool> {
+    if let Some(o) = &a.out {
+        std::fs::create_dir_all(o).with_context(|| format!("cannot create {}", o.display()))?;
+        std::fs::write(o.join("report.json"), serde_json::to_string_pretty(report)?)?;
+    }
+    if a.json {
+        print_json(report)?;
+    }
+    Ok(a.json)
+}
+
+/// The model, strategy and settings of a resumed distributed run: the checkpoint's settings
+/// (with --steps if given) and global batch, under the strategy given here or, when none is,
+/// the checkpoint's own.
+fn resumed_inputs(
+    a: &TrainArgs,
+    l: &Loaded,
+    spec: &StrategySpec,
+) -> Result<(ModelConfig, StrategySpec, Settings)> {
+    let mut s: Settings = serde_json::from_value(l.settings.clone())
+        .with_context(|| format!("{}: settings", l.dir.display()))?;
+    if let Some(steps) = a.steps {
+        s.steps = steps;
+    }
+    let mut spec = spec.clone();
+    if spec == StrategySpec::default() {
+        if let Some(old) = &l.strategy {
+            spec = old.to_spec();
+            spec.devices = None;
+        }
+    }
+    if spec.global_batch.is_some_and(|g| g as usize != s.batch) {
+        bail!(
+            "the checkpoint trained with a global batch of {}; a resumed run keeps it (drop --global-batch/--batch)",
+            s.batch
+        );
+    }
+    spec.global_batch = Some(s.batch as u32);
+    Ok((l.model.clone(), spec, s))
+}
+
+/// The tokenizer stored with a checkpoint, checked against its manifest's hash.
+fn checkpoint_tokenizer(l: &Loaded) -> Result<Tokenizer> {
+    let t = Tokenizer::from_json(&l.tokenizer_json, &l.dir.join("tokenizer.json"))?;
+    if format!("{:016x}", t.hash()) != l.tokenizer_hash {
+        bail!(
+            "{}: the tokenizer does not match the manifest's hash",
+            l.dir.display()
+        );
+    }
+    Ok(t)
+}
+
+/// Runs the plan to `s.steps` on threads or MPI processes, from `loaded` if given, with
+/// sharded checkpoints in --out, after a line on stderr describing the run. `None` on the MPI
+/// ranks other than 0.
+fn execute_plan(
+    a: &TrainArgs,
+    plan: &Plan,
+    s: &Settings,
+    packed: &data::Packed,
+    tok: &Tokenizer,
+    loaded: Option<&Loaded>,
+) -> Result<Option<DistResult>> {
+    let steps = s.steps;
+    if let Some(l) = loaded {
         if l.step >= steps {
             bail!(
                 "the checkpoint is at step {} and the run ends at step {steps}: pass a larger --steps",
@@ -430,37 +527,61 @@ fn run_dist(a: &TrainArgs, spec: &pangu_strategies::StrategySpec) -> Result<()> 
             );
         }
     }
+    let save = a.out.as_ref().map(|o| dist::Save {
+        dir: o.clone(),
+        every: a.checkpoint_every,
+        tokenizer_json: tok.to_json(),
+        tokenizer_hash: format!("{:016x}", tok.hash()),
+    });
+    let io = dist::Io {
+        resume: loaded.map(|l| (l.step, &l.state)),
+        save: save.as_ref(),
+    };
     let dc = DistConfig {
         timeout: std::time::Duration::from_secs_f64(a.comm_timeout.max(0.001)),
         fail: None,
     };
-    let describe = format!(
-        "dp {} × tp {} × pp {} ({} schedule, {} micro-batches of {}), optimizer sharding {}, remat {}",
-        st.dp, st.tp, st.pp, st.schedule, st.micro_batches, st.micro_batch_size, st.opt_shard, st.remat
-    );
     if !a.json {
+        let st = &plan.strategy;
         eprintln!(
-            "model {}: {describe}; {} ranks on {} ({} cores here), collectives {}, fp32",
-            cfg.name,
+            "model {}: dp {} × tp {} × pp {} ({} schedule, {} micro-batches of {}), optimizer sharding {}, \
+             remat {}; {} ranks on {} ({} cores here), collectives {}, fp32",
+            plan.model.name,
+            st.dp,
+            st.tp,
+            st.pp,
+            st.schedule,
+            st.micro_batches,
+            st.micro_batch_size,
+            st.opt_shard,
+            st.remat,
             plan.mesh.size(),
             a.backend,
             threads_default(),
-            collectives_line(&plan)
+            collectives_line(plan)
         );
     }
-    let r = if a.backend == Backend::Mpi {
-        mpi_rank(&plan, &s, &dc, &packed, steps, io)?
+    if a.backend == Backend::Mpi {
+        mpi_rank(plan, s, &dc, packed, steps, io)
     } else {
-        Some(dist::train_threads_with(
-            &plan, &s, &dc, &packed, steps, io,
-        )?)
-    };
-    // Under MPI only rank 0 reports.
-    let Some(r) = r else { return Ok(()) };
-    let start = loaded.as_ref().map_or(0, |l| l.step);
-    let tokens = (s.batch as u64 * (steps - start) * u64::from(cfg.seq_len)) as f64;
-    let report = json!({
-        "model": cfg.name,
+        Ok(Some(dist::train_threads_with(
+            plan, s, &dc, packed, steps, io,
+        )?))
+    }
+}
+
+/// The JSON report of a distributed run to step `steps` (`tokens` trained).
+fn dist_report(
+    backend: Backend,
+    plan: &Plan,
+    r: &DistResult,
+    steps: u64,
+    resumed_from: Option<u64>,
+    tokens: f64,
+) -> serde_json::Value {
+    let st = &plan.strategy;
+    json!({
+        "model": plan.model.name,
         "strategy": st,
         "dp": st.dp,
         "tp": st.tp,
@@ -468,8 +589,8 @@ fn run_dist(a: &TrainArgs, spec: &pangu_strategies::StrategySpec) -> Result<()> 
         "schedule": st.schedule.to_string(),
         "opt_shard": st.opt_shard.to_string(),
         "remat": st.remat.to_string(),
-        "collectives": plan.group_algorithms().iter().map(|(g, n, a)| serde_json::json!({"group": g, "size": n, "algorithm": a.to_string()})).collect::<Vec<_>>(),
-        "backend": a.backend,
+        "collectives": plan.group_algorithms().iter().map(|(g, n, a)| json!({"group": g, "size": n, "algorithm": a.to_string()})).collect::<Vec<_>>(),
+        "backend": backend,
         "steps": steps,
         "losses": r.losses,
         "step_s": r.step_s,
@@ -478,23 +599,17 @@ fn run_dist(a: &TrainArgs, spec: &pangu_strategies::StrategySpec) -> Result<()> 
         "ranks": r.ranks,
         "step_report": r.report,
         "precision": "fp32",
-        "resumed_from": loaded.as_ref().map(|l| l.step),
-    });
-    if let Some(o) = &a.out {
-        std::fs::create_dir_all(o).with_context(|| format!("cannot create {}", o.display()))?;
-        std::fs::write(
-            o.join("report.json"),
-            serde_json::to_string_pretty(&report)?,
-        )?;
-    }
-    if a.json {
-        return print_json(&report);
-    }
+        "resumed_from": resumed_from,
+    })
+}
+
+/// The text of a distributed run: the losses, the measured step per rank and the throughput.
+fn dist_summary(r: &DistResult, start: u64, tokens: f64, out: Option<&Path>) -> String {
     let mut o = String::new();
     for (i, l) in r.losses.iter().enumerate() {
         outln!(o, "step {}: loss {:.4}", start + i as u64 + 1, l);
     }
-    if let Some(dir) = &a.out {
+    if let Some(dir) = out {
         outln!(o, "sharded checkpoints in {}", dir.display());
     }
     outln!(
@@ -540,37 +655,37 @@ fn run_dist(a: &TrainArgs, spec: &pangu_strategies::StrategySpec) -> Result<()> 
         tokens / r.wall_s.max(1e-9),
         r.wall_s
     );
-    emit(&o)
+    o
 }
 
 /// This process's part of an MPI run: `Some` on rank 0 (which reports), `None` elsewhere.
 #[cfg(feature = "mpi")]
 fn mpi_rank(
-    plan: &pangu_strategies::Plan,
+    plan: &Plan,
     s: &Settings,
-    dc: &pangu_trainer::dist::DistConfig,
+    dc: &DistConfig,
     packed: &data::Packed,
     steps: u64,
-    io: pangu_trainer::dist::Io<'_>,
-) -> Result<Option<pangu_trainer::dist::DistResult>> {
-    let (rank, r) = pangu_trainer::dist::train_mpi(plan, s, dc, packed, steps, io)?;
+    io: dist::Io<'_>,
+) -> Result<Option<DistResult>> {
+    let (rank, r) = dist::train_mpi(plan, s, dc, packed, steps, io)?;
     Ok((rank == 0).then_some(r))
 }
 
 #[cfg(not(feature = "mpi"))]
 fn mpi_rank(
-    _: &pangu_strategies::Plan,
+    _: &Plan,
     _: &Settings,
-    _: &pangu_trainer::dist::DistConfig,
+    _: &DistConfig,
     _: &data::Packed,
     _: u64,
-    _: pangu_trainer::dist::Io<'_>,
-) -> Result<Option<pangu_trainer::dist::DistResult>> {
+    _: dist::Io<'_>,
+) -> Result<Option<DistResult>> {
     bail!("this binary was built without MPI")
 }
 
 /// The optimizer, schedule, dropout and seed settings of the flags.
-fn base_settings(a: &TrainArgs, cfg: &pangu_model::ModelConfig) -> Settings {
+fn base_settings(a: &TrainArgs, cfg: &ModelConfig) -> Settings {
     let mut s = Settings::for_model(cfg, a.steps.unwrap_or(2000));
     s.lr = a.lr;
     s.lr_end = a.lr_end.unwrap_or(a.lr / 10.0);
@@ -582,11 +697,7 @@ fn base_settings(a: &TrainArgs, cfg: &pangu_model::ModelConfig) -> Settings {
 
 /// The run's settings from the flags, validated, and the memory checked before anything is
 /// tokenised or allocated.
-fn settings_from(
-    a: &TrainArgs,
-    cfg: &pangu_model::ModelConfig,
-    spec: &pangu_strategies::StrategySpec,
-) -> Result<Settings> {
+fn settings_from(a: &TrainArgs, cfg: &ModelConfig, spec: &StrategySpec) -> Result<Settings> {
     let mut s = base_settings(a, cfg);
     s.batch = global_batch(a, spec)?.map_or(s.batch, |b| b as usize);
     s.micro_batches = spec.micro_batches.unwrap_or(1) as usize;
@@ -596,8 +707,7 @@ fn settings_from(
     Ok(s)
 }
 
-fn remat_flag(v: Option<pangu_strategies::Remat>) -> Result<bool> {
-    use pangu_strategies::Remat;
+fn remat_flag(v: Option<Remat>) -> Result<bool> {
     match v {
         None | Some(Remat::None) => Ok(false),
         Some(Remat::Full) => Ok(true),
@@ -609,7 +719,7 @@ fn remat_flag(v: Option<pangu_strategies::Remat>) -> Result<bool> {
 }
 
 /// The global batch of --batch or --global-batch (the same thing; they must agree).
-fn global_batch(a: &TrainArgs, spec: &pangu_strategies::StrategySpec) -> Result<Option<u32>> {
+fn global_batch(a: &TrainArgs, spec: &StrategySpec) -> Result<Option<u32>> {
     match (a.batch, spec.global_batch) {
         (Some(b), Some(g)) if b as u32 != g => {
             bail!("--batch {b} and a global batch of {g}: give one of them")
@@ -619,11 +729,7 @@ fn global_batch(a: &TrainArgs, spec: &pangu_strategies::StrategySpec) -> Result<
     }
 }
 
-fn tokenizer_for(
-    a: &TrainArgs,
-    cfg: &pangu_model::ModelConfig,
-    train_text: &str,
-) -> Result<Tokenizer> {
+fn tokenizer_for(a: &TrainArgs, cfg: &ModelConfig, train_text: &str) -> Result<Tokenizer> {
     if let Some(p) = &a.tokenizer {
         return Ok(Tokenizer::load(p)?);
     }
@@ -922,7 +1028,7 @@ pub(crate) fn generate(a: &GenerateArgs) -> Result<()> {
 }
 
 /// The plan's algorithm per group, e.g. `tp 2 ring, dp 4 halving-doubling`.
-pub(crate) fn collectives_line(plan: &pangu_strategies::Plan) -> String {
+pub(crate) fn collectives_line(plan: &Plan) -> String {
     let v: Vec<String> = plan
         .group_algorithms()
         .into_iter()

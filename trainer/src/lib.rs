@@ -12,7 +12,8 @@
 //! - [`optim`]: AdamW with PanGu-α's decay rules, warm-up + cosine, global-norm clipping.
 //! - [`checkpoint`]: safetensors + a manifest, written atomically ([`fsio`]: the hash and the
 //!   atomic write it and the tokenizer share).
-//! - [`train`]: the training loop; [`generate`]: sampling with a KV cache.
+//! - [`train`]: a run and its step; [`session`]: the training loop around it (deadline, loss
+//!   guard, evaluations, checkpoints, progress); [`generate`]: sampling with a KV cache.
 //! - [`comm`]: point-to-point messages and the plan's collective programs (threads, MPI);
 //!   [`host`]: a plan on this machine; [`dist`]: the distributed executor of a plan;
 //!   [`sharded`]: its checkpoints.
@@ -37,6 +38,7 @@ pub mod optim;
 pub mod real;
 pub mod reduce;
 pub mod rng;
+pub mod session;
 pub mod sharded;
 pub mod tokenizer;
 pub mod train;
@@ -74,6 +76,24 @@ pub enum TrainError {
     /// The machine's cluster description is invalid.
     #[error(transparent)]
     Hardware(#[from] pangu_hardware::HardwareError),
+    /// A step's loss or gradient norm was not finite (NaN or infinite): training diverged.
+    /// (The loss alone does not show it: the cross-entropy clamps a NaN probability, so a
+    /// model with NaN weights reports a finite loss of about 708 with a NaN gradient norm.)
+    #[error(
+        "the {} became {} at step {step}: lower --lr (now {lr})",
+        if loss.is_finite() { "gradient norm" } else { "loss" },
+        if loss.is_finite() { grad_norm } else { loss }
+    )]
+    Diverged {
+        /// The step (1-based).
+        step: u64,
+        /// Its loss.
+        loss: f64,
+        /// Its gradient norm before clipping.
+        grad_norm: f64,
+        /// The run's peak learning rate.
+        lr: f64,
+    },
     /// A communication failed; the message names this rank, the peer and the operation.
     #[error(transparent)]
     Comm(#[from] comm::CommError),

@@ -1,16 +1,20 @@
-//! Training on real text: the loss falls, a resumed run continues bit-identically, the KV
+//! Training on real text: the loss falls, a resumed run continues bit-identically, a session
+//! (`Run::train_until`) stops where it should and evaluates and checkpoints on time, the KV
 //! cache gives the full model's predictions, and bad inputs get clear errors.
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use pangu_model::ModelConfig;
 use pangu_trainer::checkpoint;
 use pangu_trainer::data;
 use pangu_trainer::generate;
 use pangu_trainer::model::{Acts, Batch, Model};
+use pangu_trainer::session::{Checkpoints, Control, Stopped, Until};
 use pangu_trainer::tokenizer::Tokenizer;
 use pangu_trainer::train::{Run, Settings};
+use pangu_trainer::TrainError;
 
 fn corpus() -> String {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/zh_poetry_hans.txt");
@@ -95,6 +99,166 @@ fn twenty_steps_equal_ten_plus_resume_plus_ten() {
     assert!(
         straight.state == resumed.state,
         "weights and Adam state differ after resume"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_session_evaluates_and_checkpoints_on_time_with_the_bits_of_the_plain_loop() {
+    let text = corpus();
+    let dir = tmpdir("session");
+    let mut plain = new_run(&text, 7);
+    let plain_losses: Vec<f64> = (0..7).map(|_| plain.step().loss).collect();
+    let mut run = new_run(&text, 7);
+    let until = Until {
+        eval_every: 3,
+        eval_samples: 8,
+        checkpoints: Some(Checkpoints {
+            dir: dir.clone(),
+            every: 2,
+        }),
+        ..Until::steps(7)
+    };
+    let (mut losses, mut evals, mut saved) = (Vec::new(), Vec::new(), Vec::new());
+    let out = run
+        .train_until(&until, &mut |p| {
+            losses.push(p.step.loss);
+            if let Some(e) = p.eval {
+                evals.push((p.step.step, e.step, e.samples));
+            }
+            if let Some(c) = p.checkpoint {
+                saved.push((p.step.step, c.to_path_buf()));
+            }
+            Control::Continue
+        })
+        .unwrap();
+    // The same steps in the same order as calling `step` 7 times: the same bits.
+    assert_eq!(losses, plain_losses);
+    assert!(run.state == plain.state, "weights or Adam state differ");
+    assert_eq!(evals, [(3, 3, 8), (6, 6, 8)]);
+    let steps: Vec<u64> = saved.iter().map(|s| s.0).collect();
+    assert_eq!(steps, [2, 4, 6]);
+    assert!(saved.iter().all(|(_, p)| p.join("manifest.json").is_file()));
+    assert_eq!((out.stopped, out.steps), (Stopped::Steps, 7));
+    let last = out.checkpoint.unwrap();
+    assert!(last.ends_with("step-00000007"), "{}", last.display());
+    assert_eq!(checkpoint::resolve(&dir).unwrap(), last);
+    let fin = out.final_eval.unwrap();
+    assert_eq!((fin.step, fin.loss), (7, plain.evaluate(usize::MAX).loss));
+    // At its step count a session does nothing but the final evaluation; the checkpoint of
+    // that step is written again (a resumed run's end).
+    let again = run.train_until(&until, &mut |_| Control::Continue).unwrap();
+    assert_eq!((again.stopped, again.steps), (Stopped::Steps, 0));
+    assert_eq!(again.checkpoint.unwrap(), last);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_session_stops_at_the_deadline_or_when_told() {
+    let text = corpus();
+    let mut run = new_run(&text, 1000);
+    // A deadline already past: not one step.
+    let past = Until {
+        deadline: Some(Duration::ZERO),
+        ..Until::steps(1000)
+    };
+    let out = run.train_until(&past, &mut |_| Control::Continue).unwrap();
+    assert_eq!(
+        (out.stopped, out.steps, run.step),
+        (Stopped::Deadline, 0, 0)
+    );
+    // Steps that take at least 50 ms against a deadline of 300 ms: stopped after a few.
+    let soon = Until {
+        deadline: Some(Duration::from_millis(300)),
+        ..Until::steps(1000)
+    };
+    let out = run
+        .train_until(&soon, &mut |_| {
+            std::thread::sleep(Duration::from_millis(50));
+            Control::Continue
+        })
+        .unwrap();
+    assert_eq!(out.stopped, Stopped::Deadline);
+    assert!((1..=7).contains(&out.steps), "{} steps", out.steps);
+    assert_eq!(run.step, out.steps);
+    assert!(out.final_eval.is_some());
+    // The observer stops it after its second step, or aborts it (no final evaluation).
+    let at = run.step;
+    let out = run
+        .train_until(&Until::steps(1000), &mut |p| {
+            if p.step.step == at + 2 {
+                Control::Stop
+            } else {
+                Control::Continue
+            }
+        })
+        .unwrap();
+    assert_eq!(
+        (out.stopped, out.steps, run.step),
+        (Stopped::Observer, 2, at + 2)
+    );
+    assert_eq!(out.final_eval.unwrap().step, at + 2);
+    let out = run
+        .train_until(&Until::steps(1000), &mut |_| Control::Abort)
+        .unwrap();
+    assert_eq!((out.stopped, out.steps), (Stopped::Aborted, 1));
+    assert!(out.final_eval.is_none() && out.checkpoint.is_none());
+}
+
+#[test]
+fn a_session_stops_on_a_poisoned_run_naming_the_step() {
+    let text = corpus();
+    let dir = tmpdir("nan");
+    let mut run = new_run(&text, 6);
+    let until = Until {
+        checkpoints: Some(Checkpoints {
+            dir: dir.clone(),
+            every: 1,
+        }),
+        ..Until::steps(3)
+    };
+    run.train_until(&until, &mut |_| Control::Continue).unwrap();
+    // A NaN in the weights (as an overflow leaves): step 4's gradient norm is NaN. Its loss
+    // is not: the cross-entropy clamps the NaN probabilities (-ln f64::MIN_POSITIVE).
+    run.state.params.iter_mut().for_each(|p| *p = f32::NAN);
+    let mut seen = 0;
+    let until = Until { steps: 6, ..until };
+    let e = run
+        .train_until(&until, &mut |_| {
+            seen += 1;
+            Control::Continue
+        })
+        .unwrap_err();
+    assert!(
+        matches!(e, TrainError::Diverged { step: 4, grad_norm, .. } if grad_norm.is_nan()),
+        "{e:?}"
+    );
+    let msg = e.to_string();
+    assert!(
+        msg.contains("became NaN at step 4") && msg.contains("--lr"),
+        "{msg}"
+    );
+    // Stopped before the observer, an evaluation or a checkpoint of that step.
+    assert_eq!(seen, 0);
+    assert!(!dir.join("step-00000004").exists());
+    assert!(checkpoint::resolve(&dir)
+        .unwrap()
+        .ends_with("step-00000003"));
+    // An absurd learning rate: the first update overflows the weights, the second step fails.
+    let cfg = small_config();
+    let (train, val) = data::split(&text);
+    let mut s = Settings::for_model(&cfg, 6);
+    s.lr = 1e30;
+    let tok = Tokenizer::from_json(&run.tokenizer.to_json(), Path::new("tokenizer.json")).unwrap();
+    let mut wild = Run::new(&cfg, s, tok, train, val).unwrap();
+    let e = wild
+        .train_until(&Until::steps(6), &mut |_| Control::Continue)
+        .unwrap_err();
+    assert!(matches!(e, TrainError::Diverged { step: 2, .. }), "{e:?}");
+    assert!(
+        e.to_string()
+            .contains("(now 1000000000000000000000000000000)"),
+        "{e}"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -11,7 +11,8 @@ use crate::editor::{self, Editor};
 use crate::job::Job;
 use crate::palette;
 use crate::simulation::{simulate, SimOutput};
-use crate::tabs::{search, training::Trainer, Tabs};
+use crate::tabs::training::{self, Trainer};
+use crate::tabs::{search, Tabs};
 
 /// The tabs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,8 +80,8 @@ pub enum Command {
     SimulateSoon,
     /// Search the strategies of the current model, cluster and global batch.
     Search,
-    /// Train pangu-alpha-tiny for this many steps.
-    StartTraining(u64),
+    /// Train pangu-alpha-tiny (steps, deadline, evaluations).
+    StartTraining(training::Request),
     /// Stop the training run.
     StopTraining,
 }
@@ -220,8 +221,8 @@ impl App {
                     self.search_job = Some(search::spawn(p));
                 }
             }
-            Command::StartTraining(steps) => {
-                self.training = Some(Trainer::start(steps));
+            Command::StartTraining(req) => {
+                self.training = Some(Trainer::start(req));
                 self.tabs.training.restart();
             }
             Command::StopTraining => {
@@ -263,7 +264,7 @@ impl App {
             self.search_job = None;
             self.tabs.search.result = Some(r);
         }
-        if let Some(t) = &self.training {
+        if let Some(t) = &mut self.training {
             for m in t.received() {
                 self.tabs.training.record(m);
             }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use egui_kittest::kittest::Queryable;
 use egui_kittest::Harness;
+use pangu_ui::tabs::training::Request;
 use pangu_ui::{App, Tab};
 
 fn harness(app: App) -> Harness<'static, App> {
@@ -125,15 +126,29 @@ fn strategy_editor_snapshot() {
     h.snapshot("strategy_editor");
 }
 
-#[test]
-fn the_training_monitor_plots_a_falling_loss_live() {
+/// The app on the Training tab, its run (as `edit` sets it up) started by the button.
+fn start_training(edit: impl FnOnce(&mut Request)) -> Harness<'static, App> {
     let mut app = small();
     app.tab = Tab::Training;
+    edit(&mut app.tabs.training.request);
     let mut h = harness(app);
     h.run_ok();
+    assert!(h.query_by_label_contains("deadline").is_some());
     h.get_by_label("Train pangu-alpha-tiny").click();
     h.step();
-    wait(&mut h, 300, |a| a.tabs.training.losses.len() >= 4);
+    h
+}
+
+fn training_done(a: &App) -> bool {
+    a.training.as_ref().is_some_and(|t| !t.running())
+}
+
+#[test]
+fn the_training_monitor_plots_a_falling_loss_live() {
+    let mut h = start_training(|r| r.eval_every = 2);
+    wait(&mut h, 300, |a| {
+        a.tabs.training.losses.len() >= 4 && !a.tabs.training.evals.is_empty()
+    });
     let losses: Vec<f64> = h.state().tabs.training.losses.iter().map(|l| l.1).collect();
     assert!(losses.iter().all(|l| l.is_finite()));
     assert!(
@@ -141,6 +156,30 @@ fn the_training_monitor_plots_a_falling_loss_live() {
         "{losses:?}"
     );
     assert!(h.query_by_label_contains("step ").is_some());
+    // Evaluated on held-out text every 2 steps.
+    let evals = h.state().tabs.training.evals.clone();
+    assert!(
+        evals.iter().all(|e| e.0 % 2 == 0 && e.1.is_finite()),
+        "{evals:?}"
+    );
     h.get_by_label("Stop").click();
-    h.run_ok();
+    h.step();
+    // The session stops after its step and evaluates once more on all held-out samples.
+    wait(&mut h, 120, training_done);
+    let status = h.state().tabs.training.status.clone().unwrap();
+    assert!(status.starts_with("stopped at step"), "{status}");
+    assert!(h.query_by_label_contains("held-out loss").is_some());
+    assert!(h.query_by_label("Train pangu-alpha-tiny").is_some());
+}
+
+#[test]
+fn the_training_monitor_stops_at_its_deadline() {
+    // 60 ms of training: the first step outlasts it.
+    let mut h = start_training(|r| r.minutes = 0.001);
+    wait(&mut h, 300, training_done);
+    let tab = &h.state().tabs.training;
+    let status = tab.status.clone().unwrap();
+    assert!(status.starts_with("stopped at the deadline"), "{status}");
+    assert!(!tab.losses.is_empty() && tab.losses.len() < 2000);
+    assert_eq!(tab.evals.len(), 1, "the final evaluation only");
 }
