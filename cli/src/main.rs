@@ -6,12 +6,14 @@
 mod args;
 mod check_cmd;
 mod flag_enums;
+mod generate_cmd;
 mod goodput_cmd;
 mod output;
 mod plan_cmd;
 mod search_cmd;
 mod simulate_cmd;
 mod sweep_cmd;
+mod tokenizer_cmd;
 mod train_cmd;
 mod twin_cmd;
 mod validate_cmd;
@@ -54,9 +56,9 @@ enum Command {
     /// `--bench` times the step on random tokens.
     Train(Box<train_cmd::TrainArgs>),
     /// Continue a prompt with a trained checkpoint (KV cache; temperature, top-k, top-p).
-    Generate(train_cmd::GenerateArgs),
+    Generate(generate_cmd::GenerateArgs),
     /// Train or inspect the jieba + Unigram tokenizer.
-    Tokenizer(train_cmd::TokenizerArgs),
+    Tokenizer(tokenizer_cmd::TokenizerArgs),
     /// A whole training run under failures: goodput, expected days, the best checkpoint
     /// interval against Young/Daly, checked by Monte Carlo.
     Goodput(goodput_cmd::GoodputArgs),
@@ -171,8 +173,8 @@ fn main() {
         Command::Check(a) => check_cmd::run(a),
         Command::Sweep(a) => sweep_cmd::run(a),
         Command::Train(a) => train_cmd::run(a),
-        Command::Generate(a) => train_cmd::generate(a),
-        Command::Tokenizer(a) => train_cmd::tokenizer(a),
+        Command::Generate(a) => generate_cmd::generate(a),
+        Command::Tokenizer(a) => tokenizer_cmd::tokenizer(a),
         Command::Models(a) => models(a),
         Command::Clusters(a) => clusters(a),
     };

@@ -105,7 +105,7 @@ pub struct Outcome {
 
 /// Whether `every` (0: never) falls on step `step`.
 fn due(every: u64, step: u64) -> bool {
-    every > 0 && step % every == 0
+    every > 0 && step.is_multiple_of(every)
 }
 
 impl Run {
