@@ -9,7 +9,10 @@ cd "$(dirname "$0")/.."
 # libopenmpi-dev openmpi-bin libclang-dev: the MPI backend of the executor (mpi crate, mpirun).
 # libwayland-dev: eframe's build (even with Wayland off); mesa-vulkan-drivers: the UI
 # snapshot test renders through wgpu on Mesa's CPU Vulkan driver (lavapipe).
-PACKAGES=(libopenmpi-dev openmpi-bin libclang-dev libwayland-dev libxkbcommon-dev mesa-vulkan-drivers)
+# python3-protobuf: the independent decoder of the Chakra traces (scripts/check-chakra.py, run
+# by sim/tests/chakra.rs with Debian's /usr/bin/python3 when the python3 on the path lacks it).
+PACKAGES=(libopenmpi-dev openmpi-bin libclang-dev libwayland-dev libxkbcommon-dev mesa-vulkan-drivers
+    python3-protobuf)
 missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

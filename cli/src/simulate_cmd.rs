@@ -24,6 +24,11 @@ pub(crate) struct SimulateArgs {
     /// Write a Chrome-trace / Perfetto timeline to this file.
     #[arg(long, value_name = "FILE")]
     pub trace: Option<String>,
+    /// Write the step as Chakra execution traces into this folder: `pangu.<rank>.et` for every
+    /// rank (ASTRA-sim: `--workload-configuration DIR/pangu`) and the process groups in
+    /// `comm_groups.json` (`--comm-group-configuration`).
+    #[arg(long, value_name = "DIR")]
+    pub chakra: Option<String>,
     /// Put every rank in the trace (default: the ranks of data-parallel replica 0).
     #[arg(long)]
     pub trace_all: bool,
@@ -251,6 +256,9 @@ pub(crate) fn run(args: &SimulateArgs) -> Result<()> {
     let r = &setup.resolved;
     let plan = Plan::new(&setup.model, &r.cluster, &r.strategy)?;
     if let Some(path) = &args.share {
+        if args.chakra.is_some() {
+            anyhow::bail!("--chakra writes the traces of one job: leave out --share");
+        }
         return run_shared(args, &setup.model, &plan, path);
     }
     let faults = faults_of(args)?;
@@ -285,6 +293,9 @@ pub(crate) fn run(args: &SimulateArgs) -> Result<()> {
             ranks.len()
         );
     }
+    if let Some(dir) = &args.chakra {
+        write_chakra(&faulty_plan, &workload, dir)?;
+    }
     if args.json {
         let mut v = report_json(&plan, &run, wall, &r.notes);
         if let Some(h) = healthy {
@@ -313,6 +324,31 @@ pub(crate) fn run(args: &SimulateArgs) -> Result<()> {
         }
         emit(&out)
     }
+}
+
+/// `pangu simulate --chakra DIR`: the step's task graph of every rank as Chakra traces. A folded
+/// run's graph has its representatives only; the graph of every rank is built (not simulated).
+fn write_chakra(plan: &Plan, w: &pangu_sim::Workload, dir: &str) -> Result<()> {
+    let t0 = Instant::now();
+    let rebuilt;
+    let all = if w.devices.len() == plan.strategy.devices as usize {
+        w
+    } else {
+        rebuilt = pangu_sim::full_workload(plan)?;
+        &rebuilt
+    };
+    let export = pangu_sim::chakra::Export::new(plan, all)?;
+    let written = export
+        .write_dir(std::path::Path::new(dir))
+        .with_context(|| format!("cannot write Chakra traces into {dir}"))?;
+    eprintln!(
+        "Chakra traces of {} ranks ({} nodes, {:.1} MB) written to {dir}/pangu.<rank>.et in {:.1} s; process groups in {dir}/comm_groups.json",
+        written.files,
+        written.nodes,
+        written.bytes as f64 / 1e6,
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 /// `pangu simulate --share FILE`: two jobs on one network.

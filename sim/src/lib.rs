@@ -9,6 +9,7 @@
 //! - [`network`]: transfers are flows over the topology's routes, sharing links max-min fairly.
 //! - [`engine`]: the event queue; [`run`] executes the graph and fills a `StepReport`.
 //! - [`timeline`]: the rows and spans of a run, for the Chrome trace and the app's Gantt chart.
+//! - [`chakra`]: the step's task graph as Chakra execution traces, one file per rank.
 //!
 //! ```
 //! use pangu_model::ModelConfig;
@@ -22,6 +23,7 @@
 //! ```
 
 pub mod analytic;
+pub mod chakra;
 pub mod check;
 pub mod collective;
 mod cores;
@@ -131,6 +133,16 @@ pub fn simulate_with(
     let w = workload::build(plan, &cost, &all);
     let run = run::simulate(plan, &w, cal, None, opts.memo, Default::default())?;
     Ok((run, w))
+}
+
+/// The task graph of one step of `plan` for every rank, built as a simulation without folding
+/// builds it (nothing is simulated): what a folded run's representatives stand for, rank by
+/// rank. Chakra traces ([`chakra::Export`]) need every rank.
+pub fn full_workload(plan: &Plan) -> Result<Workload, SimError> {
+    let cal = Calibration::for_chip(&plan.cluster.spec.chip)?;
+    let cost = CostModel::new(&plan.cluster.spec.chip, plan.strategy.precision, cal)?;
+    let all: Vec<u32> = (0..plan.strategy.devices).collect();
+    Ok(workload::build(plan, &cost, &all))
 }
 
 /// Simulates one step of `plan` with `faults` (stragglers, degraded or failed links) on

@@ -185,6 +185,9 @@ pub struct Workload {
     pub colls: Vec<CollInst>,
     /// FLOPs each device executes (recompute included).
     pub flops: Vec<f64>,
+    /// FLOPs of each task: a compute segment's ops (0 for the optimizer, step ends and
+    /// communication, whose cost is memory traffic or bytes).
+    pub task_flops: Vec<f64>,
     /// The ranks that have tasks (all, or one per orbit when folded).
     pub devices: Vec<u32>,
 }
@@ -213,6 +216,7 @@ impl Workload {
             self.tasks.push(t);
         }
         self.succ.extend(&other.succ, tbase);
+        self.task_flops.extend(other.task_flops);
         self.streams.truncate(off);
         self.streams.extend(
             other
@@ -324,6 +328,7 @@ impl Builder<'_> {
             label,
         });
         self.succ.push(Vec::new());
+        self.w.task_flops.push(0.0);
         for &d in deps {
             self.edge(d, id);
         }
@@ -379,8 +384,8 @@ impl Builder<'_> {
         t
     }
 
-    /// A compute task of `secs` seconds after the pending dependencies.
-    fn compute(&mut self, d: &mut Dev, secs: f64, cat: Category, label: Label) -> u32 {
+    /// A compute task of `secs` seconds (`flops` of work) after the pending dependencies.
+    fn compute(&mut self, d: &mut Dev, secs: f64, flops: f64, cat: Category, label: Label) -> u32 {
         let deps = std::mem::take(&mut d.pending);
         let ns = (secs * 1e9).round() as Time;
         let t = self.task(
@@ -391,6 +396,7 @@ impl Builder<'_> {
             &deps,
         );
         d.last_compute = Some(t);
+        self.w.task_flops[t as usize] = flops;
         t
     }
 
@@ -398,6 +404,7 @@ impl Builder<'_> {
     /// tensor-parallel collectives of that direction.
     fn run_ops(&mut self, d: &mut Dev, ops: &[Op], backward: bool, cat: Category, label: Label) {
         let mut seg = 0.0;
+        let mut seg_flops = 0.0;
         let mut flops = 0.0;
         let order: Box<dyn Iterator<Item = &Op>> = if backward {
             Box::new(ops.iter().rev())
@@ -409,9 +416,10 @@ impl Builder<'_> {
                 let k = if backward { c.bwd } else { c.fwd };
                 if let Some(kind) = k {
                     if seg > 0.0 {
-                        self.compute(d, seg, cat, label);
+                        self.compute(d, seg, seg_flops, cat, label);
                         seg = 0.0;
                     }
+                    seg_flops = 0.0;
                     let deps: Vec<u32> = d.pending.drain(..).chain(d.last_compute).collect();
                     let ranks = self.group(Axis::Tp, d.rank);
                     let coll = Coll {
@@ -429,14 +437,16 @@ impl Builder<'_> {
             }
             if backward {
                 seg += self.cost.backward(op);
+                seg_flops += op.bwd_flops.0;
                 flops += op.bwd_flops.0;
             } else {
                 seg += self.cost.forward(op);
+                seg_flops += op.fwd_flops.0;
                 flops += op.fwd_flops.0;
             }
         }
         if seg > 0.0 {
-            self.compute(d, seg, cat, label);
+            self.compute(d, seg, seg_flops, cat, label);
         }
         self.w.flops[d.rank as usize] += flops;
     }

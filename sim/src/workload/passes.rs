@@ -150,7 +150,7 @@ impl Builder<'_> {
                     let secs: f64 = sel.iter().map(|o| self.cost.forward(o)).sum();
                     let flops: f64 = sel.iter().map(|o| o.fwd_flops.0).sum();
                     if secs > 0.0 {
-                        self.compute(d, secs, Category::Recompute, re);
+                        self.compute(d, secs, flops, Category::Recompute, re);
                         self.w.flops[d.rank as usize] += flops;
                     }
                 }

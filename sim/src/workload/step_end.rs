@@ -126,7 +126,7 @@ impl Builder<'_> {
                 .last()
                 .copied(),
         );
-        let opt = self.compute(d, secs, Category::Compute, Label::Optimizer);
+        let opt = self.compute(d, secs, 0.0, Category::Compute, Label::Optimizer);
         // ZeRO-1/2 gather the updated weights after the update, bucket by bucket (the
         // distributed optimizer's buckets are the gradient buckets); MindSpore's optimizer
         // parallel and ZeRO-3 gather them ahead of use instead (see `prefetch_gathers`).
@@ -145,7 +145,7 @@ impl Builder<'_> {
                 last = Some(self.coll(d, Stream::Dp, coll, &[opt]));
             }
             d.pending.extend(last);
-            self.compute(d, 0.0, Category::Compute, Label::StepEnd);
+            self.compute(d, 0.0, 0.0, Category::Compute, Label::StepEnd);
         }
     }
 }
