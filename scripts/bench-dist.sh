@@ -6,6 +6,8 @@
 # of every run and, per configuration, the median over rounds and its efficiency against one
 # device on one thread with two cores' worth of work: speed-up / 2.
 #   bash scripts/bench-dist.sh [rounds] [steps]
+# With BASE=/path/to/another/pangu, every run is repeated right after with that binary (an
+# earlier build: A/B side by side) and the table adds its median and the ratio new / base.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-3}
@@ -34,25 +36,42 @@ declare -A RUNS=(
   [1dev-1thread]="--threads 1"
   [1dev-2threads]="--threads 2"
   [dp2]="--dp 2"
+  [dp2-zero1]="--dp 2 --opt-shard zero1"
   [tp2]="--tp 2 --micro-batches 1"
   [pp2]="--pp 2 --micro-batches 4 --schedule 1f1b"
 )
-ORDER=(1dev-1thread 1dev-2threads dp2 tp2 pp2)
+ORDER=(1dev-1thread 1dev-2threads dp2 dp2-zero1 tp2 pp2)
 declare -A ALL
+declare -A OLD
 for r in $(seq 1 "$ROUNDS"); do
   for name in "${ORDER[@]}"; do
     s=$($P train $COMMON ${RUNS[$name]} 2>/dev/null | median_step)
     ALL[$name]="${ALL[$name]:-} $s"
     echo "round $r $name: $s s/step" >&2
+    if [ -n "${BASE:-}" ]; then
+      o=$("$BASE" train $COMMON ${RUNS[$name]} 2>/dev/null | median_step)
+      OLD[$name]="${OLD[$name]:-} $o"
+      echo "round $r $name (base): $o s/step" >&2
+    fi
   done
 done
 base=$(python3 -c "import statistics; print(statistics.median([float(x) for x in '${ALL[1dev-1thread]}'.split()]))")
-echo "| run | median s/step | speed-up vs 1 device, 1 thread | efficiency (speed-up / 2) |"
-echo "|---|---:|---:|---:|"
+if [ -n "${BASE:-}" ]; then
+  echo "| run | median s/step | base s/step | new / base | speed-up vs 1 device, 1 thread | efficiency (speed-up / 2) |"
+  echo "|---|---:|---:|---:|---:|---:|"
+else
+  echo "| run | median s/step | speed-up vs 1 device, 1 thread | efficiency (speed-up / 2) |"
+  echo "|---|---:|---:|---:|"
+fi
 for name in "${ORDER[@]}"; do
   python3 -c "
 import statistics
 v = statistics.median([float(x) for x in '${ALL[$name]}'.split()])
 b = $base
-print('| $name | %.3f | %.2f× | %.0f %% |' % (v, b / v, 100 * b / v / 2))"
+old = '${OLD[$name]:-}'.split()
+if old:
+    o = statistics.median([float(x) for x in old])
+    print('| $name | %.3f | %.3f | %.3f | %.2f× | %.0f %% |' % (v, o, v / o, b / v, 100 * b / v / 2))
+else:
+    print('| $name | %.3f | %.2f× | %.0f %% |' % (v, b / v, 100 * b / v / 2))"
 done

@@ -45,10 +45,10 @@ fn pangu_200b_stage0_matches_the_hand_derivation() {
     let per_mb = 4 * 2 * sbd + sbd;
     let working = sbd * (10 + 24 / t) + 5 * a * s * s / t;
     assert_eq!(m.activations, Bytes(16 * per_mb + working));
-    // Buffers: 2 send + 2 receive pipeline buffers of 2·s·b·d; no gradient fusion buffers
-    // (sharded gradients are reduce-scattered in place).
-    assert_eq!(m.buffers, Bytes(4 * 2 * sbd));
-    // Without sharding two 25 MiB buckets are in flight.
+    // Buffers: 2 send + 2 receive pipeline buffers of 2·s·b·d and two 25 MiB gradient fusion
+    // buffers (the reduce-scatter's buckets in flight).
+    assert_eq!(m.buffers, Bytes(4 * 2 * sbd + 2 * 25 * 1024 * 1024));
+    // Without sharding the same two buckets are in flight.
     let (mm, cc, ss) = setup(
         "pangu-alpha-200b",
         StrategySpec {

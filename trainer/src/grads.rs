@@ -186,10 +186,11 @@ impl<'a, 'g, T> Grads<'a, 'g, T> {
         matches!(self.inner, Inner::Shared { who: 1, .. })
     }
 
-    /// The whole buffer's `r`, for a reader (data-parallel reduction); `None` for a half.
-    pub fn whole_slice(&self, r: Range<usize>) -> Option<&[T]> {
-        match &self.inner {
-            Inner::Whole(g) => Some(&g[r]),
+    /// The whole buffer, writable (a data-parallel reduction writes finished buckets' sums
+    /// back into it while backward goes on); `None` for a half.
+    pub fn whole_mut(&mut self) -> Option<&mut [T]> {
+        match &mut self.inner {
+            Inner::Whole(g) => Some(g),
             Inner::Shared { .. } => None,
         }
     }

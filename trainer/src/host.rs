@@ -151,7 +151,8 @@ pub fn part_ranges(layout: &Layout, part: ChunkPart) -> Vec<Range<usize>> {
 pub struct BucketRanges {
     /// The plan's bucket.
     pub bucket: GradBucket,
-    /// Its parts' ranges, in the bucket's part order.
+    /// Its parts' ranges in buffer order, touching ones joined (a bucket of whole layers is
+    /// one range: reduced and gathered in place).
     pub ranges: Vec<Range<usize>>,
     /// Elements.
     pub len: usize,
@@ -179,11 +180,19 @@ pub fn chunk_buckets(plan: &Plan, stage: u32, ci: usize, layout: &Layout) -> Vec
         .into_iter()
         .filter(|b| b.chunk == ci)
         .map(|bucket| {
-            let ranges: Vec<Range<usize>> = bucket
+            let mut parts: Vec<Range<usize>> = bucket
                 .parts
                 .iter()
                 .flat_map(|&p| part_ranges(layout, p))
                 .collect();
+            parts.sort_by_key(|r| r.start);
+            let mut ranges: Vec<Range<usize>> = Vec::with_capacity(parts.len());
+            for r in parts {
+                match ranges.last_mut() {
+                    Some(last) if last.end == r.start => last.end = r.end,
+                    _ => ranges.push(r),
+                }
+            }
             let len = ranges.iter().map(Range::len).sum();
             BucketRanges {
                 bucket,

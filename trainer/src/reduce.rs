@@ -21,8 +21,9 @@ pub trait Reduce<T> {
     fn reduce_scatter(&mut self, full: &mut [T], local: &mut [T]);
     /// Backward has finished one of the plan's chunk parts; `grads` is the chunk's whole
     /// gradient buffer (the executor starts a data-parallel bucket here when the part
-    /// completes one).
-    fn part_done(&mut self, _part: ChunkPart, _grads: &[T]) {}
+    /// completes one, and writes back the sums of buckets that have finished: only finished
+    /// parts' ranges are ever written).
+    fn part_done(&mut self, _part: ChunkPart, _grads: &mut [T]) {}
 }
 
 /// One device: nothing to reduce.

@@ -311,7 +311,9 @@ impl Plan {
             buffers += Bytes(4 * self.p2p_bytes().0);
         }
         let (_, gb, _) = memory::bytes_per_param(s.precision, s.micro_batches > 1);
-        if s.dp > 1 && s.opt_shard == OptShard::None {
+        // Gradient fusion buffers: two buckets in flight, for a reduce-scatter as for an
+        // all-reduce (DDP's and DeepSpeed's bucket buffers; the executor's too).
+        if s.dp > 1 {
             buffers += Bytes((2 * s.grad_bucket.0).min(params * gb));
         }
         if s.opt_shard == OptShard::Zero3 {

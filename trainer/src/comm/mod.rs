@@ -223,7 +223,36 @@ fn run_program<C: Communicator + ?Sized>(
     let op = op_name(p.kind);
     let mut outgoing = Vec::new();
     let mut incoming = Vec::new();
-    let mut tmp: Vec<f32> = Vec::new();
+    // The exchange's copy of what this rank sends, kept per thread across calls (a fresh
+    // multi-megabyte allocation per collective costs page faults).
+    let mut tmp: Vec<f32> = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    let r = run_steps(
+        c,
+        p,
+        buf,
+        &mut outgoing,
+        &mut incoming,
+        &mut tmp,
+        (me, len, op),
+    );
+    SCRATCH.with(|s| *s.borrow_mut() = tmp);
+    r
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The steps of [`run_program`] for this rank.
+fn run_steps<'p, C: Communicator + ?Sized>(
+    c: &mut C,
+    p: &'p Program,
+    buf: &mut [f32],
+    outgoing: &mut Vec<&'p pangu_strategies::collective::Transfer>,
+    incoming: &mut Vec<&'p pangu_strategies::collective::Transfer>,
+    tmp: &mut Vec<f32>,
+    (me, len, op): (u32, usize, &'static str),
+) -> Result<(), CommError> {
     for step in &p.steps {
         outgoing.clear();
         incoming.clear();
@@ -234,13 +263,13 @@ fn run_program<C: Communicator + ?Sized>(
             tmp.extend_from_slice(&buf[p.elements(len, &o.pieces)]);
             let into = &mut buf[p.elements(len, &i.pieces)];
             let add = i.combine == Combine::Add;
-            c.exchange(o.dst as usize, &tmp, i.src as usize, into, add, op)?;
+            c.exchange(o.dst as usize, tmp, i.src as usize, into, add, op)?;
             continue;
         }
-        for t in &outgoing {
+        for t in outgoing.iter() {
             c.send(t.dst as usize, &buf[p.elements(len, &t.pieces)], op)?;
         }
-        for t in &incoming {
+        for t in incoming.iter() {
             let into = &mut buf[p.elements(len, &t.pieces)];
             match t.combine {
                 Combine::Add => c.recv_add(t.src as usize, into, op)?,

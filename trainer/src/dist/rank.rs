@@ -523,20 +523,30 @@ impl<'a> Rank<'a> {
         self.rep.optimizer_s += t.elapsed().as_secs_f64();
     }
 
-    /// With a sharded optimizer, every bucket's updated weights gathered over dp.
-    fn gather_weights(&mut self, world: &mut dyn Communicator) -> Result<(), TrainError> {
+    /// With a sharded optimizer, every bucket's updated weights gathered over dp (through one
+    /// of the reduction's fusion buffers).
+    fn gather_weights(
+        &mut self,
+        world: &mut dyn Communicator,
+        reducer: &mut BucketReducer,
+    ) -> Result<(), TrainError> {
         if !host::is_sharded(self.plan) {
             return Ok(());
         }
         let t = Instant::now();
         let g = &self.groups.opt;
+        let mut buf = reducer.lend();
         for c in &mut self.chunks {
             for b in &c.buckets {
-                let mut buf: Vec<f32> = b
-                    .ranges
-                    .iter()
-                    .flat_map(|r| c.p[r.clone()].to_vec())
-                    .collect();
+                if let [r] = &b.ranges[..] {
+                    // One contiguous range: gathered in place.
+                    Group::new(world, &g.ranks)?.all_gather(&mut c.p[r.clone()], &g.programs)?;
+                    continue;
+                }
+                buf.clear();
+                for r in &b.ranges {
+                    buf.extend_from_slice(&c.p[r.clone()]);
+                }
                 Group::new(world, &g.ranks)?.all_gather(&mut buf, &g.programs)?;
                 let mut at = 0;
                 for r in &b.ranges {
@@ -545,6 +555,7 @@ impl<'a> Rank<'a> {
                 }
             }
         }
+        reducer.give_back(buf);
         self.rep.opt_comm_s += t.elapsed().as_secs_f64();
         Ok(())
     }
@@ -645,7 +656,7 @@ pub(super) fn rank_loop(
         r.reduce_gradients(world, &mut reducer)?;
         let (scale, loss) = r.norm_and_loss(world, loss)?;
         r.update(step, scale);
-        r.gather_weights(world)?;
+        r.gather_weights(world, &mut reducer)?;
         losses.push(loss);
         r.rep.step_s.push(step_start.elapsed().as_secs_f64());
         if let Some(a) = cpu_start {
@@ -664,8 +675,8 @@ pub(super) fn rank_loop(
     rep.wall_s = loop_start.elapsed().as_secs_f64();
     rep.overlapped_buckets = reducer.overlapped();
     rep.bucket_log = reducer.log.clone();
-    // The bucket copies the reduction held at its peak (the fusion buffers).
-    rep.allocated_bytes += 4 * reducer.peak() as u64;
+    // The fusion buffers the reduction held.
+    rep.allocated_bytes += reducer.buffer_bytes();
     Ok(RankOutput {
         losses,
         parts: r

@@ -95,7 +95,7 @@ impl Reduce<f32> for TpReduce<'_> {
         });
     }
 
-    fn part_done(&mut self, part: ChunkPart, grads: &[f32]) {
+    fn part_done(&mut self, part: ChunkPart, grads: &mut [f32]) {
         if self.error.is_some() {
             return;
         }

@@ -322,8 +322,8 @@ impl Model {
         let nl = lay.layers.len();
         // The word table tied across two chunks is a part of its own (the plan's buckets).
         let shared = lay.part.embedding != lay.part.head;
-        let done = |red: &mut dyn Reduce<T>, g: &Grads<'_, '_, T>, part: ChunkPart| {
-            if let Some(gs) = g.whole_slice(0..lay.total) {
+        let done = |red: &mut dyn Reduce<T>, g: &mut Grads<'_, '_, T>, part: ChunkPart| {
+            if let Some(gs) = g.whole_mut() {
                 red.part_done(part, gs);
             }
         };
