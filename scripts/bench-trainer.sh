@@ -16,7 +16,8 @@ TORCH=scripts/torch_pangu_cpu.py
 tiny="--layers 4 --hidden 256 --heads 4 --seq 128 --vocab 8000 --batch 8"
 small="--layers 6 --hidden 512 --heads 8 --seq 256 --vocab 16000 --batch 8"
 
-ours() { $P train --bench "$@" --json | python3 -c 'import json,sys; v=json.load(sys.stdin); print("%.1f %.0f %.1f %d/%d" % (v["ms_per_step"], v["tokens_per_s"], v["gflops"], v["clean_steps"], len(v["step_ms"])))'; }
+# The shapes use the PyTorch script's --batch; pangu calls it --global-batch.
+ours() { $P train --bench $(echo "$@" | sed "s/--batch /--global-batch /") --json | python3 -c 'import json,sys; v=json.load(sys.stdin); print("%.1f %.0f %.1f %d/%d" % (v["ms_per_step"], v["tokens_per_s"], v["gflops"], v["clean_steps"], len(v["step_ms"])))'; }
 torch() { python3 $TORCH "$@" --json | grep '^JSON' | sed 's/^JSON //' | python3 -c 'import json,sys; v=json.load(sys.stdin); ms=v["ms_per_step_clean_median"] or v["ms_per_step_median"]; print("%.1f %.0f %.1f %d/%d" % (ms, v["tokens_per_s"], v["gflops"], v["clean_steps"], len(v["steps_ms"])))'; }
 
 echo "| shape | threads | run | PyTorch ms/step | pangu ms/step | PyTorch tok/s | pangu tok/s | pangu GFLOP/s | pangu / PyTorch | clean steps (torch, pangu) |"

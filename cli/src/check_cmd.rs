@@ -1,6 +1,6 @@
 //! `pangu check`: strategy regression checks from files.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
 use pangu_sim::check::{with_baseline, CheckFile};
 use serde_json::json;
@@ -70,7 +70,10 @@ pub(crate) fn run(args: &CheckArgs) -> Result<()> {
         emit(&out)?;
     }
     if failed > 0 {
-        bail!("{failed} of {} checks failed", args.files.len());
+        return Err(crate::exit::gate_failed(format!(
+            "{failed} of {} checks failed",
+            args.files.len()
+        )));
     }
     Ok(())
 }

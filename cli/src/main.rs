@@ -1,10 +1,12 @@
 //! `pangu`: a what-if tool for PanGu-α training strategies.
 //!
 //! Commands take a model, a cluster and a strategy (TOML files, presets and inline flags) and
-//! print tables, or JSON with `--json`. Errors go to stderr with a non-zero exit code.
+//! print tables, or JSON with `--json`. Errors go to stderr with a non-zero exit code
+//! (`exit` lists which).
 
 mod args;
 mod check_cmd;
+mod exit;
 mod flag_enums;
 mod generate_cmd;
 mod goodput_cmd;
@@ -12,6 +14,7 @@ mod output;
 mod plan_cmd;
 mod search_cmd;
 mod simulate_cmd;
+mod spelling;
 mod sweep_cmd;
 mod tokenizer_cmd;
 mod train_cmd;
@@ -162,7 +165,11 @@ fn clusters(a: &ListArgs) -> Result<()> {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let (argv, warnings) = spelling::modernise(std::env::args().collect());
+    for w in warnings {
+        eprintln!("{w}");
+    }
+    let cli = Cli::parse_from(argv);
     let result = match &cli.command {
         Command::Plan(a) => plan_cmd::run(a),
         Command::Simulate(a) => simulate_cmd::run(a),
@@ -180,6 +187,6 @@ fn main() {
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
-        std::process::exit(1);
+        std::process::exit(exit::code_of(&e));
     }
 }

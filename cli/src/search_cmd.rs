@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use anyhow::{anyhow, Result};
+use anyhow::Result;
 use clap::Args;
 use pangu_hardware::Cluster;
 use pangu_model::ModelConfig;
@@ -146,12 +146,10 @@ fn nothing_fits(inputs: &Inputs, res: &SearchResult) -> anyhow::Error {
                 chip.usable_memory().gib()
             )
         });
-    anyhow!(
+    crate::exit::does_not_fit(format!(
         "no strategy of {} fits on {} × {}: {mem}; allow more devices or a smaller global batch",
-        res.candidates_total,
-        inputs.devices,
-        chip.name
-    )
+        res.candidates_total, inputs.devices, chip.name
+    ))
 }
 
 /// Runs `pangu search`.

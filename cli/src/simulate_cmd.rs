@@ -36,12 +36,13 @@ pub(crate) struct SimulateArgs {
     /// collectives that run alone on their links once; both exact, see docs/ARCHITECTURE.md).
     #[arg(long)]
     pub full: bool,
-    /// Faults of the step: a TOML file of stragglers and degraded or failed links (format in
-    /// docs/ARCHITECTURE.md and `pangu_sim::faults`).
+    /// Faults of the step: a TOML file of stragglers and degraded or failed links (format:
+    /// README.md "Formats", example: examples/faults.toml).
     #[arg(long, value_name = "FILE")]
     pub faults: Option<String>,
-    /// A slow device, e.g. `--straggler 17=0.8` (rank 17 at 80 % of nominal speed); repeatable.
-    #[arg(long, value_name = "RANK=SPEED")]
+    /// A slow device, e.g. `--straggler 17=0.8` (device 17 at 80 % of nominal speed; the
+    /// faults file's `device` and `speed`); repeatable.
+    #[arg(long, value_name = "DEVICE=SPEED")]
     pub straggler: Vec<String>,
     /// A second job on the same cluster, given by its strategy file (same model; its devices
     /// default to the chips this job leaves free): prints each job's step alone and beside
@@ -70,7 +71,7 @@ pub(crate) fn faults_of(args: &SimulateArgs) -> Result<pangu_sim::faults::Faults
         match parsed {
             Some(st) => f.stragglers.push(st),
             None => anyhow::bail!(
-                "--straggler {s:?}: write RANK=SPEED, e.g. --straggler 17=0.8 (rank 17 at 80 % speed)"
+                "--straggler {s:?}: write DEVICE=SPEED, e.g. --straggler 17=0.8 (device 17 at 80 % speed)"
             ),
         }
     }

@@ -4,7 +4,7 @@
 //! every combination is applied to the TOML of the inputs (so any key a file can hold can be
 //! varied, nested keys with dots), re-read with the same validation as a file, planned and
 //! simulated. One CSV row per point; a point that is invalid or does not fit keeps its row
-//! with the reason.
+//! with the reason. `--json` gives the same points as JSON.
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
@@ -13,7 +13,9 @@ use pangu_model::ModelConfig;
 use pangu_strategies::{resolve_inputs, Plan, StrategySpec};
 
 use crate::args::SetupArgs;
-use crate::output::{emit, outln};
+use serde_json::json;
+
+use crate::output::{emit, outln, tool_field};
 
 /// Options of `pangu sweep`.
 #[derive(Debug, Args)]
@@ -30,6 +32,10 @@ pub(crate) struct SweepArgs {
     /// others (PNG or SVG by the file's extension).
     #[arg(long, value_name = "FILE.png|FILE.svg")]
     pub plot: Option<String>,
+    /// Print (or write to --out) JSON instead of CSV: the varied keys and one object per
+    /// point, with the `tool` field.
+    #[arg(long)]
+    pub json: bool,
 }
 
 struct Axis {
@@ -128,6 +134,7 @@ pub(crate) fn run(args: &SweepArgs) -> Result<()> {
         header.join(",")
     );
     let mut points: Vec<(Vec<String>, Option<f64>)> = Vec::with_capacity(total);
+    let mut json_points = Vec::with_capacity(total);
     for i in 0..total {
         let mut idx = i;
         let mut m = base_model.clone();
@@ -146,6 +153,7 @@ pub(crate) fn run(args: &SweepArgs) -> Result<()> {
             point.push(v.replace(',', ";"));
         }
         let row = evaluate(&m, &c, &s);
+        json_points.push(point_json(&header, &point, &row));
         points.push((
             point.clone(),
             row.as_ref().ok().filter(|r| r.4).map(|r| r.1),
@@ -163,15 +171,48 @@ pub(crate) fn run(args: &SweepArgs) -> Result<()> {
         plot(path, &axes, &points, &header)?;
         eprintln!("plot written to {path}");
     }
+    let text = if args.json {
+        serde_json::to_string_pretty(&json!({
+            "tool": tool_field(&(&base_model, &base_cluster, &base_strategy, &args.vary)),
+            "vary": header,
+            "points": json_points,
+        }))? + "\n"
+    } else {
+        csv
+    };
     match &args.out {
         Some(path) => {
             let tmp = format!("{path}.tmp");
-            std::fs::write(&tmp, &csv).with_context(|| format!("cannot write {tmp}"))?;
+            std::fs::write(&tmp, &text).with_context(|| format!("cannot write {tmp}"))?;
             std::fs::rename(&tmp, path).with_context(|| format!("cannot move {tmp} to {path}"))?;
             eprintln!("{total} points written to {path}");
             Ok(())
         }
-        None => emit(&csv),
+        None => emit(&text),
+    }
+}
+
+/// One point as JSON: its values by key, and the results or why there are none.
+fn point_json(
+    header: &[String],
+    point: &[String],
+    row: &Result<(f64, f64, f64, u64, bool)>,
+) -> serde_json::Value {
+    let values: serde_json::Map<String, serde_json::Value> = header
+        .iter()
+        .zip(point)
+        .map(|(k, v)| (k.clone(), json!(v)))
+        .collect();
+    match row {
+        Ok((t, tok, mfu, mem, true)) => json!({
+            "values": values, "fits": true, "step_time_s": t, "tokens_per_s": tok, "mfu": mfu,
+            "max_memory_bytes": mem,
+        }),
+        Ok((_, _, _, mem, false)) => json!({
+            "values": values, "fits": false, "max_memory_bytes": mem,
+            "error": "does not fit in memory",
+        }),
+        Err(e) => json!({ "values": values, "error": format!("{e:#}") }),
     }
 }
 

@@ -7,7 +7,7 @@ use anyhow::Result;
 use pangu_trainer::data;
 use pangu_trainer::tokenizer::Tokenizer;
 
-use crate::output::emit;
+use crate::output::{emit, print_json};
 
 /// Options of `pangu tokenizer`.
 #[derive(Debug, clap::Args)]
@@ -30,6 +30,9 @@ enum TokenizerCmd {
         /// Output file.
         #[arg(long, default_value = "tokenizer.json")]
         out: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Show how a text is split into pieces.
     Encode {
@@ -38,12 +41,20 @@ enum TokenizerCmd {
         tokenizer: PathBuf,
         /// Text.
         text: String,
+        /// Print JSON: the ids and their pieces.
+        #[arg(long)]
+        json: bool,
     },
 }
 
 pub(crate) fn tokenizer(a: &TokenizerArgs) -> Result<()> {
     match &a.cmd {
-        TokenizerCmd::Train { corpus, vocab, out } => {
+        TokenizerCmd::Train {
+            corpus,
+            vocab,
+            out,
+            json,
+        } => {
             let path = corpus
                 .clone()
                 .unwrap_or_else(crate::train_cmd::default_corpus_path);
@@ -53,20 +64,40 @@ pub(crate) fn tokenizer(a: &TokenizerArgs) -> Result<()> {
             let tok = Tokenizer::train(train, *vocab)?;
             tok.save(out)?;
             let ids = tok.encode(train);
+            let chars = train.chars().count();
+            if *json {
+                return print_json(&serde_json::json!({
+                    "out": out,
+                    "pieces": tok.vocab_size(),
+                    "hash": format!("{:016x}", tok.hash()),
+                    "seconds": t0.elapsed().as_secs_f64(),
+                    "training_characters": chars,
+                    "training_tokens": ids.len(),
+                    "tokens_per_character": ids.len() as f64 / chars.max(1) as f64,
+                }));
+            }
             emit(&format!(
                 "{}: {} pieces (hash {:016x}) in {:.1} s; the training split is {} characters in {} tokens ({:.3} tokens per character)\n",
                 out.display(),
                 tok.vocab_size(),
                 tok.hash(),
                 t0.elapsed().as_secs_f64(),
-                train.chars().count(),
+                chars,
                 ids.len(),
-                ids.len() as f64 / train.chars().count().max(1) as f64
+                ids.len() as f64 / chars.max(1) as f64
             ))
         }
-        TokenizerCmd::Encode { tokenizer, text } => {
+        TokenizerCmd::Encode {
+            tokenizer,
+            text,
+            json,
+        } => {
             let tok = Tokenizer::load(tokenizer)?;
             let ids = tok.encode(text);
+            if *json {
+                let pieces: Vec<String> = ids.iter().map(|&i| tok.decode(&[i])).collect();
+                return print_json(&serde_json::json!({ "ids": ids, "pieces": pieces }));
+            }
             let pieces: Vec<String> = ids
                 .iter()
                 .map(|&i| format!("{}:{}", i, tok.decode(&[i]).replace('\n', "▃")))

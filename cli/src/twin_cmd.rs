@@ -66,8 +66,9 @@ struct CheckArgs {
     /// Model (small enough to train here).
     #[arg(long, default_value = "pangu-alpha-tiny")]
     model: String,
-    /// Strategy files (default: a built-in set of 12 covering every dimension).
-    #[arg(long, num_args = 1..)]
+    /// Strategy files (default: a built-in set of 12 covering every dimension); repeatable,
+    /// or several after one flag.
+    #[arg(long = "strategy", num_args = 1.., value_name = "FILE")]
     strategies: Vec<PathBuf>,
     /// Executor steps per strategy (the first two are warm-up).
     #[arg(long, default_value_t = 7)]
@@ -86,6 +87,10 @@ struct CheckArgs {
     /// Write a PNG of predicted against measured step time.
     #[arg(long)]
     plot: Option<PathBuf>,
+    /// A gate: exit with code 4 when the median |error| of step time exceeds this fraction
+    /// (e.g. 0.15), after printing the report.
+    #[arg(long, value_name = "FRACTION")]
+    max_median_error: Option<f64>,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -168,7 +173,10 @@ fn comm_check(a: &CommCheckArgs) -> Result<()> {
         emit(&comm_check_text(&c, a.backend))?;
     }
     if !c.passed() {
-        bail!("{} of the checks failed", c.failures.len());
+        return Err(crate::exit::gate_failed(format!(
+            "{} of the checks failed",
+            c.failures.len()
+        )));
     }
     Ok(())
 }
@@ -201,6 +209,11 @@ fn comm_check_text(c: &CommCheck, backend: Backend) -> String {
 
 /// `pangu twin check`: the library's check, its progress on stderr, then the table or JSON.
 fn check(a: &CheckArgs) -> Result<()> {
+    if let Some(f) = a.max_median_error {
+        if !(f.is_finite() && f >= 0.0) {
+            bail!("--max-median-error {f}: give a fraction ≥ 0, e.g. 0.15 for 15 %");
+        }
+    }
     let settings = pangu_twin::CheckSettings {
         steps: a.steps,
         repeats: a.repeats,
@@ -225,16 +238,25 @@ fn check(a: &CheckArgs) -> Result<()> {
         plot(p, &report.rows)?;
     }
     if a.json {
-        return print_json(&json!({
+        print_json(&json!({
             "model": report.model,
             "machine": report.machine,
             "rows": report.rows,
             "median_abs_error": report.median_abs_error,
             "worst_abs_error": report.worst_abs_error,
             "median_abs_memory_error": report.median_abs_memory_error,
-        }));
+        }))?;
+    } else {
+        emit(&check_table(&report))?;
     }
-    emit(&check_table(&report))
+    match a.max_median_error {
+        Some(f) if report.median_abs_error > f => Err(crate::exit::gate_failed(format!(
+            "median |error| of step time {:.1} % is over --max-median-error {:.1} %",
+            100.0 * report.median_abs_error,
+            100.0 * f
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// One line on stderr per step of `twin check`.

@@ -23,10 +23,15 @@ fn json(args: &[&str]) -> serde_json::Value {
 }
 
 fn fails_with(args: &[&str], needles: &[&str]) {
+    fails_with_code(args, 1, needles);
+}
+
+/// Fails with this exit code (README's table: 3 does not fit, 4 a gate failed).
+fn fails_with_code(args: &[&str], code: i32, needles: &[&str]) {
     let out = pangu(args);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{args:?} succeeded");
-    assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+    assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
     assert!(!err.contains("panicked"), "{args:?}: {err}");
     for n in needles {
         assert!(err.contains(n), "{args:?}: {err:?} lacks {n:?}");
@@ -143,8 +148,9 @@ fn bad_input_gets_an_actionable_error() {
         &["unknown cluster preset", "ascend910"],
     );
     fails_with(&["plan", "--cluster", "ascend910:12"], &["chips", "16"]);
-    fails_with(
+    fails_with_code(
         &["plan", "--opt-shard", "none", "--remat", "none"],
+        3,
         &["does not fit", "--opt-shard mindspore"],
     );
     fails_with(&["plan", "--devices", "4096"], &["2048 chips"]);
@@ -324,8 +330,9 @@ fn simulate_writes_csv_and_a_chrome_trace() {
 #[test]
 fn simulate_rejects_bad_input() {
     fails_with(&["simulate", "--tp", "3"], &["tp 3"]);
-    fails_with(
+    fails_with_code(
         &["simulate", "--opt-shard", "none", "--remat", "none"],
+        3,
         &["does not fit"],
     );
     fails_with(
@@ -420,7 +427,7 @@ fn search_ranks_fitting_strategies_and_explains_failure() {
         (gap - (best["step_time_s"].as_f64().unwrap() - own)).abs() < 1e-3 * own.max(1.0),
         "{gap}"
     );
-    fails_with(
+    fails_with_code(
         &[
             "search",
             "--model",
@@ -428,6 +435,7 @@ fn search_ranks_fitting_strategies_and_explains_failure() {
             "--cluster",
             "ascend910:64",
         ],
+        3,
         &["no strategy", "smallest per-device memory found", "GiB"],
     );
 }
@@ -442,7 +450,11 @@ fn check_fails_with_a_readable_diff_and_updates_baselines() {
     std::fs::write(&f, format!("{body}[expect]\nmax_step_time_s = 0.0001\n[baseline]\nstep_time_s = 0.001\ntolerance = 0.05\n")).unwrap();
     let p = f.to_str().unwrap();
     let out = pangu(&["check", p]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "a failed check is a failed gate"
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("FAIL")
@@ -619,7 +631,7 @@ fn trainer_bad_input_is_reported() {
             &corpus,
             "--steps",
             "1",
-            "--batch",
+            "--global-batch",
             "4",
             "--micro-batches",
             "3",

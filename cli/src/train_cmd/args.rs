@@ -23,10 +23,6 @@ pub(crate) struct TrainArgs {
     /// Stop after this many minutes of wall time even before --steps (the schedule is kept).
     #[arg(long)]
     pub(super) minutes: Option<f64>,
-    /// Samples per optimizer step (default: the model preset's global batch; the same as
-    /// --global-batch).
-    #[arg(long)]
-    pub(super) batch: Option<usize>,
     /// Peak learning rate.
     #[arg(long, default_value_t = 1e-3)]
     pub(super) lr: f64,

@@ -13,7 +13,7 @@ pub(super) fn run_bench(a: &TrainArgs, threads: usize) -> Result<()> {
         heads: a.heads,
         seq: a.seq,
         vocab: a.vocab,
-        batch: a.batch.unwrap_or(8) as u32,
+        batch: a.strategy.global_batch.unwrap_or(8),
         steps: a.steps.unwrap_or(20) as u32,
         warmup: a.warmup,
         threads,

@@ -16,9 +16,7 @@ use pangu_trainer::train::Settings;
 use serde_json::json;
 
 use super::args::TrainArgs;
-use super::inputs::{
-    base_settings, default_corpus, global_batch, save_report, threads_default, tokenizer_for,
-};
+use super::inputs::{base_settings, default_corpus, save_report, threads_default, tokenizer_for};
 use crate::args::{load_model, Backend};
 use crate::output::{emit, outln};
 
@@ -38,7 +36,7 @@ pub(super) fn run_dist(a: &TrainArgs, spec: &StrategySpec) -> Result<()> {
         None => {
             let cfg = load_model(&a.model)?;
             let mut spec = spec.clone();
-            spec.global_batch = global_batch(a, &spec)?.or(Some(cfg.global_batch));
+            spec.global_batch = spec.global_batch.or(Some(cfg.global_batch));
             let s = base_settings(a, &cfg);
             (cfg, spec, s)
         }
@@ -94,7 +92,7 @@ pub(super) fn resumed_inputs(
     }
     if spec.global_batch.is_some_and(|g| g as usize != s.batch) {
         bail!(
-            "the checkpoint trained with a global batch of {}; a resumed run keeps it (drop --global-batch/--batch)",
+            "the checkpoint trained with a global batch of {}; a resumed run keeps it (drop --global-batch)",
             s.batch
         );
     }

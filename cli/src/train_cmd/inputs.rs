@@ -78,7 +78,7 @@ pub(super) fn settings_from(
     spec: &StrategySpec,
 ) -> Result<Settings> {
     let mut s = base_settings(a, cfg);
-    s.batch = global_batch(a, spec)?.map_or(s.batch, |b| b as usize);
+    s.batch = spec.global_batch.map_or(s.batch, |b| b as usize);
     s.micro_batches = spec.micro_batches.unwrap_or(1) as usize;
     s.remat = remat_flag(spec.remat)?;
     s.validate()?;
@@ -94,17 +94,6 @@ pub(super) fn remat_flag(v: Option<Remat>) -> Result<bool> {
             "--remat {other}: the single-device loop keeps all activations or recomputes whole layers; \
              selective and every:K run on the executor (any strategy flag, e.g. --dp 1)"
         ),
-    }
-}
-
-/// The global batch of --batch or --global-batch (the same thing; they must agree).
-pub(super) fn global_batch(a: &TrainArgs, spec: &StrategySpec) -> Result<Option<u32>> {
-    match (a.batch, spec.global_batch) {
-        (Some(b), Some(g)) if b as u32 != g => {
-            bail!("--batch {b} and a global batch of {g}: give one of them")
-        }
-        (Some(b), _) => Ok(Some(b as u32)),
-        (None, g) => Ok(g),
     }
 }
 
