@@ -28,6 +28,6 @@ fi
 
 # Import cycles between the source files of each crate (the rule is in the script's header).
 python3 scripts/check-cycles.py
-cargo test --workspace --locked
-# The MPI backend: a build with the `mpi` feature and multi-process runs under mpirun.
-cargo test --locked -p pangu-cli --features mpi --test mpi
+# One build for everything: the workspace with the MPI backend on (the `mpi` feature of the
+# CLI, hence of the trainer and the twin), so cli/tests/mpi.rs runs `mpirun` jobs too.
+cargo test --workspace --locked --features pangu-cli/mpi
