@@ -1,7 +1,5 @@
 //! Options shared by every command that takes a model, a cluster and a strategy.
 
-use std::path::Path;
-
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use pangu_hardware::{split_count, Cluster};
@@ -15,7 +13,8 @@ use crate::flag_enums::{
 /// Model and cluster selection.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct SetupArgs {
-    /// Model preset name (see `pangu models`) or a model TOML file.
+    /// Model preset name (see `pangu models`), a model TOML file, or a Hugging Face
+    /// `config.json` (a path ending in `.json`: Llama, Mistral, Qwen2, GPT-2).
     #[arg(long, default_value = "pangu-alpha-200b")]
     pub model: String,
     /// Cluster preset or TOML file, with an optional chip count: `ascend910:512`,
@@ -51,9 +50,13 @@ pub(crate) struct StrategyArgs {
     /// Sequences per micro-batch.
     #[arg(long)]
     pub micro_batch_size: Option<u32>,
-    /// Sequences per optimizer step (default: the model preset's).
+    /// Sequences per optimizer step (default: the model preset's reference run).
     #[arg(long)]
     pub global_batch: Option<u32>,
+    /// Training sequence length in tokens (default: the model preset's reference run; a
+    /// config.json's max_position_embeddings is not one).
+    #[arg(long)]
+    pub seq_len: Option<u32>,
     /// Pipeline schedule: gpipe, 1f1b or interleaved:V.
     #[arg(long)]
     pub schedule: Option<ScheduleKind>,
@@ -110,6 +113,7 @@ impl StrategyArgs {
             micro_batches: self.micro_batches,
             micro_batch_size: self.micro_batch_size,
             global_batch: self.global_batch,
+            seq_len: self.seq_len,
             schedule: self.schedule,
             opt_shard: self.opt_shard.map(Into::into),
             remat: self.remat,
@@ -135,18 +139,17 @@ impl StrategyArgs {
 }
 
 fn is_file_arg(s: &str) -> bool {
-    s.ends_with(".toml") || s.contains('/') || Path::new(s).is_file()
+    pangu_model::load::is_file_arg(s)
 }
 
-/// A model preset or file.
+/// A model preset, model TOML or Hugging Face config.json (what the file's shape leaves out
+/// is printed as notes on stderr).
 pub(crate) fn load_model(arg: &str) -> Result<ModelConfig> {
-    if is_file_arg(arg) {
-        let text = std::fs::read_to_string(arg)
-            .with_context(|| format!("cannot read model file {arg}"))?;
-        Ok(ModelConfig::from_toml(&text, arg)?)
-    } else {
-        Ok(ModelConfig::preset(arg)?)
+    let loaded = pangu_model::load(arg)?;
+    for n in &loaded.notes {
+        eprintln!("note: {arg}: {n}");
     }
+    Ok(loaded.config)
 }
 
 /// A cluster preset or file, `NAME[:N]`.
@@ -163,6 +166,7 @@ pub(crate) fn load_cluster(arg: &str) -> Result<Cluster> {
 
 /// Everything a plan needs, resolved.
 pub(crate) struct Setup {
+    /// The model at the run's sequence length.
     pub model: ModelConfig,
     pub resolved: Resolved,
 }
@@ -192,7 +196,10 @@ impl SetupArgs {
             bail!("layers_per_stage needs pp in the same strategy file");
         }
         let resolved = resolve_inputs(&model, cluster, &spec)?;
-        Ok(Setup { model, resolved })
+        Ok(Setup {
+            model: resolved.model.clone(),
+            resolved,
+        })
     }
 }
 

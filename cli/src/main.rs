@@ -92,21 +92,39 @@ fn models(a: &ListArgs) -> Result<()> {
     for (name, _) in pangu_model::presets() {
         let m = pangu_model::ModelConfig::preset(name)?;
         let p = m.params().total;
-        let reference = pangu_strategies::reference(name)
-            .map(|r| r.cluster)
+        let reference = pangu_strategies::reference(name);
+        let cluster = reference
+            .as_ref()
+            .map(|r| r.cluster.clone())
             .unwrap_or_default();
+        // The reference run's sequence length and batch: run settings, not model keys.
+        let run = reference.map(|r| (r.strategy.seq_len, r.strategy.global_batch));
+        let show = |v: Option<u32>| v.map_or("-".to_string(), |v| v.to_string());
+        let aliases: Vec<&str> = pangu_model::ALIASES
+            .iter()
+            .filter(|(_, p)| p == name)
+            .map(|(a, _)| *a)
+            .collect();
         rows.push(vec![
-            name.to_string(),
+            if aliases.is_empty() {
+                name.to_string()
+            } else {
+                format!("{name} (= {})", aliases.join(", "))
+            },
             format!("{:.3} B", p as f64 / 1e9),
             m.layers.to_string(),
             m.hidden.to_string(),
             m.heads.to_string(),
-            m.seq_len.to_string(),
+            show(run.and_then(|r| r.0)),
             m.vocab.to_string(),
-            m.global_batch.to_string(),
-            reference.clone(),
+            show(run.and_then(|r| r.1)),
+            cluster.clone(),
         ]);
-        js.push(json!({"name": name, "params": p, "config": m, "reference_cluster": reference}));
+        js.push(
+            json!({"name": name, "aliases": aliases, "params": p, "config": m,
+            "reference_cluster": cluster, "reference_seq_len": run.and_then(|r| r.0),
+            "reference_global_batch": run.and_then(|r| r.1)}),
+        );
     }
     if a.json {
         return print_json(&json!({ "models": js }));
@@ -118,9 +136,9 @@ fn models(a: &ListArgs) -> Result<()> {
             "layers",
             "hidden",
             "heads",
-            "seq",
+            "ref seq",
             "vocab",
-            "batch",
+            "ref batch",
             "reference cluster",
         ],
         &rows,

@@ -56,9 +56,12 @@ impl Inputs {
         let spec = args.setup.strategy.spec()?;
         let own_plan = pangu_strategies::resolve_inputs(&model, Some(cluster.clone()), &spec)
             .ok()
-            .and_then(|r| Plan::new(&model, &r.cluster, &r.strategy).ok());
+            .and_then(|r| Plan::new(&r.model, &r.cluster, &r.strategy).ok());
         let devices = spec.devices.unwrap_or(cluster.chips());
-        let global_batch = spec.global_batch.unwrap_or(model.global_batch);
+        // The run's sequence length and batch; the model searched is at that length.
+        let shape = pangu_strategies::run_shape(&model, &spec)?;
+        let model = model.with_seq_len(shape.seq_len)?;
+        let global_batch = shape.global_batch;
         let precision = spec
             .precision
             .or_else(|| reference.as_ref().and_then(|r| r.strategy.precision))

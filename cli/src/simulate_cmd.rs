@@ -369,7 +369,11 @@ fn run_shared(
             a.cluster.chips()
         );
     }
-    let (sb, _) = pangu_strategies::strategy::resolve(&spec, &spec, model.global_batch, free)
+    // The second job trains the same model at its own file's run, else the model's.
+    let batch = pangu_strategies::run_shape(model, &spec)
+        .with_context(|| format!("second job ({path})"))?
+        .global_batch;
+    let (sb, _) = pangu_strategies::strategy::resolve(&spec, &spec, batch, free)
         .with_context(|| format!("second job ({path})"))?;
     let b = Plan::new(model, &a.cluster, &sb).with_context(|| format!("second job ({path})"))?;
     let t0 = Instant::now();

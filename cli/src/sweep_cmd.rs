@@ -227,7 +227,7 @@ fn evaluate(
     let cluster = Cluster::new(spec)?;
     let strategy = StrategySpec::from_toml(&toml::to_string(s)?, "strategy")?;
     let r = resolve_inputs(&model, Some(cluster), &strategy)?;
-    let plan = Plan::build(&model, &r.cluster, &r.strategy)?;
+    let plan = Plan::build(&r.model, &r.cluster, &r.strategy)?;
     let mem = plan.max_memory().total.0;
     if !plan.fits() {
         return Ok((0.0, 0.0, 0.0, mem, false));

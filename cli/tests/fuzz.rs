@@ -225,7 +225,7 @@ proptest! {
                 let cluster = pangu_hardware::Cluster::from_name("ascend910:64").unwrap();
                 let spec = pangu_strategies::StrategySpec::default();
                 if let Ok(r) = pangu_strategies::resolve_inputs(&m, Some(cluster), &spec) {
-                    let _ = pangu_strategies::Plan::build(&m, &r.cluster, &r.strategy);
+                    let _ = pangu_strategies::Plan::build(&r.model, &r.cluster, &r.strategy);
                 }
             }
             Err(e) => {
@@ -250,7 +250,7 @@ proptest! {
                 let cluster = pangu_hardware::Cluster::from_name("ascend910:2048").unwrap();
                 match pangu_strategies::resolve_inputs(&m, Some(cluster), &spec) {
                     Ok(r) => {
-                        if let Err(e) = pangu_strategies::Plan::build(&m, &r.cluster, &r.strategy) {
+                        if let Err(e) = pangu_strategies::Plan::build(&r.model, &r.cluster, &r.strategy) {
                             prop_assert!(!e.to_string().trim().is_empty());
                         }
                     }
@@ -299,7 +299,7 @@ proptest! {
         let cluster = pangu_hardware::Cluster::from_name("dgx-a100-40g:16").unwrap();
         let spec = pangu_strategies::StrategySpec::from_toml("tp = 8\nmicro_batch_size = 4\nglobal_batch = 16", "t").unwrap();
         let r = pangu_strategies::resolve_inputs(&m, Some(cluster), &spec).unwrap();
-        let plan = pangu_strategies::Plan::build(&m, &r.cluster, &r.strategy).unwrap();
+        let plan = pangu_strategies::Plan::build(&r.model, &r.cluster, &r.strategy).unwrap();
         let res = pangu_sim::faults::Faults::from_toml(&text, "fuzz.toml")
             .and_then(|f| f.validate(&plan).and_then(|()| f.apply_links(&plan)).map(|_| ()));
         if let Err(e) = res {

@@ -62,8 +62,17 @@ pub struct ModelConfig {
     pub ffn_kind: FfnKind,
     /// Vocabulary size.
     pub vocab: u32,
-    /// Sequence length (tokens per sample).
+    /// Training sequence length (tokens per sample). A run setting, not part of the shape:
+    /// resolution sets it from the strategy's `seq_len` (`--seq-len`), the model preset's
+    /// reference or, for model files written before it moved, the file's own `seq_len`;
+    /// 0 until then.
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub seq_len: u32,
+    /// Rows of a learned position table: the longest sequence the model takes (GPT-2's
+    /// `n_positions`, GPT-3's `n_ctx`). Learned positions only; absent, the table has
+    /// `seq_len` rows (PanGu-α's reference code sizes it by the sequence length).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_positions: Option<u32>,
     /// The PanGu-α query layer on top of the blocks.
     #[serde(default)]
     pub query_layer: bool,
@@ -82,12 +91,18 @@ pub struct ModelConfig {
     /// Dropout probability on embeddings, attention probabilities and block outputs.
     #[serde(default)]
     pub dropout: f64,
-    /// The global batch (sequences per optimizer step) this preset trains with.
-    pub global_batch: u32,
+    /// Legacy: a model file's global batch (sequences per optimizer step), used as the run's
+    /// default with a note. The batch is a run setting (strategy `global_batch`,
+    /// `--global-batch`); presets leave it to their reference strategy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub global_batch: Option<u32>,
 }
 
 fn yes() -> bool {
     true
+}
+fn is_zero(v: &u32) -> bool {
+    *v == 0
 }
 fn default_ffn_kind() -> FfnKind {
     FfnKind::Gelu
@@ -139,6 +154,49 @@ impl ModelConfig {
         u64::from(self.kv_heads()) * u64::from(self.head_dim())
     }
 
+    /// Rows of the learned position tables (`max_positions`, else `seq_len`).
+    pub fn position_rows(&self) -> u32 {
+        self.max_positions.unwrap_or(self.seq_len)
+    }
+
+    /// This shape trained at `seq_len` tokens per sample, checked as [`Self::validate_run`].
+    pub fn with_seq_len(&self, seq_len: u32) -> Result<ModelConfig, ModelError> {
+        let m = ModelConfig {
+            seq_len,
+            ..self.clone()
+        };
+        m.validate_run()?;
+        Ok(m)
+    }
+
+    /// [`Self::validate`], plus what a run needs: a training sequence length, no longer
+    /// than a learned position table.
+    pub fn validate_run(&self) -> Result<(), ModelError> {
+        self.validate()?;
+        let bad = |reason: String| {
+            Err(ModelError::Invalid {
+                model: self.name.clone(),
+                field: "seq_len".into(),
+                reason,
+            })
+        };
+        if self.seq_len == 0 {
+            return bad(
+                "no training sequence length: it is a run setting; pass --seq-len N (or seq_len \
+                 in the strategy file)"
+                    .into(),
+            );
+        }
+        let uses_table = self.position == PositionKind::Learned || self.query_layer;
+        match self.max_positions {
+            Some(p) if uses_table && self.seq_len > p => bad(format!(
+                "{} tokens exceed the learned position table of {p} rows; pass --seq-len {p} or less",
+                self.seq_len
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Parameters of one norm layer.
     pub fn norm_params(&self) -> u64 {
         match self.norm {
@@ -163,7 +221,7 @@ impl ModelConfig {
         let layers = per_layer * u64::from(self.layers);
         let embedding = u64::from(self.vocab) * d;
         let head = if self.tied_embeddings { 0 } else { embedding };
-        let s = u64::from(self.seq_len);
+        let s = u64::from(self.position_rows());
         let positions = match self.position {
             PositionKind::Learned => s * d,
             _ => 0,
@@ -195,8 +253,8 @@ impl ModelConfig {
             ("heads", self.heads),
             ("ffn", self.ffn),
             ("vocab", self.vocab),
-            ("seq_len", self.seq_len),
-            ("global_batch", self.global_batch),
+            ("global_batch", self.global_batch.unwrap_or(1)),
+            ("max_positions", self.max_positions.unwrap_or(1)),
         ] {
             if v == 0 {
                 return bad(field, "must be at least 1".into());
@@ -210,7 +268,8 @@ impl ModelConfig {
             ("ffn", self.ffn, 1 << 22),
             ("vocab", self.vocab, 1 << 24),
             ("seq_len", self.seq_len, 1 << 24),
-            ("global_batch", self.global_batch, 1 << 24),
+            ("max_positions", self.max_positions.unwrap_or(0), 1 << 24),
+            ("global_batch", self.global_batch.unwrap_or(0), 1 << 24),
         ] {
             if v > max {
                 return bad(field, format!("{v} is beyond this tool's bound of {max}"));
@@ -265,53 +324,67 @@ impl ModelConfig {
 
 /// The embedded model presets: (name, TOML text).
 pub fn presets() -> &'static [(&'static str, &'static str)] {
-    &[
-        (
-            "pangu-alpha-tiny",
-            include_str!("../presets/pangu-alpha-tiny.toml"),
-        ),
-        (
-            "pangu-alpha-small",
-            include_str!("../presets/pangu-alpha-small.toml"),
-        ),
-        (
-            "pangu-alpha-350m",
-            include_str!("../presets/pangu-alpha-350m.toml"),
-        ),
-        (
-            "pangu-alpha-2.6b",
-            include_str!("../presets/pangu-alpha-2.6b.toml"),
-        ),
-        (
-            "pangu-alpha-13b",
-            include_str!("../presets/pangu-alpha-13b.toml"),
-        ),
-        (
-            "pangu-alpha-200b",
-            include_str!("../presets/pangu-alpha-200b.toml"),
-        ),
-        ("gpt-22b", include_str!("../presets/gpt-22b.toml")),
-        ("gpt3-175b", include_str!("../presets/gpt3-175b.toml")),
-        ("mt-nlg-530b", include_str!("../presets/mt-nlg-530b.toml")),
-        ("gpt-1t", include_str!("../presets/gpt-1t.toml")),
-        ("mpt-7b", include_str!("../presets/mpt-7b.toml")),
-        ("mpt-30b", include_str!("../presets/mpt-30b.toml")),
-        ("mpt-70b", include_str!("../presets/mpt-70b.toml")),
-        ("llama3-405b", include_str!("../presets/llama3-405b.toml")),
-    ]
+    macro_rules! preset {
+        ($($name:literal),* $(,)?) => {
+            &[$(($name, include_str!(concat!("../presets/", $name, ".toml")))),*]
+        };
+    }
+    preset!(
+        "pangu-alpha-tiny",
+        "pangu-alpha-small",
+        "pangu-alpha-350m",
+        "pangu-alpha-2.6b",
+        "pangu-alpha-13b",
+        "pangu-alpha-200b",
+        "gpt-22b",
+        "gpt3-125m",
+        "gpt3-350m",
+        "gpt3-760m",
+        "gpt3-1.3b",
+        "gpt3-2.7b",
+        "gpt3-6.7b",
+        "gpt3-13b",
+        "gpt3-175b",
+        "mt-nlg-530b",
+        "gpt-1t",
+        "mpt-7b",
+        "mpt-30b",
+        "mpt-70b",
+        "llama2-7b",
+        "llama2-13b",
+        "llama2-70b",
+        "llama3-8b",
+        "llama3-70b",
+        "llama3-405b",
+    )
 }
 
-/// The TOML text of a preset.
+/// Other names of presets: (alias, preset). Llama 3.1 has the Llama 3 shapes (Meta's Llama
+/// 3.1 config.json files differ from Llama 3's only in `rope_scaling` and
+/// `max_position_embeddings`, which change no parameter and no op at a given sequence
+/// length); the Llama 3 paper's 405B is the model released as Llama 3.1 405B.
+pub const ALIASES: &[(&str, &str)] = &[
+    ("llama3.1-8b", "llama3-8b"),
+    ("llama3.1-70b", "llama3-70b"),
+    ("llama3.1-405b", "llama3-405b"),
+];
+
+/// The TOML text of a preset (or of the preset an alias names).
 pub fn preset_toml(name: &str) -> Result<&'static str, ModelError> {
+    let canonical = ALIASES
+        .iter()
+        .find(|(a, _)| *a == name)
+        .map_or(name, |(_, p)| *p);
     presets()
         .iter()
-        .find(|(n, _)| *n == name)
+        .find(|(n, _)| *n == canonical)
         .map(|(_, t)| *t)
         .ok_or_else(|| ModelError::UnknownPreset {
             name: name.to_string(),
             known: presets()
                 .iter()
                 .map(|(n, _)| *n)
+                .chain(ALIASES.iter().map(|(a, _)| *a))
                 .collect::<Vec<_>>()
                 .join(", "),
         })
@@ -384,12 +457,12 @@ mod tests {
         }
         let t = ModelConfig::preset("pangu-alpha-tiny").unwrap();
         assert_eq!(
-            (t.blocks(), t.hidden, t.heads, t.seq_len, t.vocab),
+            (t.blocks(), t.hidden, t.heads, t.position_rows(), t.vocab),
             (4, 256, 4, 128, 8000)
         );
         let s = ModelConfig::preset("pangu-alpha-small").unwrap();
         assert_eq!(
-            (s.blocks(), s.hidden, s.heads, s.seq_len, s.vocab),
+            (s.blocks(), s.hidden, s.heads, s.position_rows(), s.vocab),
             (6, 512, 8, 256, 16000)
         );
     }

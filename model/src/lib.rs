@@ -2,10 +2,14 @@
 //!
 //! Main types:
 //! - [`ModelConfig`]: the shape of a decoder-only transformer (layers including the PanGu-α
-//!   query layer, hidden, heads, KV heads, FFN size and kind, vocabulary, sequence, tied
-//!   embeddings). Presets are embedded TOML files ([`presets`]): the four PanGu-α sizes, the
-//!   CPU-trainable `pangu-alpha-tiny` and `-small`, and the GPT/MPT/Llama shapes that the
-//!   validation runs need.
+//!   query layer, hidden, heads, KV heads, FFN size and kind, vocabulary, tied embeddings,
+//!   learned position rows). The training sequence length is a run setting that resolution
+//!   sets (`seq_len`); the global batch is not part of the model. Presets are embedded TOML
+//!   files ([`presets`], [`ALIASES`]): the four PanGu-α sizes, the CPU-trainable
+//!   `pangu-alpha-tiny` and `-small`, the GPT-3 family, Llama 2, Llama 3 / 3.1, and the
+//!   GPT/MPT shapes that the validation runs need.
+//! - [`load()`]: the one reader of a `--model` argument: a preset, a model TOML, or a Hugging
+//!   Face `config.json` ([`hf`]).
 //! - [`ops::Op`]: one device's share of one op of a layer for a given micro-batch, tensor-
 //!   parallel degree and sequence parallelism: FLOPs, memory traffic, saved activations,
 //!   parameters, and the tensor-parallel collectives. The simulator and the memory model both
@@ -13,7 +17,7 @@
 //!
 //! ```
 //! use pangu_model::{ModelConfig, ops::{part_ops, totals, OpShape, Part}};
-//! let m = ModelConfig::preset("pangu-alpha-2.6b").unwrap();
+//! let m = ModelConfig::preset("pangu-alpha-2.6b").unwrap().with_seq_len(1024).unwrap();
 //! assert!((m.params().total as f64 - 2.625e9).abs() / 2.625e9 < 0.005);
 //! let sh = OpShape { micro_batch: 1, tp: 8, seq_parallel: false, act_bytes: 2 };
 //! let layer = totals(&part_ops(&m, Part::Block, sh));
@@ -21,9 +25,23 @@
 //! ```
 
 pub mod config;
+pub mod hf;
+pub mod load;
 pub mod ops;
 
-pub use config::{preset_toml, presets, FfnKind, ModelConfig, NormKind, ParamCount, PositionKind};
+pub use config::{
+    preset_toml, presets, FfnKind, ModelConfig, NormKind, ParamCount, PositionKind, ALIASES,
+};
+pub use load::load;
+
+/// A model read from a preset or a file, with what its shape leaves out of the file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Loaded {
+    /// The shape.
+    pub config: ModelConfig,
+    /// Differences between the file and the shape, one sentence each (Hugging Face configs).
+    pub notes: Vec<String>,
+}
 
 /// Errors from reading or checking a model description.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -43,6 +61,22 @@ pub enum ModelError {
         source_name: String,
         /// The parser's message, naming the field.
         message: String,
+    },
+    /// A model file could not be read.
+    #[error("cannot read model file {path}: {message}")]
+    Read {
+        /// The path.
+        path: String,
+        /// The system's message.
+        message: String,
+    },
+    /// A Hugging Face config this tool does not represent (another architecture, MoE).
+    #[error("model file {source_name}: {reason}")]
+    Unsupported {
+        /// File name.
+        source_name: String,
+        /// What is not supported and what is.
+        reason: String,
     },
     /// A value is out of range.
     #[error("model {model:?}: invalid {field}: {reason}")]

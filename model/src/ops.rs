@@ -367,7 +367,7 @@ impl<'a> Geometry<'a> {
                 self.col_input(),
                 d * qd + self.bias(qd),
             );
-            q.params += u64::from(self.m.seq_len) * d; // the query-position table (replicated)
+            q.params += u64::from(self.m.position_rows()) * d; // the query-position table (replicated)
             ops.push(q);
             ops.push(self.matmul(
                 "kv_proj",
@@ -499,7 +499,7 @@ impl<'a> Geometry<'a> {
         emb.bwd_bytes = Bytes(2 * tok * d * e);
         emb.params = u64::from(self.m.vocab) / self.t * d
             + if self.m.position == PositionKind::Learned {
-                u64::from(self.m.seq_len) * d
+                u64::from(self.m.position_rows()) * d
             } else {
                 0
             };
@@ -587,7 +587,10 @@ mod tests {
 
     #[test]
     fn saved_activations_match_korthikanti() {
-        let m = ModelConfig::preset("gpt3-175b").unwrap();
+        let m = ModelConfig::preset("gpt3-175b")
+            .unwrap()
+            .with_seq_len(2048)
+            .unwrap();
         let m = ModelConfig { dropout: 0.1, ..m };
         for (b, t, sp) in [
             (1, 1, false),
@@ -614,7 +617,10 @@ mod tests {
 
     #[test]
     fn layer_params_split_by_tp_and_sum_to_the_model() {
-        let m = ModelConfig::preset("pangu-alpha-2.6b").unwrap();
+        let m = ModelConfig::preset("pangu-alpha-2.6b")
+            .unwrap()
+            .with_seq_len(1024)
+            .unwrap();
         let p = m.params();
         let count = |t: u32| -> u64 {
             let sh = shape(1, t, false);
@@ -645,7 +651,10 @@ mod tests {
     fn flops_per_layer_match_the_dense_formula() {
         // Forward FLOPs of a GeLU block: 24·b·s·d² + 4·b·s²·d (Narayanan et al. 2021, eq. 3),
         // up to the element-wise ops, which are < 1 % here.
-        let m = ModelConfig::preset("pangu-alpha-13b").unwrap();
+        let m = ModelConfig::preset("pangu-alpha-13b")
+            .unwrap()
+            .with_seq_len(1024)
+            .unwrap();
         let (b, s, d) = (2.0, 1024.0, 5120.0);
         let want = 24.0 * b * s * d * d + 4.0 * b * s * s * d;
         let got = totals(&part_ops(&m, Part::Block, shape(2, 1, false)))
@@ -660,7 +669,10 @@ mod tests {
 
     #[test]
     fn tp_comm_points_follow_megatron() {
-        let m = ModelConfig::preset("pangu-alpha-200b").unwrap();
+        let m = ModelConfig::preset("pangu-alpha-200b")
+            .unwrap()
+            .with_seq_len(1024)
+            .unwrap();
         let ops = part_ops(&m, Part::Block, shape(1, 8, false));
         let comms: Vec<_> = ops.iter().filter_map(|o| o.comm).collect();
         let fwd = comms

@@ -214,7 +214,7 @@ mod tests {
     fn analytic_is_close_to_the_simulator_on_the_default_plan() {
         let m = ModelConfig::preset("pangu-alpha-200b").unwrap();
         let r = resolve_inputs(&m, None, &StrategySpec::default()).unwrap();
-        let plan = Plan::new(&m, &r.cluster, &r.strategy).unwrap();
+        let plan = Plan::new(&r.model, &r.cluster, &r.strategy).unwrap();
         let a = Analytic.step_time(&plan).unwrap();
         let d = DiscreteEvent.step_time(&plan).unwrap();
         assert!((a - d).abs() / d < 0.25, "analytic {a} vs simulated {d}");

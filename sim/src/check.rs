@@ -22,7 +22,6 @@
 use std::path::Path;
 
 use pangu_hardware::{split_count, Cluster};
-use pangu_model::ModelConfig;
 use pangu_strategies::{resolve_inputs, Plan, StrategySpec};
 use serde::{Deserialize, Serialize};
 
@@ -100,7 +99,7 @@ impl Outcome {
 }
 
 fn is_file(s: &str) -> bool {
-    s.ends_with(".toml") || s.contains('/')
+    s.ends_with(".toml") || s.ends_with(".json") || s.contains('/')
 }
 
 /// Resolves a path relative to the check file's folder.
@@ -134,14 +133,9 @@ impl CheckFile {
     /// Runs the check; `dir` resolves relative model and cluster files.
     pub fn run(&self, dir: &Path) -> Result<Outcome, SimError> {
         let model_arg = near(dir, &self.model);
-        let model = if is_file(&model_arg) {
-            let text = std::fs::read_to_string(&model_arg)
-                .map_err(|e| SimError::Input(format!("{model_arg}: {e}")))?;
-            ModelConfig::from_toml(&text, &model_arg)
-        } else {
-            ModelConfig::preset(&model_arg)
-        }
-        .map_err(|e| SimError::Input(e.to_string()))?;
+        let model = pangu_model::load(&model_arg)
+            .map_err(|e| SimError::Input(e.to_string()))?
+            .config;
         let (name, count) =
             split_count(&self.cluster).map_err(|e| SimError::Input(e.to_string()))?;
         let cluster = if is_file(name) {
@@ -155,7 +149,7 @@ impl CheckFile {
         .map_err(|e| SimError::Input(e.to_string()))?;
         let r = resolve_inputs(&model, Some(cluster), &self.strategy)
             .map_err(|e| SimError::Input(e.to_string()))?;
-        let plan = Plan::build(&model, &r.cluster, &r.strategy)
+        let plan = Plan::build(&r.model, &r.cluster, &r.strategy)
             .map_err(|e| SimError::Input(e.to_string()))?;
         let mut out = Outcome {
             strategy: plan.strategy.summary(),

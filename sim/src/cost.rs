@@ -252,7 +252,10 @@ mod tests {
             Calibration::family("a100").unwrap(),
         )
         .unwrap();
-        let m = ModelConfig::preset("gpt3-175b").unwrap();
+        let m = ModelConfig::preset("gpt3-175b")
+            .unwrap()
+            .with_seq_len(2048)
+            .unwrap();
         let ops = part_ops(
             &m,
             Part::Block,

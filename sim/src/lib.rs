@@ -17,7 +17,7 @@
 //! let m = ModelConfig::preset("pangu-alpha-2.6b").unwrap();
 //! let user = StrategySpec { tp: Some(8), ..Default::default() };
 //! let r = resolve_inputs(&m, Some(pangu_hardware::Cluster::from_name("ascend910:64").unwrap()), &user).unwrap();
-//! let plan = Plan::new(&m, &r.cluster, &r.strategy).unwrap();
+//! let plan = Plan::new(&r.model, &r.cluster, &r.strategy).unwrap();
 //! let run = pangu_sim::simulate(&plan).unwrap();
 //! assert!(run.report.step_time_s > 0.0 && run.report.mfu < 1.0);
 //! ```

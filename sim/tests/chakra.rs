@@ -23,7 +23,7 @@ fn plan() -> Plan {
     let m = ModelConfig::preset("pangu-alpha-350m").unwrap();
     let user = StrategySpec::from_toml("tp = 2\npp = 2", "test").unwrap();
     let r = resolve_inputs(&m, Some(Cluster::from_name("ascend910:8").unwrap()), &user).unwrap();
-    Plan::new(&m, &r.cluster, &r.strategy).unwrap()
+    Plan::new(&r.model, &r.cluster, &r.strategy).unwrap()
 }
 
 fn kind(work: Work) -> NodeType {

@@ -33,7 +33,7 @@ fn plan(cluster: Cluster, strategy: &str) -> Plan {
     )
     .unwrap();
     let r = resolve_inputs(&m, Some(cluster), &user).unwrap();
-    Plan::build(&m, &r.cluster, &r.strategy).unwrap()
+    Plan::build(&r.model, &r.cluster, &r.strategy).unwrap()
 }
 
 fn step(cluster: Cluster, strategy: &str) -> pangu_strategies::StepReport {

@@ -13,7 +13,7 @@ fn plan_on(model: &str, cluster: Cluster, user: &str) -> Plan {
     let m = ModelConfig::preset(model).unwrap();
     let user = StrategySpec::from_toml(user, "test").unwrap();
     let r = resolve_inputs(&m, Some(cluster), &user).unwrap();
-    Plan::build(&m, &r.cluster, &r.strategy).unwrap()
+    Plan::build(&r.model, &r.cluster, &r.strategy).unwrap()
 }
 
 /// pangu-alpha-2.6b on two DGX A100 servers: tp 8 inside a server, dp 2 across them.

@@ -13,7 +13,7 @@ fn check(name: &str, model: &str, cluster: &str, strategy: &str) {
     let m = ModelConfig::preset(model).unwrap();
     let user = StrategySpec::from_toml(strategy, name).unwrap();
     let r = resolve_inputs(&m, Some(Cluster::from_name(cluster).unwrap()), &user).unwrap();
-    let plan = Plan::new(&m, &r.cluster, &r.strategy).unwrap();
+    let plan = Plan::new(&r.model, &r.cluster, &r.strategy).unwrap();
     let report = pangu_sim::simulate(&plan).unwrap().report;
     let got = serde_json::to_string_pretty(&report).unwrap() + "\n";
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

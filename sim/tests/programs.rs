@@ -19,7 +19,7 @@ fn plan(model: &str, cluster: &str, toml: &str) -> Plan {
     let m = ModelConfig::preset(model).unwrap();
     let user = StrategySpec::from_toml(toml, "test").unwrap();
     let r = resolve_inputs(&m, Some(Cluster::from_name(cluster).unwrap()), &user).unwrap();
-    Plan::build(&m, &r.cluster, &r.strategy).unwrap()
+    Plan::build(&r.model, &r.cluster, &r.strategy).unwrap()
 }
 
 fn plans() -> Vec<Plan> {

@@ -11,7 +11,7 @@ use pangu_strategies::{resolve_inputs, Plan, StepReport, StrategySpec};
 fn plan(model: &str, cluster: &str, user: StrategySpec) -> Plan {
     let m = ModelConfig::preset(model).unwrap();
     let r = resolve_inputs(&m, Some(Cluster::from_name(cluster).unwrap()), &user).unwrap();
-    Plan::build(&m, &r.cluster, &r.strategy).unwrap()
+    Plan::build(&r.model, &r.cluster, &r.strategy).unwrap()
 }
 
 fn spec(s: &str) -> StrategySpec {

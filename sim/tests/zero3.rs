@@ -22,7 +22,7 @@ fn plan(extra: &str) -> Plan {
     .unwrap();
     let cluster = pangu_hardware::Cluster::from_name("dgx-h100:8").unwrap();
     let r = resolve_inputs(&m, Some(cluster), &user).unwrap();
-    Plan::build(&m, &r.cluster, &r.strategy).unwrap()
+    Plan::build(&r.model, &r.cluster, &r.strategy).unwrap()
 }
 
 fn gathered_bytes(p: &Plan) -> u64 {
@@ -112,7 +112,7 @@ fn without_data_parallelism_the_settings_change_nothing() {
         .unwrap();
         let cluster = pangu_hardware::Cluster::from_name("dgx-h100:8").unwrap();
         let r = resolve_inputs(&m, Some(cluster), &user).unwrap();
-        let p = Plan::build(&m, &r.cluster, &r.strategy).unwrap();
+        let p = Plan::build(&r.model, &r.cluster, &r.strategy).unwrap();
         simulate(&p).unwrap().report.step_time_s
     };
     assert_eq!(

@@ -17,7 +17,7 @@
 //! use pangu_strategies::{resolve_inputs, Plan, StrategySpec};
 //! let model = ModelConfig::preset("pangu-alpha-200b").unwrap();
 //! let r = resolve_inputs(&model, None, &StrategySpec::default()).unwrap();
-//! let plan = Plan::new(&model, &r.cluster, &r.strategy).unwrap();
+//! let plan = Plan::new(&r.model, &r.cluster, &r.strategy).unwrap();
 //! assert!(plan.fits());
 //! assert_eq!(plan.stages.len(), 16);
 //! ```
@@ -36,7 +36,7 @@ pub use collective::{CollectiveAlgorithm, CollectiveKind, CommVolume, GroupKind}
 pub use memory::MemoryBreakdown;
 pub use mesh::{Coords, Mesh};
 pub use plan::{Chunk, LayerId, Plan, Stage};
-pub use reference::{reference, resolve_inputs, Reference, Resolved};
+pub use reference::{reference, resolve_inputs, run_shape, Reference, Resolved, RunShape};
 pub use report::{Breakdown, Category, StepReport};
 pub use schedule::{Action, Schedule};
 pub use strategy::{

@@ -14,7 +14,7 @@ use pangu_strategies::{
 fn setup(model: &str, user: StrategySpec) -> Result<(ModelConfig, Cluster, Strategy), PlanError> {
     let m = ModelConfig::preset(model).unwrap();
     let r = resolve_inputs(&m, None, &user)?;
-    Ok((m, r.cluster, r.strategy))
+    Ok((r.model, r.cluster, r.strategy))
 }
 
 fn plan(model: &str, user: StrategySpec) -> Result<Plan, PlanError> {
@@ -349,7 +349,8 @@ fn resolution_keeps_the_global_batch() {
         let base = pangu_strategies::reference("pangu-alpha-200b")
             .unwrap()
             .strategy;
-        let (s, _) = resolve(&base.overlay(&user), &user, m.global_batch, 2048).unwrap();
+        let batch = pangu_strategies::run_shape(&m, &user).unwrap().global_batch;
+        let (s, _) = resolve(&base.overlay(&user), &user, batch, 2048).unwrap();
         assert_eq!(s.dp * s.micro_batch_size * s.micro_batches, 512);
         assert_eq!(s.dp * s.tp * s.pp, 2048);
     }
@@ -375,7 +376,7 @@ fn the_vocabulary_is_padded_as_megatron_pads_it_never_refused() {
             ..Default::default()
         };
         let r = resolve_inputs(&m, Some(c.clone()), &user).unwrap();
-        let p = Plan::build(&m, &r.cluster, &r.strategy).unwrap();
+        let p = Plan::build(&r.model, &r.cluster, &r.strategy).unwrap();
         assert_eq!(p.padded_vocab, want, "tp {tp} divisor {div:?}");
         assert_eq!(p.padded_vocab % tp, 0);
         let noted = p
@@ -388,7 +389,7 @@ fn the_vocabulary_is_padded_as_megatron_pads_it_never_refused() {
         assert_eq!(
             emb,
             u64::from(want) / u64::from(tp) * u64::from(m.hidden)
-                + u64::from(m.seq_len) * u64::from(m.hidden)
+                + u64::from(m.position_rows()) * u64::from(m.hidden)
         );
     }
     let e = resolve_inputs(

@@ -35,9 +35,15 @@ pub fn plan_on(cfg: &ModelConfig, spec: &StrategySpec, servers: u32) -> Result<P
     spec.dp.get_or_insert(1);
     spec.devices = Some(devices);
     let cluster = host_cluster(devices, servers)?;
+    // The run's sequence length and batch: the spec's, a legacy model file's, or the
+    // reference run's (pangu-alpha-tiny's 128 × 8).
+    let shape = pangu_strategies::run_shape(cfg, &spec)?;
+    let cfg = cfg
+        .with_seq_len(shape.seq_len)
+        .map_err(|e| TrainError::Config(e.to_string()))?;
     let (strategy, _) =
-        pangu_strategies::strategy::resolve(&spec, &spec, cfg.global_batch, devices)?;
-    Ok(Plan::new(cfg, &cluster, &strategy)?)
+        pangu_strategies::strategy::resolve(&spec, &spec, shape.global_batch, devices)?;
+    Ok(Plan::new(&cfg, &cluster, &strategy)?)
 }
 
 /// This machine as `devices` virtual devices: the `cpu-host` preset with the devices split

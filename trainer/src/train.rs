@@ -48,12 +48,12 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// Defaults for `cfg`: its global batch, PanGu-α's optimizer, a learning rate for a small
-    /// model.
+    /// Defaults for `cfg`: a legacy model file's global batch (else 1: callers set the run's
+    /// batch), PanGu-α's optimizer, a learning rate for a small model.
     pub fn for_model(cfg: &ModelConfig, steps: u64) -> Settings {
         Settings {
             steps,
-            batch: cfg.global_batch as usize,
+            batch: cfg.global_batch.map_or(1, |b| b as usize),
             micro_batches: 1,
             lr: 1e-3,
             lr_end: 1e-4,

@@ -76,7 +76,17 @@ pub fn profile(machine: &Machine, devices: u32) -> Result<Profile, TwinError> {
     Ok(Profile { toml, cluster })
 }
 
-/// Measures this machine for `cfg` and writes the profile of the requested devices.
+/// `cfg` at its run's sequence length: a legacy model file's own, else the reference run's
+/// (pangu-alpha-tiny's 128); a model with neither is an error naming what to pass.
+pub fn at_run_length(cfg: &ModelConfig) -> Result<ModelConfig, TwinError> {
+    let shape = pangu_strategies::run_shape(cfg, &pangu_strategies::StrategySpec::default())?;
+    Ok(cfg
+        .with_seq_len(shape.seq_len)
+        .map_err(pangu_strategies::PlanError::Model)?)
+}
+
+/// Measures this machine for `cfg` (at its run's sequence length) and writes the profile of
+/// the requested devices.
 pub fn calibrate(
     cfg: &ModelConfig,
     settings: &CalibrationSettings,
@@ -90,7 +100,7 @@ pub fn calibrate(
         return Err(TwinError::EmptyMicroBatch);
     }
     let machine = measure(
-        cfg,
+        &at_run_length(cfg)?,
         settings.micro_batch_size,
         settings.devices,
         settings.quick,

@@ -123,5 +123,5 @@ pub fn plan(
     let user = editor.spec()?;
     let r =
         pangu_strategies::resolve_inputs(&m, Some(cluster), &user).map_err(|e| e.to_string())?;
-    Plan::new(&m, &r.cluster, &r.strategy).map_err(|e| e.to_string())
+    Plan::new(&r.model, &r.cluster, &r.strategy).map_err(|e| e.to_string())
 }

@@ -16,8 +16,10 @@ use pangu_trainer::train::Settings;
 use serde_json::json;
 
 use super::args::TrainArgs;
-use super::inputs::{base_settings, default_corpus, save_report, threads_default, tokenizer_for};
-use crate::args::{load_model, Backend};
+use super::inputs::{
+    base_settings, default_corpus, save_report, threads_default, tokenizer_for, train_model,
+};
+use crate::args::Backend;
 use crate::output::{emit, outln};
 
 /// `pangu train` with more than one device: the strategy's plan on this machine (one virtual
@@ -34,9 +36,9 @@ pub(super) fn run_dist(a: &TrainArgs, spec: &StrategySpec) -> Result<()> {
     let (cfg, spec, mut s) = match &loaded {
         Some(l) => resumed_inputs(a, l, spec)?,
         None => {
-            let cfg = load_model(&a.model)?;
+            let (cfg, batch) = train_model(a, spec)?;
             let mut spec = spec.clone();
-            spec.global_batch = spec.global_batch.or(Some(cfg.global_batch));
+            spec.global_batch = Some(batch);
             let s = base_settings(a, &cfg);
             (cfg, spec, s)
         }
@@ -97,6 +99,12 @@ pub(super) fn resumed_inputs(
         );
     }
     spec.global_batch = Some(s.batch as u32);
+    if spec.seq_len.is_some_and(|n| n != l.model.seq_len) {
+        bail!(
+            "the checkpoint trained at {} tokens per sample; a resumed run keeps it (drop --seq-len)",
+            l.model.seq_len
+        );
+    }
     Ok((l.model.clone(), spec, s))
 }
 

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use pangu_model::ModelConfig;
+use pangu_model::{ModelConfig, PositionKind};
 use pangu_strategies::{Remat, StrategySpec};
 use pangu_trainer::tokenizer::Tokenizer;
 use pangu_trainer::train::{Eval, Settings, StepInfo};
@@ -70,15 +70,37 @@ pub(super) fn base_settings(a: &TrainArgs, cfg: &ModelConfig) -> Settings {
     s
 }
 
-/// The run's settings from the flags, validated, and the memory checked before anything is
-/// tokenised or allocated.
+/// The model at the run's sequence length, and the run's global batch: `--seq-len`,
+/// `--global-batch`, else a legacy model file's own keys, else the reference run's.
+pub(super) fn train_model(a: &TrainArgs, spec: &StrategySpec) -> Result<(ModelConfig, u32)> {
+    let cfg = crate::args::load_model(&a.model)?;
+    let shape = pangu_strategies::run_shape(&cfg, spec)?;
+    let cfg = cfg.with_seq_len(shape.seq_len)?;
+    // The executor sizes the learned position tables by the sequence length.
+    if let Some(rows) = cfg.max_positions {
+        if rows != cfg.seq_len && (cfg.position == PositionKind::Learned || cfg.query_layer) {
+            bail!(
+                "--seq-len {}: the executor trains {} at its position table's {rows} tokens; pass \
+                 --seq-len {rows}, or a model file with max_positions = {}",
+                cfg.seq_len,
+                cfg.name,
+                cfg.seq_len
+            );
+        }
+    }
+    Ok((cfg, shape.global_batch))
+}
+
+/// The run's settings from the flags (`batch`: the run's global batch), validated, and the
+/// memory checked before anything is tokenised or allocated.
 pub(super) fn settings_from(
     a: &TrainArgs,
     cfg: &ModelConfig,
+    batch: u32,
     spec: &StrategySpec,
 ) -> Result<Settings> {
     let mut s = base_settings(a, cfg);
-    s.batch = spec.global_batch.map_or(s.batch, |b| b as usize);
+    s.batch = batch as usize;
     s.micro_batches = spec.micro_batches.unwrap_or(1) as usize;
     s.remat = remat_flag(spec.remat)?;
     s.validate()?;

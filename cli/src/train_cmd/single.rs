@@ -14,9 +14,9 @@ use serde_json::json;
 
 use super::args::TrainArgs;
 use super::inputs::{
-    deadline, default_corpus, plot_curve, save_report, settings_from, tokenizer_for, write_curve,
+    deadline, default_corpus, plot_curve, save_report, settings_from, tokenizer_for, train_model,
+    write_curve,
 };
-use crate::args::load_model;
 use crate::output::{emit, outln};
 
 /// `pangu train` on one device: a session ([`Run::train_until`]) behind a progress bar, its
@@ -80,8 +80,8 @@ pub(super) fn open_run(
     val_text: &str,
 ) -> Result<Run> {
     let Some(dir) = &a.resume else {
-        let cfg = load_model(&a.model)?;
-        let s = settings_from(a, &cfg, spec)?;
+        let (cfg, batch) = train_model(a, spec)?;
+        let s = settings_from(a, &cfg, batch, spec)?;
         let tok = tokenizer_for(a, &cfg, train_text)?;
         return Ok(Run::new(&cfg, s, tok, train_text, val_text)?);
     };

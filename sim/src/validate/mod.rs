@@ -269,6 +269,7 @@ fn setup(r: &Row, extra: Option<&Assumption>) -> Result<Setup, String> {
         ffn_kind: FfnKind::Gelu,
         vocab,
         seq_len: seq,
+        max_positions: None,
         query_layer: pangu,
         tied_embeddings: true,
         position: if mpt {
@@ -279,7 +280,7 @@ fn setup(r: &Row, extra: Option<&Assumption>) -> Result<Setup, String> {
         norm: NormKind::Layernorm,
         bias: !mpt,
         dropout: 0.0,
-        global_batch: gb,
+        global_batch: Some(gb),
     };
     model.validate().map_err(|e| e.to_string())?;
     let spec = StrategySpec {
@@ -302,7 +303,7 @@ fn setup(r: &Row, extra: Option<&Assumption>) -> Result<Setup, String> {
     if let Some(a) = extra {
         spec = spec.overlay(&a.spec);
         if let Some(g) = a.spec.global_batch {
-            model.global_batch = g;
+            model.global_batch = Some(g);
         }
         // Assumptions the file replaces are no longer assumed.
         assumptions.retain(|x| {

@@ -136,7 +136,7 @@ impl Plan {
 
     /// Like [`Plan::new`] but keeps a plan that does not fit in memory (for reports, search).
     pub fn build(model: &ModelConfig, cluster: &Cluster, s: &Strategy) -> Result<Plan, PlanError> {
-        model.validate().map_err(PlanError::Model)?;
+        model.validate_run().map_err(PlanError::Model)?;
         let mut warnings = Vec::new();
         check_devices(s, cluster)?;
         check_tp(model, s)?;

@@ -6,8 +6,10 @@
 //!   file, then inline flags.
 //! - `devices` is the whole cluster unless given. `dp` fills it (`devices / (tp·pp)`) unless
 //!   given, so the reference's `dp` never sticks when `tp` or `pp` change.
-//! - The global batch is the model preset's unless given, whatever the strategy: `dp` and the
-//!   micro-batches only split it. `micro_batches` follows from `global / (dp · micro_batch_size)`
+//! - The global batch and the sequence length (`seq_len`) are the run's: given, else a legacy
+//!   model file's own keys, else the model preset's reference run (`reference::run_shape`),
+//!   else an error saying what to pass; whatever the strategy, `dp` and the micro-batches
+//!   only split the batch. `micro_batches` follows from `global / (dp · micro_batch_size)`
 //!   unless given. An inherited micro-batch size that does not divide the per-replica batch is
 //!   lowered to the largest one that does (and the plan says so); given values never change.
 
@@ -51,6 +53,9 @@ pub struct StrategySpec {
     /// Sequences per optimizer step, all replicas together.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub global_batch: Option<u32>,
+    /// Training sequence length (tokens per sample): a run setting, not a model key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq_len: Option<u32>,
     /// Pipeline schedule.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<ScheduleKind>,
@@ -119,6 +124,7 @@ impl StrategySpec {
             micro_batches,
             micro_batch_size,
             global_batch,
+            seq_len,
             schedule,
             opt_shard,
             remat,
@@ -211,6 +217,7 @@ impl Strategy {
             micro_batches: Some(self.micro_batches),
             micro_batch_size: Some(self.micro_batch_size),
             global_batch: Some(self.global_batch),
+            seq_len: None,
             schedule: Some(self.schedule),
             opt_shard: Some(self.opt_shard),
             remat: Some(self.remat),

@@ -54,8 +54,12 @@ pub(super) fn compare(cfg: &ModelConfig, m: Measured, machine: &Machine) -> Resu
     let profile = crate::profile::profile(machine, m.devices)?;
     let mut sim_spec = m.plan.strategy.to_spec();
     sim_spec.devices = Some(m.devices);
-    let (strategy, _) =
-        pangu_strategies::strategy::resolve(&sim_spec, &sim_spec, cfg.global_batch, m.devices)?;
+    let (strategy, _) = pangu_strategies::strategy::resolve(
+        &sim_spec,
+        &sim_spec,
+        m.plan.strategy.global_batch,
+        m.devices,
+    )?;
     let sim_plan = Plan::build(cfg, &profile.cluster, &strategy)?;
     let predicted = pangu_sim::simulate(&sim_plan)?.report;
     let r = m.run.result;

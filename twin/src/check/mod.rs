@@ -119,6 +119,7 @@ pub fn check(
     if strategies.is_empty() {
         return Err(TwinError::NoStrategies);
     }
+    let cfg = &crate::profile::at_run_length(cfg)?;
     progress(Progress::Calibrating);
     let data = runs::training_data(cfg, &settings.corpus)?;
     pangu_trainer::bench::set_threads(1);

@@ -114,12 +114,11 @@ pub(super) struct Case {
 }
 
 impl Case {
-    /// The strategy in fp32 at the model's global batch unless it says otherwise, planned on
+    /// The strategy in fp32 at the run's global batch unless it says otherwise, planned on
     /// this machine, for runs of `steps` steps without dropout.
     pub(super) fn new(cfg: &ModelConfig, s: &NamedStrategy, steps: u64) -> Result<Case, TwinError> {
         let mut spec = s.spec.clone();
         spec.precision.get_or_insert(Precision::Fp32);
-        spec.global_batch.get_or_insert(cfg.global_batch);
         let plan = pangu_trainer::host::plan_for(cfg, &spec).map_err(failed(&s.name))?;
         let mut settings = train::Settings::for_model(cfg, steps);
         settings.batch = plan.strategy.global_batch as usize;

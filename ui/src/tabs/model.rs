@@ -37,6 +37,13 @@ impl ModelTab {
         let Ok(m) = ModelConfig::preset(&model) else {
             return;
         };
+        // Sequence and batch are the reference run's, when the preset has one.
+        let run = pangu_strategies::run_shape(&m, &pangu_strategies::StrategySpec::default()).ok();
+        let m = run
+            .as_ref()
+            .and_then(|r| m.with_seq_len(r.seq_len).ok())
+            .unwrap_or(m);
+        let or_none = |v: Option<u32>| v.map_or("— (no reference run)".into(), |v| v.to_string());
         let p = m.params();
         egui::Grid::new("model").striped(true).show(ui, |ui| {
             for (k, v) in [
@@ -46,8 +53,11 @@ impl ModelTab {
                 ("heads", m.heads.to_string()),
                 ("FFN", m.ffn.to_string()),
                 ("vocabulary", m.vocab.to_string()),
-                ("sequence", m.seq_len.to_string()),
-                ("global batch", m.global_batch.to_string()),
+                ("sequence", or_none(run.as_ref().map(|r| r.seq_len))),
+                (
+                    "global batch",
+                    or_none(run.as_ref().map(|r| r.global_batch)),
+                ),
                 ("query layer", m.query_layer.to_string()),
                 (
                     "FLOPs per token (6N + 12Lsd)",

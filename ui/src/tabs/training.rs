@@ -128,8 +128,15 @@ fn train(req: Request, tx: &Sender<Report>, halt: &AtomicBool) -> Result<(), Str
         .unwrap_or(0);
     let (tr, val) = data::split(&text[..end]);
     let cfg = ModelConfig::preset("pangu-alpha-tiny").map_err(|e| e.to_string())?;
+    // The reference run's sequence length and batch (128 × 8).
+    let run_shape = pangu_strategies::run_shape(&cfg, &pangu_strategies::StrategySpec::default())
+        .map_err(|e| e.to_string())?;
+    let cfg = cfg
+        .with_seq_len(run_shape.seq_len)
+        .map_err(|e| e.to_string())?;
     let tok = Tokenizer::train(tr, cfg.vocab as usize).map_err(|e| e.to_string())?;
     let mut s = train::Settings::for_model(&cfg, req.steps);
+    s.batch = run_shape.global_batch as usize;
     s.lr = 1.5e-3;
     s.dropout = 0.0;
     let mut run = Run::new(&cfg, s, tok, tr, val).map_err(|e| e.to_string())?;
