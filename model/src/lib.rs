@@ -23,7 +23,10 @@
 pub mod config;
 pub mod ops;
 
-pub use config::{preset_toml, presets, FfnKind, ModelConfig, NormKind, ParamCount, PositionKind};
+pub use config::{
+    preset_toml, presets, FfnKind, ModelConfig, NormKind, ParamCount, PositionKind,
+    DEFAULT_ROPE_THETA,
+};
 
 /// Errors from reading or checking a model description.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
