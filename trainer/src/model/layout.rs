@@ -247,18 +247,17 @@ impl Dims {
     fn checked(cfg: &ModelConfig, part: &Part) -> Result<Dims, TrainError> {
         cfg.validate()
             .map_err(|e| TrainError::Unsupported(e.to_string()))?;
+        if cfg.position == PositionKind::None {
+            return Err(TrainError::Unsupported(format!(
+                "model '{}': position 'none' (ALiBi) is not implemented by the CPU trainer: \
+                 use 'learned' or 'rotary'",
+                cfg.name
+            )));
+        }
         let arch = Arch {
             rms: cfg.norm == NormKind::Rmsnorm,
             swiglu: cfg.ffn_kind == FfnKind::Swiglu,
-            rope: match cfg.position {
-                PositionKind::Learned => None,
-                PositionKind::Rotary => Some(cfg.rope_theta),
-                PositionKind::None => return Err(TrainError::Unsupported(format!(
-                    "model '{}': position 'none' (ALiBi) is not implemented by the CPU trainer: \
-                         use 'learned' or 'rotary'",
-                    cfg.name
-                ))),
-            },
+            rope: (cfg.position == PositionKind::Rotary).then_some(cfg.rope_theta),
             bias: cfg.bias,
             tied: cfg.tied_embeddings,
         };
