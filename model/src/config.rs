@@ -82,6 +82,10 @@ pub struct ModelConfig {
     /// Position embedding kind.
     #[serde(default = "default_position")]
     pub position: PositionKind,
+    /// Base θ of rotary embeddings (pair `i` of a head turns by `pos·θ^(-2i/head_dim)`);
+    /// unused by other position kinds.
+    #[serde(default = "default_rope_theta")]
+    pub rope_theta: f64,
     /// Normalisation kind.
     #[serde(default = "default_norm")]
     pub norm: NormKind,
@@ -109,6 +113,11 @@ fn default_ffn_kind() -> FfnKind {
 }
 fn default_position() -> PositionKind {
     PositionKind::Learned
+}
+/// RoFormer's base (Su et al. 2021, eq. 15: θ_i = 10000^(-2(i-1)/d)), also Llama 1 and 2's.
+pub const DEFAULT_ROPE_THETA: f64 = 10_000.0;
+fn default_rope_theta() -> f64 {
+    DEFAULT_ROPE_THETA
 }
 fn default_norm() -> NormKind {
     NormKind::Layernorm
@@ -298,6 +307,15 @@ impl ModelConfig {
             return bad(
                 "kv_heads",
                 format!("{kv} key/value heads must divide the {} heads", self.heads),
+            );
+        }
+        if !(self.rope_theta.is_finite() && self.rope_theta > 1.0) {
+            return bad(
+                "rope_theta",
+                format!(
+                    "{} is not a rotary base above 1 (RoFormer uses 10000, Llama 3 500000)",
+                    self.rope_theta
+                ),
             );
         }
         if !(0.0..1.0).contains(&self.dropout) {

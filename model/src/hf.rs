@@ -260,6 +260,7 @@ impl Reader<'_> {
             bias,
             dropout: self.prob("attention_dropout", 0.0),
             global_batch: None,
+            rope_theta: self.prob("rope_theta", crate::DEFAULT_ROPE_THETA),
         };
         Ok(Loaded { config, notes })
     }
@@ -299,6 +300,7 @@ impl Reader<'_> {
             bias: true,
             dropout: self.prob("resid_pdrop", 0.1),
             global_batch: None,
+            rope_theta: crate::DEFAULT_ROPE_THETA,
         };
         Ok(Loaded {
             config,

@@ -31,6 +31,7 @@ pub mod ops;
 
 pub use config::{
     preset_toml, presets, FfnKind, ModelConfig, NormKind, ParamCount, PositionKind, ALIASES,
+    DEFAULT_ROPE_THETA,
 };
 pub use load::load;
 

@@ -2,7 +2,7 @@
 //! earlier positions kept, sampling with temperature, top-k and top-p (nucleus).
 
 use crate::kernels as k;
-use crate::model::{special, Dims, FfnBufs, Model};
+use crate::model::{bias, norm_fwd, special, Dims, FfnBufs, Model};
 use crate::rng::Counter;
 
 /// Sampling settings.
@@ -21,9 +21,9 @@ pub struct Sampling {
 /// Per-layer key/value cache of one sequence.
 #[derive(Debug)]
 pub struct KvCache {
-    /// Keys `[layers][S·d]`.
+    /// Keys `[layers][S·kv_dim]`.
     k: Vec<Vec<f32>>,
-    /// Values `[layers][S·d]`.
+    /// Values `[layers][S·kv_dim]`.
     v: Vec<Vec<f32>>,
     /// Positions filled.
     pub len: usize,
@@ -34,19 +34,19 @@ pub struct KvCache {
 impl KvCache {
     /// An empty cache for `dims` (room for the full sequence length).
     pub fn new(dims: &Dims) -> KvCache {
-        let (d, f) = (dims.d, dims.f);
+        let (d, f, kw) = (dims.d, dims.f, dims.kvw());
         KvCache {
-            k: vec![vec![0.0; dims.s * d]; dims.layers],
-            v: vec![vec![0.0; dims.s * d]; dims.layers],
+            k: vec![vec![0.0; dims.s * kw]; dims.layers],
+            v: vec![vec![0.0; dims.s * kw]; dims.layers],
             len: 0,
             work: Scratch {
                 x: vec![0.0; d],
                 ln: vec![0.0; d],
                 qin: vec![0.0; d],
-                qkv: vec![0.0; 3 * d],
+                qkv: vec![0.0; dims.qkv_w()],
                 att: vec![0.0; d],
                 tmp: vec![0.0; d],
-                up: vec![0.0; f],
+                up: vec![0.0; dims.up_w()],
                 act: vec![0.0; f],
                 scores: vec![0.0; dims.s],
                 mean: [0.0],
@@ -81,8 +81,12 @@ pub fn step<'a>(
     tok: u32,
     scratch: &'a mut Vec<f32>,
 ) -> &'a [f32] {
-    let Dims { d, h, f, v, .. } = model.dims();
-    let hd = d / h;
+    let dims = model.dims();
+    let Dims {
+        d, h, f, v, arch, ..
+    } = dims;
+    let (hd, qw, kw) = (d / h, dims.qkv_w(), dims.kvw());
+    let grp = h / dims.kvl;
     let lay = &model.layout;
     let pos = cache.len;
     let KvCache {
@@ -92,18 +96,17 @@ pub fn step<'a>(
         ..
     } = cache;
     scratch.resize(v, 0.0);
-    k::embed_fwd(
-        &mut s.x,
-        &[tok],
-        &[pos as u32],
-        &p[lay.wte.clone()],
-        &p[lay.wpe.clone()],
-        d,
-    );
+    if lay.wpe.is_empty() {
+        k::embed_vocab_part(&mut s.x, &[tok], &p[lay.wte.clone()], 0, d);
+    } else {
+        let (wte, wpe) = (&p[lay.wte.clone()], &p[lay.wpe.clone()]);
+        k::embed_fwd(&mut s.x, &[tok], &[pos as u32], wte, wpe, d);
+    }
     let nl = lay.layers.len();
     for (l, lp) in lay.layers.iter().enumerate() {
         let query = model.dims().query && l + 1 == nl;
-        k::layernorm_fwd(
+        norm_fwd(
+            arch,
             &mut s.ln,
             &mut s.mean,
             &mut s.rstd,
@@ -113,45 +116,49 @@ pub fn step<'a>(
             d,
         );
         let w = &p[lp.w_qkv.clone()];
-        let b = &p[lp.b_qkv.clone()];
+        let b = bias(p, &lp.b_qkv);
         if query {
             s.qin
                 .copy_from_slice(&p[lay.wqe.clone()][pos * d..(pos + 1) * d]);
-            k::linear_fwd(
-                &mut s.qkv,
-                3 * d,
-                &s.qin,
-                d,
-                w,
-                3 * d,
-                Some(&b[..d]),
-                1,
-                d,
-                d,
-            );
+            let bq = b.map(|b| &b[..d]);
+            k::linear_fwd(&mut s.qkv, qw, &s.qin, d, w, qw, bq, 1, d, d);
+            let bkv = b.map(|b| &b[d..]);
             k::linear_fwd(
                 &mut s.qkv[d..],
-                3 * d,
+                qw,
                 &s.ln,
                 d,
                 &w[d..],
-                3 * d,
-                Some(&b[d..]),
+                qw,
+                bkv,
                 1,
                 d,
-                2 * d,
+                qw - d,
             );
         } else {
-            k::linear_fwd(&mut s.qkv, 3 * d, &s.ln, d, w, 3 * d, Some(b), 1, d, 3 * d);
+            k::linear_fwd(&mut s.qkv, qw, &s.ln, d, w, qw, b, 1, d, qw);
         }
-        kc[l][pos * d..(pos + 1) * d].copy_from_slice(&s.qkv[d..2 * d]);
-        vc[l][pos * d..(pos + 1) * d].copy_from_slice(&s.qkv[2 * d..]);
+        if let Some(theta) = arch.rope {
+            k::rope(
+                &mut s.qkv,
+                qw,
+                h + dims.kvl,
+                hd,
+                &[pos as u32],
+                theta,
+                false,
+            );
+        }
+        kc[l][pos * kw..(pos + 1) * kw].copy_from_slice(&s.qkv[d..d + kw]);
+        vc[l][pos * kw..(pos + 1) * kw].copy_from_slice(&s.qkv[d + kw..]);
         let scale = 1.0 / (hd as f32).sqrt();
         for hh in 0..h {
             let q = &s.qkv[hh * hd..(hh + 1) * hd];
+            // Grouped-query attention: query head hh reads key/value head hh / grp.
+            let kv0 = hh / grp * hd;
             let mut mx = f32::NEG_INFINITY;
             for j in 0..=pos {
-                let kj = &kc[l][j * d + hh * hd..j * d + (hh + 1) * hd];
+                let kj = &kc[l][j * kw + kv0..][..hd];
                 let dot: f32 = q.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale;
                 s.scores[j] = dot;
                 mx = mx.max(dot);
@@ -165,7 +172,7 @@ pub fn step<'a>(
             o.fill(0.0);
             for j in 0..=pos {
                 let w = s.scores[j] / sum;
-                let vj = &vc[l][j * d + hh * hd..j * d + (hh + 1) * hd];
+                let vj = &vc[l][j * kw + kv0..][..hd];
                 for (o, &vv) in o.iter_mut().zip(vj) {
                     *o += w * vv;
                 }
@@ -178,13 +185,14 @@ pub fn step<'a>(
             d,
             &p[lp.w_o.clone()],
             d,
-            Some(&p[lp.b_o.clone()]),
+            bias(p, &lp.b_o),
             1,
             d,
             d,
         );
         k::add_into(&mut s.x, &s.tmp);
         crate::model::ffn_fwd(
+            arch,
             p,
             lp,
             &s.x,
@@ -203,7 +211,8 @@ pub fn step<'a>(
         );
         k::add_into(&mut s.x, &s.tmp);
     }
-    k::layernorm_fwd(
+    norm_fwd(
+        arch,
         &mut s.ln,
         &mut s.mean,
         &mut s.rstd,
@@ -216,7 +225,7 @@ pub fn step<'a>(
         scratch,
         v,
         crate::linalg::n(&s.ln, d),
-        crate::linalg::t(&p[lay.wte.clone()], d),
+        crate::linalg::t(&p[lay.out_w()], d),
         1,
         d,
         v,

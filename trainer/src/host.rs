@@ -135,7 +135,7 @@ pub fn chunk_part(plan: &Plan, chunk: &Chunk, tp_rank: usize) -> Part {
 /// The ranges of `layout`'s flat buffer that hold one of the plan's chunk parts.
 pub fn part_ranges(layout: &Layout, part: ChunkPart) -> Vec<Range<usize>> {
     let p = &layout.part;
-    let shared = p.embedding != p.head;
+    let shared = layout.shares_table();
     let ranges = match part {
         ChunkPart::SharedTable => vec![layout.wte.clone()],
         ChunkPart::Embedding if shared => vec![layout.wpe.clone()],
@@ -147,7 +147,11 @@ pub fn part_ranges(layout: &Layout, part: ChunkPart) -> Vec<Range<usize>> {
             }
             v
         }
-        ChunkPart::Head => vec![layout.lnf_g.clone(), layout.lnf_b.clone()],
+        ChunkPart::Head => vec![
+            layout.lnf_g.clone(),
+            layout.lnf_b.clone(),
+            layout.head_w.clone(),
+        ],
     };
     ranges.into_iter().filter(|r| !r.is_empty()).collect()
 }

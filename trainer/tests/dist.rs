@@ -12,25 +12,38 @@ use pangu_strategies::StrategySpec;
 use pangu_trainer::data;
 use pangu_trainer::dist::{train_threads, DistConfig, DistResult};
 use pangu_trainer::host::plan_for;
+use pangu_trainer::model::{Layout, Part};
 use pangu_trainer::tokenizer::Tokenizer;
 use pangu_trainer::train::{Run, Settings};
 
 const STEPS: u64 = 5;
 
 fn setup(dropout: f64) -> (ModelConfig, Settings, Run) {
+    // 4 layers (the last the query layer), 4 heads: room for tp 4, pp 4 and interleaving.
+    setup_model(&format!(
+        "name = \"dist-test\"\nlayers = 4\nhidden = 32\nheads = 4\nffn = 128\nvocab = 2500\nseq_len = 32\n\
+         query_layer = true\ndropout = {dropout}\nglobal_batch = 8\n"
+    ))
+}
+
+/// A tiny Llama-style model: RMSNorm, SwiGLU, rotary embeddings (θ 500000), 4 heads over 2
+/// key/value heads, an untied head, no biases.
+fn setup_llama(dropout: f64) -> (ModelConfig, Settings, Run) {
+    setup_model(&format!(
+        "name = \"dist-llama\"\nlayers = 4\nhidden = 32\nheads = 4\nkv_heads = 2\nffn = 64\n\
+         ffn_kind = \"swiglu\"\nnorm = \"rmsnorm\"\nposition = \"rotary\"\nrope_theta = 500000.0\n\
+         tied_embeddings = false\nbias = false\nvocab = 2500\nseq_len = 32\ndropout = {dropout}\n\
+         global_batch = 8\n"
+    ))
+}
+
+fn setup_model(toml: &str) -> (ModelConfig, Settings, Run) {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/zh_poetry_hans.txt");
     let text = data::read_corpus(&p).unwrap();
     let cut = text[..40_000].rfind("\n\n").unwrap() + 2;
     let (train, val) = data::split(&text[..cut]);
-    // 4 layers (the last the query layer), 4 heads: room for tp 4, pp 4 and interleaving.
-    let cfg = ModelConfig::from_toml(
-        &format!(
-            "name = \"dist-test\"\nlayers = 4\nhidden = 32\nheads = 4\nffn = 128\nvocab = 2500\nseq_len = 32\n\
-             query_layer = true\ndropout = {dropout}\nglobal_batch = 8\n"
-        ),
-        "test",
-    )
-    .unwrap();
+    let cfg = ModelConfig::from_toml(toml, "test").unwrap();
+    let dropout = cfg.dropout;
     let tok = Tokenizer::train(train, 2500).unwrap();
     let mut s = Settings::for_model(&cfg, STEPS);
     s.micro_batches = 2;
@@ -419,4 +432,48 @@ fn a_panicking_rank_stops_every_rank_and_leaves_whole_checkpoints() {
     assert!(!dir.join("step-00000003").exists());
     pangu_trainer::sharded::load_whole(&dir).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn llama_style_model_matches_single_device_on_every_dimension() {
+    // Grouped-query attention split by heads over tp (each device its 1 key/value head with
+    // its 2 query heads), SwiGLU's gate and up by columns, the untied head by vocabulary rows.
+    let (cfg, s, mut single) = setup_llama(0.1);
+    let losses: Vec<f64> = (0..STEPS).map(|_| single.step().loss).collect();
+    for (toml, algo) in [
+        ("dp = 2", "ring"),
+        ("tp = 2", "ring"),
+        ("pp = 2\nschedule = \"1f1b\"", "ring"),
+        ("tp = 2\npp = 2\nschedule = \"1f1b\"", "halving-doubling"),
+        ("dp = 2\nopt_shard = \"zero1\"", "ring"),
+        ("tp = 2\nseq_parallel = true\nremat = \"full\"", "ring"),
+        ("dp = 2\npp = 2\nschedule = \"interleaved:2\"", "tree"),
+    ] {
+        let r = run(&cfg, &s, &single, toml, algo);
+        let name = toml.replace('\n', " ");
+        assert_eq!(r.losses.len(), losses.len());
+        for (a, b) in r.losses.iter().zip(&losses) {
+            assert!((a - b).abs() < 1e-4, "{name}: loss {a} vs {b}");
+        }
+        let d = rel_diff(&r.params, &single.state.params);
+        assert!(d < 1e-4, "{name}: weights differ by {d}");
+    }
+    assert!(losses[STEPS as usize - 1] < losses[0], "{losses:?}");
+}
+
+#[test]
+fn tensor_parallelism_must_divide_the_key_value_heads() {
+    let (cfg, _, _) = setup_llama(0.0);
+    // The plan refuses it, and so does the executor's layout of a device's part.
+    let e = plan_for(&cfg, &spec("tp = 4")).unwrap_err().to_string();
+    assert!(e.contains("tp 4 does not divide kv_heads 2"), "{e}");
+    let part = Part {
+        tp: 4,
+        ..Part::whole(4)
+    };
+    let e = Layout::part(&cfg, &part).unwrap_err().to_string();
+    assert!(
+        e.contains("degree 4 must divide the key/value heads (2)"),
+        "{e}"
+    );
 }

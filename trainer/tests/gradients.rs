@@ -368,3 +368,230 @@ fn two_halves_give_the_whole_batch_and_the_same_bits_on_two_threads() {
         assert!(g1.iter().zip(&g2).all(|(a, b)| a.to_bits() == b.to_bits()));
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Llama-style kernels and model: RMSNorm, SwiGLU, rotary embeddings, grouped-query attention,
+// an untied head, no biases.
+
+#[test]
+fn rmsnorm_backward_matches_finite_differences() {
+    let (rows, d) = (3, 13);
+    let mut x = vals(rows * d, 21);
+    let g = vals(d, 22);
+    let r = vals(rows * d, 23);
+    let loss = |x: &[f64], g: &[f64]| {
+        let (mut o, mut s) = (vec![0.0; rows * d], vec![0.0; rows]);
+        k::rmsnorm_fwd(&mut o, &mut s, x, g, d);
+        o.iter().zip(&r).map(|(a, b)| a * b).sum::<f64>()
+    };
+    let (mut o, mut s) = (vec![0.0; rows * d], vec![0.0; rows]);
+    k::rmsnorm_fwd(&mut o, &mut s, &x, &g, d);
+    let (mut dx, mut dg) = (vec![0.0; rows * d], vec![0.0; d]);
+    k::rmsnorm_bwd(&mut dx, &mut dg, &r, &x, &g, &s, d);
+    assert_close(&dx, &numeric(&mut x, &mut |x| loss(x, &g)), "dx");
+    let mut gm = g.clone();
+    assert_close(&dg, &numeric(&mut gm, &mut |g| loss(&x, g)), "dgamma");
+}
+
+#[test]
+fn swiglu_backward_matches_finite_differences() {
+    let (rows, f) = (3, 5);
+    let mut gu: Vec<f64> = vals(rows * 2 * f, 24).iter().map(|v| 3.0 * v).collect();
+    let r = vals(rows * f, 25);
+    let loss = |gu: &[f64]| {
+        let mut a = vec![0.0; rows * f];
+        k::swiglu_fwd(&mut a, gu, f);
+        a.iter().zip(&r).map(|(a, b)| a * b).sum::<f64>()
+    };
+    let mut dgu = vec![0.0; rows * 2 * f];
+    k::swiglu_bwd(&mut dgu, &gu, &r, f);
+    assert_close(&dgu, &numeric(&mut gu, &mut |x| loss(x)), "dgate_up");
+}
+
+#[test]
+fn rope_backward_is_the_inverse_rotation_and_matches_finite_differences() {
+    // Rows of width 14: two heads of 6 rotated, 2 columns (a V part) left alone.
+    let (rows, ld, heads, hd) = (4, 14, 2, 6);
+    let pos = [0u32, 3, 1, 7];
+    let mut x = vals(rows * ld, 26);
+    let r = vals(rows * ld, 27);
+    let loss = |x: &[f64]| {
+        let mut y = x.to_vec();
+        k::rope(&mut y, ld, heads, hd, &pos, 500_000.0, false);
+        y.iter().zip(&r).map(|(a, b)| a * b).sum::<f64>()
+    };
+    let mut d = r.clone();
+    k::rope(&mut d, ld, heads, hd, &pos, 500_000.0, true);
+    assert_close(&d, &numeric(&mut x, &mut |x| loss(x)), "drope");
+    // Position 0 is the identity; the columns past the heads are untouched.
+    let mut y = x.clone();
+    k::rope(&mut y, ld, heads, hd, &pos, 10_000.0, false);
+    assert_eq!(y[..ld], x[..ld]);
+    assert_eq!(y[ld + 12..2 * ld], x[ld + 12..2 * ld]);
+    assert_ne!(y[ld..ld + 12], x[ld..ld + 12]);
+}
+
+#[test]
+fn grouped_query_attention_backward_sums_each_groups_gradients() {
+    // 4 query heads over 2 key/value heads: K and V gradients gather their group's two heads.
+    let dims = AttnDims {
+        kv: 2,
+        ..AttnDims::whole(2, 5, 4, 3)
+    };
+    let (w, ld) = (dims.width(), dims.qkv_width());
+    assert_eq!(ld, w + 2 * 2 * 3);
+    let rows = dims.b * dims.s;
+    let start = vec![0, 0, 2, 2, 2, 0, 0, 0, 0, 0];
+    let ids = vec![0u64, 1];
+    for drop in [
+        Dropout::OFF,
+        Dropout {
+            p: 0.3,
+            seed: 11,
+            stream: 5,
+        },
+    ] {
+        let mut qkv = vals(rows * ld, 28);
+        let r = vals(rows * w, 29);
+        let hs = dims.b * dims.h * dims.s * dims.s;
+        let loss = |qkv: &[f64]| {
+            let (mut o, mut p, mut pd) = (vec![0.0; rows * w], vec![0.0; hs], vec![0.0; hs]);
+            k::attention_fwd(&mut o, &mut p, &mut pd, qkv, &start, dims, drop, &ids);
+            o.iter().zip(&r).map(|(a, b)| a * b).sum::<f64>()
+        };
+        let (mut o, mut p, mut pd) = (vec![0.0; rows * w], vec![0.0; hs], vec![0.0; hs]);
+        k::attention_fwd(&mut o, &mut p, &mut pd, &qkv, &start, dims, drop, &ids);
+        let mut dqkv = vec![0.0; rows * ld];
+        let mut scratch = vec![0.0; dims.b * dims.s * dims.s];
+        let a = (&p, &pd, &start);
+        k::attention_bwd(
+            &mut dqkv,
+            &mut scratch,
+            &r,
+            &qkv,
+            a.0,
+            a.1,
+            a.2,
+            dims,
+            drop,
+            &ids,
+        );
+        assert_close(&dqkv, &numeric(&mut qkv, &mut |q| loss(q)), "dqkv (gqa)");
+    }
+}
+
+/// A micro Llama-style model: RMSNorm, SwiGLU, rotary embeddings, 4 heads over 2 key/value
+/// heads, an untied head, no biases.
+fn micro_llama(dropout: f64) -> ModelConfig {
+    let text = format!(
+        "name = \"micro-llama\"\nlayers = 2\nhidden = 16\nheads = 4\nkv_heads = 2\nffn = 12\n\
+         ffn_kind = \"swiglu\"\nnorm = \"rmsnorm\"\nposition = \"rotary\"\nrope_theta = 500000.0\n\
+         tied_embeddings = false\nbias = false\nvocab = 13\nseq_len = 6\ndropout = {dropout}\n\
+         global_batch = 2\n"
+    );
+    ModelConfig::from_toml(&text, "micro-llama").unwrap()
+}
+
+#[test]
+fn llama_style_model_gradient_matches_finite_differences() {
+    for dropout in [0.0, 0.2] {
+        let cfg = micro_llama(dropout);
+        let model = Model::new(&cfg, 3).unwrap();
+        assert_eq!(model.layout.total as u64, cfg.params().total);
+        let names: Vec<&str> = model.layout.tensors.iter().map(|t| &t.name[..]).collect();
+        assert!(names.contains(&"head.weight") && names.contains(&"layers.0.ffn.gate_up.weight"));
+        assert!(!names
+            .iter()
+            .any(|n| n.ends_with(".bias") || n.ends_with(".beta")));
+        assert!(!names.contains(&"embedding.position"));
+        let batch = micro_batch();
+        let mut p: Vec<f64> = model.layout.init(9);
+        for (i, x) in p.iter_mut().enumerate() {
+            *x += 0.3 * rng::normal(4, 2, i as u64);
+        }
+        let mut acts = Acts::<f64>::new(&model.dims(), batch.b, dropout > 0.0);
+        assert_eq!(
+            acts.bytes(),
+            Acts::<f64>::bytes_for(&model.dims(), batch.b, dropout > 0.0)
+        );
+        model.forward(&p, &mut acts, &batch, 7, true);
+        let mut g = vec![0.0; p.len()];
+        model.backward(&p, &mut g, &mut acts, &batch, 7, true);
+        let num = numeric(&mut p, &mut |p| {
+            model.forward(p, &mut acts, &batch, 7, true)
+        });
+        for t in &model.layout.tensors {
+            assert_close(
+                &g[t.range()],
+                &num[t.range()],
+                &format!("{} (llama, dropout {dropout})", t.name),
+            );
+            assert!(g[t.range()].iter().any(|&x| x != 0.0), "{}", t.name);
+        }
+    }
+}
+
+#[test]
+fn llama_style_halves_and_remat_give_the_whole_batch() {
+    let cfg = micro_llama(0.2);
+    let model = Model::new(&cfg, 3).unwrap();
+    let batch = micro_batch();
+    let n = batch.counted();
+    let p: Vec<f64> = model.layout.init(9);
+    let mut acts = Acts::<f64>::new(&model.dims(), 2, true);
+    let whole_loss = model.forward(&p, &mut acts, &batch, 5, true);
+    let mut whole = vec![0.0; p.len()];
+    model.backward(&p, &mut whole, &mut acts, &batch, 5, true);
+    let mut remat = Acts::<f64>::with_remat(&model.dims(), 2, true, true);
+    assert_eq!(model.forward(&p, &mut remat, &batch, 5, true), whole_loss);
+    let mut gr = vec![0.0; p.len()];
+    model.backward(&p, &mut gr, &mut remat, &batch, 5, true);
+    assert_eq!(gr, whole, "remat must give bit-identical gradients");
+    let s0 = [10, 11, special::EOD, 12, 3, 4, 5];
+    let s1 = [7, 12, 11, 10, 2, special::PAD, special::PAD];
+    let mut halves = [
+        Batch::from_samples(&[&s0], &[0], 6),
+        Batch::from_samples(&[&s1], &[1], 6),
+    ];
+    for h in &mut halves {
+        h.normalise(n);
+    }
+    for threads in [1, 2] {
+        let mut acts = [
+            Acts::<f64>::new(&model.dims(), 1, true),
+            Acts::<f64>::new(&model.dims(), 1, true),
+        ];
+        let mut g = vec![0.0; p.len()];
+        let loss = pangu_trainer::linalg::with_threads(threads, || {
+            model.step_halves(&p, &mut g, &mut acts, &halves, 5, true)
+        });
+        assert!((loss - whole_loss).abs() <= 1e-12 * whole_loss.abs());
+        let scale = whole.iter().fold(1e-6, |m: f64, x| m.max(x.abs()));
+        for (i, (a, b)) in g.iter().zip(&whole).enumerate() {
+            assert!((a - b).abs() <= 1e-12 * scale, "gradient {i}: {a} vs {b}");
+        }
+    }
+}
+
+#[test]
+fn executor_layout_sizes_equal_the_model_parameter_counts() {
+    // Every preset the executor can build (all but ALiBi's MPT): the flat buffer's length is
+    // ModelConfig::params(), so the simulator and the executor agree on sizes. Building a
+    // layout allocates no parameters.
+    let mut built = 0;
+    for (name, _) in pangu_model::presets() {
+        let cfg = ModelConfig::preset(name).unwrap();
+        match pangu_trainer::model::Layout::new(&cfg) {
+            Ok(l) => {
+                assert_eq!(l.total as u64, cfg.params().total, "{name}");
+                built += 1;
+            }
+            Err(e) => assert!(e.to_string().contains("ALiBi"), "{name}: {e}"),
+        }
+    }
+    assert!(built >= 10);
+    for cfg in [micro_llama(0.0), micro_config(true, 0.0)] {
+        let l = pangu_trainer::model::Layout::new(&cfg).unwrap();
+        assert_eq!(l.total as u64, cfg.params().total, "{}", cfg.name);
+    }
+}

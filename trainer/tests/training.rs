@@ -299,10 +299,27 @@ fn two_threads_train_exactly_like_one() {
     assert!(state_one == state_two, "weights or Adam state differ");
 }
 
+/// A small Llama-style model: RMSNorm, SwiGLU, rotary embeddings, 4 heads over 2 key/value
+/// heads, an untied head, no biases.
+fn llama_config() -> ModelConfig {
+    ModelConfig::from_toml(
+        "name = \"test-llama\"\nlayers = 2\nhidden = 32\nheads = 4\nkv_heads = 2\nffn = 64\n\
+         ffn_kind = \"swiglu\"\nnorm = \"rmsnorm\"\nposition = \"rotary\"\n\
+         tied_embeddings = false\nbias = false\nvocab = 2500\nseq_len = 32\nglobal_batch = 4\n",
+        "test",
+    )
+    .unwrap()
+}
+
 #[test]
 fn kv_cache_decoding_matches_the_full_forward_pass() {
-    let cfg = small_config();
-    let model = Model::new(&cfg, 5).unwrap();
+    for cfg in [small_config(), llama_config()] {
+        kv_cache_matches(&cfg);
+    }
+}
+
+fn kv_cache_matches(cfg: &ModelConfig) {
+    let model = Model::new(cfg, 5).unwrap();
     let p = model.layout.init::<f32>(5);
     let tokens: Vec<u32> = (0..=32).map(|i| 10 + (i * 37 % 900) as u32).collect();
     let mut batch = Batch::from_samples(&[&tokens], &[0], 32);
@@ -321,7 +338,8 @@ fn kv_cache_decoding_matches_the_full_forward_pass() {
             let pj = (l[j] - mx).exp() / z;
             assert!(
                 (pj - full[pos * v + j]).abs() < 1e-5,
-                "position {pos} token {j}"
+                "{}: position {pos} token {j}",
+                cfg.name
             );
         }
     }

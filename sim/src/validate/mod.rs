@@ -277,6 +277,7 @@ fn setup(r: &Row, extra: Option<&Assumption>) -> Result<Setup, String> {
         } else {
             PositionKind::Learned
         },
+        rope_theta: pangu_model::DEFAULT_ROPE_THETA,
         norm: NormKind::Layernorm,
         bias: !mpt,
         dropout: 0.0,

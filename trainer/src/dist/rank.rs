@@ -418,6 +418,10 @@ impl<'a> Rank<'a> {
     /// both gradients (locally when one rank holds both chunks).
     fn sum_tied_table(&mut self, world: &mut dyn Communicator) -> Result<(), TrainError> {
         let pp = self.plan.strategy.pp;
+        if !self.plan.model.tied_embeddings {
+            // An untied head has its own table: nothing is shared between the stages.
+            return Ok(());
+        }
         let e = self
             .chunks
             .iter()

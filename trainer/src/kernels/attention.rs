@@ -18,6 +18,9 @@ pub struct AttnDims {
     pub s: usize,
     /// Heads (on this device).
     pub h: usize,
+    /// Key/value heads (on this device; grouped-query attention when fewer than `h`): query
+    /// head `i` reads key/value head `i / (h / kv)`.
+    pub kv: usize,
     /// Head size.
     pub hd: usize,
     /// Global index of this device's first head (dropout masks are keyed on global heads).
@@ -33,6 +36,7 @@ impl AttnDims {
             b,
             s,
             h,
+            kv: h,
             hd,
             h0: 0,
             h_all: h,
@@ -42,6 +46,21 @@ impl AttnDims {
     /// Width of the merged heads (h·hd).
     pub fn width(&self) -> usize {
         self.h * self.hd
+    }
+
+    /// Width of the keys (or values) of every key/value head (kv·hd).
+    pub fn kv_width(&self) -> usize {
+        self.kv * self.hd
+    }
+
+    /// Row stride of the packed Q | K | V buffer.
+    pub fn qkv_width(&self) -> usize {
+        self.width() + 2 * self.kv_width()
+    }
+
+    /// Query heads per key/value head.
+    fn group(&self) -> usize {
+        self.h / self.kv.max(1)
     }
 }
 
@@ -61,7 +80,7 @@ fn causal_blocks(s: usize) -> impl Iterator<Item = (usize, usize)> {
 /// `out[s, hd] = L·R`, or `Lᵀ·R` with `lt`, for a lower-triangular `L` `[s, s]` (row
 /// stride s) and `R` with row stride `ldr`; `out` has row stride `ldo`. `L·R`: block rows
 /// `r0..r1` of L meet rows `0..r1` of R only; `Lᵀ·R`: output rows `c0..c1` (columns of L)
-/// gather L's and R's rows `c0..s` only.
+/// gather L's and R's rows `c0..s` only. `acc` adds to `out` instead of overwriting it.
 #[allow(clippy::too_many_arguments)]
 fn causal_mul<T: Real>(
     out: &mut [T],
@@ -72,20 +91,22 @@ fn causal_mul<T: Real>(
     ldr: usize,
     s: usize,
     hd: usize,
+    acc: bool,
 ) {
     for (b0, b1) in causal_blocks(s) {
         let ob = &mut out[b0 * ldo..];
         if lt {
             let (lb, rb) = (&l[b0 * s + b0..], &r[b0 * ldr..]);
-            matmul_with(ob, ldo, t(lb, s), n(rb, ldr), b1 - b0, s - b0, hd, false, 1);
+            matmul_with(ob, ldo, t(lb, s), n(rb, ldr), b1 - b0, s - b0, hd, acc, 1);
         } else {
             let lb = &l[b0 * s..];
-            matmul_with(ob, ldo, n(lb, s), n(r, ldr), b1 - b0, b1, hd, false, 1);
+            matmul_with(ob, ldo, n(lb, s), n(r, ldr), b1 - b0, b1, hd, acc, 1);
         }
     }
 }
 
-/// Attention forward. `qkv` `[B·S, 3·w]` holds Q, K, V column blocks (each head `hd` wide);
+/// Attention forward. `qkv` `[B·S, w + 2·kw]` holds Q (`w` = h·hd), K and V (`kw` = kv·hd
+/// each) column blocks (each head `hd` wide; query head i reads key/value head i/(h/kv));
 /// `start[b·S+i]` is the position inside the sample where token i's document begins, so token
 /// i attends to `start..=i` only (causal plus the EOD reset of [R]'s `get_input_data`).
 /// Writes `probs` `[B, H, S, S]` (softmax, masked entries exactly 0), `probs_drop` (after
@@ -101,19 +122,24 @@ pub fn attention_fwd<T: Real>(
     sample_ids: &[u64],
 ) {
     let AttnDims { s, h, hd, .. } = dims;
-    let w = dims.width();
+    let (w, kw, ld, grp) = (
+        dims.width(),
+        dims.kv_width(),
+        dims.qkv_width(),
+        dims.group(),
+    );
     let scale = T::of(1.0 / (hd as f64).sqrt());
     let work = |b: usize, out_b: &mut [T], probs_b: &mut [T], pd_b: &mut [T]| {
-        let qkv_b = &qkv[b * s * 3 * w..][..s * 3 * w];
+        let qkv_b = &qkv[b * s * ld..][..s * ld];
         let st = &start[b * s..][..s];
         for hh in 0..h {
             let p = &mut probs_b[hh * s * s..][..s * s];
             let q = &qkv_b[hh * hd..];
-            let k = &qkv_b[w + hh * hd..];
+            let k = &qkv_b[w + hh / grp * hd..];
             // Scores of query rows r0..r1 against keys 0..r1 only: the rest is masked.
             for (r0, r1) in causal_blocks(s) {
-                let (qb, pb) = (&q[r0 * 3 * w..], &mut p[r0 * s..]);
-                matmul_with(pb, s, n(qb, 3 * w), t(k, 3 * w), r1 - r0, hd, r1, false, 1);
+                let (qb, pb) = (&q[r0 * ld..], &mut p[r0 * s..]);
+                matmul_with(pb, s, n(qb, ld), t(k, ld), r1 - r0, hd, r1, false, 1);
             }
             for i in 0..s {
                 let row = &mut p[i * s..][..s];
@@ -127,7 +153,7 @@ pub fn attention_fwd<T: Real>(
                 row[..lo].fill(T::zero());
                 row[i + 1..].fill(T::zero());
             }
-            let v = &qkv_b[2 * w + hh * hd..];
+            let v = &qkv_b[w + kw + hh / grp * hd..];
             let o = &mut out_b[hh * hd..];
             if drop.active() {
                 let pd = &mut pd_b[hh * s * s..][..s * s];
@@ -136,9 +162,9 @@ pub fn attention_fwd<T: Real>(
                 for (j, (d, &pv)) in pd.iter_mut().zip(p.iter()).enumerate() {
                     *d = pv * drop.scale::<T>(base + j as u64);
                 }
-                causal_mul(o, w, pd, false, v, 3 * w, s, hd);
+                causal_mul(o, w, pd, false, v, ld, s, hd, false);
             } else {
-                causal_mul(o, w, p, false, v, 3 * w, s, hd);
+                causal_mul(o, w, p, false, v, ld, s, hd, false);
             }
         }
     };
@@ -169,8 +195,9 @@ pub fn attention_fwd<T: Real>(
     }
 }
 
-/// Attention backward: writes `dqkv` `[B·S, 3·w]` (overwrite) from `dout` `[B·S, w]`, using
-/// the saved `probs` / `probs_drop` and `scratch` of `B·S·S` elements.
+/// Attention backward: writes `dqkv` `[B·S, w + 2·kw]` (overwrite) from `dout` `[B·S, w]`,
+/// using the saved `probs` / `probs_drop` and `scratch` of `B·S·S` elements. A key/value
+/// head's gradient is the sum over the query heads of its group.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_bwd<T: Real>(
     dqkv: &mut [T],
@@ -185,10 +212,15 @@ pub fn attention_bwd<T: Real>(
     sample_ids: &[u64],
 ) {
     let AttnDims { s, h, hd, .. } = dims;
-    let w = dims.width();
+    let (w, kw, ld, grp) = (
+        dims.width(),
+        dims.kv_width(),
+        dims.qkv_width(),
+        dims.group(),
+    );
     let scale = T::of(1.0 / (hd as f64).sqrt());
     let work = |b: usize, dqkv_b: &mut [T], dp: &mut [T]| {
-        let qkv_b = &qkv[b * s * 3 * w..][..s * 3 * w];
+        let qkv_b = &qkv[b * s * ld..][..s * ld];
         let dout_b = &dout[b * s * w..][..s * w];
         let st = &start[b * s..][..s];
         for hh in 0..h {
@@ -198,25 +230,18 @@ pub fn attention_bwd<T: Real>(
             } else {
                 p
             };
+            let (kvh, acc) = (hh / grp, hh % grp != 0);
             let q = &qkv_b[hh * hd..];
-            let k = &qkv_b[w + hh * hd..];
-            let v = &qkv_b[2 * w + hh * hd..];
+            let k = &qkv_b[w + kvh * hd..];
+            let v = &qkv_b[w + kw + kvh * hd..];
             let d_o = &dout_b[hh * hd..];
-            // dV = P_dropᵀ·dO
-            causal_mul(
-                &mut dqkv_b[2 * w + hh * hd..],
-                3 * w,
-                pd,
-                true,
-                d_o,
-                w,
-                s,
-                hd,
-            );
+            // dV = P_dropᵀ·dO (summed over the key/value head's group)
+            let dv = &mut dqkv_b[w + kw + kvh * hd..];
+            causal_mul(dv, ld, pd, true, d_o, w, s, hd, acc);
             // dP_drop = dO·Vᵀ, rows r0..r1 against keys 0..r1
             for (r0, r1) in causal_blocks(s) {
                 let (ob, db) = (&d_o[r0 * w..], &mut dp[r0 * s..]);
-                matmul_with(db, s, n(ob, w), t(v, 3 * w), r1 - r0, hd, r1, false, 1);
+                matmul_with(db, s, n(ob, w), t(v, ld), r1 - r0, hd, r1, false, 1);
             }
             let base = (sample_ids[b] * dims.h_all as u64 + (dims.h0 + hh) as u64) * (s * s) as u64;
             for i in 0..s {
@@ -240,19 +265,19 @@ pub fn attention_bwd<T: Real>(
                 dr[..lo].fill(T::zero());
                 dr[i + 1..].fill(T::zero());
             }
-            // dQ = dS·K, dK = dSᵀ·Q
-            causal_mul(&mut dqkv_b[hh * hd..], 3 * w, dp, false, k, 3 * w, s, hd);
-            causal_mul(&mut dqkv_b[w + hh * hd..], 3 * w, dp, true, q, 3 * w, s, hd);
+            // dQ = dS·K, dK = dSᵀ·Q (summed over the group)
+            causal_mul(&mut dqkv_b[hh * hd..], ld, dp, false, k, ld, s, hd, false);
+            causal_mul(&mut dqkv_b[w + kvh * hd..], ld, dp, true, q, ld, s, hd, acc);
         }
     };
     if linalg::threads() > 1 {
-        dqkv.par_chunks_mut(s * 3 * w)
+        dqkv.par_chunks_mut(s * ld)
             .zip(scratch.par_chunks_mut(s * s))
             .enumerate()
             .for_each(|(b, (d, sc))| work(b, d, sc));
     } else {
         for (b, (d, sc)) in dqkv
-            .chunks_mut(s * 3 * w)
+            .chunks_mut(s * ld)
             .zip(scratch.chunks_mut(s * s))
             .enumerate()
         {

@@ -226,13 +226,14 @@ impl Shape {
         keep: Keep,
     ) -> (usize, usize, usize, usize) {
         let (d, s, dl, fl, hl) = (dims.d, dims.s, dims.dl(), dims.fl, dims.hl);
+        let (qw, uw) = (dims.qkv_w(), dims.up_w());
         let rows = b * s;
         let rl = rows / self.split;
         let probs = b * hl * s * s * (1 + usize::from(dropout));
-        // ln1, ln2 (all rows, d); mid (own rows, d); qkv (3·dl); att (dl); up, act (fl);
-        // four LayerNorm statistics (own rows); the attention core unless selective.
+        // ln1, ln2 (all rows, d); mid (own rows, d); qkv (qw); att (dl); up (uw), act (fl);
+        // four norm statistics (own rows); the attention core unless selective.
         let core = if keep.selective { 0 } else { probs };
-        let per_layer = rows * (2 * d + 4 * dl + 2 * fl) + rl * (d + 4) + core;
+        let per_layer = rows * (2 * d + qw + dl + uw + fl) + rl * (d + 4) + core;
         let sel = if keep.selective { probs + rows * dl } else { 0 };
         // The query table's projection [S, dl] (its gradient in backward).
         let qin = if self.query { s * dl } else { 0 };
@@ -246,6 +247,7 @@ impl Shape {
         };
         // Residual stream (own rows), head, backward scratch (dx own rows; dtmp, dtmp2; sp
         // in a group; dqkv; dff; scores).
+        let dff = dff_width(dims);
         let sp = if self.tp > 1 || self.split > 1 {
             rows * d
         } else {
@@ -254,7 +256,7 @@ impl Shape {
         let other = keep.res_slots() * rl * d
             + head
             + rl * d
-            + rows * (2 * d + 3 * dl + fl)
+            + rows * (2 * d + qw + dff)
             + sp
             + b * s * s
             + sel;
@@ -285,6 +287,7 @@ impl<T: Real> Acts<T> {
     fn build(dims: &Dims, shape: Shape, b: usize, dropout: bool, remat: Remat) -> Acts<T> {
         let (d, v, s) = (dims.d, dims.v, dims.s);
         let (dl, fl, hl) = (dims.dl(), dims.fl, dims.hl);
+        let (qw, uw) = (dims.qkv_w(), dims.up_w());
         let rows = b * s;
         let rl = rows / shape.split;
         let z = |n: usize| vec![T::zero(); n];
@@ -302,7 +305,7 @@ impl<T: Real> Acts<T> {
                 } else {
                     Vec::new()
                 },
-                qkv: z(rows * 3 * dl),
+                qkv: z(rows * qw),
                 probs: core(!keep.selective),
                 probs_drop: core(!keep.selective && dropout),
                 att: z(rows * dl),
@@ -310,7 +313,7 @@ impl<T: Real> Acts<T> {
                 ln2: z(rows * d),
                 ln2_mean: z(rl),
                 ln2_rstd: z(rl),
-                up: z(rows * fl),
+                up: z(rows * uw),
                 act: z(rows * fl),
             })
             .collect();
@@ -338,8 +341,8 @@ impl<T: Real> Acts<T> {
             dx: z(rl * d),
             dtmp: z(rows * d),
             dtmp2: z(rows * d),
-            dqkv: z(rows * 3 * dl),
-            dff: z(rows * fl),
+            dqkv: z(rows * qw),
+            dff: z(rows * dff_width(dims)),
             dscratch: z(b * s * s),
             // Staging for sums over a tensor-parallel group (a single device writes in place).
             sp: if shape.tp > 1 || shape.split > 1 {
@@ -477,6 +480,16 @@ impl<T: Real> Acts<T> {
             "a training forward pass leaves the loss gradient, not probabilities"
         );
         &self.logits
+    }
+}
+
+/// Width of the FFN's backward scratch: the activation's gradient, and under SwiGLU the gate
+/// and up projections' gradients beside it.
+fn dff_width(dims: &Dims) -> usize {
+    if dims.arch.swiglu {
+        dims.fl + dims.up_w()
+    } else {
+        dims.fl
     }
 }
 

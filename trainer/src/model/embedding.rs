@@ -26,7 +26,7 @@ impl Model {
         let lay = &self.layout;
         let own = self.local_rows(batch.b);
         let (tp, v0) = self.vocab_split();
-        if tp == 1 {
+        if tp == 1 && !lay.wpe.is_empty() {
             k::embed_fwd(
                 &mut acts.res[0],
                 &batch.tokens[own.clone()],
@@ -35,6 +35,10 @@ impl Model {
                 &p[lay.wpe.clone()],
                 d,
             );
+        } else if tp == 1 {
+            // No position table (rotary embeddings turn Q and K in each layer instead).
+            let wte = &p[lay.wte.clone()];
+            k::embed_vocab_part(&mut acts.res[0], &batch.tokens[own.clone()], wte, 0, d);
         } else {
             // Vocab-parallel lookup of all rows, summed (scattered to this device's rows
             // under sequence parallelism), then the positions.
@@ -42,12 +46,10 @@ impl Model {
             let seq = lay.part.seq_parallel;
             let own_rows = summed(seq, &mut acts.sp, &mut acts.dtmp[..own.len() * d], red);
             acts.res[0].copy_from_slice(own_rows);
-            k::add_lookup(
-                &mut acts.res[0],
-                &batch.pos[own.clone()],
-                &p[lay.wpe.clone()],
-                d,
-            );
+            if !lay.wpe.is_empty() {
+                let (pos, wpe) = (&batch.pos[own.clone()], &p[lay.wpe.clone()]);
+                k::add_lookup(&mut acts.res[0], pos, wpe, d);
+            }
         }
         self.drop(train, step, 0, Site::Embedding)
             .apply(&mut acts.res[0], d, &batch.row_ids[own]);
@@ -57,7 +59,7 @@ impl Model {
     /// of the embedding's output ([`Acts::grad`]). [`Model::backward_part`] runs it itself,
     /// except on a half of a split batch, whose embedding gradients are added after both
     /// halves ([`Model::step_halves`]: the word table is also the head, so each half adds to it
-    /// twice, and half 1's head must not wait for half 0's embedding).
+    /// twice when tied, and half 1's head must not wait for half 0's embedding).
     pub fn embedding_bwd<T: Real>(
         &self,
         g: &mut Grads<'_, '_, T>,
@@ -76,6 +78,8 @@ impl Model {
         // The embedding tables' gradients from all rows on every device (replicated).
         let dx = gathered(lay.part.seq_parallel, &acts.dx, &mut acts.sp, red);
         k::lookup_bwd_part(&mut g.take(&lay.wte), dx, &batch.tokens, v0, d);
-        k::lookup_bwd(&mut g.take(&lay.wpe), dx, &batch.pos, d);
+        if !lay.wpe.is_empty() {
+            k::lookup_bwd(&mut g.take(&lay.wpe), dx, &batch.pos, d);
+        }
     }
 }

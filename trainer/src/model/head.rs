@@ -1,5 +1,5 @@
-//! The head of the last part: final LayerNorm, logits against the tied word table (this
-//! device's vocabulary columns) and the cross-entropy, forward ([`Model::head_fwd`]) and
+//! The head of the last part: final norm, logits against the output table (the tied word
+//! table or the untied head's own; this device's vocabulary columns) and the cross-entropy, forward ([`Model::head_fwd`]) and
 //! backward ([`Model::head_bwd`]), with the head's weight gradient in cache-sized blocks.
 #![allow(clippy::too_many_arguments)]
 
@@ -24,7 +24,7 @@ impl Model {
         train: bool,
         red: &mut dyn Reduce<T>,
     ) -> f64 {
-        let Dims { d, v, s, .. } = self.dims();
+        let Dims { d, v, s, arch, .. } = self.dims();
         let rows = batch.b * s;
         let lay = &self.layout;
         let (tp, v0) = self.vocab_split();
@@ -36,7 +36,8 @@ impl Model {
         } else {
             out
         };
-        k::layernorm_fwd(
+        super::norm_fwd(
+            arch,
             &mut acts.lnf,
             &mut acts.lnf_mean,
             &mut acts.lnf_rstd,
@@ -45,13 +46,13 @@ impl Model {
             &p[lay.lnf_b.clone()],
             d,
         );
-        // logits = lnf·wteᵀ (this device's vocabulary columns)
+        // logits = lnf·Wᵀ (this device's vocabulary columns of the output table)
         let vl = v / tp;
         crate::linalg::matmul(
             &mut acts.logits,
             vl,
             crate::linalg::n(&acts.lnf, d),
-            crate::linalg::t(&p[lay.wte.clone()], d),
+            crate::linalg::t(&p[lay.out_w()], d),
             rows,
             d,
             vl,
@@ -88,8 +89,8 @@ impl Model {
             .sum()
     }
 
-    /// The head's backward: the word table's gradient from the head and the final
-    /// LayerNorm's, leaving the gradient of the layers' output (this device's rows) in
+    /// The head's backward: the output table's gradient from the head and the final
+    /// norm's, leaving the gradient of the layers' output (this device's rows) in
     /// [`Acts::grad`].
     pub(super) fn head_bwd<T: Real>(
         &self,
@@ -99,11 +100,12 @@ impl Model {
         batch: &Batch,
         red: &mut dyn Reduce<T>,
     ) {
-        let Dims { d, v, s, .. } = self.dims();
+        let Dims { d, v, s, arch, .. } = self.dims();
         let rows = batch.b * s;
         let lay = &self.layout;
         let nl = lay.layers.len();
         let seq = lay.part.seq_parallel;
+        let out_w = lay.out_w();
         let own = self.local_rows(batch.b);
         let (tp, v0) = self.vocab_split();
         let vl = v / tp;
@@ -116,8 +118,8 @@ impl Model {
         } else {
             &acts.res[acts.keep.res_slot(nl)]
         };
-        // dlnf = dlogits·wte ; dwte += dlogitsᵀ·lnf
-        let wte = &p[lay.wte.clone()];
+        // dlnf = dlogits·W ; dW += dlogitsᵀ·lnf (W the output table)
+        let wte = &p[out_w.clone()];
         let (logits, lnf) = (&acts.logits, &acts.lnf);
         let input = |dtmp: &mut [T]| head_product(dtmp, logits, wte, false, rows, vl, d).run();
         if g.is_half() {
@@ -126,12 +128,12 @@ impl Model {
             if input_first {
                 input(&mut acts.dtmp);
             }
-            head_weight_grad(&mut g.take(&lay.wte), logits, lnf, rows, vl, d);
+            head_weight_grad(&mut g.take(&out_w), logits, lnf, rows, vl, d);
             if !input_first {
                 input(&mut acts.dtmp);
             }
         } else {
-            let mut gw = g.take(&lay.wte);
+            let mut gw = g.take(&out_w);
             let weight = head_product(&mut gw, logits, lnf, true, rows, vl, d);
             let dx = head_product(&mut acts.dtmp, logits, wte, false, rows, vl, d);
             crate::linalg::matmul_pair(weight, dx);
@@ -141,11 +143,12 @@ impl Model {
         // The head runs on all rows on every device; keep this device's rows' gradient.
         let full: &mut [T] = if seq { &mut acts.sp } else { &mut acts.dx };
         full.fill(T::zero());
-        let (mut dg, mut db) = g.take2(&lay.lnf_g, &lay.lnf_b);
-        k::layernorm_bwd(
+        super::linear::norm_back(
+            arch,
+            g,
+            &lay.lnf_g,
+            &lay.lnf_b,
             full,
-            &mut dg,
-            &mut db,
             &acts.dtmp,
             head_in,
             &p[lay.lnf_g.clone()],

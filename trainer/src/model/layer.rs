@@ -8,7 +8,10 @@ use std::ops::Range;
 use super::acts::{Acts, LayerActs, Selective};
 use super::batch::Batch;
 use super::layout::{Dims, LayerParams};
-use super::linear::{ffn_up, linear_back, qkv_inputs, qkv_weights, QueryGrad};
+use super::linear::{
+    bias, bias_range, ffn_up, linear_back, norm_back, norm_fwd, qkv_inputs, qkv_weights,
+    split_bias, QueryGrad,
+};
 use super::{Model, Site};
 use crate::grads::Grads;
 use crate::kernels::{self as k, AttnDims};
@@ -60,7 +63,8 @@ impl Model {
         }
     }
 
-    /// `out = LN(x)` over this device's rows, gathered to all rows under sequence parallelism.
+    /// `out = norm(x)` over this device's rows, gathered to all rows under sequence
+    /// parallelism.
     fn norm_gather<T: Real>(
         &self,
         x: &[T],
@@ -72,13 +76,13 @@ impl Model {
         sp: &mut [T],
         red: &mut dyn Reduce<T>,
     ) {
-        let d = self.dims().d;
+        let Dims { d, arch, .. } = self.dims();
         if self.layout.part.seq_parallel {
             let loc = &mut sp[..x.len()];
-            k::layernorm_fwd(loc, mean, rstd, x, g, bias, d);
+            norm_fwd(arch, loc, mean, rstd, x, g, bias, d);
             red.all_gather(loc, out);
         } else {
-            k::layernorm_fwd(out, mean, rstd, x, g, bias, d);
+            norm_fwd(arch, out, mean, rstd, x, g, bias, d);
         }
     }
 
@@ -158,7 +162,8 @@ impl Model {
             red,
         );
         let w = &p[lp.w_qkv.clone()];
-        let bq = &p[lp.b_qkv.clone()];
+        let bq = bias(p, &lp.b_qkv);
+        let qw = dims.qkv_w();
         if query {
             // A row's query depends on its position only: project the query table once
             // (`qin` = wqe·Wq + bq, [S, dl]) and look its rows up, instead of projecting the
@@ -170,38 +175,32 @@ impl Model {
                 &p[lay.wqe.clone()],
                 d,
                 w,
-                3 * dl,
-                Some(&bq[..dl]),
+                qw,
+                bq.map(|b| &b[..dl]),
                 s,
                 d,
                 dl,
             );
-            k::lookup_fwd_strided(&mut a.qkv, 3 * dl, &batch.pos, &a.qin, dl);
+            k::lookup_fwd_strided(&mut a.qkv, qw, &batch.pos, &a.qin, dl);
             k::linear_fwd(
                 &mut a.qkv[dl..],
-                3 * dl,
+                qw,
                 &a.ln1,
                 d,
                 &w[dl..],
-                3 * dl,
-                Some(&bq[dl..]),
+                qw,
+                bq.map(|b| &b[dl..]),
                 rows,
                 d,
-                2 * dl,
+                qw - dl,
             );
         } else {
-            k::linear_fwd(
-                &mut a.qkv,
-                3 * dl,
-                &a.ln1,
-                d,
-                w,
-                3 * dl,
-                Some(bq),
-                rows,
-                d,
-                3 * dl,
-            );
+            k::linear_fwd(&mut a.qkv, qw, &a.ln1, d, w, qw, bq, rows, d, qw);
+        }
+        if let Some(theta) = dims.arch.rope {
+            // Rotary embeddings turn every Q and K head by the row's position in its document.
+            let heads = dims.hl + dims.kvl;
+            k::rope(&mut a.qkv, qw, heads, dims.hd(), &batch.pos, theta, false);
         }
         // Under selective remat the probabilities go to a scratch recomputed in backward.
         let (probs, probs_drop) = if a.probs.is_empty() {
@@ -231,7 +230,7 @@ impl Model {
             dl,
             &p[lp.w_o.clone()],
             d,
-            bias_once.then(|| &p[lp.b_o.clone()]),
+            bias(p, &lp.b_o).filter(|_| bias_once),
             rows,
             dl,
             d,
@@ -239,8 +238,8 @@ impl Model {
         if !alone {
             self.sum_rows(&mut sp[..rows * d], &mut a.mid, red);
         }
-        if seq {
-            k::add_rows(&mut a.mid, &p[lp.b_o.clone()]);
+        if let Some(b) = bias(p, &lp.b_o).filter(|_| seq) {
+            k::add_rows(&mut a.mid, b);
         }
         self.drop(train, step, l, Site::AttnOut)
             .apply(&mut a.mid, d, row_ids);
@@ -259,7 +258,7 @@ impl Model {
         train: bool,
         red: &mut dyn Reduce<T>,
     ) {
-        let Dims { d, fl, .. } = self.dims();
+        let Dims { d, fl, arch, .. } = self.dims();
         let At {
             l,
             lp,
@@ -280,7 +279,7 @@ impl Model {
             sp,
             red,
         );
-        ffn_up(p, lp, &a.ln2, &mut a.up, &mut a.act, rows, d, fl);
+        ffn_up(arch, p, lp, &a.ln2, &mut a.up, &mut a.act, rows, d, fl);
         k::linear_fwd(
             if alone { &mut *y } else { &mut sp[..rows * d] },
             d,
@@ -288,7 +287,7 @@ impl Model {
             fl,
             &p[lp.w_down.clone()],
             d,
-            bias_once.then(|| &p[lp.b_down.clone()]),
+            bias(p, &lp.b_down).filter(|_| bias_once),
             rows,
             fl,
             d,
@@ -296,8 +295,8 @@ impl Model {
         if !alone {
             self.sum_rows(&mut sp[..rows * d], y, red);
         }
-        if seq {
-            k::add_rows(y, &p[lp.b_down.clone()]);
+        if let Some(b) = bias(p, &lp.b_down).filter(|_| seq) {
+            k::add_rows(y, b);
         }
         self.drop(train, step, l, Site::FfnOut).apply(y, d, row_ids);
         k::add_into(y, &a.mid);
@@ -346,7 +345,9 @@ impl Model {
         let dy = self
             .drop(train, step, at.l, site)
             .masked(dx, tmp, d, at.row_ids);
-        k::bias_bwd(&mut g.take(bias), dy);
+        if !bias.is_empty() {
+            k::bias_bwd(&mut g.take(bias), dy);
+        }
         gathered(at.seq, dy, sp, red)
     }
 
@@ -362,7 +363,9 @@ impl Model {
         train: bool,
         red: &mut dyn Reduce<T>,
     ) {
-        let Dims { d, fl, .. } = self.dims();
+        let dims = self.dims();
+        let Dims { d, fl, arch, .. } = dims;
+        let uw = dims.up_w();
         let At {
             li,
             lp,
@@ -387,9 +390,11 @@ impl Model {
             train,
             red,
         );
+        // `dff`: the activation's gradient `[rows, fl]`, then (SwiGLU) the gate and up's
+        // `[rows, 2fl]`.
         linear_back(
             g,
-            Some((&mut acts.dff, fl, false)),
+            Some((&mut acts.dff[..rows * fl], fl, false)),
             &lp.w_down,
             d,
             None,
@@ -402,41 +407,45 @@ impl Model {
             fl,
             d,
         );
-        k::gelu_bwd_inplace(&mut acts.dff, &a.up, &a.act, fl);
-        {
-            linear_back(
-                g,
-                Some((&mut acts.dtmp2, d, false)),
-                &lp.w_up,
-                fl,
-                Some(&lp.b_up),
-                &acts.dff,
-                fl,
-                &a.ln2,
-                d,
-                &p[lp.w_up.clone()],
-                rows,
-                d,
-                fl,
-            );
-        }
+        let dup: &[T] = if arch.swiglu {
+            let (dact, dgu) = acts.dff.split_at_mut(rows * fl);
+            k::swiglu_bwd(dgu, &a.up, dact, fl);
+            dgu
+        } else {
+            k::gelu_bwd_inplace(&mut acts.dff, &a.up, &a.act, fl);
+            &acts.dff
+        };
+        linear_back(
+            g,
+            Some((&mut acts.dtmp2, d, false)),
+            &lp.w_up,
+            uw,
+            bias_range(&lp.b_up),
+            dup,
+            uw,
+            &a.ln2,
+            d,
+            &p[lp.w_up.clone()],
+            rows,
+            d,
+            uw,
+        );
         // The column-split FFN-up saw the whole input: its input gradient is summed
         // (over the group; scattered to this device's rows under sequence parallelism).
         let dln = summed(seq, &mut acts.dtmp2, &mut acts.dtmp[..rl * d], red);
-        {
-            let (mut dg, mut db) = g.take2(&lp.ln2_g, &lp.ln2_b);
-            k::layernorm_bwd(
-                &mut acts.dx,
-                &mut dg,
-                &mut db,
-                dln,
-                &a.mid,
-                &p[lp.ln2_g.clone()],
-                &a.ln2_mean,
-                &a.ln2_rstd,
-                d,
-            );
-        }
+        norm_back(
+            arch,
+            g,
+            &lp.ln2_g,
+            &lp.ln2_b,
+            &mut acts.dx,
+            dln,
+            &a.mid,
+            &p[lp.ln2_g.clone()],
+            &a.ln2_mean,
+            &a.ln2_rstd,
+            d,
+        );
     }
 
     /// The attention sub-layer's backward down to the attention core: from the gradient of
@@ -513,6 +522,12 @@ impl Model {
             self.drop(train, step, l, Site::AttnProbs),
             &batch.sample_ids,
         );
+        if let Some(theta) = dims.arch.rope {
+            // Back through the rotation: the gradients of Q and K turn the other way.
+            let heads = dims.hl + dims.kvl;
+            let (qw, hd) = (dims.qkv_w(), dims.hd());
+            k::rope(&mut acts.dqkv, qw, heads, hd, &batch.pos, theta, true);
+        }
     }
 
     /// The QKV projection's backward and LN1's: from the gradient of Q, K and V in
@@ -528,8 +543,8 @@ impl Model {
         red: &mut dyn Reduce<T>,
     ) {
         let dims = self.dims();
-        let Dims { d, s, .. } = dims;
-        let dl = dims.dl();
+        let Dims { d, s, arch, .. } = dims;
+        let (dl, qw) = (dims.dl(), dims.qkv_w());
         let lay = &self.layout;
         let At {
             li,
@@ -549,7 +564,7 @@ impl Model {
             // The query table projection's gradient: dT[pos] += dQ, row by row ([S, dl]
             // in `qin`, which held the projection itself in forward).
             a.qin.fill(T::zero());
-            k::lookup_bwd_strided(&mut a.qin, &acts.dqkv, 3 * dl, &batch.pos, dl);
+            k::lookup_bwd_strided(&mut a.qin, &acts.dqkv, qw, &batch.pos, dl);
         }
         let qt = QueryGrad { dt: &a.qin, wqe, s };
         if g.is_half() {
@@ -557,31 +572,41 @@ impl Model {
             let input_first = g.input_first();
             let mut inputs = || {
                 let (dq, dkv) = (&mut acts.dtmp, &mut acts.dtmp2);
-                qkv_inputs(query.then_some(qt), dq, dkv, &acts.dqkv, w, d, dl, rows);
+                qkv_inputs(
+                    query.then_some(qt),
+                    dq,
+                    dkv,
+                    &acts.dqkv,
+                    w,
+                    d,
+                    (dl, qw),
+                    rows,
+                );
             };
             if input_first {
                 inputs();
             }
             {
-                let (mut gw, mut gb) = g.take2(&lp.w_qkv, &lp.b_qkv);
-                let (gw, gb): (&mut [T], &mut [T]) = (&mut gw, &mut gb);
-                let ln1 = &a.ln1;
-                qkv_weights(query.then_some(qt), gw, gb, &acts.dqkv, ln1, d, dl, rows);
+                let (mut gw, mut gb) = g.take_maybe2(&lp.w_qkv, bias_range(&lp.b_qkv));
+                let (gw, gb): (&mut [T], _) = (&mut gw, gb.as_deref_mut());
+                let (ln1, qt) = (&a.ln1, query.then_some(qt));
+                qkv_weights(qt, gw, gb, &acts.dqkv, ln1, d, (dl, qw), rows);
             }
             if !input_first {
                 inputs();
             }
         } else {
-            let (mut gw, mut gb) = g.take2(&lp.w_qkv, &lp.b_qkv);
-            let (gw, gb): (&mut [T], &mut [T]) = (&mut gw, &mut gb);
+            let (mut gw, mut gb) = g.take_maybe2(&lp.w_qkv, bias_range(&lp.b_qkv));
+            let (gw, gb): (&mut [T], _) = (&mut gw, gb.as_deref_mut());
             if query {
+                let (gbq, gbkv) = split_bias(gb, dl);
                 // Q from the query table (through its projection's gradient dT, S rows),
                 // K and V from LN1(x).
                 k::linear_bwd(
                     Some((&mut acts.dtmp[..s * d], d, false)),
                     gw,
-                    3 * dl,
-                    Some(&mut gb[..dl]),
+                    qw,
+                    gbq,
                     &a.qin,
                     dl,
                     wqe,
@@ -594,32 +619,21 @@ impl Model {
                 k::linear_bwd(
                     Some((&mut acts.dtmp2, d, false)),
                     &mut gw[dl..],
-                    3 * dl,
-                    Some(&mut gb[dl..]),
+                    qw,
+                    gbkv,
                     &acts.dqkv[dl..],
-                    3 * dl,
+                    qw,
                     &a.ln1,
                     d,
                     &w[dl..],
                     rows,
                     d,
-                    2 * dl,
+                    qw - dl,
                 );
             } else {
-                k::linear_bwd(
-                    Some((&mut acts.dtmp2, d, false)),
-                    gw,
-                    3 * dl,
-                    Some(gb),
-                    &acts.dqkv,
-                    3 * dl,
-                    &a.ln1,
-                    d,
-                    w,
-                    rows,
-                    d,
-                    3 * dl,
-                );
+                let dx = Some((&mut acts.dtmp2[..], d, false));
+                let (dy, x) = (&acts.dqkv, &a.ln1);
+                k::linear_bwd(dx, gw, qw, gb, dy, qw, x, d, w, rows, d, qw);
             }
         }
         if query {
@@ -630,19 +644,18 @@ impl Model {
             k::add_into(&mut g.take(&lay.wqe), dq);
         }
         let dln = summed(seq, &mut acts.dtmp2, &mut acts.dtmp[..rl * d], red);
-        {
-            let (mut dg, mut db) = g.take2(&lp.ln1_g, &lp.ln1_b);
-            k::layernorm_bwd(
-                &mut acts.dx,
-                &mut dg,
-                &mut db,
-                dln,
-                x,
-                &p[lp.ln1_g.clone()],
-                &a.ln1_mean,
-                &a.ln1_rstd,
-                d,
-            );
-        }
+        norm_back(
+            arch,
+            g,
+            &lp.ln1_g,
+            &lp.ln1_b,
+            &mut acts.dx,
+            dln,
+            x,
+            &p[lp.ln1_g.clone()],
+            &a.ln1_mean,
+            &a.ln1_rstd,
+            d,
+        );
     }
 }

@@ -52,6 +52,15 @@ pub enum Split {
     },
     /// Each device holds `1/tp` of the first dimension.
     Rows,
+    /// The last dimension is Q | K | V of unequal widths (grouped-query attention): `q` and
+    /// `kv` are this device's widths of the Q block and of each of K and V; each device holds
+    /// its `1/tp` of every block.
+    Qkv {
+        /// Local width of the Q block.
+        q: usize,
+        /// Local width of the K block (and of the V block).
+        kv: usize,
+    },
 }
 
 /// The share of the model one device holds: a range of layers (a pipeline model chunk, with
@@ -67,7 +76,7 @@ pub struct Part {
     pub layers: Range<usize>,
     /// Holds the embeddings (the first virtual stage).
     pub embedding: bool,
-    /// Holds the final LayerNorm, the head and the loss (the last virtual stage).
+    /// Holds the final norm, the head and the loss (the last virtual stage).
     pub head: bool,
     /// Sequence parallelism (with `tp > 1`): the residual stream, LayerNorms and dropout
     /// hold this device's `1/tp` block of the rows; all-gathers and reduce-scatters take the
@@ -114,13 +123,13 @@ impl TensorInfo {
 /// Ranges of one layer's tensors.
 #[derive(Debug, Clone)]
 pub struct LayerParams {
-    /// LN1 gain and bias.
+    /// LN1 gain.
     pub ln1_g: Range<usize>,
-    /// LN1 bias.
+    /// LN1 bias (empty under RMSNorm).
     pub ln1_b: Range<usize>,
-    /// Q, K, V weights `[d, 3d]`.
+    /// Q, K, V weights `[d, d + 2·kv_dim]` (`[d, 3d]` without grouped-query attention).
     pub w_qkv: Range<usize>,
-    /// Q, K, V biases `[3d]`.
+    /// Q, K, V biases (empty without biases).
     pub b_qkv: Range<usize>,
     /// Attention output projection `[d, d]`.
     pub w_o: Range<usize>,
@@ -130,7 +139,7 @@ pub struct LayerParams {
     pub ln2_g: Range<usize>,
     /// LN2 bias.
     pub ln2_b: Range<usize>,
-    /// FFN up `[d, f]`.
+    /// FFN up `[d, f]`, or SwiGLU's gate and up side by side `[d, 2f]`.
     pub w_up: Range<usize>,
     /// Its bias.
     pub b_up: Range<usize>,
@@ -148,7 +157,7 @@ impl LayerParams {
 }
 
 /// The model's shapes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Dims {
     /// Hidden size.
     pub d: usize,
@@ -168,6 +177,38 @@ pub struct Dims {
     pub hl: usize,
     /// FFN columns on this device (`f / tp`).
     pub fl: usize,
+    /// Key/value heads of the whole model.
+    pub kv: usize,
+    /// Key/value heads on this device (`kv / tp`).
+    pub kvl: usize,
+    /// The block's variant: norms, FFN, positions, biases, head.
+    pub arch: Arch,
+}
+
+/// The architecture choices of a model beyond its sizes ([`ModelConfig`]'s kinds).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Arch {
+    /// RMSNorm (gain only) instead of LayerNorm (gain and bias).
+    pub rms: bool,
+    /// SwiGLU FFN (gate and up, SiLU) instead of GeLU.
+    pub swiglu: bool,
+    /// Rotary embeddings with this base θ instead of a learned position table.
+    pub rope: Option<f64>,
+    /// Linear layers carry biases.
+    pub bias: bool,
+    /// The head is the word table.
+    pub tied: bool,
+}
+
+impl Arch {
+    /// PanGu-α's (and GPT's): LayerNorm, GeLU, learned positions, biases, tied head.
+    pub const GPT: Arch = Arch {
+        rms: false,
+        swiglu: false,
+        rope: None,
+        bias: true,
+        tied: true,
+    };
 }
 
 impl Dims {
@@ -181,38 +222,55 @@ impl Dims {
         self.hl * self.hd()
     }
 
+    /// Width of this device's key (or value) heads.
+    pub fn kvw(&self) -> usize {
+        self.kvl * self.hd()
+    }
+
+    /// Width of this device's Q | K | V projection.
+    pub fn qkv_w(&self) -> usize {
+        self.dl() + 2 * self.kvw()
+    }
+
+    /// Width of this device's FFN up projection (SwiGLU: gate and up).
+    pub fn up_w(&self) -> usize {
+        if self.arch.swiglu {
+            2 * self.fl
+        } else {
+            self.fl
+        }
+    }
+
     /// The shapes of `part` of `cfg`, or the error that says why the trainer cannot run them
     /// (an architecture it does not implement, a tensor-parallel degree that does not divide
     /// the model, layers the model lacks).
     fn checked(cfg: &ModelConfig, part: &Part) -> Result<Dims, TrainError> {
-        let unsupported = |field: &str, why: &str| {
-            Err(TrainError::Unsupported(format!(
-                "model '{}': {field} {why} (the CPU trainer runs the PanGu-α architecture: learned positions, \
-                 LayerNorm, GeLU FFN with biases, tied embedding, full multi-head attention)",
-                cfg.name
-            )))
-        };
         cfg.validate()
             .map_err(|e| TrainError::Unsupported(e.to_string()))?;
-        if cfg.position != PositionKind::Learned {
-            return unsupported("position", "is not 'learned'");
+        if cfg.position == PositionKind::None {
+            return Err(TrainError::Unsupported(format!(
+                "model '{}': position 'none' (ALiBi) is not implemented by the CPU trainer: \
+                 use 'learned' or 'rotary'",
+                cfg.name
+            )));
         }
-        if cfg.norm != NormKind::Layernorm {
-            return unsupported("norm", "is not 'layernorm'");
-        }
-        if cfg.ffn_kind != FfnKind::Gelu {
-            return unsupported("ffn_kind", "is not 'gelu'");
-        }
-        if !cfg.bias {
-            return unsupported("bias", "is false");
-        }
-        if !cfg.tied_embeddings {
-            return unsupported("tied_embeddings", "is false");
-        }
-        if cfg.kv_heads() != cfg.heads {
-            return unsupported("kv_heads", "differs from heads");
-        }
+        let arch = Arch {
+            rms: cfg.norm == NormKind::Rmsnorm,
+            swiglu: cfg.ffn_kind == FfnKind::Swiglu,
+            rope: (cfg.position == PositionKind::Rotary).then_some(cfg.rope_theta),
+            bias: cfg.bias,
+            tied: cfg.tied_embeddings,
+        };
         let (h, f, l) = (cfg.heads as usize, cfg.ffn as usize, cfg.layers as usize);
+        let kv = cfg.kv_heads() as usize;
+        let hd = cfg.head_dim() as usize;
+        if arch.rope.is_some() && !hd.is_multiple_of(2) {
+            return Err(TrainError::Config(format!(
+                "model '{}': rotary embeddings turn pairs of a head's columns; the head size {hd} \
+                 (hidden {} / heads {h}) must be even",
+                cfg.name, cfg.hidden
+            )));
+        }
         let tp = part.tp;
         if tp == 0
             || h % tp != 0
@@ -223,6 +281,13 @@ impl Dims {
             return Err(TrainError::Config(format!(
                 "model '{}': tensor-parallel degree {tp} must divide the heads ({h}), the FFN size ({f}) and the vocabulary ({})",
                 cfg.name, cfg.vocab
+            )));
+        }
+        if !kv.is_multiple_of(tp) {
+            return Err(TrainError::Config(format!(
+                "model '{}': tensor-parallel degree {tp} must divide the key/value heads ({kv}): \
+                 each device holds whole key/value heads with their query heads",
+                cfg.name
             )));
         }
         if part.layers.end > l || part.layers.start > part.layers.end {
@@ -241,6 +306,9 @@ impl Dims {
             query: cfg.query_layer,
             hl: h / tp,
             fl: f / tp,
+            kv,
+            kvl: kv / tp,
+            arch,
         })
     }
 }
@@ -252,18 +320,20 @@ pub struct Layout {
     pub dims: Dims,
     /// Every tensor, in buffer order.
     pub tensors: Vec<TensorInfo>,
-    /// Word embedding `[V, d]` (also the output head).
+    /// Word embedding `[V, d]` (also the output head when tied).
     pub wte: Range<usize>,
-    /// Position embedding `[S, d]`.
+    /// Position embedding `[S, d]` (empty under rotary embeddings).
     pub wpe: Range<usize>,
     /// Query-layer position table `[S, d]` (empty without a query layer).
     pub wqe: Range<usize>,
     /// Per layer.
     pub layers: Vec<LayerParams>,
-    /// Final LayerNorm gain.
+    /// Final norm gain.
     pub lnf_g: Range<usize>,
-    /// Final LayerNorm bias.
+    /// Final norm bias (empty under RMSNorm).
     pub lnf_b: Range<usize>,
+    /// Untied output head `[V, d]` (empty when the head is the word table).
+    pub head_w: Range<usize>,
     /// Total elements.
     pub total: usize,
     /// The share of the model this layout holds.
@@ -311,26 +381,32 @@ impl Layout {
             };
         let holds_query = dims.query && part.layers.contains(&(l - 1));
         let n = |keep: bool, rows: usize| if keep { rows } else { 0 };
+        let arch = dims.arch;
+        // Tensors an architecture lacks are empty (and dropped from the list below).
+        let (ln_bias, bias) = (!arch.rms, arch.bias);
         use Split::{Cols, Rows, Whole};
         // Initialisation of [R] pangu_alpha.py (pangu-alpha.md §1.6): embeddings N(0, 0.02);
         // the projections into the residual stream N(0, 0.02/sqrt(2L)); FFN up N(0, 0.02);
         // biases 0, LayerNorm gain 1. Q/K/V use MindSpore's Dense default, whose value the
         // reference could not confirm: N(0, 0.02) as every other input projection here.
+        // Llama-style models take the same: Hugging Face's LlamaConfig draws every weight
+        // from N(0, initializer_range = 0.02) and sets norm gains to 1.
         let std = 0.02;
         let std_out = 0.02 / (2.0 * l as f64).sqrt();
         let (emb, head) = (part.embedding, part.head);
         // Vocab-parallel word table (and tied head): each device holds `V/tp` rows.
+        let vsplit = if tp > 1 { Rows } else { Whole };
         let wte = add(
             "embedding.word".into(),
-            vec![n(emb || head, v / tp), d],
-            if tp > 1 { Rows } else { Whole },
+            vec![n(emb || (head && arch.tied), v / tp), d],
+            vsplit,
             true,
             std,
             0.0,
         );
         let wpe = add(
             "embedding.position".into(),
-            vec![n(emb, s), d],
+            vec![n(emb && arch.rope.is_none(), s), d],
             Whole,
             true,
             std,
@@ -344,24 +420,53 @@ impl Layout {
             std,
             0.0,
         );
+        let (qkv_w, up_w, kvw) = (dims.qkv_w(), dims.up_w(), dims.kvw());
+        let qkv = if dims.kv == dims.h {
+            Cols { blocks: 3 }
+        } else {
+            Split::Qkv { q: dl, kv: kvw }
+        };
+        let up = Cols {
+            blocks: if arch.swiglu { 2 } else { 1 },
+        };
+        let up_name = if arch.swiglu { "ffn.gate_up" } else { "ffn.up" };
         let mut layers = Vec::new();
         for i in part.layers.clone() {
             let p = |n: &str| format!("layers.{i}.{n}");
-            let qkv = Cols { blocks: 3 };
-            let col = Cols { blocks: 1 };
             layers.push(LayerParams {
                 ln1_g: add(p("ln1.gamma"), vec![d], Whole, false, 0.0, 1.0),
-                ln1_b: add(p("ln1.beta"), vec![d], Whole, false, 0.0, 0.0),
-                w_qkv: add(p("attn.qkv.weight"), vec![d, 3 * dl], qkv, true, std, 0.0),
-                b_qkv: add(p("attn.qkv.bias"), vec![3 * dl], qkv, false, 0.0, 0.0),
+                ln1_b: add(p("ln1.beta"), vec![n(ln_bias, d)], Whole, false, 0.0, 0.0),
+                w_qkv: add(p("attn.qkv.weight"), vec![d, qkv_w], qkv, true, std, 0.0),
+                b_qkv: add(
+                    p("attn.qkv.bias"),
+                    vec![n(bias, qkv_w)],
+                    qkv,
+                    false,
+                    0.0,
+                    0.0,
+                ),
                 w_o: add(p("attn.out.weight"), vec![dl, d], Rows, true, std_out, 0.0),
-                b_o: add(p("attn.out.bias"), vec![d], Whole, false, 0.0, 0.0),
+                b_o: add(p("attn.out.bias"), vec![n(bias, d)], Whole, false, 0.0, 0.0),
                 ln2_g: add(p("ln2.gamma"), vec![d], Whole, false, 0.0, 1.0),
-                ln2_b: add(p("ln2.beta"), vec![d], Whole, false, 0.0, 0.0),
-                w_up: add(p("ffn.up.weight"), vec![d, fl], col, true, std, 0.0),
-                b_up: add(p("ffn.up.bias"), vec![fl], col, false, 0.0, 0.0),
+                ln2_b: add(p("ln2.beta"), vec![n(ln_bias, d)], Whole, false, 0.0, 0.0),
+                w_up: add(
+                    p(&format!("{up_name}.weight")),
+                    vec![d, up_w],
+                    up,
+                    true,
+                    std,
+                    0.0,
+                ),
+                b_up: add(
+                    p(&format!("{up_name}.bias")),
+                    vec![n(bias, up_w)],
+                    up,
+                    false,
+                    0.0,
+                    0.0,
+                ),
                 w_down: add(p("ffn.down.weight"), vec![fl, d], Rows, true, std_out, 0.0),
-                b_down: add(p("ffn.down.bias"), vec![d], Whole, false, 0.0, 0.0),
+                b_down: add(p("ffn.down.bias"), vec![n(bias, d)], Whole, false, 0.0, 0.0),
             });
         }
         let lnf_g = add(
@@ -374,13 +479,22 @@ impl Layout {
         );
         let lnf_b = add(
             "final_ln.beta".into(),
-            vec![n(head, d)],
+            vec![n(head && ln_bias, d)],
             Whole,
             false,
             0.0,
             0.0,
         );
-        let total = lnf_b.end;
+        // An untied head: its own vocab-parallel `[V/tp, d]` table, split as the word table.
+        let head_w = add(
+            "head.weight".into(),
+            vec![n(head && !arch.tied, v / tp), d],
+            vsplit,
+            true,
+            std,
+            0.0,
+        );
+        let total = head_w.end;
         // Tensors this part does not hold (and the query table of a model without one).
         tensors.retain(|t| !t.is_empty());
         if whole.is_none() {
@@ -397,6 +511,7 @@ impl Layout {
             layers,
             lnf_g,
             lnf_b,
+            head_w,
             total,
             part: part.clone(),
         })
@@ -432,6 +547,19 @@ impl Layout {
                 let lw = width / blocks;
                 let (blk, jj) = (j / lw, j % lw);
                 row * width * tp + blk * lw * tp + r * lw + jj
+            }
+            Split::Qkv { q, kv } => {
+                let width = q + 2 * kv;
+                let (row, j) = (i / width, i % width);
+                // (start of the block in the whole row, local width, index in the block)
+                let (at, lw, jj) = if j < q {
+                    (0, q, j)
+                } else if j < q + kv {
+                    (q * tp, kv, j - q)
+                } else {
+                    ((q + kv) * tp, kv, j - q - kv)
+                };
+                row * width * tp + at + r * lw + jj
             }
         }
     }
@@ -477,9 +605,24 @@ impl Layout {
         out
     }
 
+    /// The output head's table: the word table when tied, else the head's own.
+    pub fn out_w(&self) -> Range<usize> {
+        if self.dims.arch.tied {
+            self.wte.clone()
+        } else {
+            self.head_w.clone()
+        }
+    }
+
+    /// Whether this part holds one of two copies of a word table tied across two parts (the
+    /// embedding's and the head's, on different pipeline stages).
+    pub fn shares_table(&self) -> bool {
+        self.dims.arch.tied && self.part.embedding != self.part.head
+    }
+
     /// Ranges of the elements this device counts in global sums over the model (the gradient
     /// norm): a tensor replicated over the tensor-parallel group counts on its rank 0 only,
-    /// and the tied word embedding counts where the embedding lives, not in the head's copy.
+    /// and a tied word embedding counts where the embedding lives, not in the head's copy.
     pub fn counted_ranges(&self) -> Vec<Range<usize>> {
         self.tensors
             .iter()
@@ -508,6 +651,7 @@ impl Layout {
                     lp.b_down.clone(),
                 ]
             })
+            .filter(|r| !r.is_empty())
             .collect()
     }
 

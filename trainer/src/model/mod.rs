@@ -33,8 +33,8 @@ use pangu_strategies::plan::ChunkPart;
 pub use crate::reduce::{Alone, Reduce};
 pub use acts::{Acts, LayerActs, Scratch};
 pub use batch::{special, Batch};
-pub use layout::{Dims, LayerParams, Layout, Part, Split, TensorInfo};
-pub(crate) use linear::{ffn_fwd, FfnBufs};
+pub use layout::{Arch, Dims, LayerParams, Layout, Part, Split, TensorInfo};
+pub(crate) use linear::{bias, ffn_fwd, norm_fwd, FfnBufs};
 
 use crate::grads::{AbandonOnPanic, Grads, Slots};
 use crate::kernels::{AttnDims, Dropout};
@@ -230,6 +230,7 @@ impl Model {
             b,
             s: dims.s,
             h: dims.hl,
+            kv: dims.kvl,
             hd: dims.hd(),
             h0: self.layout.part.tp_rank * dims.hl,
             h_all: dims.h,
@@ -321,7 +322,7 @@ impl Model {
         let lay = &self.layout;
         let nl = lay.layers.len();
         // The word table tied across two chunks is a part of its own (the plan's buckets).
-        let shared = lay.part.embedding != lay.part.head;
+        let shared = lay.shares_table();
         let done = |red: &mut dyn Reduce<T>, g: &mut Grads<'_, '_, T>, part: ChunkPart| {
             if let Some(gs) = g.whole_mut() {
                 red.part_done(part, gs);
