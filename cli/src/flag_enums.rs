@@ -77,6 +77,9 @@ flag_enum!(
         Bf16,
         /// fp32 everywhere.
         Fp32,
+        /// Transformer Engine's fp8 recipe: bf16 with the layers' linear GEMMs in fp8 (chips
+        /// with an fp8 rate, e.g. H100).
+        Fp8,
     }
 );
 
@@ -188,6 +191,7 @@ mod tests {
             RankOrder::all().len()
         );
         assert_eq!(OptShardFlag::value_variants().len(), OptShard::ALL.len());
+        assert_eq!(PrecisionFlag::value_variants().len(), Precision::ALL.len());
     }
 
     #[test]

@@ -4,7 +4,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 use pangu_hardware::{Bytes, Level};
 use pangu_strategies::strategy::Axis;
-use pangu_strategies::{Chunk, LayerId, Plan, PlanError, ScheduleKind};
+use pangu_strategies::{Chunk, LayerId, Plan, PlanError, Precision, ScheduleKind};
 use serde_json::{json, Value};
 
 use crate::args::SetupArgs;
@@ -176,6 +176,9 @@ fn print_table(out: &mut String, plan: &Plan, notes: &[String]) {
         s.global_batch,
         s.precision
     );
+    if let Some(line) = fp8_line(plan) {
+        outln!(out, "precision: {line}");
+    }
     outln!(out);
     outln!(out, "{}", groups_table(plan));
     outln!(out, "{}", stages_table(plan));
@@ -223,14 +226,15 @@ fn groups_table(plan: &Plan) -> String {
     )
 }
 
-/// Each stage's layers, parameters and memory.
+/// Each stage's layers, parameters and memory (and the fp8 weight copies under fp8).
 fn stages_table(plan: &Plan) -> String {
+    let fp8 = plan.strategy.precision == Precision::Fp8;
     let rows: Vec<Vec<String>> = plan
         .stages
         .iter()
         .map(|st| {
             let m = st.memory;
-            vec![
+            let mut row = vec![
                 st.index.to_string(),
                 st.chunks
                     .iter()
@@ -243,24 +247,42 @@ fn stages_table(plan: &Plan) -> String {
                 gb(m.optimizer),
                 gb(m.activations),
                 gb(m.buffers),
-                gb(m.total),
-            ]
+            ];
+            if fp8 {
+                row.push(gb(m.fp8_weights));
+            }
+            row.push(gb(m.total));
+            row
         })
         .collect();
-    table(
-        &[
-            "stage",
-            "layers",
-            "params",
-            "weights",
-            "grads",
-            "optimizer",
-            "activations",
-            "buffers",
-            "total",
-        ],
-        &rows,
-    )
+    let mut header = vec![
+        "stage",
+        "layers",
+        "params",
+        "weights",
+        "grads",
+        "optimizer",
+        "activations",
+        "buffers",
+    ];
+    if fp8 {
+        header.push("fp8 copies");
+    }
+    header.push("total");
+    table(&header, &rows)
+}
+
+/// What fp8 changes, for the plan's header: which GEMMs run at which rate.
+fn fp8_line(plan: &Plan) -> Option<String> {
+    let chip = &plan.cluster.spec.chip;
+    let peaks = pangu_strategies::fp8::Peaks::of(chip, plan.strategy.precision)?;
+    (plan.strategy.precision == Precision::Fp8).then(|| {
+        format!(
+            "fp8 (Transformer Engine recipe): the layers' linear GEMMs at {} fp8, attention's batched matmuls and the head at {} bf16; \
+             bf16 weights with fp32 master copies, plus each linear weight in fp8 and its transpose (\"fp8 copies\")",
+            peaks.linear, peaks.base
+        )
+    })
 }
 
 /// Whether the busiest device fits, and what each memory-saving switch turned off would need.

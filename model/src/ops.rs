@@ -102,6 +102,11 @@ pub struct Op {
     pub params: u64,
     /// Parameters that are a copy of the word embedding (the tied head).
     pub tied_copy: bool,
+    /// A transformer layer's linear GEMM (QKV, attention output, FFN): activations times a
+    /// weight matrix of `dims[3] × dims[2]` elements. These are the GEMMs Transformer Engine's
+    /// fp8 recipe runs in fp8; the output head's GEMM is not one (Megatron-core keeps the
+    /// output layer in the training precision), nor are attention's batched matmuls.
+    pub layer_linear: bool,
     /// The collective, for [`OpKind::Comm`].
     pub comm: Option<TpComm>,
 }
@@ -121,6 +126,7 @@ impl Op {
             selective_drop: Bytes(0),
             params: 0,
             tied_copy: false,
+            layer_linear: false,
             comm: None,
         }
     }
@@ -250,6 +256,7 @@ impl<'a> Geometry<'a> {
         o.bwd_bytes = Bytes(2 * (m * k + k * n + m * n) * e);
         o.saved = saved;
         o.params = params;
+        o.layer_linear = true;
         o
     }
 
@@ -529,6 +536,7 @@ impl<'a> Geometry<'a> {
         ops.extend(self.comm_f("tp_f_head"));
         let mut head = self.matmul("logits", tok, v_local, d, self.col_input(), v_local * d);
         head.tied_copy = self.m.tied_embeddings;
+        head.layer_linear = false;
         ops.push(head);
         // fp32 logits kept for the softmax backward.
         let mut ce = self.elementwise(

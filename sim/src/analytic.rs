@@ -199,7 +199,10 @@ impl CostModel for Analytic {
         } else {
             params
         };
-        let optimizer = cost.stream(opt_params * (gb + 2 * ob + wb) as f64) * slow;
+        let cast = (0..s.pp)
+            .map(|st| cost.fp8_weight_cast(plan.fp8_cast_weights(st)))
+            .fold(0.0, f64::max);
+        let optimizer = (cost.stream(opt_params * (gb + 2 * ob + wb) as f64) + cast) * slow;
         Ok(pipeline + exposed + optimizer)
     }
 }

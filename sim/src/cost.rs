@@ -6,9 +6,17 @@
 //! are all large against the hardware tile runs at the family's plateau and thin GEMMs run
 //! slower. The parameters live in one calibration file per hardware family
 //! (`sim/calibration/*.toml`), each with its reasoning.
+//!
+//! fp8 (Transformer Engine's recipe, [`pangu_strategies::fp8`]): the transformer layers'
+//! linear GEMMs run at the chip's fp8 peak on fp8 operands, plus the memory-bound casts of
+//! their inputs (forward) and output gradients (backward); everything else at the bf16 peak.
+//! ASSUMPTION: an fp8 GEMM reaches the same fraction of the fp8 peak as a bf16 GEMM of the bf16
+//! peak (the family's matmul curve applies to both), so a large linear GEMM runs twice as
+//! fast on an H100.
 
 use pangu_hardware::{Bandwidth, ChipSpec, FlopRate, Seconds};
 use pangu_model::ops::{Op, OpKind};
+use pangu_strategies::fp8::{self, Peaks};
 use pangu_strategies::Precision;
 use serde::Deserialize;
 
@@ -133,7 +141,8 @@ impl Calibration {
 /// Prices ops on one chip.
 #[derive(Debug, Clone)]
 pub struct CostModel {
-    peak: FlopRate,
+    peaks: Peaks,
+    precision: Precision,
     hbm: Bandwidth,
     /// The calibration in use.
     pub cal: Calibration,
@@ -146,28 +155,26 @@ impl CostModel {
         precision: Precision,
         cal: Calibration,
     ) -> Result<CostModel, SimError> {
-        let peak = match precision {
-            Precision::Fp16 => Some(chip.fp16),
-            Precision::Bf16 => chip.bf16,
-            Precision::Fp32 => chip.fp32,
-        }
-        .ok_or_else(|| SimError::Calibration(format!("{} has no {precision} rate", chip.name)))?;
-        if !(peak.0 > 0.0 && chip.hbm_bandwidth.0 > 0.0) {
+        let peaks = Peaks::of(chip, precision).ok_or_else(|| {
+            SimError::Calibration(format!("{} has no {precision} rate", chip.name))
+        })?;
+        if !(peaks.base.0 > 0.0 && peaks.linear.0 > 0.0 && chip.hbm_bandwidth.0 > 0.0) {
             return Err(SimError::Calibration(format!(
                 "{}: peak and HBM bandwidth must be positive",
                 chip.name
             )));
         }
         Ok(CostModel {
-            peak,
+            peaks,
+            precision,
             hbm: chip.hbm_bandwidth,
             cal,
         })
     }
 
-    /// Peak rate in use.
+    /// Peak rate of everything but fp8 GEMMs (the training precision's; bf16 under fp8).
     pub fn peak(&self) -> FlopRate {
-        self.peak
+        self.peaks.base
     }
 
     fn roofline(&self, op: &Op, flops: f64, bytes: f64) -> f64 {
@@ -183,18 +190,29 @@ impl CostModel {
             _ => 0.0,
         };
         let t_flops = if eff > 0.0 {
-            flops / (self.peak.0 * eff)
+            flops / (self.peaks.for_op(op).0 * eff)
         } else {
             0.0
         };
-        let t_mem = bytes / (self.hbm.0 * self.cal.memory_efficiency);
+        let t_mem = self.mem_time(bytes);
         self.cal.op_overhead.0 + t_flops.max(t_mem)
+    }
+
+    /// Seconds to move `bytes` through HBM at the calibrated efficiency.
+    fn mem_time(&self, bytes: f64) -> f64 {
+        bytes / (self.hbm.0 * self.cal.memory_efficiency)
     }
 
     /// Forward time of an op (0 for communication ops, priced by the network).
     pub fn forward(&self, op: &Op) -> f64 {
         if op.kind == OpKind::Comm {
             return 0.0;
+        }
+        if fp8::in_fp8(op, self.precision) {
+            let act = u64::from(self.precision.act_bytes());
+            let (gemm, _) = fp8::gemm_bytes(op, act);
+            let (cast, _) = fp8::quantize_bytes(op, act);
+            return self.roofline(op, op.fwd_flops.0, gemm as f64) + self.mem_time(cast as f64);
         }
         self.roofline(op, op.fwd_flops.0, op.fwd_bytes.as_f64())
     }
@@ -204,12 +222,28 @@ impl CostModel {
         if op.kind == OpKind::Comm {
             return 0.0;
         }
+        if fp8::in_fp8(op, self.precision) {
+            let act = u64::from(self.precision.act_bytes());
+            let (_, gemm) = fp8::gemm_bytes(op, act);
+            let (_, cast) = fp8::quantize_bytes(op, act);
+            return self.roofline(op, op.bwd_flops.0, gemm as f64) + self.mem_time(cast as f64);
+        }
         self.roofline(op, op.bwd_flops.0, op.bwd_bytes.as_f64())
+    }
+
+    /// Time of casting `weights` linear weight elements to fp8 (both layouts), once per step
+    /// before the first micro-batch uses them; 0 unless the precision is fp8.
+    pub fn fp8_weight_cast(&self, weights: u64) -> f64 {
+        if self.precision != Precision::Fp8 || weights == 0 {
+            return 0.0;
+        }
+        let act = u64::from(self.precision.act_bytes());
+        self.mem_time(fp8::weight_cast_bytes(weights, act) as f64)
     }
 
     /// Time of a memory-bound pass over `bytes` (the optimizer step).
     pub fn stream(&self, bytes: f64) -> f64 {
-        self.cal.op_overhead.0 + bytes / (self.hbm.0 * self.cal.memory_efficiency)
+        self.cal.op_overhead.0 + self.mem_time(bytes)
     }
 }
 

@@ -46,15 +46,27 @@ pub struct MemoryBreakdown {
     pub activations: Bytes,
     /// Communication buffers.
     pub buffers: Bytes,
+    /// fp8 copies of the linear weights (both layouts) and their scaling state; 0 unless the
+    /// precision is fp8 (left out of JSON then).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub fp8_weights: Bytes,
     /// Sum of the above.
     pub total: Bytes,
+}
+
+fn is_zero(b: &Bytes) -> bool {
+    b.0 == 0
 }
 
 /// Bytes per parameter of (weights, gradients, optimizer state); `accumulate` is true when
 /// gradients are summed over more than one micro-batch.
 pub fn bytes_per_param(p: Precision, accumulate: bool) -> (u64, u64, u64) {
     match p {
-        Precision::Fp16 | Precision::Bf16 => (2, if accumulate { 4 } else { 2 }, 12),
+        // fp8 keeps bf16 working weights and fp32 master weights (Transformer Engine's
+        // recipe); its fp8 copies are counted apart (`MemoryBreakdown::fp8_weights`).
+        Precision::Fp16 | Precision::Bf16 | Precision::Fp8 => {
+            (2, if accumulate { 4 } else { 2 }, 12)
+        }
         Precision::Fp32 => (4, 4, 8),
     }
 }

@@ -5,6 +5,10 @@
 //! [`CostModel`] and refines the best with a slower, more faithful one. The models live in the
 //! simulator crate (analytic and discrete-event); this crate only defines the seam, so the
 //! search never depends on how a step is priced.
+//!
+//! Precision is an input of the search, not a dimension of the space: it changes the numerics
+//! as well as the speed, so the user picks it (`--precision`, fp8 included on chips with an
+//! fp8 rate; on others every candidate is refused with the plan check's message).
 
 use pangu_hardware::Cluster;
 use pangu_model::ModelConfig;

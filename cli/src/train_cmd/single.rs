@@ -28,7 +28,14 @@ pub(super) fn run_single(a: &TrainArgs, spec: &StrategySpec, threads: usize) -> 
     let (train_text, val_text) = data::split(&text);
     if let Some(p) = spec.precision {
         if p != Precision::Fp32 {
-            eprintln!("note: the strategy names {p}; the CPU executor computes in fp32");
+            // fp8 names GEMM operand formats the CPU has no kernels for: its linear GEMMs run
+            // in fp32 like everything else.
+            let what = if p == Precision::Fp8 {
+                " (fp8 linear GEMMs)"
+            } else {
+                ""
+            };
+            eprintln!("note: the strategy names {p}{what}; the CPU executor computes in fp32");
         }
     }
     let mut run = open_run(a, spec, train_text, val_text)?;

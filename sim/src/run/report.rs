@@ -219,11 +219,10 @@ pub fn describe(label: Label, work: Work, w: &Workload) -> String {
     }
 }
 
+/// The peak MFU divides by: the training precision's matrix rate; under fp8 the bf16 one, so
+/// fp8's faster GEMMs show as a higher MFU (the chip's fp16 rate where a rate is missing).
 fn cost_peak(plan: &Plan) -> f64 {
     let chip = &plan.cluster.spec.chip;
-    match plan.strategy.precision {
-        pangu_strategies::Precision::Fp16 => chip.fp16.0,
-        pangu_strategies::Precision::Bf16 => chip.bf16.map_or(chip.fp16.0, |r| r.0),
-        pangu_strategies::Precision::Fp32 => chip.fp32.map_or(chip.fp16.0, |r| r.0),
-    }
+    pangu_strategies::fp8::Peaks::of(chip, plan.strategy.precision)
+        .map_or(chip.fp16.0, |p| p.base.0)
 }

@@ -410,7 +410,7 @@ fn predicted(r: &Row, m: Metric, plan: &Plan, rep: &pangu_strategies::StepReport
 fn peak(plan: &Plan) -> f64 {
     let c = &plan.cluster.spec.chip;
     match plan.strategy.precision {
-        Precision::Bf16 => c.bf16.map_or(c.fp16.0, |x| x.0),
+        Precision::Bf16 | Precision::Fp8 => c.bf16.map_or(c.fp16.0, |x| x.0),
         Precision::Fp32 => c.fp32.map_or(c.fp16.0, |x| x.0),
         Precision::Fp16 => c.fp16.0,
     }

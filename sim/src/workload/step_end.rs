@@ -119,8 +119,12 @@ impl Builder<'_> {
         } else {
             stage.params as f64
         };
-        // Read the gradient, read and write master weights and both moments, write the weight.
-        let secs = self.cost.stream(opt_params * (gb + 2 * ob + wb) as f64);
+        // Read the gradient, read and write master weights and both moments, write the weight;
+        // under fp8, cast the updated linear weights for the next step.
+        let secs = self.cost.stream(opt_params * (gb + 2 * ob + wb) as f64)
+            + self
+                .cost
+                .fp8_weight_cast(plan.fp8_cast_weights(d.coords.pp));
         d.pending.extend(
             self.w.streams[d.rank as usize][Stream::Dp as usize]
                 .last()

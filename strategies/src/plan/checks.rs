@@ -104,8 +104,11 @@ pub(super) fn check_pipeline(m: &ModelConfig, s: &Strategy, v: u32) -> Result<()
 
 pub(super) fn check_precision(s: &Strategy, c: &Cluster) -> Result<u32, PlanError> {
     let chip = &c.spec.chip;
+    if s.precision == Precision::Fp8 && chip.fp8.is_none() {
+        return Err(PlanError::Precision(no_fp8(c)));
+    }
     let missing = match s.precision {
-        Precision::Bf16 if chip.bf16.is_none() => Some("bf16"),
+        Precision::Bf16 | Precision::Fp8 if chip.bf16.is_none() => Some("bf16"),
         Precision::Fp32 if chip.fp32.is_none() => Some("fp32"),
         _ => None,
     };
@@ -116,4 +119,22 @@ pub(super) fn check_precision(s: &Strategy, c: &Cluster) -> Result<u32, PlanErro
         )));
     }
     Ok(s.precision.act_bytes())
+}
+
+/// Why a chip without an fp8 rate cannot train in fp8, and what would work: the precisions it
+/// has, or a preset whose chip has fp8.
+fn no_fp8(c: &Cluster) -> String {
+    let chip = &c.spec.chip;
+    let has: Vec<String> = Precision::ALL
+        .iter()
+        .filter(|p| crate::fp8::Peaks::of(chip, **p).is_some())
+        .map(Precision::to_string)
+        .collect();
+    format!(
+        "chip {} (cluster {}) has no fp8 matrix unit; use {}, or a chip with fp8 such as h100 \
+         (dgx-h100), h200 (dgx-h200) or b200 (dgx-b200), or give chip.fp8 in a cluster file",
+        chip.name,
+        c.spec.name,
+        has.join(" or ")
+    )
 }

@@ -151,7 +151,7 @@ impl Plan {
         PlanError::OutOfMemory {
             message: format!(
                 "stage {stage} needs {} per device but {} is usable ({} HBM − {} reserved): weights {}, gradients {}, \
-                 optimizer {}, activations {}, buffers {}; {fix_text}",
+                 optimizer {}, activations {}, buffers {}{}; {fix_text}",
                 mem.total,
                 self.capacity,
                 self.cluster.spec.chip.hbm,
@@ -160,7 +160,12 @@ impl Plan {
                 mem.gradients,
                 mem.optimizer,
                 mem.activations,
-                mem.buffers
+                mem.buffers,
+                if mem.fp8_weights.0 > 0 {
+                    format!(", fp8 weight copies {}", mem.fp8_weights)
+                } else {
+                    String::new()
+                }
             ),
         }
     }

@@ -11,10 +11,11 @@ use pangu_model::ModelConfig;
 use serde::Serialize;
 
 use crate::collective::CommVolume;
+use crate::fp8;
 use crate::memory::{self, MemoryBreakdown};
 use crate::mesh::Mesh;
 use crate::schedule::{self, Schedule};
-use crate::strategy::{Axis, OptShard, Remat, Strategy};
+use crate::strategy::{Axis, OptShard, Precision, Remat, Strategy};
 use crate::PlanError;
 
 mod buckets;
@@ -158,7 +159,7 @@ impl Plan {
             vocab: padded_vocab,
             ..model.clone()
         };
-        let ops = PartOps {
+        let mut ops = PartOps {
             shape,
             block: part_ops(&sized, Part::Block, shape),
             query: if model.query_layer {
@@ -169,6 +170,11 @@ impl Plan {
             embedding: part_ops(&sized, Part::Embedding, shape),
             head: part_ops(&sized, Part::Head, shape),
         };
+        if s.precision == Precision::Fp8 {
+            let act = u64::from(act_bytes);
+            fp8::save_inputs_in_fp8(&mut ops.block, act);
+            fp8::save_inputs_in_fp8(&mut ops.query, act);
+        }
         let mut notes = Vec::new();
         if padded_vocab != model.vocab {
             notes.push(format!(
@@ -320,15 +326,64 @@ impl Plan {
             // Two parts' gathered weights (the running one and the prefetched one).
             buffers += Bytes(2 * block.params.max(query.params) * s.gather_bytes());
         }
-        let total = weights + gradients + optimizer + activations + buffers;
+        let fp8_weights = self.fp8_memory(chunks);
+        let total = weights + gradients + optimizer + activations + buffers + fp8_weights;
         MemoryBreakdown {
             weights,
             gradients,
             optimizer,
             activations,
             buffers,
+            fp8_weights,
             total,
         }
+    }
+
+    /// Linear weight elements and fp8 GEMMs of the layers of `chunks` (see [`crate::fp8`]).
+    fn linear_totals(&self, chunks: &[Chunk]) -> (u64, u64) {
+        let (block, query) = (
+            fp8::linear_totals(&self.ops.block),
+            fp8::linear_totals(&self.ops.query),
+        );
+        let mut t = (0, 0);
+        for l in chunks.iter().flat_map(|c| &c.layers) {
+            let (w, g) = match l {
+                LayerId::Block(_) => block,
+                LayerId::Query => query,
+            };
+            t = (t.0 + w, t.1 + g);
+        }
+        t
+    }
+
+    /// The fp8 weight copies and scaling state a device of a stage keeps (0 unless fp8): of
+    /// every held layer, or under ZeRO-3 of the two gathered layers.
+    fn fp8_memory(&self, chunks: &[Chunk]) -> Bytes {
+        if self.strategy.precision != Precision::Fp8 {
+            return Bytes(0);
+        }
+        let (weights, gemms) = self.linear_totals(chunks);
+        let copied = if self.strategy.opt_shard == OptShard::Zero3 {
+            let (b, q) = (
+                fp8::linear_totals(&self.ops.block).0,
+                fp8::linear_totals(&self.ops.query).0,
+            );
+            (2 * b.max(q)).min(weights)
+        } else {
+            weights
+        };
+        fp8::weight_copy_bytes(copied) + fp8::scaling_state_bytes(gemms)
+    }
+
+    /// Linear weight elements a device of stage `st` casts to fp8 once per step (0 unless
+    /// the precision is fp8).
+    pub fn fp8_cast_weights(&self, st: u32) -> u64 {
+        if self.strategy.precision != Precision::Fp8 {
+            return 0;
+        }
+        self.stages
+            .get(st as usize)
+            .map_or(0, |s| self.linear_totals(&s.chunks).0)
     }
 
     /// Bytes of a layer's input activation on one device (what full recompute keeps).
@@ -360,6 +415,7 @@ impl Plan {
                 optimizer: Bytes(0),
                 activations: Bytes(0),
                 buffers: Bytes(0),
+                fp8_weights: Bytes(0),
                 total: Bytes(0),
             })
     }

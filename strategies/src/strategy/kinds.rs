@@ -256,13 +256,24 @@ pub enum Precision {
     Bf16,
     /// fp32 everywhere.
     Fp32,
+    /// NVIDIA Transformer Engine's fp8 recipe: bf16 weights and activations with fp32 master
+    /// weights, the transformer layers' linear GEMMs in fp8 (see [`crate::fp8`]).
+    Fp8,
 }
 
 impl Precision {
-    /// Bytes per activation and working-weight element.
+    /// Every precision, in the order error messages list them.
+    pub const ALL: [Precision; 4] = [
+        Precision::Fp16,
+        Precision::Bf16,
+        Precision::Fp8,
+        Precision::Fp32,
+    ];
+
+    /// Bytes per activation and working-weight element (fp8 keeps bf16 ones).
     pub fn act_bytes(self) -> u32 {
         match self {
-            Precision::Fp16 | Precision::Bf16 => 2,
+            Precision::Fp16 | Precision::Bf16 | Precision::Fp8 => 2,
             Precision::Fp32 => 4,
         }
     }
@@ -274,6 +285,7 @@ impl fmt::Display for Precision {
             Precision::Fp16 => "fp16",
             Precision::Bf16 => "bf16",
             Precision::Fp32 => "fp32",
+            Precision::Fp8 => "fp8",
         })
     }
 }
@@ -285,7 +297,12 @@ impl FromStr for Precision {
             "fp16" => Precision::Fp16,
             "bf16" => Precision::Bf16,
             "fp32" => Precision::Fp32,
-            _ => return Err(format!("unknown precision {s:?}; use fp16, bf16 or fp32")),
+            "fp8" => Precision::Fp8,
+            _ => {
+                return Err(format!(
+                    "unknown precision {s:?}; use fp16, bf16, fp8 or fp32"
+                ))
+            }
         })
     }
 }

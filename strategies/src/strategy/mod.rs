@@ -316,6 +316,11 @@ mod tests {
         for o in RankOrder::all() {
             assert_eq!(o.to_string().parse::<RankOrder>().unwrap(), o);
         }
+        for p in Precision::ALL {
+            assert_eq!(p.to_string().parse::<Precision>().unwrap(), p);
+        }
+        assert_eq!(" FP8 ".parse::<Precision>().unwrap(), Precision::Fp8);
+        assert!("fp4".parse::<Precision>().unwrap_err().contains("fp8"));
         assert!("interleaved:1".parse::<ScheduleKind>().is_err());
         assert!("zigzag"
             .parse::<ScheduleKind>()
