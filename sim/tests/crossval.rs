@@ -66,10 +66,10 @@ fn the_held_out_source_is_excluded_from_its_fit() {
     // A's held-out error is what predicting its rows at 0.6 gives; in-sample is the shipped one.
     let r0 = cv.rows.iter().find(|r| r.row_id == "R0").unwrap();
     let expect = at(&rows[0], a.plateau.unwrap()) / published[0] - 1.0;
-    assert!((r0.cv.unwrap() - expect).abs() < 1e-9, "{r0:?}");
+    assert!((r0.cv.unwrap() - expect).abs() < 1e-6, "{r0:?}");
     assert!(r0.cv.unwrap() < -0.05, "{r0:?}");
     let shipped = at(&rows[0], rows[0].calibration.matmul.max_efficiency);
-    assert!((r0.in_sample - (shipped / published[0] - 1.0)).abs() < 1e-12);
+    assert!((r0.in_sample - (shipped / published[0] - 1.0)).abs() < 1e-9);
     // The fit on every row uses all six.
     assert_eq!(cv.all_rows_fit[0].rows.len(), 6);
     // Summaries: gate rows are all six, cross-validated worse than a perfect in-sample source.
