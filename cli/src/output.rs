@@ -107,3 +107,31 @@ mod tests {
         assert_eq!(t, "a    bb\n---  --\nxyz   1\n");
     }
 }
+
+/// How sure a prediction for `regime` is, against the shipped cross-validated rows
+/// (`pangu_sim::validate::confidence`): the line to print and the JSON value.
+pub(crate) fn confidence(
+    regime: Result<pangu_sim::validate::confidence::Regime, pangu_sim::SimError>,
+) -> (String, Value) {
+    match regime.and_then(|r| pangu_sim::validate::confidence::confidence(&r)) {
+        Ok(c) => (
+            c.line.clone(),
+            serde_json::to_value(&c).unwrap_or(Value::Null),
+        ),
+        Err(e) => (
+            format!("confidence: unavailable ({e})"),
+            json!({"error": e.to_string()}),
+        ),
+    }
+}
+
+/// [`confidence`] of a model, chip and resolved strategy (a search candidate).
+pub(crate) fn confidence_for(
+    model: &pangu_model::ModelConfig,
+    chip: &pangu_hardware::ChipSpec,
+    strategy: &pangu_strategies::Strategy,
+) -> (String, Value) {
+    confidence(pangu_sim::validate::confidence::Regime::new(
+        model, chip, strategy,
+    ))
+}

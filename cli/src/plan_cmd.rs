@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 
 use crate::args::SetupArgs;
 use crate::output::{emit, outln, print_json, table, tool_field};
+use pangu_sim::validate::confidence::Regime;
 
 /// Options of `pangu plan`.
 #[derive(Debug, Args)]
@@ -153,6 +154,7 @@ pub(crate) fn plan_json(plan: &Plan, notes: &[String]) -> Value {
         "communication": comms,
         "warnings": plan.warnings,
         "notes": notes,
+        "confidence": crate::output::confidence(Regime::of_plan(plan)).1,
     })
 }
 
@@ -194,6 +196,11 @@ fn print_table(out: &mut String, plan: &Plan, notes: &[String]) {
             f64::from(s.pp - 1) / f64::from(s.micro_batches + s.pp - 1)
         ),
     }
+    outln!(
+        out,
+        "{}",
+        crate::output::confidence(Regime::of_plan(plan)).0
+    );
     for w in &plan.warnings {
         outln!(out, "warning: {w}");
     }

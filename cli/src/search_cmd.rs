@@ -196,6 +196,7 @@ fn search_json(args: &SearchArgs, inputs: &Inputs, found: &Found) -> Value {
         "ranked": res.ranked.iter().take(args.top).collect::<Vec<_>>(),
         "pareto": res.pareto.iter().map(|&i| &res.ranked[i]).collect::<Vec<_>>(),
         "wall_s": found.wall,
+        "confidence": crate::output::confidence_for(&inputs.model, &inputs.cluster.spec.chip, &best.strategy).1,
     })
 }
 
@@ -297,6 +298,12 @@ fn search_table(args: &SearchArgs, inputs: &Inputs, found: &Found) -> String {
             );
         }
     }
+    let (model, chip) = (&inputs.model, &inputs.cluster.spec.chip);
+    outln!(
+        out,
+        "#1 {}",
+        crate::output::confidence_for(model, chip, &best.strategy).0
+    );
     outln!(
         out,
         "pareto front (step time vs memory): {}",

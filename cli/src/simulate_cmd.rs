@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 
 use crate::args::SetupArgs;
 use crate::output::{emit, outln, print_json, table, tool_field};
+use pangu_sim::validate::confidence::Regime;
 
 /// Options of `pangu simulate`.
 #[derive(Debug, Args)]
@@ -111,6 +112,7 @@ pub(crate) fn report_json(plan: &Plan, run: &pangu_sim::Run, wall: f64, notes: &
         "folded": run.folded,
         "warnings": plan.warnings,
         "notes": notes,
+        "confidence": crate::output::confidence(Regime::of_plan(plan)).1,
     })
 }
 
@@ -225,6 +227,11 @@ fn print_table(out: &mut String, plan: &Plan, run: &pangu_sim::Run, wall: f64, n
         "simulated {events} events and {} transfers in {wall:.2} s ({:.1} M events/s), {how}",
         run.flows,
         events as f64 / wall.max(1e-9) / 1e6
+    );
+    outln!(
+        out,
+        "{}",
+        crate::output::confidence(Regime::of_plan(plan)).0
     );
     for w in &plan.warnings {
         outln!(out, "warning: {w}");

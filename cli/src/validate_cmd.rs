@@ -2,8 +2,11 @@
 
 use anyhow::{Context, Result};
 use clap::Args;
+use pangu_sim::validate::confidence::write_table;
+use pangu_sim::validate::crossval::{cross_validate, Criterion, CrossValidation};
 use pangu_sim::validate::{
-    rank_groups, read_assumptions, read_rows, run_row, summary, GroupRanking, Metric, RowResult,
+    prepare_row, rank_groups, read_assumptions, read_rows, summary, GroupRanking, Metric, Prepared,
+    RowResult,
 };
 use serde_json::json;
 
@@ -28,6 +31,18 @@ pub(crate) struct ValidateArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+    /// Also refit the constants still fitted to step rows with each source left out, and
+    /// report the held-out (cross-validated) error beside the in-sample one.
+    #[arg(long)]
+    pub cross_validate: bool,
+    /// What the refit minimises: worst (smallest worst-row error, the calibration files'
+    /// procedure) or median (smallest median |log error|).
+    #[arg(long, default_value = "worst", value_parser = clap::value_parser!(Criterion))]
+    pub criterion: Criterion,
+    /// Write the per-row cross-validated errors as the confidence table (implies
+    /// --cross-validate); the shipped one is sim/validation/confidence.csv.
+    #[arg(long, value_name = "FILE.csv")]
+    pub write_confidence: Option<String>,
 }
 
 fn fmt_metric(m: Metric, v: f64) -> String {
@@ -73,23 +88,49 @@ pub(crate) fn run(args: &ValidateArgs) -> Result<()> {
     };
     // Progress on stderr, drawn only when it is a terminal (indicatif hides it otherwise).
     let bar = indicatif::ProgressBar::new(selected.len() as u64);
+    // Rows are prepared (plans built) first, then simulated.
     bar.set_style(
         indicatif::ProgressStyle::with_template(
             "{spinner} validating {pos}/{len} rows [{elapsed}] {msg}",
         )
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let results: Vec<RowResult> = selected
+    let prepared: Vec<Result<Prepared, RowResult>> = selected
         .iter()
-        .map(|r| {
-            let id = r.get("row_id").cloned().unwrap_or_default();
-            bar.set_message(id.clone());
-            let out = run_row(r, extra.get(&id));
-            bar.inc(1);
-            out
+        .map(|r| prepare_row(r, r.get("row_id").and_then(|id| extra.get(id))))
+        .collect();
+    let mut known = Vec::new();
+    let results: Vec<RowResult> = prepared
+        .iter()
+        .map(|p| match p {
+            Err(out) => out.clone(),
+            Ok(p) => {
+                bar.set_message(p.result.row_id.clone());
+                let prediction = p.predict(&p.calibration);
+                known.push(prediction.as_ref().ok().map(|x| x.0));
+                bar.inc(1);
+                p.finish(prediction)
+            }
         })
         .collect();
     bar.finish_and_clear();
+    let cv = if args.cross_validate || args.write_confidence.is_some() {
+        let rows: Vec<Prepared> = prepared.into_iter().filter_map(Result::ok).collect();
+        let bar = indicatif::ProgressBar::new_spinner();
+        let cv = cross_validate(&rows, &known, args.criterion, &mut |n, id| {
+            bar.set_message(format!("cross-validating: {n} simulations ({id})"));
+            bar.tick();
+        });
+        bar.finish_and_clear();
+        if let Some(path) = &args.write_confidence {
+            let text = write_table(&cv, &args.runs)?;
+            std::fs::write(path, text).with_context(|| format!("cannot write {path}"))?;
+            eprintln!("confidence table written to {path}");
+        }
+        Some(cv)
+    } else {
+        None
+    };
     let (med, max) = summary(&results, false);
     let (vmed, vmax) = summary(&results, true);
     let groups = rank_groups(&results, 3);
@@ -101,6 +142,7 @@ pub(crate) fn run(args: &ValidateArgs) -> Result<()> {
             "max_abs_error": max,
             "verified": {"median_abs_error": vmed, "max_abs_error": vmax, "rows": results.iter().filter(|r| r.verified && !r.calibration && r.error.is_some()).count()},
             "ranking": {"groups": groups, "median_spearman": median_spearman(&groups), "worst_regret": worst_regret(&groups)},
+            "cross_validation": cv,
         }));
     }
     let mut out = String::new();
@@ -164,7 +206,119 @@ pub(crate) fn run(args: &ValidateArgs) -> Result<()> {
     );
     outln!(out, "verified rows (the gate; Ascend rows calibrate and are excluded): median |error| {}, max {}", f(vmed), f(vmax));
     ranking_section(&mut out, &groups);
+    if let Some(cv) = &cv {
+        cv_section(&mut out, cv);
+    }
     emit(&out)
+}
+
+fn pct(x: Option<f64>) -> String {
+    x.map_or("-".into(), |v| format!("{:.1} %", 100.0 * v))
+}
+
+/// The leave-one-source-out section: the refits, each row's held-out error, the summaries.
+fn cv_section(out: &mut String, cv: &CrossValidation) {
+    outln!(out);
+    let plateau = |p: Option<f64>| p.map_or("-".to_string(), |v| format!("{v:.3}"));
+    for f in &cv.all_rows_fit {
+        outln!(
+            out,
+            "fit on every row ({:?}): {} matmul plateau {} (shipped {:.2}, {} rows, {:?})",
+            cv.criterion,
+            f.family,
+            plateau(f.plateau),
+            f.shipped,
+            f.rows.len(),
+            f.basis
+        );
+    }
+    for fold in &cv.folds {
+        let fits: Vec<String> = fold
+            .fits
+            .iter()
+            .map(|f| {
+                format!(
+                    "{} {} ({:?}, {} rows)",
+                    f.family,
+                    plateau(f.plateau),
+                    f.basis,
+                    f.rows.len()
+                )
+            })
+            .collect();
+        let src: String = fold.held_out.chars().take(60).collect();
+        outln!(
+            out,
+            "left out {src:?} ({} rows): {}",
+            fold.rows.len(),
+            fits.join(", ")
+        );
+    }
+    let rows: Vec<Vec<String>> = cv
+        .rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.row_id.clone(),
+                r.family.clone(),
+                if r.gate {
+                    "verified".into()
+                } else {
+                    "-".into()
+                },
+                format!("{:+.3}", r.in_sample),
+                r.cv.map_or("-".into(), |e| format!("{e:+.3}")),
+                plateau(r.plateau),
+            ]
+        })
+        .collect();
+    outln!(out);
+    outln!(
+        out,
+        "{}",
+        table(
+            &["row", "family", "gate", "in-sample", "left out", "plateau"],
+            &rows
+        )
+    );
+    let scopes: Vec<Vec<String>> = cv
+        .scopes
+        .iter()
+        .map(|s| {
+            vec![
+                s.name.clone(),
+                s.n.to_string(),
+                pct(s.in_sample_median),
+                pct(s.in_sample_max),
+                s.cv_n.to_string(),
+                pct(s.cv_median),
+                pct(s.cv_max),
+            ]
+        })
+        .collect();
+    outln!(out);
+    outln!(
+        out,
+        "{}",
+        table(
+            &[
+                "rows",
+                "n",
+                "in-sample median",
+                "worst",
+                "n left out",
+                "cross-validated median",
+                "worst"
+            ],
+            &scopes
+        )
+    );
+    outln!(
+        out,
+        "leave-one-source-out: {} simulations in {:.1} s (one thread)",
+        cv.simulations,
+        cv.wall_s
+    );
 }
 
 /// Median Spearman correlation over the groups that have one.

@@ -81,6 +81,33 @@ fn ascend_rows_are_fitted_and_reported() {
 }
 
 #[test]
+fn the_shipped_confidence_table_matches_the_rows() {
+    // A fast consistency check of sim/validation/confidence.csv (the full leave-one-source-out
+    // run takes minutes): the same compared rows, with the in-sample errors simulated now.
+    let rows = results();
+    let table = pangu_sim::validate::confidence::shipped().unwrap();
+    let regen = pangu_sim::validate::confidence::REGENERATE;
+    for r in rows.iter().filter(|r| r.error.is_some()) {
+        let t = table.iter().find(|t| t.row_id == r.row_id);
+        let t =
+            t.unwrap_or_else(|| panic!("{} missing from confidence.csv: run `{regen}`", r.row_id));
+        let e = r.error.unwrap();
+        assert!(
+            (t.in_sample - e).abs() < 5e-4,
+            "{}: in-sample error {e:+.4} now, {:+.4} in confidence.csv: the cost model changed, run `{regen}`",
+            r.row_id,
+            t.in_sample
+        );
+    }
+    let compared = rows.iter().filter(|r| r.error.is_some()).count();
+    assert_eq!(
+        table.len(),
+        compared,
+        "confidence.csv has other rows: run `{regen}`"
+    );
+}
+
+#[test]
 fn bad_csv_is_rejected_with_the_reason() {
     let e = read_rows("row_id,model\nx,y\n", "bad.csv")
         .unwrap_err()

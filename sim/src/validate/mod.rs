@@ -19,8 +19,11 @@ use pangu_model::{FfnKind, ModelConfig, NormKind, PositionKind};
 use pangu_strategies::{OptShard, Plan, Precision, Remat, ScheduleKind, StrategySpec};
 use serde::Serialize;
 
+use crate::cost::Calibration;
 use crate::SimError;
 
+pub mod confidence;
+pub mod crossval;
 mod ranking;
 
 pub use ranking::{rank_groups, spearman, GroupRanking};
@@ -74,7 +77,8 @@ pub struct RowResult {
     pub group: String,
 }
 
-type Row = HashMap<String, String>;
+/// One CSV row: column name to value.
+pub type Row = HashMap<String, String>;
 
 /// Per-row values a CSV leaves unstated: strategy keys plus a `note` naming the source.
 #[derive(Debug, Clone, Default, serde::Deserialize)]
@@ -379,8 +383,9 @@ fn metric_of(r: &Row) -> Result<(Metric, f64), String> {
     Ok(chosen.ok_or("no measured step time, TFLOP/s, tokens/s or MFU")?)
 }
 
-/// The figure a simulated report gives in a row's convention.
-fn predicted(r: &Row, m: Metric, plan: &Plan, rep: &pangu_strategies::StepReport) -> f64 {
+/// The figure a simulated report gives in a row's convention (`source`: the row's `source`
+/// column, which names the convention).
+fn predicted(source: &str, m: Metric, plan: &Plan, rep: &pangu_strategies::StepReport) -> f64 {
     let s = &plan.strategy;
     let (b, sl, l, h, v) = (
         f64::from(s.global_batch),
@@ -390,7 +395,6 @@ fn predicted(r: &Row, m: Metric, plan: &Plan, rep: &pangu_strategies::StepReport
         f64::from(plan.model.vocab),
     );
     let n = f64::from(s.devices);
-    let source = field(r, "source");
     match m {
         Metric::StepTime => rep.step_time_s,
         Metric::TokensPerSPerChip => rep.tokens_per_s / n,
@@ -416,8 +420,38 @@ fn peak(plan: &Plan) -> f64 {
     }
 }
 
-/// Simulates one row, with its entry of an assumptions file if any.
-pub fn run_row(r: &Row, extra: Option<&Assumption>) -> RowResult {
+/// A row made ready to simulate: its plan, the figure it is compared on and its calibration.
+/// [`Prepared::predict`] simulates it under any calibration (cross-validation refits one).
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// The row's result so far (identity, metric, published figure, assumptions, strategy).
+    pub result: RowResult,
+    /// The row's `source` column (names the publication and the metric's convention).
+    pub source: String,
+    /// The plan simulated.
+    pub plan: Plan,
+    /// Its chip family's shipped calibration.
+    pub calibration: Calibration,
+    /// The compared figure.
+    pub metric: Metric,
+    /// The published value.
+    pub published: f64,
+}
+
+impl Prepared {
+    /// The row's figure simulated under `cal` (in the row's convention), and whether the run
+    /// was folded.
+    pub fn predict(&self, cal: &Calibration) -> Result<(f64, bool), SimError> {
+        let (run, _) = crate::simulate_with(&self.plan, cal, crate::Options::default())?;
+        Ok((
+            predicted(&self.source, self.metric, &self.plan, &run.report),
+            run.folded.is_some(),
+        ))
+    }
+}
+
+/// Builds a row's plan; a row that cannot be modelled comes back as its result with `skipped`.
+pub fn prepare_row(r: &Row, extra: Option<&Assumption>) -> Result<Prepared, RowResult> {
     let verification = field(r, "verification").to_string();
     let mut out = RowResult {
         row_id: field(r, "row_id").to_string(),
@@ -445,7 +479,7 @@ pub fn run_row(r: &Row, extra: Option<&Assumption>) -> RowResult {
         Ok(s) => s,
         Err(e) => {
             out.skipped = Some(e);
-            return out;
+            return Err(out);
         }
     };
     out.metric = Some(st.metric);
@@ -455,14 +489,14 @@ pub fn run_row(r: &Row, extra: Option<&Assumption>) -> RowResult {
         Ok(x) => x,
         Err(e) => {
             out.skipped = Some(e.to_string());
-            return out;
+            return Err(out);
         }
     };
     let plan = match Plan::build(&st.model, &resolved.cluster, &resolved.strategy) {
         Ok(p) => p,
         Err(e) => {
             out.skipped = Some(e.to_string());
-            return out;
+            return Err(out);
         }
     };
     if !plan.fits() {
@@ -473,16 +507,45 @@ pub fn run_row(r: &Row, extra: Option<&Assumption>) -> RowResult {
         ));
     }
     out.strategy = Some(plan.strategy.summary());
-    match crate::simulate(&plan) {
-        Ok(run) => {
-            let p = predicted(r, st.metric, &plan, &run.report);
-            out.predicted = Some(p);
-            out.error = Some((p - st.published) / st.published);
-            out.folded = run.folded.is_some();
+    let calibration = match Calibration::for_chip(&plan.cluster.spec.chip) {
+        Ok(c) => c,
+        Err(e) => {
+            out.skipped = Some(e.to_string());
+            return Err(out);
         }
-        Err(e) => out.skipped = Some(e.to_string()),
+    };
+    Ok(Prepared {
+        result: out,
+        source: field(r, "source").to_string(),
+        plan,
+        calibration,
+        metric: st.metric,
+        published: st.published,
+    })
+}
+
+impl Prepared {
+    /// The row's result with its shipped-calibration prediction (or why it failed).
+    pub fn finish(&self, prediction: Result<(f64, bool), SimError>) -> RowResult {
+        let mut out = self.result.clone();
+        match prediction {
+            Ok((v, folded)) => {
+                out.predicted = Some(v);
+                out.error = Some((v - self.published) / self.published);
+                out.folded = folded;
+            }
+            Err(e) => out.skipped = Some(e.to_string()),
+        }
+        out
     }
-    out
+}
+
+/// Simulates one row, with its entry of an assumptions file if any.
+pub fn run_row(r: &Row, extra: Option<&Assumption>) -> RowResult {
+    match prepare_row(r, extra) {
+        Err(out) => out,
+        Ok(p) => p.finish(p.predict(&p.calibration)),
+    }
 }
 
 /// The group a row's strategies are ranked in.
