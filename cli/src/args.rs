@@ -7,7 +7,7 @@ use pangu_model::ModelConfig;
 use pangu_strategies::{resolve_inputs, Reference, Remat, Resolved, ScheduleKind, StrategySpec};
 
 use crate::flag_enums::{
-    lenient, GatherFlag, OptShardFlag, PrecisionFlag, PrefetchFlag, RankOrderFlag,
+    lenient, CpCommFlag, GatherFlag, OptShardFlag, PrecisionFlag, PrefetchFlag, RankOrderFlag,
 };
 
 /// Model and cluster selection.
@@ -44,6 +44,14 @@ pub(crate) struct StrategyArgs {
     /// Pipeline stages.
     #[arg(long)]
     pub pp: Option<u32>,
+    /// Context-parallel degree: the sequence split over this many ranks (2·cp must divide
+    /// the sequence; default 1).
+    #[arg(long)]
+    pub cp: Option<u32>,
+    /// Context parallelism's K/V exchange: `ring` (Megatron-core's p2p ring, overlapped
+    /// with attention; default) or `all-gather` (Llama 3's).
+    #[arg(long, value_parser = lenient::<CpCommFlag>())]
+    pub cp_comm: Option<CpCommFlag>,
     /// Micro-batches per step per pipeline.
     #[arg(long)]
     pub micro_batches: Option<u32>,
@@ -83,7 +91,7 @@ pub(crate) struct StrategyArgs {
     /// backward) or `post` (gathered after it: FSDP `BACKWARD_POST`, Composer's default).
     #[arg(long, value_parser = lenient::<PrefetchFlag>())]
     pub zero3_prefetch: Option<PrefetchFlag>,
-    /// Collective algorithm of a group: `KIND=ALGO` with KIND tp, dp, opt or pp and ALGO
+    /// Collective algorithm of a group: `KIND=ALGO` with KIND tp, dp, opt, pp or cp and ALGO
     /// auto, ring, tree, halving-doubling or hierarchical (repeatable); a bare `ALGO` sets
     /// every group. `auto` is the cluster's collective library's default.
     #[arg(long, value_name = "KIND=ALGO")]
@@ -110,6 +118,8 @@ impl StrategyArgs {
             dp: self.dp,
             tp: self.tp,
             pp: self.pp,
+            cp: self.cp,
+            cp_comm: self.cp_comm.map(Into::into),
             micro_batches: self.micro_batches,
             micro_batch_size: self.micro_batch_size,
             global_batch: self.global_batch,

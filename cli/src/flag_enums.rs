@@ -9,6 +9,7 @@ use std::marker::PhantomData;
 use clap::builder::{EnumValueParser, PossibleValue, TypedValueParser};
 use clap::ValueEnum;
 use pangu_strategies::strategy::Axis;
+use pangu_strategies::strategy::CpComm;
 use pangu_strategies::{BackwardPrefetch, GatherPrecision, OptShard, Precision, RankOrder};
 use pangu_twin::Estimate;
 
@@ -122,6 +123,16 @@ flag_enum!(
 );
 
 flag_enum!(
+    /// `--cp-comm`.
+    CpCommFlag => CpComm {
+        /// Megatron-core's p2p ring, overlapped with attention.
+        Ring,
+        /// Llama 3's all-gather of K/V before attention.
+        AllGather,
+    }
+);
+
+flag_enum!(
     /// `twin check --machine`: which machine to compare on a shared host.
     MachineFlag => Estimate {
         /// Median probe, median run.
@@ -186,6 +197,7 @@ mod tests {
         same_names::<GatherFlag, GatherPrecision>();
         same_names::<PrefetchFlag, BackwardPrefetch>();
         same_names::<RankOrderFlag, RankOrder>();
+        same_names::<CpCommFlag, CpComm>();
         assert_eq!(
             RankOrderFlag::value_variants().len(),
             RankOrder::all().len()

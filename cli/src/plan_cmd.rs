@@ -52,8 +52,20 @@ pub(crate) fn describe_chunk(c: &Chunk) -> String {
     parts.join(" + ")
 }
 
-/// The parallel axes by name, in the order the tables show them.
-const AXES: [(&str, Axis); 3] = [("tp", Axis::Tp), ("dp", Axis::Dp), ("pp", Axis::Pp)];
+/// The parallel axes by name, in the order the tables show them; with context parallelism
+/// its groups too, and the data-parallel groups (the gradient groups) span dp × cp.
+fn axes(plan: &Plan) -> Vec<(&'static str, Axis)> {
+    if plan.strategy.cp > 1 {
+        vec![
+            ("tp", Axis::Tp),
+            ("cp", Axis::Cp),
+            ("dp×cp", Axis::Dp),
+            ("pp", Axis::Pp),
+        ]
+    } else {
+        vec![("tp", Axis::Tp), ("dp", Axis::Dp), ("pp", Axis::Pp)]
+    }
+}
 
 /// The groups of an axis and the widest link level any of them spans.
 fn groups_of(plan: &Plan, axis: Axis) -> (Vec<Vec<u32>>, Option<Level>) {
@@ -89,7 +101,7 @@ pub(crate) fn plan_json(plan: &Plan, notes: &[String]) -> Value {
             })
         })
         .collect();
-    let groups: Value = AXES
+    let groups: Value = axes(plan)
         .iter()
         .map(|&(name, axis)| {
             let (gs, span) = groups_of(plan, axis);
@@ -211,7 +223,7 @@ fn print_table(out: &mut String, plan: &Plan, notes: &[String]) {
 
 /// Each axis's group size, count, widest span and first group.
 fn groups_table(plan: &Plan) -> String {
-    let rows: Vec<Vec<String>> = AXES
+    let rows: Vec<Vec<String>> = axes(plan)
         .iter()
         .map(|&(name, axis)| {
             let (gs, span) = groups_of(plan, axis);

@@ -119,7 +119,7 @@ fn search(inputs: &Inputs, refine: usize) -> Result<Found> {
         inputs.devices,
         inputs.global_batch,
         inputs.precision,
-        &SearchSpace::default(),
+        &SearchSpace::default().with_context_parallel(inputs.model.seq_len),
         refine,
         own_strategy.as_ref(),
         &progress,

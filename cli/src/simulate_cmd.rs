@@ -79,11 +79,20 @@ pub(crate) fn faults_of(args: &SimulateArgs) -> Result<pangu_sim::faults::Faults
     Ok(f)
 }
 
+/// The breakdown categories shown for a plan: `cp_comm` only with context parallelism, so
+/// the output of plans without it reads as before.
+fn categories(plan: &Plan) -> Vec<Category> {
+    Category::ALL
+        .into_iter()
+        .filter(|&c| c != Category::CpComm || plan.strategy.cp > 1)
+        .collect()
+}
+
 /// The report as JSON, with the tool field and run statistics.
 pub(crate) fn report_json(plan: &Plan, run: &pangu_sim::Run, wall: f64, notes: &[String]) -> Value {
     let rep = &run.report;
     let events = run.events;
-    let breakdown: serde_json::Map<String, Value> = Category::ALL
+    let breakdown: serde_json::Map<String, Value> = categories(plan)
         .iter()
         .map(|&c| (c.name().to_string(), json!(rep.breakdown.get(c))))
         .collect();
@@ -139,7 +148,8 @@ fn print_table(out: &mut String, plan: &Plan, run: &pangu_sim::Run, wall: f64, n
         rep.hfu
     );
     outln!(out);
-    let rows: Vec<Vec<String>> = Category::ALL
+    let cats = categories(plan);
+    let rows: Vec<Vec<String>> = cats
         .iter()
         .map(|&c| {
             let v = rep.breakdown.get(c);
@@ -172,8 +182,7 @@ fn print_table(out: &mut String, plan: &Plan, run: &pangu_sim::Run, wall: f64, n
         .map(|(i, (b, n, mem))| {
             let mut r = vec![i.to_string()];
             r.extend(
-                Category::ALL
-                    .iter()
+                cats.iter()
                     .map(|&c| format!("{:.3}", b.get(c) / f64::from((*n).max(1)))),
             );
             r.push(format!("{:.2} GiB", *mem as f64 / (1u64 << 30) as f64));
@@ -181,7 +190,7 @@ fn print_table(out: &mut String, plan: &Plan, run: &pangu_sim::Run, wall: f64, n
         })
         .collect();
     let mut header = vec!["stage"];
-    header.extend(Category::ALL.iter().map(|c| c.name()));
+    header.extend(cats.iter().map(|c| c.name()));
     header.push("memory");
     outln!(out, "per stage (seconds, mean of its devices):");
     outln!(out, "{}", table(&header, &rows));
@@ -241,18 +250,14 @@ fn print_table(out: &mut String, plan: &Plan, run: &pangu_sim::Run, wall: f64, n
     }
 }
 
-fn print_csv(out: &mut String, rep: &StepReport) {
+fn print_csv(out: &mut String, rep: &StepReport, cats: &[Category]) {
     let mut header = vec!["rank".to_string(), "stage".to_string()];
-    header.extend(Category::ALL.iter().map(|c| format!("{}_s", c.name())));
+    header.extend(cats.iter().map(|c| format!("{}_s", c.name())));
     header.push("peak_memory_bytes".into());
     outln!(out, "{}", header.join(","));
     for d in &rep.devices {
         let mut row = vec![d.rank.to_string(), d.stage.to_string()];
-        row.extend(
-            Category::ALL
-                .iter()
-                .map(|&c| format!("{}", d.breakdown.get(c))),
-        );
+        row.extend(cats.iter().map(|&c| format!("{}", d.breakdown.get(c))));
         row.push(d.peak_memory_bytes.to_string());
         outln!(out, "{}", row.join(","));
     }
@@ -314,7 +319,7 @@ pub(crate) fn run(args: &SimulateArgs) -> Result<()> {
         print_json(&v)
     } else if args.csv {
         let mut out = String::new();
-        print_csv(&mut out, rep);
+        print_csv(&mut out, rep, &categories(&plan));
         emit(&out)
     } else {
         let mut out = String::new();

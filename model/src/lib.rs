@@ -19,7 +19,7 @@
 //! use pangu_model::{ModelConfig, ops::{part_ops, totals, OpShape, Part}};
 //! let m = ModelConfig::preset("pangu-alpha-2.6b").unwrap().with_seq_len(1024).unwrap();
 //! assert!((m.params().total as f64 - 2.625e9).abs() / 2.625e9 < 0.005);
-//! let sh = OpShape { micro_batch: 1, tp: 8, seq_parallel: false, act_bytes: 2 };
+//! let sh = OpShape::new(1, 8, false, 2);
 //! let layer = totals(&part_ops(&m, Part::Block, sh));
 //! assert!(layer.fwd_flops.0 > 0.0);
 //! ```

@@ -157,6 +157,26 @@ pub struct OpShape {
     pub seq_parallel: bool,
     /// Bytes per activation element (2 for fp16/bf16, 4 for fp32).
     pub act_bytes: u32,
+    /// Context-parallel degree (1: none). The sequence is split over `cp` ranks with causal
+    /// load balancing (each rank holds chunks `i` and `2·cp − 1 − i` of `2·cp`, Megatron-core's
+    /// context parallelism; Llama 3 paper §3.3.2), so every token-proportional op covers
+    /// `s/cp` tokens and the attention scores are `s/cp` queries against all `s` keys: `1/cp`
+    /// of the whole sequence's attention work on every rank. The caller checks that `2·cp`
+    /// divides the sequence.
+    pub cp: u32,
+}
+
+impl OpShape {
+    /// A shape without context parallelism.
+    pub fn new(micro_batch: u32, tp: u32, seq_parallel: bool, act_bytes: u32) -> OpShape {
+        OpShape {
+            micro_batch,
+            tp,
+            seq_parallel,
+            act_bytes,
+            cp: 1,
+        }
+    }
 }
 
 /// Builds one device's ops of a model part.
@@ -210,7 +230,10 @@ struct Geometry<'a> {
     /// Tokens held in sequence-split regions: b·s/t with SP, else b·s.
     tok_sp: u64,
     b: u64,
+    /// Tokens of one sequence on this device (`s/cp`): the queries.
     s: u64,
+    /// Tokens of the whole sequence: the keys every query attends over.
+    s_kv: u64,
     d: u64,
     t: u64,
     e: u64,
@@ -225,7 +248,8 @@ impl<'a> Geometry<'a> {
     fn new(m: &'a ModelConfig, sh: OpShape) -> Self {
         let t = u64::from(sh.tp.max(1));
         let b = u64::from(sh.micro_batch);
-        let s = u64::from(m.seq_len);
+        let s_kv = u64::from(m.seq_len);
+        let s = s_kv / u64::from(sh.cp.max(1));
         let tok = b * s;
         let sp = sh.seq_parallel && t > 1;
         Geometry {
@@ -234,6 +258,7 @@ impl<'a> Geometry<'a> {
             tok_sp: if sp { tok / t } else { tok },
             b,
             s,
+            s_kv,
             d: u64::from(m.hidden),
             t,
             e: u64::from(sh.act_bytes),
@@ -398,17 +423,20 @@ impl<'a> Geometry<'a> {
         ops.extend(self.regather("tp_regather_attn"));
         let mut scores = Op::new("attn_scores", OpKind::BatchMatmul);
         let bh = self.b * hl;
-        let sf = 2.0 * (bh * self.s * self.s * hd) as f64;
-        scores.dims = [bh, self.s, self.s, hd];
+        // With context parallelism the local queries meet the whole sequence's keys (the
+        // K/V blocks of the other ranks arrive by the cp exchange).
+        let (sq, sk) = (self.s, self.s_kv);
+        let sf = 2.0 * (bh * sq * sk * hd) as f64;
+        scores.dims = [bh, sq, sk, hd];
         scores.fwd_flops = Flops(sf);
         scores.bwd_flops = Flops(2.0 * sf);
-        scores.fwd_bytes = Bytes((2 * tok * qd + bh * self.s * self.s) * e);
-        scores.bwd_bytes = Bytes(2 * (2 * tok * qd + bh * self.s * self.s) * e);
+        scores.fwd_bytes = Bytes((2 * tok * qd + bh * sq * sk) * e);
+        scores.bwd_bytes = Bytes(2 * (2 * tok * qd + bh * sq * sk) * e);
         scores.saved = Bytes(tok * (qd + kvl) * e); // Q and K
         scores.selective = true;
         let (scores_fwd_bytes, scores_bwd_bytes) = (scores.fwd_bytes, scores.bwd_bytes);
         ops.push(scores);
-        let probs = bh * self.s * self.s;
+        let probs = bh * sq * sk;
         let mut sm = self.elementwise("softmax", OpKind::Softmax, probs, 5.0, Bytes(probs * e));
         sm.selective = true;
         sm.selective_drop = sm.saved;
@@ -427,7 +455,7 @@ impl<'a> Geometry<'a> {
             ops.push(dr);
         }
         let mut ctx = Op::new("attn_context", OpKind::BatchMatmul);
-        ctx.dims = [bh, self.s, hd, self.s];
+        ctx.dims = [bh, sq, hd, sk];
         ctx.fwd_flops = Flops(sf);
         ctx.bwd_flops = Flops(2.0 * sf);
         ctx.fwd_bytes = scores_fwd_bytes;
@@ -567,12 +595,7 @@ mod tests {
     use super::*;
 
     fn shape(b: u32, t: u32, sp: bool) -> OpShape {
-        OpShape {
-            micro_batch: b,
-            tp: t,
-            seq_parallel: sp,
-            act_bytes: 2,
-        }
+        OpShape::new(b, t, sp, 2)
     }
 
     /// Korthikanti et al. 2022 eq. (1)-(3): activation bytes of one layer at 2-byte activations.

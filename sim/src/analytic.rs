@@ -10,7 +10,7 @@
 //! contention between concurrent transfers: that is what the discrete-event model adds.
 
 use pangu_strategies::search::CostModel;
-use pangu_strategies::strategy::Axis;
+use pangu_strategies::strategy::{Axis, CpComm};
 use pangu_strategies::{memory, BackwardPrefetch, CollectiveKind, OptShard, Plan, Remat};
 
 use crate::cost::{Calibration, CostModel as OpCost};
@@ -75,6 +75,45 @@ impl Analytic {
     }
 }
 
+/// Exposed seconds of one layer's K/V exchange under context parallelism, given the
+/// attention core's forward and backward seconds, over a cp group whose narrowest link runs
+/// at `bw` with per-step cost `alpha`: the ring's steps as the simulator runs them (each
+/// hidden behind its attention block, what outlasts it exposed; backward carries K/V and
+/// dK/dV and ends with one unhidden dK/dV hop), the all-gather variant's collectives whole.
+fn cp_exposed(plan: &Plan, attn_f: f64, attn_b: f64, recompute: bool, bw: f64, alpha: f64) -> f64 {
+    let s = &plan.strategy;
+    let n = s.cp.max(1);
+    if n <= 1 {
+        return 0.0;
+    }
+    let x = plan.kv_block_bytes().as_f64();
+    let passes = if recompute { 2.0 } else { 1.0 };
+    match s.cp_comm {
+        CpComm::AllGather => {
+            let ag = collective_time(CollectiveKind::AllGather, n, x * f64::from(n), bw, alpha);
+            let rs = collective_time(
+                CollectiveKind::ReduceScatter,
+                n,
+                x * f64::from(n),
+                bw,
+                alpha,
+            );
+            passes * ag + ag + rs
+        }
+        CpComm::Ring => {
+            let step = |blocks: f64, hide: f64| (blocks * x / bw + alpha - hide).max(0.0);
+            let (bf, bb) = (attn_f / f64::from(n), attn_b / f64::from(n));
+            let fwd = f64::from(n - 1) * step(1.0, bf);
+            let mut bwd = step(1.0, 0.0);
+            for k in 0..n {
+                let blocks = f64::from(u8::from(k + 1 < n)) + f64::from(u8::from(k >= 1));
+                bwd += step(blocks, bb);
+            }
+            passes * fwd + bwd
+        }
+    }
+}
+
 impl CostModel for Analytic {
     fn name(&self) -> &'static str {
         "analytic"
@@ -92,6 +131,11 @@ impl CostModel for Analytic {
         let (tp_bw, tp_a) = Self::group_link(plan, Axis::Tp, &cal);
         let (dp_bw, dp_a) = Self::group_link(plan, Axis::Dp, &cal);
         let (pp_bw, pp_a) = Self::group_link(plan, Axis::Pp, &cal);
+        let (cp_bw, cp_a) = if s.cp > 1 {
+            Self::group_link(plan, Axis::Cp, &cal)
+        } else {
+            (f64::INFINITY, 0.0)
+        };
         let recompute_fwd = matches!(s.remat, Remat::Full | Remat::Every(_));
         // Devices sharing a host's cores (`server.shared_cores`): with every device of a
         // server busy, as in a pipeline's steady state, each gets `cores / devices` of a core
@@ -120,9 +164,14 @@ impl CostModel for Analytic {
                     parts.push((&plan.ops.head, false));
                 }
                 for (ops, is_layer) in parts {
+                    let (mut attn_f, mut attn_b) = (0.0, 0.0);
                     for o in ops {
                         let f = cost.forward(o);
                         let b = cost.backward(o);
+                        if o.selective {
+                            attn_f += f * slow;
+                            attn_b += b * slow;
+                        }
                         let re = match s.remat {
                             Remat::Full | Remat::Every(_) if is_layer => f,
                             Remat::Selective if is_layer && o.selective => f,
@@ -148,6 +197,12 @@ impl CostModel for Analytic {
                             bwd += bwd_c + again;
                         }
                     }
+                    if is_layer && s.cp > 1 {
+                        let recompute = s.remat != Remat::None;
+                        let x = cp_exposed(plan, attn_f, attn_b, recompute, cp_bw, cp_a);
+                        t += x;
+                        bwd += x;
+                    }
                 }
             }
             if s.pp > 1 {
@@ -170,12 +225,12 @@ impl CostModel for Analytic {
         } else {
             CollectiveKind::ReduceScatter
         };
-        let dp_t = collective_time(grad_kind, s.dp, params * gb as f64, dp_bw, dp_a);
+        let dp_t = collective_time(grad_kind, s.dp_cp(), params * gb as f64, dp_bw, dp_a);
         let overlap = last_bwd.iter().copied().fold(0.0, f64::max);
         let mut exposed = (dp_t - overlap).max(0.0);
         let gather = collective_time(
             CollectiveKind::AllGather,
-            s.dp,
+            s.dp_cp(),
             params * s.gather_bytes() as f64,
             dp_bw,
             dp_a,
@@ -193,9 +248,9 @@ impl CostModel for Analytic {
                 BackwardPrefetch::Post => m * gather + (m * gather - pipeline).max(0.0),
             },
         };
-        let sharded = s.opt_shard != OptShard::None && s.dp > 1;
+        let sharded = s.opt_shard != OptShard::None && s.dp_cp() > 1;
         let opt_params = if sharded {
-            params / f64::from(s.dp)
+            params / f64::from(s.dp_cp())
         } else {
             params
         };

@@ -290,16 +290,7 @@ mod tests {
             .unwrap()
             .with_seq_len(2048)
             .unwrap();
-        let ops = part_ops(
-            &m,
-            Part::Block,
-            OpShape {
-                micro_batch: 1,
-                tp: 8,
-                seq_parallel: false,
-                act_bytes: 2,
-            },
-        );
+        let ops = part_ops(&m, Part::Block, OpShape::new(1, 8, false, 2));
         let qkv = ops.iter().find(|o| o.name == "qkv_proj").unwrap();
         let t = cm.forward(qkv);
         let ideal = qkv.fwd_flops.0 / 312e12;

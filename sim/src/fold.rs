@@ -1,14 +1,16 @@
 //! Symmetry folding: simulate one device per stage and let it stand for its whole orbit.
 //!
-//! The data-parallel replicas of a plan, and the ranks of a tensor-parallel group, usually do
-//! exactly the same work at the same time on identical hardware. Let the group `G` act on
-//! ranks by shifting the dp index (cyclically, or by XOR when dp is a power of two, which is
-//! the symmetry of recursive halving-doubling) and the tp index (cyclically). When every
+//! The data-parallel replicas of a plan, and the ranks of a tensor-parallel or
+//! context-parallel group, usually do exactly the same work at the same time on identical
+//! hardware (context parallelism's causal load balancing gives every cp rank the same
+//! attention work). Let the group `G` act on ranks by shifting the dp, cp and tp indices
+//! (cyclically, or by XOR when the size is a power of two, which is the symmetry of
+//! recursive halving-doubling). When every
 //! element of `G` maps the topology onto itself (checked link by link: same endpoints kind,
 //! bandwidth and latency) and maps every collective step's transfers onto themselves (checked
 //! as the step starts), the step of every device equals that of its representative.
 //!
-//! Only the representatives (dp index 0, tp index 0) get tasks. A transfer of a
+//! Only the representatives (dp, cp and tp index 0) get tasks. A transfer of a
 //! representative stands for its orbit of `|G|` transfers (the action on ranks is free, so
 //! exactly one member of each orbit starts at a representative). On a link `l` the orbit puts
 //! `|G| · #(route ∩ orbit(l)) / |orbit(l)|` copies of the flow; the flow is simulated once on
@@ -16,8 +18,11 @@
 //! A test checks that folded and full simulations give the same step time.
 
 use pangu_hardware::{LinkId, Node, Topology};
-use pangu_strategies::strategy::Axis;
+use pangu_strategies::strategy::{Axis, CpComm};
 use pangu_strategies::{Coords, Plan};
+
+/// A group element: the shifts of the dp, cp and tp indices.
+pub type Element = [u32; 3];
 
 /// A route as (canonical link, copies of the flow on it).
 pub type WeightedRoute = std::rc::Rc<Vec<(LinkId, f64)>>;
@@ -45,8 +50,10 @@ impl Action {
 #[derive(Debug)]
 pub struct Folding {
     dp: u32,
+    cp: u32,
     tp: u32,
     dp_action: Option<Action>,
+    cp_action: Option<Action>,
     tp_action: Option<Action>,
     mesh: pangu_strategies::Mesh,
     /// Canonical link and orbit size of each link, filled on demand.
@@ -55,11 +62,13 @@ pub struct Folding {
 }
 
 impl Folding {
-    fn with(plan: &Plan, dp_action: Option<Action>, tp_action: Option<Action>) -> Folding {
+    fn with(plan: &Plan, [dp_action, cp_action, tp_action]: [Option<Action>; 3]) -> Folding {
         Folding {
             dp: plan.strategy.dp,
+            cp: plan.strategy.cp.max(1),
             tp: plan.strategy.tp,
             dp_action,
+            cp_action,
             tp_action,
             mesh: plan.mesh,
             canon: Default::default(),
@@ -85,15 +94,18 @@ impl Folding {
             let mut v = Vec::new();
             let ok = |a: Action| {
                 let probe = match axis {
-                    Axis::Dp => Folding::with(plan, Some(a), None),
-                    _ => Folding::with(plan, None, Some(a)),
+                    Axis::Dp => Folding::with(plan, [Some(a), None, None]),
+                    Axis::Cp => Folding::with(plan, [None, Some(a), None]),
+                    _ => Folding::with(plan, [None, None, Some(a)]),
                 };
                 probe
                     .generators()
                     .iter()
                     .all(|&g| probe.is_automorphism(topo, g))
             };
-            if n.is_power_of_two() && ok(Action::Xor) {
+            // The K/V ring (i → i + 1) is not XOR-symmetric beyond two ranks.
+            let ring = axis == Axis::Cp && s.cp_comm == CpComm::Ring && n > 2;
+            if n.is_power_of_two() && !ring && ok(Action::Xor) {
                 v.push(Action::Xor);
             }
             if let Some(g) = (1..n)
@@ -109,6 +121,11 @@ impl Folding {
             .map(Some)
             .chain([None])
             .collect();
+        let cps: Vec<Option<Action>> = options(Axis::Cp, s.cp)
+            .into_iter()
+            .map(Some)
+            .chain([None])
+            .collect();
         let tps: Vec<Option<Action>> = options(Axis::Tp, s.tp)
             .into_iter()
             .map(Some)
@@ -116,9 +133,11 @@ impl Folding {
             .collect();
         let mut out: Vec<Folding> = Vec::new();
         for &d in &dps {
-            for &t in &tps {
-                if d.is_some() || t.is_some() {
-                    out.push(Folding::with(plan, d, t));
+            for &c in &cps {
+                for &t in &tps {
+                    if d.is_some() || c.is_some() || t.is_some() {
+                        out.push(Folding::with(plan, [d, c, t]));
+                    }
                 }
             }
         }
@@ -148,6 +167,7 @@ impl Folding {
     /// Order of the group.
     pub fn order(&self) -> u32 {
         self.dp_action.map_or(1, |a| a.order(self.dp))
+            * self.cp_action.map_or(1, |a| a.order(self.cp))
             * self.tp_action.map_or(1, |a| a.order(self.tp))
     }
 
@@ -165,6 +185,14 @@ impl Folding {
                 self.dp,
                 name(a),
                 a.order(self.dp)
+            ));
+        }
+        if let Some(a) = self.cp_action {
+            v.push(format!(
+                "cp {} ({}, {}x)",
+                self.cp,
+                name(a),
+                a.order(self.cp)
             ));
         }
         if let Some(a) = self.tp_action {
@@ -186,7 +214,7 @@ impl Folding {
             Some(Action::Xor) => i == 0,
             Some(Action::Cyclic(g)) => i < g,
         };
-        rep(self.dp_action, c.dp) && rep(self.tp_action, c.tp)
+        rep(self.dp_action, c.dp) && rep(self.cp_action, c.cp) && rep(self.tp_action, c.tp)
     }
 
     fn shift(a: Option<Action>, n: u32, i: u32, k: u32) -> u32 {
@@ -197,17 +225,18 @@ impl Folding {
         }
     }
 
-    /// The image of a rank under group element (kd, kt).
-    pub fn map_rank(&self, g: (u32, u32), rank: u32) -> u32 {
+    /// The image of a rank under group element (kd, kc, kt).
+    pub fn map_rank(&self, g: Element, rank: u32) -> u32 {
         let c = self.mesh.coords(rank);
         self.mesh.rank(Coords {
             pp: c.pp,
-            dp: Self::shift(self.dp_action, self.dp, c.dp, g.0),
-            tp: Self::shift(self.tp_action, self.tp, c.tp, g.1),
+            dp: Self::shift(self.dp_action, self.dp, c.dp, g[0]),
+            cp: Self::shift(self.cp_action, self.cp, c.cp, g[1]),
+            tp: Self::shift(self.tp_action, self.tp, c.tp, g[2]),
         })
     }
 
-    fn elements(&self) -> Vec<(u32, u32)> {
+    fn elements(&self) -> Vec<Element> {
         let ks = |a: Option<Action>, n: u32| -> Vec<u32> {
             match a {
                 None => vec![0],
@@ -215,23 +244,39 @@ impl Folding {
                 Some(Action::Cyclic(g)) => (0..n).step_by(g as usize).collect(),
             }
         };
-        let (d, t) = (ks(self.dp_action, self.dp), ks(self.tp_action, self.tp));
-        d.iter()
-            .flat_map(|&a| t.iter().map(move |&b| (a, b)))
-            .collect()
+        let (d, c, t) = (
+            ks(self.dp_action, self.dp),
+            ks(self.cp_action, self.cp),
+            ks(self.tp_action, self.tp),
+        );
+        let mut out = Vec::with_capacity(d.len() * c.len() * t.len());
+        for &a in &d {
+            for &b in &c {
+                for &e in &t {
+                    out.push([a, b, e]);
+                }
+            }
+        }
+        out
     }
 
-    fn generators(&self) -> Vec<(u32, u32)> {
+    fn generators(&self) -> Vec<Element> {
         let mut g = Vec::new();
-        match self.dp_action {
-            Some(Action::Cyclic(s)) => g.push((s, 0)),
-            Some(Action::Xor) => g.extend((0..self.dp.trailing_zeros()).map(|b| (1 << b, 0))),
-            None => {}
-        }
-        match self.tp_action {
-            Some(Action::Cyclic(s)) => g.push((0, s)),
-            Some(Action::Xor) => g.extend((0..self.tp.trailing_zeros()).map(|b| (0, 1 << b))),
-            None => {}
+        for (axis, a, n) in [
+            (0, self.dp_action, self.dp),
+            (1, self.cp_action, self.cp),
+            (2, self.tp_action, self.tp),
+        ] {
+            let unit = |k: u32| {
+                let mut e = [0; 3];
+                e[axis] = k;
+                e
+            };
+            match a {
+                Some(Action::Cyclic(s)) => g.push(unit(s)),
+                Some(Action::Xor) => g.extend((0..n.trailing_zeros()).map(|b| unit(1 << b))),
+                None => {}
+            }
         }
         g
     }
@@ -249,7 +294,7 @@ impl Folding {
         })
     }
 
-    fn map_node(&self, topo: &Topology, g: (u32, u32), n: Node) -> Node {
+    fn map_node(&self, topo: &Topology, g: Element, n: Node) -> Node {
         let Some(a) = Self::anchor(topo, n) else {
             return n;
         };
@@ -268,7 +313,7 @@ impl Folding {
         }
     }
 
-    fn map_link(&self, topo: &Topology, g: (u32, u32), l: LinkId) -> Option<LinkId> {
+    fn map_link(&self, topo: &Topology, g: Element, l: LinkId) -> Option<LinkId> {
         let link = topo.links()[l as usize];
         topo.link_between(
             self.map_node(topo, g, link.from),
@@ -278,7 +323,7 @@ impl Folding {
 
     /// Every link maps to a link of the same bandwidth and latency, and ranks beyond the
     /// plan's devices are not involved.
-    fn is_automorphism(&self, topo: &Topology, g: (u32, u32)) -> bool {
+    fn is_automorphism(&self, topo: &Topology, g: Element) -> bool {
         let n = self.mesh.size();
         if topo.chips() != n {
             // Chips outside the job would break the symmetry of shared switches.

@@ -44,6 +44,7 @@ fn keys_of(axis: Axis) -> &'static [CollectiveGroup] {
         Axis::Tp => &[CollectiveGroup::Tp],
         Axis::Dp => &[CollectiveGroup::Dp, CollectiveGroup::Opt],
         Axis::Pp => &[CollectiveGroup::Pp],
+        Axis::Cp => &[CollectiveGroup::Cp],
     }
 }
 
@@ -68,8 +69,11 @@ impl<'t> Exclusive<'t> {
         let mut groups: Vec<Vec<u32>> = Vec::new();
         let mut tp_ids = Vec::new();
         let mut axes = vec![(Axis::Tp, true)];
-        if plan.strategy.dp > 1 {
+        if plan.strategy.dp_cp() > 1 {
             axes.push((Axis::Dp, false));
+        }
+        if plan.strategy.cp > 1 {
+            axes.push((Axis::Cp, false));
         }
         if plan.strategy.pp > 1 {
             axes.push((Axis::Pp, false));
@@ -85,6 +89,10 @@ impl<'t> Exclusive<'t> {
                 // reduce-scatter's and all-gather's, except for the tree, whose other kinds
                 // run the ring.
                 let mut algos: Vec<CollectiveAlgorithm> = Vec::new();
+                if axis == Axis::Cp {
+                    // The K/V ring's steps.
+                    algos.push(CollectiveAlgorithm::Ring);
+                }
                 for &key in keys_of(axis) {
                     let a = plan.algorithm(key, &g);
                     for a in [a, CollectiveAlgorithm::Ring] {

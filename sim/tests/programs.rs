@@ -37,6 +37,7 @@ fn key(p: &Plan, group: GroupKind, ranks: &[u32]) -> CollectiveGroup {
         GroupKind::Tp => CollectiveGroup::Tp,
         GroupKind::Dp => CollectiveGroup::Dp,
         GroupKind::Opt => CollectiveGroup::Opt,
+        GroupKind::Cp => CollectiveGroup::Cp,
         GroupKind::Pp | GroupKind::Embedding => CollectiveGroup::Pp,
         GroupKind::Clip => {
             if p.mesh.group_of(Axis::Tp, ranks[0]) == ranks {

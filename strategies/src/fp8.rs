@@ -172,12 +172,7 @@ mod tests {
     use pangu_model::ModelConfig;
 
     fn block(m: &ModelConfig) -> Vec<Op> {
-        let sh = OpShape {
-            micro_batch: 1,
-            tp: 2,
-            seq_parallel: false,
-            act_bytes: 2,
-        };
+        let sh = OpShape::new(1, 2, false, 2);
         part_ops(m, Part::Block, sh)
     }
 
@@ -198,12 +193,7 @@ mod tests {
         let head = part_ops(
             &m,
             Part::Head,
-            OpShape {
-                micro_batch: 1,
-                tp: 2,
-                seq_parallel: false,
-                act_bytes: 2,
-            },
+            OpShape::new(1, 2, false, 2),
         );
         assert_eq!(linear_totals(&head), (0, 0));
     }

@@ -22,6 +22,9 @@ pub enum Category {
     Recompute,
     /// Exposed tensor-parallel communication.
     TpComm,
+    /// Exposed context-parallel K/V exchange (the ring's transfers that outlast the attention
+    /// they overlap; the all-gather variant's whole collectives).
+    CpComm,
     /// Exposed data-parallel gradient reduction.
     DpComm,
     /// Exposed pipeline send/receive waiting on the wire.
@@ -36,10 +39,11 @@ pub enum Category {
 
 impl Category {
     /// Every category in report order.
-    pub const ALL: [Category; 8] = [
+    pub const ALL: [Category; 9] = [
         Category::Compute,
         Category::Recompute,
         Category::TpComm,
+        Category::CpComm,
         Category::DpComm,
         Category::PpComm,
         Category::OptComm,
@@ -53,6 +57,7 @@ impl Category {
             Category::Compute => "compute",
             Category::Recompute => "recompute",
             Category::TpComm => "tp_comm",
+            Category::CpComm => "cp_comm",
             Category::DpComm => "dp_comm",
             Category::PpComm => "pp_comm",
             Category::OptComm => "opt_comm",
@@ -71,6 +76,10 @@ pub struct Breakdown {
     pub recompute: f64,
     /// Exposed TP communication.
     pub tp_comm: f64,
+    /// Exposed CP communication (absent from JSON when zero, so reports of plans without
+    /// context parallelism read as before).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cp_comm: f64,
     /// Exposed DP communication.
     pub dp_comm: f64,
     /// Exposed PP communication.
@@ -90,6 +99,7 @@ impl Breakdown {
             Category::Compute => &mut self.compute,
             Category::Recompute => &mut self.recompute,
             Category::TpComm => &mut self.tp_comm,
+            Category::CpComm => &mut self.cp_comm,
             Category::DpComm => &mut self.dp_comm,
             Category::PpComm => &mut self.pp_comm,
             Category::OptComm => &mut self.opt_comm,
@@ -108,6 +118,10 @@ impl Breakdown {
     pub fn total(&self) -> f64 {
         Category::ALL.iter().map(|&c| self.get(c)).sum()
     }
+}
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
 }
 
 /// Utilisation of the links of one topology level.
@@ -186,7 +200,7 @@ mod tests {
         for (i, c) in Category::ALL.iter().enumerate() {
             *b.get_mut(*c) = i as f64;
         }
-        assert_eq!(b.total(), 28.0);
+        assert_eq!(b.total(), 36.0);
         let json = serde_json::to_value(b).unwrap();
         for c in Category::ALL {
             assert_eq!(json[c.name()].as_f64(), Some(b.get(c)));

@@ -44,6 +44,32 @@ pub struct SearchSpace {
     pub rank_orders: Vec<RankOrder>,
     /// Largest tensor-parallel degree.
     pub max_tp: u32,
+    /// Context-parallel degrees to try (`[1]` unless [`SearchSpace::with_context_parallel`]
+    /// widens it for a long sequence).
+    pub cps: Vec<u32>,
+}
+
+/// The context-parallel degrees the search tries.
+pub const CP_DEGREES: [u32; 5] = [1, 2, 4, 8, 16];
+
+/// Fewest tokens per rank for which the search tries context parallelism: below this the
+/// attention of one block is too short to hide a ring step and the split only adds traffic.
+/// This project's pruning choice (Megatron-core documents cp for long-context training; Llama
+/// 3 trained its 8,192-token stage with cp 1 and its 131,072-token stage with cp 16, §3.3.2).
+pub const CP_MIN_TOKENS_PER_RANK: u32 = 4096;
+
+impl SearchSpace {
+    /// The space with every context-parallel degree of [`CP_DEGREES`] whose two chunks per
+    /// rank divide `seq_len` and leave at least [`CP_MIN_TOKENS_PER_RANK`] tokens per rank.
+    pub fn with_context_parallel(mut self, seq_len: u32) -> SearchSpace {
+        self.cps = CP_DEGREES
+            .into_iter()
+            .filter(|&c| {
+                c == 1 || (seq_len.is_multiple_of(2 * c) && seq_len / c >= CP_MIN_TOKENS_PER_RANK)
+            })
+            .collect();
+        self
+    }
 }
 
 impl Default for SearchSpace {
@@ -64,6 +90,7 @@ impl Default for SearchSpace {
                 "dp-pp-tp".parse().unwrap_or(RankOrder::PANGU),
             ],
             max_tp: 16,
+            cps: vec![1],
         }
     }
 }
@@ -80,9 +107,17 @@ pub fn enumerate(
 ) -> Vec<Strategy> {
     let mut out = Vec::new();
     let divisors = |n: u32| (1..=n).filter(move |d| n.is_multiple_of(*d));
+    let cps: Vec<u32> = if space.cps.is_empty() {
+        vec![1]
+    } else {
+        space.cps.clone()
+    };
     for tp in divisors(devices).filter(|&t| t <= space.max_tp) {
-        for pp in divisors(devices / tp) {
-            let dp = devices / (tp * pp);
+        for (pp, cp) in divisors(devices / tp)
+            .flat_map(|pp| cps.iter().map(move |&cp| (pp, cp)))
+            .filter(|&(pp, cp)| (devices / tp / pp).is_multiple_of(cp))
+        {
+            let dp = devices / (tp * pp * cp);
             if !global_batch.is_multiple_of(dp) {
                 continue;
             }
@@ -111,6 +146,8 @@ pub fn enumerate(
                                         dp,
                                         tp,
                                         pp,
+                                        cp,
+                                        cp_comm: Default::default(),
                                         micro_batches: m,
                                         micro_batch_size: mbs,
                                         global_batch,
@@ -235,12 +272,23 @@ mod tests {
             rank_orders: vec![RankOrder::PANGU],
             micro_batch_sizes: vec![1],
             max_tp: 8,
+            cps: vec![1],
         };
         let all = enumerate(&space, 16, 32, Precision::Fp16);
         // tp ∈ {1, 2, 4, 8}; pp divides 16/tp: 5 + 4 + 3 + 2 = 14 layouts.
         assert_eq!(all.len(), 14);
         for s in &all {
             assert_eq!(s.dp * s.tp * s.pp, 16);
+            assert_eq!(s.dp * s.micro_batch_size * s.micro_batches, 32);
+        }
+        // cp as a dimension: only degrees the sequence allows.
+        let long = SearchSpace { ..space.clone() }.with_context_parallel(16384);
+        assert_eq!(long.cps, vec![1, 2, 4]);
+        assert_eq!(space.clone().with_context_parallel(2048).cps, vec![1]);
+        let all = enumerate(&long, 16, 32, Precision::Fp16);
+        assert!(all.len() > 14 && all.iter().any(|s| s.cp == 4));
+        for s in &all {
+            assert_eq!(s.dp * s.tp * s.pp * s.cp, 16);
             assert_eq!(s.dp * s.micro_batch_size * s.micro_batches, 32);
         }
     }

@@ -82,6 +82,13 @@ pub fn check_plan(plan: &Plan, settings: &Settings) -> Result<(), TrainError> {
             s.precision
         )));
     }
+    if s.cp > 1 {
+        return Err(TrainError::Unsupported(format!(
+            "cp {}: the CPU executor does not run context parallelism yet (the simulator \
+             prices it); use cp = 1",
+            s.cp
+        )));
+    }
     if plan.padded_vocab != plan.model.vocab {
         return Err(TrainError::Unsupported(format!(
             "the plan pads the vocabulary {} to {} (vocab_divisible_by {} × tp {}); the CPU executor does not pad it yet: \

@@ -413,7 +413,7 @@ impl Sim<'_> {
         self.coll_start[inst as usize] = now;
         let c = &self.w.colls[inst as usize];
         let topo = &self.plan.cluster.topology;
-        if self.exclusive.is_exclusive(&c.ranks) {
+        if c.step.is_none() && self.exclusive.is_exclusive(&c.ranks) {
             let timed = self.exclusive.timed(
                 topo,
                 self.link_efficiency,
@@ -428,7 +428,7 @@ impl Sim<'_> {
             self.q.push(now + timed.duration, Ev::CollDone(inst));
             return Ok(());
         }
-        let all = match self.net.folding() {
+        let mut all = match self.net.folding() {
             None => self.programs.steps(c.kind, c.algo, &c.ranks, c.bytes, topo),
             Some(f) => {
                 // Symmetry depends on who sends to whom, not on the size: checked once per
@@ -460,6 +460,10 @@ impl Sim<'_> {
                 crate::collective::Programs::scale(&unit, c.bytes)
             }
         };
+        if let Some(k) = c.step {
+            // One step of the program (a K/V ring step of context parallelism).
+            all = all.into_iter().nth(usize::from(k)).into_iter().collect();
+        }
         self.coll_steps[inst as usize] = all;
         self.next_step(inst, now)
     }

@@ -26,6 +26,7 @@ use pangu_strategies::{
 use crate::cost::CostModel;
 use crate::engine::Time;
 
+mod cp;
 mod passes;
 mod step_end;
 
@@ -119,6 +120,9 @@ pub struct CollInst {
     pub cat: Category,
     /// Group kind.
     pub group: GroupKind,
+    /// Only this step of the program runs (one step of context parallelism's K/V ring,
+    /// overlapped with one attention block); `None`: the whole program.
+    pub step: Option<u16>,
     /// Member tasks.
     pub tasks: Vec<u32>,
 }
@@ -315,6 +319,8 @@ struct Coll {
     bytes: f64,
     /// Breakdown category of waiting for it.
     cat: Category,
+    /// Only this step of the program (a K/V ring step, always the ring's).
+    step: Option<u16>,
 }
 
 impl Builder<'_> {
@@ -366,7 +372,10 @@ impl Builder<'_> {
             .entry((group, d.rank))
             .and_modify(|s| *s += 1)
             .or_insert(0);
-        let algo = self.algo(c.key, &c.ranks);
+        let algo = match c.step {
+            Some(_) => CollectiveAlgorithm::Ring,
+            None => self.algo(c.key, &c.ranks),
+        };
         let inst = *self.inst_of.entry((group, seq)).or_insert_with(|| {
             self.w.colls.push(CollInst {
                 kind: c.kind,
@@ -375,6 +384,7 @@ impl Builder<'_> {
                 bytes: c.bytes,
                 cat: c.cat,
                 group: c.group,
+                step: c.step,
                 tasks: Vec::new(),
             });
             (self.w.colls.len() - 1) as u32
@@ -411,7 +421,31 @@ impl Builder<'_> {
         } else {
             Box::new(ops.iter())
         };
+        // Under context parallelism the attention core (the ops selective remat re-runs)
+        // is its own segment, with the K/V exchange around it.
+        let cp = self.plan.strategy.cp > 1;
+        let mut attn: Option<(f64, f64)> = None;
         for op in order {
+            if cp && op.selective {
+                let (t, f) = if backward {
+                    (self.cost.backward(op), op.bwd_flops.0)
+                } else {
+                    (self.cost.forward(op), op.fwd_flops.0)
+                };
+                flops += f;
+                if attn.is_none() && seg > 0.0 {
+                    self.compute(d, seg, seg_flops, cat, label);
+                    seg = 0.0;
+                    seg_flops = 0.0;
+                }
+                let a = attn.get_or_insert((0.0, 0.0));
+                a.0 += t;
+                a.1 += f;
+                continue;
+            }
+            if let Some((t, f)) = attn.take() {
+                self.cp_attention(d, t, f, backward, cat, label);
+            }
             if let Some(c) = op.comm {
                 let k = if backward { c.bwd } else { c.fwd };
                 if let Some(kind) = k {
@@ -429,6 +463,7 @@ impl Builder<'_> {
                         ranks,
                         bytes: c.bytes.as_f64(),
                         cat: Category::TpComm,
+                        step: None,
                     };
                     let t = self.coll(d, Stream::Tp, coll, &deps);
                     d.pending.push(t);
@@ -444,6 +479,9 @@ impl Builder<'_> {
                 seg_flops += op.fwd_flops.0;
                 flops += op.fwd_flops.0;
             }
+        }
+        if let Some((t, f)) = attn.take() {
+            self.cp_attention(d, t, f, backward, cat, label);
         }
         if seg > 0.0 {
             self.compute(d, seg, seg_flops, cat, label);
@@ -469,7 +507,7 @@ impl Builder<'_> {
             gathers: HashMap::new(),
         };
         let s = &plan.strategy;
-        if s.dp > 1 && s.opt_shard == OptShard::Mindspore {
+        if s.dp_cp() > 1 && s.opt_shard == OptShard::Mindspore {
             self.prefetch_gathers(&mut d, stage_idx);
         }
         let mut done: HashMap<(bool, u32, u32), u32> = HashMap::new();

@@ -50,6 +50,7 @@ impl Builder<'_> {
             ranks: self.group(Axis::Dp, d.rank),
             bytes: params as f64 * s.gather_bytes() as f64,
             cat: Category::OptComm,
+            step: None,
         };
         self.coll(d, Stream::Dp, coll, deps)
     }
@@ -71,7 +72,7 @@ impl Builder<'_> {
     /// prefetch): the gather of part k+1 may start once part k-1 has finished.
     fn need_weights(&mut self, d: &mut Dev, seq: &Seq, k: usize, ahead: bool) {
         let s = &self.plan.strategy;
-        if s.dp <= 1 {
+        if s.dp_cp() <= 1 {
             return;
         }
         match s.opt_shard {
@@ -98,7 +99,9 @@ impl Builder<'_> {
     /// the computation.
     fn gather_after_backward(&mut self, d: &mut Dev, seq: &Seq, k: usize) {
         let s = &self.plan.strategy;
-        if s.dp <= 1 || s.opt_shard != OptShard::Zero3 || s.zero3_prefetch != BackwardPrefetch::Post
+        if s.dp_cp() <= 1
+            || s.opt_shard != OptShard::Zero3
+            || s.zero3_prefetch != BackwardPrefetch::Post
         {
             return;
         }
@@ -150,7 +153,12 @@ impl Builder<'_> {
                     let secs: f64 = sel.iter().map(|o| self.cost.forward(o)).sum();
                     let flops: f64 = sel.iter().map(|o| o.fwd_flops.0).sum();
                     if secs > 0.0 {
-                        self.compute(d, secs, flops, Category::Recompute, re);
+                        if self.plan.strategy.cp > 1 {
+                            // The recomputed attention needs the other ranks' K/V again.
+                            self.cp_attention(d, secs, flops, false, Category::Recompute, re);
+                        } else {
+                            self.compute(d, secs, flops, Category::Recompute, re);
+                        }
                         self.w.flops[d.rank as usize] += flops;
                     }
                 }

@@ -39,6 +39,7 @@ impl Builder<'_> {
             ranks: self.group(Axis::Dp, d.rank),
             bytes,
             cat: Category::DpComm,
+            step: None,
         };
         let deps: Vec<u32> = d.last_compute.into_iter().collect();
         self.coll(d, Stream::Dp, coll, &deps);
@@ -64,6 +65,7 @@ impl Builder<'_> {
                     ranks: self.group(Axis::Tp, d.rank),
                     bytes,
                     cat: Category::TpComm,
+                    step: None,
                 };
                 sp_sums.push(self.coll(d, Stream::Tp, coll, &deps));
             }
@@ -85,6 +87,7 @@ impl Builder<'_> {
                 ranks: vec![first, last],
                 bytes,
                 cat: Category::DpComm,
+                step: None,
             };
             self.coll(d, Stream::Dp, coll, &deps);
         }
@@ -92,7 +95,7 @@ impl Builder<'_> {
         for (axis, key, size) in [
             (Axis::Tp, CollectiveGroup::Tp, s.tp),
             (Axis::Pp, CollectiveGroup::Pp, s.pp),
-            (Axis::Dp, CollectiveGroup::Dp, s.dp),
+            (Axis::Dp, CollectiveGroup::Dp, s.dp_cp()),
         ] {
             if size > 1 {
                 let ranks = self.group(axis, d.rank);
@@ -108,14 +111,15 @@ impl Builder<'_> {
                     ranks,
                     bytes: 8.0,
                     cat: Category::OptComm,
+                    step: None,
                 };
                 self.coll(d, Stream::Dp, coll, &deps);
             }
         }
         d.pending.extend(sp_sums);
-        let sharded = s.opt_shard != OptShard::None && s.dp > 1;
+        let sharded = s.opt_shard != OptShard::None && s.dp_cp() > 1;
         let opt_params = if sharded {
-            stage.params as f64 / f64::from(s.dp)
+            stage.params as f64 / f64::from(s.dp_cp())
         } else {
             stage.params as f64
         };
@@ -145,6 +149,7 @@ impl Builder<'_> {
                     ranks: ranks.clone(),
                     bytes: b.params as f64 * wb as f64,
                     cat: Category::OptComm,
+                    step: None,
                 };
                 last = Some(self.coll(d, Stream::Dp, coll, &[opt]));
             }

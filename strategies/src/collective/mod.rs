@@ -2,6 +2,7 @@
 //! decides), the programs that describe them ([`program`]) and the communication a plan
 //! performs, shared by simulator and executor.
 
+pub mod kv;
 pub mod program;
 
 use std::fmt;
@@ -11,6 +12,7 @@ use pangu_hardware::{Bytes, CollectiveLibrary, Level};
 pub use pangu_model::ops::CollectiveKind;
 use serde::{Deserialize, Serialize};
 
+pub use kv::KvExchange;
 pub use program::{chunk, Combine, Program, Transfer, PIPELINE_CHUNKS};
 
 /// How a collective is carried out (the simulator prices it, the executor runs it).
@@ -170,15 +172,19 @@ pub enum CollectiveGroup {
     Opt,
     /// Pipeline axis (tied embedding, norms over the stages).
     Pp,
+    /// Context-parallel group: the all-gather variant's K/V exchange (the ring variant is
+    /// always Megatron-core's neighbour ring).
+    Cp,
 }
 
 impl CollectiveGroup {
     /// Every key.
-    pub const ALL: [CollectiveGroup; 4] = [
+    pub const ALL: [CollectiveGroup; 5] = [
         CollectiveGroup::Tp,
         CollectiveGroup::Dp,
         CollectiveGroup::Opt,
         CollectiveGroup::Pp,
+        CollectiveGroup::Cp,
     ];
 
     /// The key's name.
@@ -188,6 +194,7 @@ impl CollectiveGroup {
             CollectiveGroup::Dp => "dp",
             CollectiveGroup::Opt => "opt",
             CollectiveGroup::Pp => "pp",
+            CollectiveGroup::Cp => "cp",
         }
     }
 }
@@ -223,6 +230,13 @@ pub struct Collectives {
     /// Collectives along the pipeline axis.
     #[serde(default)]
     pub pp: AlgorithmChoice,
+    /// The all-gather K/V exchange of context parallelism.
+    #[serde(default, skip_serializing_if = "is_auto")]
+    pub cp: AlgorithmChoice,
+}
+
+fn is_auto(a: &AlgorithmChoice) -> bool {
+    *a == AlgorithmChoice::Auto
 }
 
 impl Collectives {
@@ -233,6 +247,7 @@ impl Collectives {
             CollectiveGroup::Dp => self.dp,
             CollectiveGroup::Opt => self.opt,
             CollectiveGroup::Pp => self.pp,
+            CollectiveGroup::Cp => self.cp,
         }
     }
 
@@ -243,6 +258,7 @@ impl Collectives {
             CollectiveGroup::Dp => self.dp = a,
             CollectiveGroup::Opt => self.opt = a,
             CollectiveGroup::Pp => self.pp = a,
+            CollectiveGroup::Cp => self.cp = a,
         }
     }
 
@@ -279,6 +295,9 @@ pub struct CollectivesSpec {
     /// `pp` key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pp: Option<AlgorithmChoice>,
+    /// `cp` key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cp: Option<AlgorithmChoice>,
 }
 
 impl CollectivesSpec {
@@ -289,6 +308,7 @@ impl CollectivesSpec {
             dp: over.dp.or(self.dp),
             opt: over.opt.or(self.opt),
             pp: over.pp.or(self.pp),
+            cp: over.cp.or(self.cp),
         }
     }
 
@@ -299,6 +319,7 @@ impl CollectivesSpec {
             dp: self.dp.unwrap_or_default(),
             opt: self.opt.unwrap_or_default(),
             pp: self.pp.unwrap_or_default(),
+            cp: self.cp.unwrap_or_default(),
         }
     }
 
@@ -309,6 +330,7 @@ impl CollectivesSpec {
             dp: Some(c.dp),
             opt: Some(c.opt),
             pp: Some(c.pp),
+            cp: Some(c.cp),
         }
     }
 
@@ -329,6 +351,7 @@ impl CollectivesSpec {
                         CollectiveGroup::Dp => out.dp = Some(a),
                         CollectiveGroup::Opt => out.opt = Some(a),
                         CollectiveGroup::Pp => out.pp = Some(a),
+                        CollectiveGroup::Cp => out.cp = Some(a),
                     }
                 }
                 None => {
@@ -339,6 +362,7 @@ impl CollectivesSpec {
                         dp: Some(a),
                         opt: Some(a),
                         pp: Some(a),
+                        cp: Some(a),
                     };
                 }
             }
@@ -406,6 +430,8 @@ pub enum GroupKind {
     /// Groups of the global-norm gradient clipping (tp, then pp, and dp when gradients are
     /// sharded).
     Clip,
+    /// Context-parallel group: the K/V exchange of attention.
+    Cp,
 }
 
 impl GroupKind {
@@ -418,6 +444,7 @@ impl GroupKind {
             GroupKind::Opt => "opt",
             GroupKind::Embedding => "embedding",
             GroupKind::Clip => "clip",
+            GroupKind::Cp => "cp",
         }
     }
 }

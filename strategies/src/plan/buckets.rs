@@ -127,7 +127,7 @@ impl Plan {
         let Some(st) = self.stages.get(stage as usize) else {
             return Vec::new();
         };
-        if s.dp <= 1 {
+        if s.dp_cp() <= 1 {
             return Vec::new();
         }
         let gb = bytes_per_param(s.precision, s.micro_batches > 1).1;

@@ -18,13 +18,18 @@ fn fmt_list(v: &[u32]) -> String {
 }
 
 pub(super) fn check_devices(s: &Strategy, cluster: &Cluster) -> Result<(), PlanError> {
-    if s.dp * s.tp * s.pp != s.devices {
+    let product = u64::from(s.dp) * u64::from(s.tp) * u64::from(s.pp) * u64::from(s.cp.max(1));
+    if product != u64::from(s.devices) {
         return Err(PlanError::Devices(format!(
-            "dp {} × tp {} × pp {} = {} ≠ {} devices",
+            "dp {} × tp {} × pp {}{} = {product} ≠ {} devices",
             s.dp,
             s.tp,
             s.pp,
-            s.dp * s.tp * s.pp,
+            if s.cp > 1 {
+                format!(" × cp {}", s.cp)
+            } else {
+                String::new()
+            },
             s.devices
         )));
     }

@@ -12,10 +12,10 @@ use crate::strategy::{Axis, OptShard, Remat};
 
 /// One row of the communication table while it is built; rows with the same group, purpose,
 /// collective and size are summed.
-struct Row(CommVolume);
+pub(super) struct Row(pub(super) CommVolume);
 
 impl Row {
-    fn new(
+    pub(super) fn new(
         group: GroupKind,
         purpose: &'static str,
         collective: Option<CollectiveKind>,
@@ -53,7 +53,7 @@ impl Row {
     }
 
     /// The algorithm and span of the collective over `ranks`.
-    fn on(mut self, plan: &Plan, key: CollectiveGroup, ranks: &[u32]) -> Row {
+    pub(super) fn on(mut self, plan: &Plan, key: CollectiveGroup, ranks: &[u32]) -> Row {
         self.0.span = plan.cluster.topology.span(ranks);
         self.0.algorithm = self.0.collective.map(|_| plan.algorithm(key, ranks));
         self
@@ -62,12 +62,12 @@ impl Row {
 
 /// The communication table, in (group, purpose, collective, bytes) order.
 #[derive(Default)]
-struct Table {
+pub(super) struct Table {
     rows: Vec<CommVolume>,
 }
 
 impl Table {
-    fn add(&mut self, Row(r): Row) {
+    pub(super) fn add(&mut self, Row(r): Row) {
         if r.calls_per_step == 0 || r.bytes_per_call.0 == 0 {
             return;
         }
@@ -146,6 +146,7 @@ impl Plan {
             CollectiveGroup::Tp => Axis::Tp,
             CollectiveGroup::Dp | CollectiveGroup::Opt => Axis::Dp,
             CollectiveGroup::Pp => Axis::Pp,
+            CollectiveGroup::Cp => Axis::Cp,
         };
         CollectiveGroup::ALL
             .into_iter()
@@ -204,6 +205,7 @@ impl Plan {
         self.tp_communication(&mut t);
         self.pp_communication(&mut t);
         self.dp_communication(&mut t);
+        self.cp_communication(&mut t);
         let s = &self.strategy;
         // Tied embedding between first and last stage.
         if s.pp > 1 && self.model.tied_embeddings {
@@ -236,7 +238,7 @@ impl Plan {
             (
                 Axis::Dp,
                 CollectiveGroup::Dp,
-                s.dp,
+                s.dp_cp(),
                 "gradient norm and loss over dp",
             ),
         ] {
@@ -355,7 +357,9 @@ impl Plan {
     /// Gradient buckets and optimizer sharding's weight gathers of the busiest stage.
     fn dp_communication(&self, t: &mut Table) {
         let s = &self.strategy;
-        if s.dp <= 1 {
+        // The gradient group spans the context-parallel ranks too.
+        let dp = s.dp_cp();
+        if dp <= 1 {
             return;
         }
         let Some(stage) = self.stages.iter().max_by_key(|st| st.params) else {
@@ -378,7 +382,7 @@ impl Plan {
                     Some(grad_op),
                     b.params * gb,
                     1,
-                    s.dp,
+                    dp,
                 )
                 .on(self, CollectiveGroup::Dp, &g),
             );
@@ -415,7 +419,7 @@ impl Plan {
                     Some(CollectiveKind::AllGather),
                     params * wb,
                     calls,
-                    s.dp,
+                    dp,
                 )
                 .on(self, CollectiveGroup::Opt, &g),
             );

@@ -21,6 +21,7 @@ use crate::PlanError;
 mod buckets;
 mod checks;
 mod comm;
+mod cp;
 mod fixes;
 
 pub use buckets::{ChunkPart, GradBucket};
@@ -141,6 +142,7 @@ impl Plan {
         let mut warnings = Vec::new();
         check_devices(s, cluster)?;
         check_tp(model, s)?;
+        cp::check_cp(model, s)?;
         let v = s.schedule.chunks();
         check_pipeline(model, s, v)?;
         let act_bytes = check_precision(s, cluster)?;
@@ -152,6 +154,7 @@ impl Plan {
             tp: s.tp,
             seq_parallel: s.seq_parallel,
             act_bytes,
+            cp: s.cp.max(1),
         };
         // The op graph is the padded model's: the padding's rows are computed and stored.
         let padded_vocab = s.padded_vocab(model.vocab);
@@ -186,6 +189,7 @@ impl Plan {
             pp: s.pp,
             dp: s.dp,
             tp: s.tp,
+            cp: s.cp.max(1),
             order: s.rank_order,
         };
         let schedule = schedule::build(s.schedule, s.pp, s.micro_batches);
@@ -276,8 +280,13 @@ impl Plan {
         head: &OpTotals,
     ) -> MemoryBreakdown {
         let s = &self.strategy;
-        let (weights, gradients, optimizer) =
-            memory::model_state(params, s.dp, s.opt_shard, s.precision, s.micro_batches > 1);
+        let (weights, gradients, optimizer) = memory::model_state(
+            params,
+            s.dp_cp(),
+            s.opt_shard,
+            s.precision,
+            s.micro_batches > 1,
+        );
         let input = self.layer_input_bytes();
         let per_chunk: Vec<Bytes> = chunks
             .iter()
@@ -319,9 +328,10 @@ impl Plan {
         let (_, gb, _) = memory::bytes_per_param(s.precision, s.micro_batches > 1);
         // Gradient fusion buffers: two buckets in flight, for a reduce-scatter as for an
         // all-reduce (DDP's and DeepSpeed's bucket buffers; the executor's too).
-        if s.dp > 1 {
+        if s.dp_cp() > 1 {
             buffers += Bytes((2 * s.grad_bucket.0).min(params * gb));
         }
+        buffers += self.cp_buffers();
         if s.opt_shard == OptShard::Zero3 {
             // Two parts' gathered weights (the running one and the prefetched one).
             buffers += Bytes(2 * block.params.max(query.params) * s.gather_bytes());
@@ -389,7 +399,9 @@ impl Plan {
     /// Bytes of a layer's input activation on one device (what full recompute keeps).
     pub fn layer_input_bytes(&self) -> Bytes {
         let s = &self.strategy;
-        let tok = u64::from(s.micro_batch_size) * u64::from(self.model.seq_len);
+        // Context parallelism keeps s/cp tokens of each sequence on a device.
+        let tok =
+            u64::from(s.micro_batch_size) * u64::from(self.model.seq_len) / u64::from(s.cp.max(1));
         let split = if s.seq_parallel && s.tp > 1 {
             u64::from(s.tp)
         } else {

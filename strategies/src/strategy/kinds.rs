@@ -314,11 +314,37 @@ string_serde!(Precision);
 pub enum Axis {
     /// Pipeline stage.
     Pp,
-    /// Data-parallel replica.
+    /// Data-parallel replica. Its groups (`Mesh::group_of`) are the gradient-reduction
+    /// groups, which span the context-parallel ranks too (dp·cp ranks, Megatron-core's
+    /// `dp-cp` group): the cp ranks of a replica hold the same weights and their gradients
+    /// are summed with the replicas'.
     Dp,
     /// Tensor (op-level model) parallel.
     Tp,
+    /// Context parallel (the sequence split over ranks). It has no place of its own in a
+    /// [`RankOrder`]: it always sits just outside tp (Megatron-core's order `tp-cp-dp-pp`,
+    /// fastest first, for the default order).
+    Cp,
 }
+
+/// How the context-parallel ranks exchange keys and values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum CpComm {
+    /// Megatron-core's point-to-point ring (`cp_comm_type = "p2p"`): `cp − 1` steps, each
+    /// passing the K/V block a rank holds to the next rank while attention runs on it; the
+    /// backward pass sends K/V and the partial dK/dV around again.
+    #[default]
+    Ring,
+    /// All-gather K/V before attention and reduce-scatter dK/dV after its backward (Llama 3
+    /// paper §3.3.2; Megatron-core `cp_comm_type = "all_gather"`): not overlapped, cheap with
+    /// grouped-query attention's few K/V heads.
+    AllGather,
+}
+
+named_enum!(CpComm, "cp_comm", "use ring (Megatron-core's p2p ring) or all-gather (Llama 3's)", {
+    Ring => "ring",
+    AllGather => "all-gather",
+});
 
 /// The order in which ranks are numbered, slowest-varying axis first.
 ///
@@ -350,6 +376,7 @@ impl fmt::Display for RankOrder {
             Axis::Pp => "pp",
             Axis::Dp => "dp",
             Axis::Tp => "tp",
+            Axis::Cp => "cp",
         };
         write!(f, "{}-{}-{}", n(self.0[0]), n(self.0[1]), n(self.0[2]))
     }

@@ -23,7 +23,8 @@ mod kinds;
 mod resolve;
 
 pub use kinds::{
-    Axis, BackwardPrefetch, GatherPrecision, OptShard, Precision, RankOrder, Remat, ScheduleKind,
+    Axis, BackwardPrefetch, CpComm, GatherPrecision, OptShard, Precision, RankOrder, Remat,
+    ScheduleKind,
 };
 pub use resolve::resolve;
 
@@ -44,6 +45,12 @@ pub struct StrategySpec {
     /// Pipeline stages.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pp: Option<u32>,
+    /// Context-parallel degree: the sequence split over this many ranks (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cp: Option<u32>,
+    /// How the context-parallel ranks exchange K/V: `ring` (default) or `all-gather`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cp_comm: Option<CpComm>,
     /// Micro-batches per step per pipeline (gradient-accumulation steps when pp = 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub micro_batches: Option<u32>,
@@ -121,6 +128,8 @@ impl StrategySpec {
             dp,
             tp,
             pp,
+            cp,
+            cp_comm,
             micro_batches,
             micro_batch_size,
             global_batch,
@@ -151,6 +160,12 @@ pub struct Strategy {
     pub tp: u32,
     /// Pipeline stages.
     pub pp: u32,
+    /// Context-parallel degree (1: none).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub cp: u32,
+    /// How the context-parallel ranks exchange K/V.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub cp_comm: CpComm,
     /// Micro-batches per step per pipeline.
     pub micro_batches: u32,
     /// Sequences per micro-batch.
@@ -202,6 +217,14 @@ fn is_default_vocab_divisor(v: &u32) -> bool {
     *v == DEFAULT_VOCAB_DIVISOR
 }
 
+fn one() -> u32 {
+    1
+}
+
+fn is_one(v: &u32) -> bool {
+    *v == 1
+}
+
 fn is_default<T: Default + PartialEq>(x: &T) -> bool {
     *x == T::default()
 }
@@ -214,6 +237,8 @@ impl Strategy {
             dp: Some(self.dp),
             tp: Some(self.tp),
             pp: Some(self.pp),
+            cp: Some(self.cp),
+            cp_comm: Some(self.cp_comm),
             micro_batches: Some(self.micro_batches),
             micro_batch_size: Some(self.micro_batch_size),
             global_batch: Some(self.global_batch),
@@ -239,6 +264,13 @@ impl Strategy {
     pub fn padded_vocab(&self, vocab: u32) -> u32 {
         let multiple = u64::from(self.vocab_divisible_by.max(1)) * u64::from(self.tp.max(1));
         (u64::from(vocab).div_ceil(multiple) * multiple).min(u64::from(u32::MAX)) as u32
+    }
+
+    /// Ranks of a gradient-reduction (and optimizer-sharding) group: dp·cp, since the
+    /// context-parallel ranks of a replica hold the same weights (Megatron-core reduces
+    /// gradients and shards the distributed optimizer over its `dp-cp` group).
+    pub fn dp_cp(&self) -> u32 {
+        self.dp * self.cp.max(1)
     }
 
     /// Bytes per parameter of the optimizer-sharding weight all-gathers: the working
@@ -269,8 +301,13 @@ impl Strategy {
         } else {
             String::new()
         };
+        let cp = match (self.cp, self.cp_comm) {
+            (1, _) => String::new(),
+            (c, CpComm::Ring) => format!(" cp{c}"),
+            (c, comm) => format!(" cp{c}({comm})"),
+        };
         format!(
-            "dp{} tp{} pp{} mb{}x{} {} opt={}{zero3} remat={}{}{}{}",
+            "dp{} tp{} pp{}{cp} mb{}x{} {} opt={}{zero3} remat={}{}{}{}",
             self.dp,
             self.tp,
             self.pp,

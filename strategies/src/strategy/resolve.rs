@@ -2,7 +2,7 @@
 //! batch and a cluster size; errors name the value and what would work.
 
 use super::{
-    OptShard, Precision, RankOrder, Remat, ScheduleKind, Strategy, StrategySpec,
+    CpComm, OptShard, Precision, RankOrder, Remat, ScheduleKind, Strategy, StrategySpec,
     DEFAULT_GRAD_BUCKET,
 };
 use crate::PlanError;
@@ -22,7 +22,7 @@ pub fn resolve(
             "--devices {devices}: the cluster has {cluster_chips} chips; use 1..={cluster_chips}"
         )));
     }
-    let (tp, pp, dp) = degrees(spec, user, devices)?;
+    let (tp, pp, cp, dp) = degrees(spec, user, devices)?;
     let (global, mbs, m) = batches(spec, user, model_global_batch, dp, &mut notes)?;
     // Schedules are lists of actions per micro-batch: keep them to a size a machine holds.
     if m > 1 << 16 {
@@ -36,6 +36,8 @@ pub fn resolve(
         dp,
         tp,
         pp,
+        cp,
+        cp_comm: spec.cp_comm.unwrap_or(CpComm::Ring),
         micro_batches: m,
         micro_batch_size: mbs,
         global_batch: global,
@@ -63,15 +65,16 @@ pub fn resolve(
     Ok((strategy, notes))
 }
 
-/// tp, pp and dp for `devices`: dp fills the devices unless given.
+/// tp, pp, cp and dp for `devices`: dp fills the devices unless given.
 fn degrees(
     spec: &StrategySpec,
     user: &StrategySpec,
     devices: u32,
-) -> Result<(u32, u32, u32), PlanError> {
+) -> Result<(u32, u32, u32, u32), PlanError> {
     let tp = spec.tp.unwrap_or(1);
     let pp = spec.pp.unwrap_or(1);
-    for (name, v) in [("tp", tp), ("pp", pp)] {
+    let cp = spec.cp.unwrap_or(1);
+    for (name, v) in [("tp", tp), ("pp", pp), ("cp", cp)] {
         if v == 0 {
             return Err(PlanError::Devices(format!(
                 "--{name} 0: a degree must be at least 1"
@@ -84,7 +87,13 @@ fn degrees(
         }
     }
     // Products in 64 bits: degrees come from user files.
-    let tpp = u64::from(tp) * u64::from(pp);
+    let tpp = u64::from(tp) * u64::from(pp) * u64::from(cp);
+    // "tp 2 × pp 4" (and "× cp 2" only with context parallelism, so messages stay as they were).
+    let cp_text = if cp > 1 {
+        format!(" × cp {cp}")
+    } else {
+        String::new()
+    };
     let devices64 = u64::from(devices);
     let dp = match user.dp {
         Some(0) => {
@@ -95,7 +104,7 @@ fn degrees(
         Some(dp) => {
             if u64::from(dp) * tpp != devices64 {
                 return Err(PlanError::Devices(format!(
-                    "dp {dp} × tp {tp} × pp {pp} = {} ≠ {devices} devices; omit --dp to fill the devices{}",
+                    "dp {dp} × tp {tp} × pp {pp}{cp_text} = {} ≠ {devices} devices; omit --dp to fill the devices{}",
                     u64::from(dp) * tpp,
                     if devices64 % tpp == 0 { format!(" (dp {})", devices64 / tpp) } else { String::new() }
                 )));
@@ -105,20 +114,20 @@ fn degrees(
         None => {
             if devices64 % tpp != 0 {
                 let fits: Vec<String> = (1..=devices.min(64))
-                    .filter(|&t| devices64 % (u64::from(t) * u64::from(pp)) == 0)
+                    .filter(|&t| devices64 % (u64::from(t) * u64::from(pp) * u64::from(cp)) == 0)
                     .filter(|t| t.is_power_of_two())
                     .map(|t| t.to_string())
                     .collect();
                 return Err(PlanError::Devices(format!(
-                    "tp {tp} × pp {pp} = {tpp} does not divide the {devices} devices, so dp cannot fill them; \
-                     with pp {pp}, tp could be one of {}",
+                    "tp {tp} × pp {pp}{cp_text} = {tpp} does not divide the {devices} devices, so dp cannot fill them; \
+                     with pp {pp}{cp_text}, tp could be one of {}",
                     fits.join(", ")
                 )));
             }
             (devices64 / tpp) as u32
         }
     };
-    Ok((tp, pp, dp))
+    Ok((tp, pp, cp, dp))
 }
 
 /// The global batch, micro-batch size and micro-batch count for `dp` replicas.

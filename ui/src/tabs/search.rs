@@ -25,7 +25,8 @@ pub fn spawn(plan: &Plan) -> Job<SearchResult> {
     let (devices, batch, precision) = (s.devices, s.global_batch, s.precision);
     let own = s.clone();
     Job::spawn(move |progress| {
-        let space = pangu_strategies::search::SearchSpace::default();
+        let space =
+            pangu_strategies::search::SearchSpace::default().with_context_parallel(model.seq_len);
         let report = |_: &str, done: usize, total: usize| progress.set(done, total);
         Ok(pangu_sim::search::search(
             &model,

@@ -1,0 +1,148 @@
+//! Context parallelism in the plan: the sequence check, the K/V exchange of each cp group,
+//! its rows of the communication table and its buffers in the memory model.
+//!
+//! Semantics as Megatron-core runs it (its `context_parallel` documentation; Llama 3 paper
+//! §3.3.2): the sequence is cut into `2·cp` chunks and rank `i` holds chunks `i` and
+//! `2·cp − 1 − i`, so under the causal mask every rank does the same attention work (1/cp of
+//! the whole); the op graph is built for `s/cp` tokens per rank (`OpShape::cp`). Gradients are
+//! reduced, and the optimizer sharded, over dp·cp ranks (`Strategy::dp_cp`).
+
+use pangu_hardware::Bytes;
+use pangu_model::ModelConfig;
+
+use super::comm::{Row, Table};
+use super::Plan;
+use crate::collective::{CollectiveGroup, GroupKind, KvExchange};
+use crate::strategy::{Axis, CpComm, Remat, Strategy};
+use crate::PlanError;
+
+/// `2·cp` must divide the sequence (two chunks per rank, Megatron-core's load balancing); the
+/// error names the sequence and the nearest degrees that work.
+pub(super) fn check_cp(m: &ModelConfig, s: &Strategy) -> Result<(), PlanError> {
+    let cp = s.cp.max(1);
+    if cp == 1 {
+        return Ok(());
+    }
+    if !m.seq_len.is_multiple_of(2 * cp) {
+        let ok: Vec<String> = (1..=64u32)
+            .filter(|c| m.seq_len.is_multiple_of(2 * c) || *c == 1)
+            .filter(|c| s.devices.is_multiple_of(c * s.tp * s.pp))
+            .map(|c| c.to_string())
+            .collect();
+        return Err(PlanError::Devices(format!(
+            "cp {cp}: the sequence of {} tokens does not split into 2·cp = {} chunks (context \
+             parallelism gives each rank two chunks for causal load balancing); use cp one of {} \
+             or a sequence length that is a multiple of {}",
+            m.seq_len,
+            2 * cp,
+            ok.join(", "),
+            2 * cp
+        )));
+    }
+    Ok(())
+}
+
+impl Plan {
+    /// Bytes of one rank's K/V block for one layer and micro-batch: `b · (s/cp)` tokens of
+    /// `2 · kv_dim / tp` elements (with grouped-query attention only the K/V heads travel).
+    pub fn kv_block_bytes(&self) -> Bytes {
+        let s = &self.strategy;
+        let tokens =
+            u64::from(s.micro_batch_size) * u64::from(self.model.seq_len) / u64::from(s.cp.max(1));
+        let kv = 2 * self.model.kv_dim() / u64::from(s.tp.max(1));
+        Bytes(tokens * kv * u64::from(self.ops.shape.act_bytes))
+    }
+
+    /// The K/V exchange over a context-parallel group (chips in group order).
+    pub fn kv_exchange(&self, ranks: &[u32]) -> KvExchange {
+        KvExchange::build(
+            self.strategy.cp_comm,
+            self.algorithm(CollectiveGroup::Cp, ranks),
+            &self.placement(ranks),
+            self.kv_block_bytes(),
+        )
+    }
+
+    /// Whether a remat setting re-runs the attention forward (and so its K/V exchange) in
+    /// backward: full and grouped remat re-run the layer, selective the attention core.
+    fn recomputes_attention(&self) -> bool {
+        !matches!(self.strategy.remat, Remat::None)
+    }
+
+    /// Communication buffers of context parallelism per device: the ring keeps two K/V
+    /// blocks in flight (the one attention reads and the one arriving), and in backward two
+    /// K/V and two dK/dV blocks (Megatron-core's p2p double buffering); the all-gather
+    /// variant holds the gathered K/V and, in backward, the whole dK/dV before its
+    /// reduce-scatter.
+    pub(super) fn cp_buffers(&self) -> Bytes {
+        let s = &self.strategy;
+        if s.cp <= 1 {
+            return Bytes(0);
+        }
+        let block = self.kv_block_bytes().0;
+        Bytes(match s.cp_comm {
+            CpComm::Ring => 4 * block,
+            CpComm::AllGather => 2 * u64::from(s.cp) * block,
+        })
+    }
+
+    /// The K/V exchange rows of the busiest stage: per layer and micro-batch, forward (again
+    /// when remat recomputes attention) and backward.
+    pub(super) fn cp_communication(&self, t: &mut Table) {
+        let s = &self.strategy;
+        if s.cp <= 1 {
+            return;
+        }
+        let layers = self
+            .stages
+            .iter()
+            .map(|st| st.chunks.iter().map(|c| c.layers.len()).sum::<usize>())
+            .max()
+            .unwrap_or(0) as u64;
+        let m = u64::from(s.micro_batches);
+        let fwd_calls = layers * m * if self.recomputes_attention() { 2 } else { 1 };
+        let bwd_calls = layers * m;
+        let g = self.mesh.group_of(Axis::Cp, 0);
+        let x = self.kv_exchange(&g);
+        let block = x.block.0;
+        let span = self.cluster.topology.span(&g);
+        match s.cp_comm {
+            CpComm::Ring => {
+                // Point-to-point, one block to the next rank per hop: forward cp − 1 K/V
+                // hops per layer; backward cp − 1 K/V hops and cp dK/dV hops (each block's
+                // partial dK/dV goes one hop after it is computed, the last one back home).
+                let n = u64::from(s.cp);
+                for (purpose, calls) in [
+                    (
+                        "K/V blocks, ring (overlapped with attention)",
+                        fwd_calls * (n - 1),
+                    ),
+                    (
+                        "K/V and dK/dV blocks, ring (overlapped with attention backward)",
+                        bwd_calls * (2 * n - 1),
+                    ),
+                ] {
+                    let mut r = Row::new(GroupKind::Cp, purpose, None, block, calls, s.cp);
+                    r.0.span = span;
+                    t.add(r);
+                }
+            }
+            CpComm::AllGather => {
+                use pangu_model::ops::CollectiveKind::{AllGather, ReduceScatter};
+                let buf = x.buffer().0;
+                for (purpose, kind, calls) in [
+                    ("K/V before attention", AllGather, fwd_calls + bwd_calls),
+                    ("dK/dV after attention backward", ReduceScatter, bwd_calls),
+                ] {
+                    t.add(
+                        Row::new(GroupKind::Cp, purpose, Some(kind), buf, calls, s.cp).on(
+                            self,
+                            CollectiveGroup::Cp,
+                            &g,
+                        ),
+                    );
+                }
+            }
+        }
+    }
+}
