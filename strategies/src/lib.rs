@@ -23,6 +23,7 @@
 //! ```
 
 pub mod collective;
+pub mod launch;
 pub mod memory;
 pub mod mesh;
 pub mod plan;

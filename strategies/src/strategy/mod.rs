@@ -12,6 +12,7 @@
 //!   lowered to the largest one that does (and the plan says so); given values never change.
 
 use pangu_hardware::Bytes;
+use pangu_model::ModelConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::collective::{Collectives, CollectivesSpec};
@@ -89,6 +90,9 @@ pub struct StrategySpec {
     /// `--make-vocab-size-divisible-by`; default 128, 1 pads only to a multiple of tp).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vocab_divisible_by: Option<u32>,
+    /// Training sequence length (tokens per sample); replaces the model's `seq_len`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq_len: Option<u32>,
 }
 
 impl StrategySpec {
@@ -98,6 +102,17 @@ impl StrategySpec {
             source_name: source_name.to_string(),
             message: e.to_string(),
         })
+    }
+
+    /// The model trained under this spec: `model` with `seq_len` replaced when the spec sets
+    /// the training length (`seq_len`), validated.
+    pub fn model_for(&self, model: &ModelConfig) -> Result<ModelConfig, PlanError> {
+        let mut m = model.clone();
+        if let Some(s) = self.seq_len {
+            m.seq_len = s;
+            m.validate().map_err(PlanError::Model)?;
+        }
+        Ok(m)
     }
 
     /// `self` with every field that `over` sets replaced by `over`'s.
@@ -129,7 +144,8 @@ impl StrategySpec {
             grad_bucket,
             zero3_gather,
             zero3_prefetch,
-            vocab_divisible_by
+            vocab_divisible_by,
+            seq_len
         )
     }
 }
@@ -224,6 +240,7 @@ impl Strategy {
             collectives: (!self.collectives.is_auto())
                 .then(|| CollectivesSpec::from_resolved(&self.collectives)),
             vocab_divisible_by: Some(self.vocab_divisible_by),
+            seq_len: None,
         }
     }
 
