@@ -38,7 +38,12 @@ pub(crate) struct StrategyArgs {
     /// Megatron-LM arguments, e.g. "--num-layers 24 --tensor-model-parallel-size 8 ...":
     /// the model shape (used as the model) and the strategy; they override --strategy, flags
     /// override them. Shell variables are not expanded.
-    #[arg(long, value_name = "ARGS", conflicts_with = "megatron_args_file")]
+    #[arg(
+        long,
+        value_name = "ARGS",
+        conflicts_with = "megatron_args_file",
+        allow_hyphen_values = true
+    )]
     pub megatron_args: Option<String>,
     /// A file holding Megatron-LM arguments (as --megatron-args; `\` continuations allowed).
     #[arg(long, value_name = "FILE")]
