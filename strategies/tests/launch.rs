@@ -3,6 +3,8 @@
 //! own variable values written in (the tool does not expand shell variables); the repository,
 //! path and commit read are cited above each.
 
+#![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
+
 use pangu_hardware::Cluster;
 use pangu_model::ModelConfig;
 use pangu_strategies::launch::{Launch, LaunchError};
