@@ -1,9 +1,12 @@
 //! Options shared by every command that takes a model, a cluster and a strategy.
 
+use std::path::Path;
+
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use pangu_hardware::{split_count, Cluster};
 use pangu_model::ModelConfig;
+use pangu_strategies::launch::Launch;
 use pangu_strategies::{resolve_inputs, Reference, Remat, Resolved, ScheduleKind, StrategySpec};
 
 use crate::flag_enums::{
@@ -14,9 +17,10 @@ use crate::flag_enums::{
 #[derive(Debug, Clone, Args)]
 pub(crate) struct SetupArgs {
     /// Model preset name (see `pangu models`), a model TOML file, or a Hugging Face
-    /// `config.json` (a path ending in `.json`: Llama, Mistral, Qwen2, GPT-2).
-    #[arg(long, default_value = "pangu-alpha-200b")]
-    pub model: String,
+    /// `config.json` (a path ending in `.json`: Llama, Mistral, Qwen2, GPT-2) [default:
+    /// pangu-alpha-200b, or the shape in --megatron-args].
+    #[arg(long)]
+    pub model: Option<String>,
     /// Cluster preset or TOML file, with an optional chip count: `ascend910:512`,
     /// `dgx-a100-80g:64`, `my-cluster.toml:256`. Default: the model's reference cluster.
     #[arg(long)]
@@ -32,6 +36,23 @@ pub(crate) struct StrategyArgs {
     /// Strategy TOML file (keys are these flag names with underscores).
     #[arg(long, value_name = "FILE")]
     pub strategy: Option<String>,
+    /// Megatron-LM arguments, e.g. "--num-layers 24 --tensor-model-parallel-size 8 ...":
+    /// the model shape (used as the model) and the strategy; they override --strategy, flags
+    /// override them. Shell variables are not expanded.
+    #[arg(
+        long,
+        value_name = "ARGS",
+        conflicts_with = "megatron_args_file",
+        allow_hyphen_values = true
+    )]
+    pub megatron_args: Option<String>,
+    /// A file holding Megatron-LM arguments (as --megatron-args; `\` continuations allowed).
+    #[arg(long, value_name = "FILE")]
+    pub megatron_args_file: Option<String>,
+    /// A DeepSpeed JSON config (batches, ZeRO stage, precision); combines with --model or
+    /// --megatron-args.
+    #[arg(long, value_name = "FILE")]
+    pub deepspeed_config: Option<String>,
     /// Chips the job uses (default: the whole cluster).
     #[arg(long)]
     pub devices: Option<u32>,
@@ -103,8 +124,46 @@ pub(crate) struct StrategyArgs {
 }
 
 impl StrategyArgs {
-    /// The user's spec: the file (if any) overlaid with the flags.
+    /// The launch configuration (Megatron arguments and/or a DeepSpeed config), if given.
+    pub(crate) fn launch(&self) -> Result<Option<Launch>> {
+        let megatron = match (&self.megatron_args, &self.megatron_args_file) {
+            (Some(line), _) => Some(Launch::from_megatron(line).context("--megatron-args")?),
+            (None, Some(path)) => {
+                Some(Launch::from_megatron_file(Path::new(path)).context("--megatron-args-file")?)
+            }
+            (None, None) => None,
+        };
+        let deepspeed = self
+            .deepspeed_config
+            .as_deref()
+            .map(|p| Launch::from_deepspeed_file(Path::new(p)).context("--deepspeed-config"))
+            .transpose()?;
+        Ok(match (megatron, deepspeed) {
+            (Some(m), Some(d)) => Some(m.combine(d)?),
+            (m, d) => m.or(d),
+        })
+    }
+
+    /// The user's spec, for commands whose model is not a simulated one (`train`): the file,
+    /// the launch configuration, the flags; launch notes go to stderr.
     pub(crate) fn spec(&self) -> Result<StrategySpec> {
+        let launch = self.launch()?;
+        if let Some(l) = &launch {
+            if l.model.is_some() {
+                bail!(
+                    "the Megatron arguments carry a model shape, but this command takes its model from --model;                      drop --num-layers / --hidden-size / --num-attention-heads from them"
+                );
+            }
+            for n in l.summary_notes() {
+                eprintln!("note: {n}");
+            }
+        }
+        self.spec_with(launch.as_ref())
+    }
+
+    /// The user's spec: the file (if any), overlaid with the launch configuration, overlaid
+    /// with the flags.
+    pub(crate) fn spec_with(&self, launch: Option<&Launch>) -> Result<StrategySpec> {
         let file = match &self.strategy {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
@@ -144,7 +203,8 @@ impl StrategyArgs {
                 )
             },
         };
-        Ok(file.overlay(&flags))
+        let launch = launch.map(|l| l.spec.clone()).unwrap_or_default();
+        Ok(file.overlay(&launch).overlay(&flags))
     }
 }
 
@@ -181,6 +241,16 @@ pub(crate) struct Setup {
     pub resolved: Resolved,
 }
 
+/// The model and the user's spec, before resolution, with the launch configuration's notes.
+pub(crate) struct Inputs {
+    pub model: ModelConfig,
+    pub spec: StrategySpec,
+    pub notes: Vec<String>,
+}
+
+/// The model preset used when neither --model nor a Megatron shape is given.
+const DEFAULT_MODEL: &str = "pangu-alpha-200b";
+
 impl SetupArgs {
     /// `--cluster`, else the model's reference cluster (`reference`: the model's reference).
     pub(crate) fn cluster_or_reference(
@@ -198,14 +268,32 @@ impl SetupArgs {
         }
     }
 
+    /// The model (the launch's shape, else --model, else the default preset) with the spec's
+    /// training length, and the spec: strategy file < launch configuration < flags.
+    pub(crate) fn inputs(&self) -> Result<Inputs> {
+        let launch = self.strategy.launch()?;
+        let model = match (launch.as_ref().and_then(|l| l.model.as_ref()), &self.model) {
+            (Some(_), Some(m)) => bail!(
+                "--model {m} and a model shape in the Megatron arguments: give one (drop --model, \
+                 or drop --num-layers / --hidden-size / --num-attention-heads from the arguments)"
+            ),
+            (Some(m), None) => m.clone(),
+            (None, m) => load_model(m.as_deref().unwrap_or(DEFAULT_MODEL))?,
+        };
+        let spec = self.strategy.spec_with(launch.as_ref())?;
+        let model = spec.model_for(&model)?;
+        let notes = launch.map(|l| l.summary_notes()).unwrap_or_default();
+        Ok(Inputs { model, spec, notes })
+    }
+
     pub(crate) fn resolve(&self) -> Result<Setup> {
-        let model = load_model(&self.model)?;
+        let Inputs { model, spec, notes } = self.inputs()?;
         let cluster = self.cluster.as_deref().map(load_cluster).transpose()?;
-        let spec = self.strategy.spec()?;
         if spec.layers_per_stage.is_some() && spec.pp.is_none() {
             bail!("layers_per_stage needs pp in the same strategy file");
         }
-        let resolved = resolve_inputs(&model, cluster, &spec)?;
+        let mut resolved = resolve_inputs(&model, cluster, &spec)?;
+        resolved.notes.splice(0..0, notes);
         Ok(Setup {
             model: resolved.model.clone(),
             resolved,

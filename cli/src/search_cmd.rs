@@ -48,12 +48,14 @@ struct Inputs {
 
 impl Inputs {
     fn new(args: &SearchArgs) -> Result<Inputs> {
-        let model = crate::args::load_model(&args.setup.model)?;
+        let crate::args::Inputs { model, spec, notes } = args.setup.inputs()?;
+        for n in notes {
+            eprintln!("note: {n}");
+        }
         let reference = pangu_strategies::reference(&model.name);
         let cluster = args
             .setup
             .cluster_or_reference(&model, reference.as_ref())?;
-        let spec = args.setup.strategy.spec()?;
         let own_plan = pangu_strategies::resolve_inputs(&model, Some(cluster.clone()), &spec)
             .ok()
             .and_then(|r| Plan::new(&r.model, &r.cluster, &r.strategy).ok());

@@ -109,7 +109,10 @@ pub(crate) fn run(args: &SweepArgs) -> Result<()> {
         .iter()
         .map(|s| parse_axis(s))
         .collect::<Result<_>>()?;
-    let model = crate::args::load_model(&args.setup.model)?;
+    let crate::args::Inputs { model, spec, notes } = args.setup.inputs()?;
+    for n in notes {
+        eprintln!("note: {n}");
+    }
     let reference = pangu_strategies::reference(&model.name);
     let cluster = args
         .setup
@@ -117,7 +120,7 @@ pub(crate) fn run(args: &SweepArgs) -> Result<()> {
     let base_spec = reference
         .map(|r| r.strategy)
         .unwrap_or_default()
-        .overlay(&args.setup.strategy.spec()?);
+        .overlay(&spec);
     let base_model = toml::Value::try_from(&model).context("model to TOML")?;
     let base_cluster = toml::Value::try_from(&cluster.spec).context("cluster to TOML")?;
     let base_strategy = toml::Value::try_from(&base_spec).context("strategy to TOML")?;

@@ -24,6 +24,7 @@
 
 pub mod collective;
 pub mod fp8;
+pub mod launch;
 pub mod memory;
 pub mod mesh;
 pub mod plan;

@@ -14,6 +14,7 @@
 //!   lowered to the largest one that does (and the plan says so); given values never change.
 
 use pangu_hardware::Bytes;
+use pangu_model::ModelConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::collective::{Collectives, CollectivesSpec};
@@ -110,6 +111,17 @@ impl StrategySpec {
             source_name: source_name.to_string(),
             message: e.to_string(),
         })
+    }
+
+    /// The model trained under this spec: `model` with `seq_len` replaced when the spec sets
+    /// the training length (`seq_len`), validated.
+    pub fn model_for(&self, model: &ModelConfig) -> Result<ModelConfig, PlanError> {
+        let mut m = model.clone();
+        if let Some(s) = self.seq_len {
+            m.seq_len = s;
+            m.validate().map_err(PlanError::Model)?;
+        }
+        Ok(m)
     }
 
     /// `self` with every field that `over` sets replaced by `over`'s.
