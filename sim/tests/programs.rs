@@ -38,6 +38,7 @@ fn key(p: &Plan, group: GroupKind, ranks: &[u32]) -> CollectiveGroup {
         GroupKind::Dp => CollectiveGroup::Dp,
         GroupKind::Opt => CollectiveGroup::Opt,
         GroupKind::Pp | GroupKind::Embedding => CollectiveGroup::Pp,
+        GroupKind::Cp => CollectiveGroup::Cp,
         GroupKind::Clip => {
             if p.mesh.group_of(Axis::Tp, ranks[0]) == ranks {
                 CollectiveGroup::Tp

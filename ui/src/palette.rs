@@ -16,6 +16,7 @@ pub fn color(c: Category) -> Color32 {
         Category::Compute => Color32::from_rgb(76, 175, 80),
         Category::Recompute => Color32::from_rgb(139, 195, 74),
         Category::TpComm => Color32::from_rgb(33, 150, 243),
+        Category::CpComm => Color32::from_rgb(0, 188, 212),
         Category::DpComm => Color32::from_rgb(156, 39, 176),
         Category::PpComm => Color32::from_rgb(255, 152, 0),
         Category::OptComm => Color32::from_rgb(233, 30, 99),
