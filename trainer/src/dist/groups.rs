@@ -40,7 +40,9 @@ impl Groups {
         let mesh = plan.mesh;
         let me = mesh.coords(rank as u32);
         let s = &plan.strategy;
-        let at = |pp: u32, dp: u32, tp: u32| mesh.rank(Coords { pp, dp, tp, cp: 0 }) as usize;
+        // The executor refuses cp > 1 (`host::check_plan`): every rank has cp index 0.
+        let cp = me.cp;
+        let at = |pp: u32, dp: u32, tp: u32| mesh.rank(Coords { pp, dp, tp, cp }) as usize;
         let dp: Vec<usize> = (0..s.dp).map(|d| at(me.pp, d, me.tp)).collect();
         let tp: Vec<usize> = (0..s.tp).map(|t| at(me.pp, me.dp, t)).collect();
         let pp: Vec<usize> = (0..s.pp).map(|p| at(p, me.dp, me.tp)).collect();
