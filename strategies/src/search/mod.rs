@@ -1,7 +1,8 @@
 //! The strategy search space and the cost-model seam.
 //!
-//! The search enumerates strategies for a fixed model, cluster and global batch, prunes the
-//! ones `Plan` rejects or that do not fit in memory, ranks the rest with a fast
+//! The search enumerates strategies for a fixed model, cluster and global batch from a
+//! [`SearchSpace`] (the default, or one the user constrained with `DIM=V1,V2,...` entries and a
+//! memory fraction), prunes the ones `Plan` rejects or that do not fit in memory, ranks the rest with a fast
 //! [`CostModel`] and refines the best with a slower, more faithful one. The models live in the
 //! simulator crate (analytic and discrete-event); this crate only defines the seam, so the
 //! search never depends on how a step is priced.
@@ -11,9 +12,15 @@ use pangu_model::ModelConfig;
 use serde::Serialize;
 
 use crate::plan::Plan;
-use crate::strategy::{
-    OptShard, Precision, RankOrder, Remat, ScheduleKind, Strategy, DEFAULT_GRAD_BUCKET,
-};
+use crate::strategy::{Precision, Strategy};
+
+mod dims;
+mod space;
+#[cfg(test)]
+mod space_tests;
+
+pub use dims::{Dim, Value};
+pub use space::{Census, Constraint, Removal, SearchSpace, SpaceError};
 
 /// Prices one training step of a plan.
 pub trait CostModel: Sync {
@@ -23,115 +30,16 @@ pub trait CostModel: Sync {
     fn step_time(&self, plan: &Plan) -> Result<f64, String>;
 }
 
-/// Which values each dimension may take.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct SearchSpace {
-    /// Micro-batch sizes to try.
-    pub micro_batch_sizes: Vec<u32>,
-    /// Schedules to try.
-    pub schedules: Vec<ScheduleKind>,
-    /// Optimizer sharding levels to try.
-    pub opt_shards: Vec<OptShard>,
-    /// Remat modes to try.
-    pub remats: Vec<Remat>,
-    /// Sequence parallelism on/off.
-    pub seq_parallel: Vec<bool>,
-    /// Rank orders (placements) to try.
-    pub rank_orders: Vec<RankOrder>,
-    /// Largest tensor-parallel degree.
-    pub max_tp: u32,
-}
-
-impl Default for SearchSpace {
-    fn default() -> Self {
-        SearchSpace {
-            micro_batch_sizes: vec![1, 2, 4],
-            schedules: vec![
-                ScheduleKind::Gpipe,
-                ScheduleKind::OneFOneB,
-                ScheduleKind::Interleaved { chunks: 2 },
-                ScheduleKind::Interleaved { chunks: 4 },
-            ],
-            opt_shards: OptShard::ALL.to_vec(),
-            remats: vec![Remat::None, Remat::Selective, Remat::Full, Remat::Every(2)],
-            seq_parallel: vec![false, true],
-            rank_orders: vec![
-                RankOrder::PANGU,
-                "dp-pp-tp".parse().unwrap_or(RankOrder::PANGU),
-            ],
-            max_tp: 16,
-        }
-    }
-}
-
-/// Every strategy of the space for `devices` chips and a global batch, in a fixed order.
-/// Dimension products that do not divide, batches that do not split, and choices that make
-/// no difference (sequence parallelism without tp, schedules without pp) are skipped here;
-/// everything else is left to `Plan` validation.
+/// Every strategy of the space for `devices` chips and a global batch that its constraints
+/// keep, in a fixed order (see [`SearchSpace::enumerate`], which also counts what each
+/// constraint removed).
 pub fn enumerate(
     space: &SearchSpace,
     devices: u32,
     global_batch: u32,
     precision: Precision,
 ) -> Vec<Strategy> {
-    let mut out = Vec::new();
-    let divisors = |n: u32| (1..=n).filter(move |d| n.is_multiple_of(*d));
-    for tp in divisors(devices).filter(|&t| t <= space.max_tp) {
-        for pp in divisors(devices / tp) {
-            let dp = devices / (tp * pp);
-            if !global_batch.is_multiple_of(dp) {
-                continue;
-            }
-            let per_replica = global_batch / dp;
-            for &mbs in &space.micro_batch_sizes {
-                if !per_replica.is_multiple_of(mbs) {
-                    continue;
-                }
-                let m = per_replica / mbs;
-                for &schedule in &space.schedules {
-                    if pp == 1 && schedule != ScheduleKind::OneFOneB {
-                        continue;
-                    }
-                    for &opt_shard in &space.opt_shards {
-                        if dp == 1 && opt_shard != OptShard::None {
-                            continue;
-                        }
-                        for &remat in &space.remats {
-                            for &sp in &space.seq_parallel {
-                                if sp && tp == 1 {
-                                    continue;
-                                }
-                                for &rank_order in &space.rank_orders {
-                                    out.push(Strategy {
-                                        devices,
-                                        dp,
-                                        tp,
-                                        pp,
-                                        micro_batches: m,
-                                        micro_batch_size: mbs,
-                                        global_batch,
-                                        schedule,
-                                        opt_shard,
-                                        remat,
-                                        seq_parallel: sp,
-                                        precision,
-                                        rank_order,
-                                        layers_per_stage: None,
-                                        grad_bucket: DEFAULT_GRAD_BUCKET,
-                                        zero3_gather: Default::default(),
-                                        zero3_prefetch: Default::default(),
-                                        collectives: Default::default(),
-                                        vocab_divisible_by: crate::strategy::DEFAULT_VOCAB_DIVISOR,
-                                    });
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-    out
+    space.enumerate(devices, global_batch, precision).0
 }
 
 /// A candidate that passed validation, with its memory and costs.
@@ -220,6 +128,7 @@ pub fn pareto(cands: &[Candidate]) -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::strategy::{OptShard, RankOrder, Remat, ScheduleKind};
 
     #[test]
     fn enumeration_covers_every_factorisation_and_keeps_the_batch() {
@@ -231,6 +140,7 @@ mod tests {
             rank_orders: vec![RankOrder::PANGU],
             micro_batch_sizes: vec![1],
             max_tp: 8,
+            ..SearchSpace::default()
         };
         let all = enumerate(&space, 16, 32, Precision::Fp16);
         // tp ∈ {1, 2, 4, 8}; pp divides 16/tp: 5 + 4 + 3 + 2 = 14 layouts.
