@@ -1,9 +1,11 @@
-//! `pangu search`: enumerate strategies, rank them analytically, refine the best with the
-//! discrete-event simulator.
+//! `pangu search`: enumerate strategies (of the default space, or one constrained with
+//! `--space DIM=V,...` and `--max-memory-fraction`), rank them analytically, refine the best
+//! with the discrete-event simulator. The space and its parsing live in
+//! `pangu_strategies::search`; this file only reads the flags and prints.
 
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
 use pangu_hardware::Cluster;
 use pangu_model::ModelConfig;
@@ -32,6 +34,17 @@ pub(crate) struct SearchArgs {
     /// Print CSV of every fitting candidate.
     #[arg(long)]
     pub csv: bool,
+    /// Constrain or widen one dimension of the search space (repeatable): DIM=V1,V2,... keeps
+    /// only these values, adding those the default space lacks (tp=16,32); DIM+=V1,... adds
+    /// them and keeps the default. DIM is a strategy key: tp, pp, dp, micro_batch_size (mbs),
+    /// micro_batches, vpp (interleave), schedule, opt_shard (zero), remat, seq_parallel (sp),
+    /// rank_order, precision. The strategy flags (--tp, ...) set your own strategy instead,
+    /// which is always simulated and compared with the best.
+    #[arg(long = "space", value_name = "DIM=V1,V2,...")]
+    pub space: Vec<String>,
+    /// Candidates must fit in this fraction of each device's usable memory (0 < F <= 1).
+    #[arg(long, value_name = "F")]
+    pub max_memory_fraction: Option<f64>,
 }
 
 /// What the search fixes, from the flags: the model, the cluster, the chips used, the global
@@ -39,6 +52,7 @@ pub(crate) struct SearchArgs {
 /// comparison.
 struct Inputs {
     model: ModelConfig,
+    space: SearchSpace,
     cluster: Cluster,
     own_plan: Option<Plan>,
     devices: u32,
@@ -68,8 +82,10 @@ impl Inputs {
             .precision
             .or_else(|| reference.as_ref().and_then(|r| r.strategy.precision))
             .unwrap_or(Precision::Fp16);
+        let space = search_space(args, devices, global_batch)?.with_context_parallel(model.seq_len);
         Ok(Inputs {
             model,
+            space,
             cluster,
             own_plan,
             devices,
@@ -78,18 +94,35 @@ impl Inputs {
         })
     }
 
+    /// Whether the user narrowed the space (constraints or a memory fraction).
+    fn constrained(&self) -> bool {
+        !self.space.constraints.is_empty() || self.space.memory_label().is_some()
+    }
+
     /// Tokens per step.
     fn tokens(&self) -> f64 {
         f64::from(self.global_batch) * f64::from(self.model.seq_len)
     }
 }
 
-/// What the search found, with its wall time and the user's strategy simulated.
+/// The space of `--space` entries and `--max-memory-fraction`, checked against the job.
+fn search_space(args: &SearchArgs, devices: u32, global_batch: u32) -> Result<SearchSpace> {
+    let mut space = SearchSpace::from_entries(&args.space).context("--space")?;
+    if let Some(f) = args.max_memory_fraction {
+        space = space
+            .with_memory_fraction(f)
+            .context("--max-memory-fraction")?;
+    }
+    space
+        .check(devices, global_batch)
+        .context("--space does not fit the job")?;
+    Ok(space)
+}
+
+/// What the search found, with its wall time.
 struct Found {
     res: SearchResult,
     wall: f64,
-    /// The user's (or the reference) strategy's summary and simulated step time.
-    own: Option<(String, f64)>,
 }
 
 impl Found {
@@ -97,10 +130,15 @@ impl Found {
         &self.res.ranked[0]
     }
 
-    /// The user's strategy among the ranked candidates.
-    fn own_candidate(&self, inputs: &Inputs) -> Option<&Candidate> {
-        let own = inputs.own_plan.as_ref()?;
-        self.res.ranked.iter().find(|c| own.strategy == c.strategy)
+    /// The user's (or the reference) strategy, simulated, with a breakdown.
+    fn own_candidate(&self) -> Option<&Candidate> {
+        self.res.own.as_ref().filter(|c| c.refined_step_s.is_some())
+    }
+
+    /// The user's strategy's summary and simulated step time.
+    fn own(&self) -> Option<(&str, f64)> {
+        let c = self.own_candidate()?;
+        Some((c.summary.as_str(), c.refined_step_s?))
     }
 }
 
@@ -121,7 +159,7 @@ fn search(inputs: &Inputs, refine: usize) -> Result<Found> {
         inputs.devices,
         inputs.global_batch,
         inputs.precision,
-        &SearchSpace::default().with_context_parallel(inputs.model.seq_len),
+        &inputs.space,
         refine,
         own_strategy.as_ref(),
         &progress,
@@ -131,17 +169,21 @@ fn search(inputs: &Inputs, refine: usize) -> Result<Found> {
     if res.ranked.is_empty() {
         return Err(nothing_fits(inputs, &res));
     }
-    // The user's own (or the reference) strategy, simulated, for comparison.
-    let own = inputs.own_plan.as_ref().and_then(|p| {
-        pangu_sim::simulate(p)
-            .ok()
-            .map(|run| (p.strategy.summary(), run.report.step_time_s))
-    });
-    Ok(Found { res, wall, own })
+    Ok(Found { res, wall })
 }
 
 fn nothing_fits(inputs: &Inputs, res: &SearchResult) -> anyhow::Error {
     let chip = &inputs.cluster.spec.chip;
+    if inputs.constrained() {
+        let limit = inputs.space.memory_fraction * chip.usable_memory().gib();
+        return crate::exit::does_not_fit(format!(
+            "no strategy of the constrained space fits on {} × {} within {limit:.1} GiB: {}; {} valid; loosen the --space entries or --max-memory-fraction",
+            inputs.devices,
+            chip.name,
+            res.census.summary(),
+            res.candidates_valid
+        ));
+    }
     let mem = res
         .min_memory_bytes
         .map_or("no strategy was even valid".to_string(), |m| {
@@ -185,6 +227,11 @@ fn search_json(args: &SearchArgs, inputs: &Inputs, found: &Found) -> Value {
         "candidates_total": res.candidates_total,
         "candidates_valid": res.candidates_valid,
         "candidates_fitting": res.candidates_fitting,
+        "space": {
+            "constraints": inputs.space.constraints.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
+            "max_memory_fraction": inputs.space.memory_fraction,
+            "census": res.census,
+        },
         "best": {
             "strategy": best.strategy,
             "summary": best.summary,
@@ -192,9 +239,14 @@ fn search_json(args: &SearchArgs, inputs: &Inputs, found: &Found) -> Value {
             "tokens_per_s": tokens / best.step_s(),
             "memory_bytes": best.memory_bytes,
         },
-        "own": found.own.as_ref().map(|(sum, t)| json!({"summary": sum, "step_time_s": t, "tokens_per_s": tokens / t})),
+        "own": found.own_candidate().zip(found.own()).map(|(c, (sum, t))| json!({
+            "summary": sum,
+            "step_time_s": t,
+            "tokens_per_s": tokens / t,
+            "in_space": inputs.space.admits(&c.strategy),
+        })),
         "explain_vs_runner_up": res.ranked.get(1).map(|b| explain_json(best, b)),
-        "explain_vs_own": found.own_candidate(inputs).map(|o| explain_json(best, o)),
+        "explain_vs_own": found.own_candidate().map(|o| explain_json(best, o)),
         "ranked": res.ranked.iter().take(args.top).collect::<Vec<_>>(),
         "pareto": res.pareto.iter().map(|&i| &res.ranked[i]).collect::<Vec<_>>(),
         "wall_s": found.wall,
@@ -240,6 +292,9 @@ fn search_table(args: &SearchArgs, inputs: &Inputs, found: &Found) -> String {
         args.refine.min(res.candidates_fitting),
         found.wall
     );
+    if inputs.constrained() {
+        outln!(out, "space: {}", res.census.summary());
+    }
     let rows: Vec<Vec<String>> = res
         .ranked
         .iter()
@@ -286,13 +341,17 @@ fn search_table(args: &SearchArgs, inputs: &Inputs, found: &Found) -> String {
             why(best, second)
         );
     }
-    if let Some((sum, t)) = &found.own {
+    if let Some((sum, t)) = found.own() {
+        let outside = found
+            .own_candidate()
+            .filter(|c| !inputs.space.admits(&c.strategy))
+            .map_or("", |_| " (outside the constrained space)");
         outln!(
             out,
-            "your strategy ({sum}): {t:.3} s simulated; the best is {:.1} % faster",
+            "your strategy ({sum}){outside}: {t:.3} s simulated; the best is {:.1} % faster",
             (t / best.step_s() - 1.0) * 100.0
         );
-        if let Some(mine) = found.own_candidate(inputs) {
+        if let Some(mine) = found.own_candidate() {
             outln!(
                 out,
                 "#1 against yours (per device, #1 − yours): {}",

@@ -1,10 +1,11 @@
-//! The strategy search driver: enumerate, prune, rank analytically, refine with the
+//! The strategy search driver: enumerate (within the space's constraints), prune (plan
+//! validation, device memory, the space's memory fraction), rank analytically, refine with the
 //! discrete-event model. Parallel over candidates (rayon); the output order is deterministic
 //! (sorted by step time, then by the strategy's summary).
 
 use pangu_hardware::Cluster;
 use pangu_model::ModelConfig;
-use pangu_strategies::search::{enumerate, pareto, Candidate, CostModel, SearchSpace};
+use pangu_strategies::search::{pareto, Candidate, Census, CostModel, Removal, SearchSpace};
 use pangu_strategies::{Plan, Precision};
 use rayon::prelude::*;
 use serde::Serialize;
@@ -14,23 +15,41 @@ use crate::analytic::Analytic;
 /// What a search found.
 #[derive(Debug, Clone, Serialize)]
 pub struct SearchResult {
-    /// Strategies enumerated.
+    /// Strategies enumerated (those the constraints kept, and the user's own if they keep it).
     pub candidates_total: usize,
     /// Strategies `Plan` accepted.
     pub candidates_valid: usize,
-    /// Of those, the ones that fit in memory.
+    /// Of those, the ones that fit in memory (within the space's memory fraction).
     pub candidates_fitting: usize,
+    /// What the constraints removed, the memory fraction last.
+    pub census: Census,
     /// Smallest per-device memory among valid strategies (when none fits).
     pub min_memory_bytes: Option<u64>,
     /// Fitting candidates, best first.
     pub ranked: Vec<Candidate>,
     /// Indices into `ranked` of the step-time/memory Pareto front.
     pub pareto: Vec<usize>,
+    /// The user's own strategy, priced and simulated, whether or not the space holds it (when
+    /// it is valid and fits the device memory).
+    pub own: Option<Candidate>,
+}
+
+/// One enumerated strategy that `Plan` accepted.
+struct Priced {
+    /// Largest per-device memory.
+    memory: u64,
+    /// Within the device memory.
+    fits: bool,
+    /// Within the space's memory fraction too.
+    within: bool,
+    /// The candidate, when it is within the fraction and prices.
+    candidate: Option<Candidate>,
 }
 
 /// Searches the space for a model on a cluster at a global batch; the best `refine`
 /// candidates of the analytic ranking, and the user's own strategy if given, are re-priced by
-/// the discrete-event simulator.
+/// the discrete-event simulator. The user's strategy competes when the space's constraints
+/// keep it, and is priced for comparison in any case.
 #[allow(clippy::too_many_arguments)] // the search's inputs; a struct would only rename them
 pub fn search(
     model: &ModelConfig,
@@ -43,16 +62,15 @@ pub fn search(
     own: Option<&pangu_strategies::Strategy>,
     progress: &(dyn Fn(&str, usize, usize) + Sync),
 ) -> SearchResult {
-    let mut all = enumerate(space, devices, global_batch, precision);
-    if let Some(o) = own {
+    let (mut all, mut census) = space.enumerate(devices, global_batch, precision);
+    if let Some(o) = own.filter(|o| space.admits(o)) {
         if !all.contains(o) {
             all.push(o.clone());
         }
     }
     let total = all.len();
     let done = std::sync::atomic::AtomicUsize::new(0);
-    // Per valid strategy: its memory, and the candidate when it fits and prices.
-    let priced: Vec<Option<(u64, Option<Candidate>)>> = all
+    let priced: Vec<Option<Priced>> = all
         .par_iter()
         .map(|s| {
             let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -60,35 +78,37 @@ pub fn search(
                 progress("ranking", n, total);
             }
             let plan = Plan::build(model, cluster, s).ok()?;
-            let mem = plan.max_memory().total.0;
-            let cand = plan
-                .fits()
+            let memory = plan.max_memory().total.0;
+            let fits = plan.fits();
+            let within = fits && space.within_memory(&plan);
+            let candidate = within
                 .then(|| Analytic.step_time(&plan).ok())
                 .flatten()
-                .map(|t| Candidate {
-                    summary: s.summary(),
-                    strategy: s.clone(),
-                    memory_bytes: mem,
-                    fast_step_s: t,
-                    refined_step_s: None,
-                    breakdown: None,
-                });
-            Some((mem, cand))
+                .map(|t| fast_candidate(s, memory, t));
+            Some(Priced {
+                memory,
+                fits,
+                within,
+                candidate,
+            })
         })
         .collect();
-    let valid = priced.iter().filter(|p| p.is_some()).count();
-    let smallest = priced.iter().flatten().map(|(m, _)| *m).min();
+    let valid = priced.iter().flatten().count();
+    if let Some(label) = space.memory_label() {
+        let fitting = priced.iter().flatten().filter(|p| p.fits);
+        census.removals.push(Removal {
+            constraint: label,
+            removed: fitting.clone().filter(|p| !p.within).count(),
+            of: fitting.count(),
+        });
+    }
+    let smallest = priced.iter().flatten().map(|p| p.memory).min();
     let mut ranked: Vec<Candidate> = priced
         .into_iter()
         .flatten()
-        .filter_map(|(_, c)| c)
+        .filter_map(|p| p.candidate)
         .collect();
     let min_memory_bytes = smallest.filter(|_| ranked.is_empty());
-    let order = |a: &Candidate, b: &Candidate| {
-        a.step_s()
-            .total_cmp(&b.step_s())
-            .then_with(|| a.summary.cmp(&b.summary))
-    };
     ranked.sort_by(order);
     let k = refine.min(ranked.len());
     // The top k, and the user's own strategy wherever it ranked.
@@ -97,10 +117,7 @@ pub fn search(
         .collect();
     let refined: Vec<Option<pangu_strategies::StepReport>> = chosen
         .par_iter()
-        .map(|&i| {
-            let plan = Plan::build(model, cluster, &ranked[i].strategy).ok()?;
-            crate::simulate(&plan).ok().map(|r| r.report)
-        })
+        .map(|&i| simulated(model, cluster, &ranked[i].strategy))
         .collect();
     for (&i, r) in chosen.iter().zip(refined) {
         ranked[i].refined_step_s = r.as_ref().map(|r| r.step_time_s);
@@ -116,12 +133,66 @@ pub fn search(
     });
     let n_refined = ranked.iter().filter(|c| c.refined_step_s.is_some()).count();
     let front = pareto(&ranked[..n_refined.max(1).min(ranked.len())]);
+    let own = own.and_then(|o| {
+        ranked
+            .iter()
+            .find(|c| c.strategy == *o)
+            .cloned()
+            .or_else(|| own_outside(model, cluster, o))
+    });
     SearchResult {
         candidates_total: total,
         candidates_valid: valid,
         candidates_fitting: ranked.len(),
+        census,
         min_memory_bytes,
         ranked,
         pareto: front,
+        own,
     }
+}
+
+/// Best first by step time, ties by summary.
+fn order(a: &Candidate, b: &Candidate) -> std::cmp::Ordering {
+    a.step_s()
+        .total_cmp(&b.step_s())
+        .then_with(|| a.summary.cmp(&b.summary))
+}
+
+/// A candidate priced by the analytic model only.
+fn fast_candidate(s: &pangu_strategies::Strategy, memory: u64, t: f64) -> Candidate {
+    Candidate {
+        summary: s.summary(),
+        strategy: s.clone(),
+        memory_bytes: memory,
+        fast_step_s: t,
+        refined_step_s: None,
+        breakdown: None,
+    }
+}
+
+/// The discrete-event report of a strategy, when it plans and simulates.
+fn simulated(
+    model: &ModelConfig,
+    cluster: &Cluster,
+    s: &pangu_strategies::Strategy,
+) -> Option<pangu_strategies::StepReport> {
+    let plan = Plan::build(model, cluster, s).ok()?;
+    crate::simulate(&plan).ok().map(|r| r.report)
+}
+
+/// The user's strategy when the search did not rank it (outside the constraints or the memory
+/// fraction): priced and simulated on its own, when it is valid and fits the device.
+fn own_outside(
+    model: &ModelConfig,
+    cluster: &Cluster,
+    s: &pangu_strategies::Strategy,
+) -> Option<Candidate> {
+    let plan = Plan::build(model, cluster, s).ok().filter(Plan::fits)?;
+    let t = Analytic.step_time(&plan).ok()?;
+    let mut c = fast_candidate(s, plan.max_memory().total.0, t);
+    let r = crate::simulate(&plan).ok()?.report;
+    c.refined_step_s = Some(r.step_time_s);
+    c.breakdown = Some(r.breakdown);
+    Some(c)
 }

@@ -39,7 +39,6 @@ fn key(p: &Plan, group: GroupKind, ranks: &[u32]) -> CollectiveGroup {
         GroupKind::Opt => CollectiveGroup::Opt,
         GroupKind::Cp => CollectiveGroup::Cp,
         GroupKind::Pp | GroupKind::Embedding => CollectiveGroup::Pp,
-        GroupKind::Cp => CollectiveGroup::Cp,
         GroupKind::Clip => {
             if p.mesh.group_of(Axis::Tp, ranks[0]) == ranks {
                 CollectiveGroup::Tp

@@ -190,11 +190,7 @@ mod tests {
         let h = u64::from(m.hidden);
         // GPT-3: 4h² attention + 8h² FFN matrix elements per layer, split tp 2 ways.
         assert_eq!((w, g), (12 * h * h / 2, 4));
-        let head = part_ops(
-            &m,
-            Part::Head,
-            OpShape::new(1, 2, false, 2),
-        );
+        let head = part_ops(&m, Part::Head, OpShape::new(1, 2, false, 2));
         assert_eq!(linear_totals(&head), (0, 0));
     }
 

@@ -7,7 +7,7 @@
 
 use pangu_hardware::Cluster;
 use pangu_model::ModelConfig;
-use pangu_strategies::launch::{Launch, LaunchError};
+use pangu_strategies::launch::Launch;
 use pangu_strategies::{resolve_inputs, Plan, StrategySpec};
 
 /// NVIDIA/Megatron-LM examples/gpt3/train_gpt3_175b_distributed.sh (commit 157006d6).
@@ -483,7 +483,11 @@ fn megatron_llama3_8b_and_its_fp8_variant() {
     let f = Launch::from_megatron(&format!("{LLAMA3_8B}{LLAMA3_8B_FP8}")).unwrap();
     let hand8 = hand.replace("precision = \"bf16\"", "precision = \"fp8\"");
     assert_same(&f, None, "dgx-h100:8", &m, &hand8);
-    assert!(f.notes.iter().any(|n| n.contains("--fp8-format hybrid")), "{:?}", f.notes);
+    assert!(
+        f.notes.iter().any(|n| n.contains("--fp8-format hybrid")),
+        "{:?}",
+        f.notes
+    );
 }
 
 #[test]
@@ -560,7 +564,8 @@ fn deepspeed_configs_combine_with_a_model_preset() {
     let hand = "global_batch = 128\nmicro_batch_size = 8\nmicro_batches = 1\nopt_shard = \"zero3\"\nprecision = \"fp16\"\nseq_len = 1024\n";
     assert_same(&z3, Some("pangu-alpha-350m"), "dgx-a100-80g:16", "", hand);
 
-    let z1 = seq(Launch::from_deepspeed(DS_ZERO1, "ds_config_gbs256_mbs8_log1_zero1.json").unwrap());
+    let z1 =
+        seq(Launch::from_deepspeed(DS_ZERO1, "ds_config_gbs256_mbs8_log1_zero1.json").unwrap());
     let hand = "global_batch = 256\nmicro_batch_size = 8\nopt_shard = \"zero1\"\nprecision = \"fp16\"\nseq_len = 1024\n";
     assert_same(&z1, Some("pangu-alpha-350m"), "dgx-a100-80g:32", "", hand);
 }

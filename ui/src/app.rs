@@ -78,8 +78,8 @@ pub enum Command {
     Simulate,
     /// Simulate a moment after the last of a series of edits (what-if sliders).
     SimulateSoon,
-    /// Search the strategies of the current model, cluster and global batch.
-    Search,
+    /// Search the strategies of the current model, cluster and global batch in this space.
+    Search(Box<pangu_strategies::search::SearchSpace>),
     /// Train pangu-alpha-tiny (steps, deadline, evaluations).
     StartTraining(training::Request),
     /// Stop the training run.
@@ -216,9 +216,9 @@ impl App {
                 }
             }
             Command::SimulateSoon => self.simulate_after = Some(Instant::now()),
-            Command::Search => {
+            Command::Search(space) => {
                 if let Ok(p) = &self.validation {
-                    self.search_job = Some(search::spawn(p));
+                    self.search_job = Some(search::spawn(p, *space));
                 }
             }
             Command::StartTraining(req) => {

@@ -95,6 +95,39 @@ fn clicking_a_search_row_loads_its_strategy() {
 }
 
 #[test]
+fn the_search_tab_searches_the_space_typed_into_it() {
+    let mut app = small();
+    app.tab = Tab::Search;
+    app.tabs.search.space = "tp=2; pp=4,".into();
+    let mut h = harness(app);
+    h.run_ok();
+    // A bad entry is shown, and the search cannot start.
+    assert!(h.query_by_label_contains("empty value").is_some());
+    h.get_by_label("Run search").click();
+    h.run_ok();
+    assert!(h.state().search_job.is_none());
+    h.state_mut().tabs.search.space = "tp=2 pp=4".into();
+    h.state_mut().tabs.search.memory_fraction = 0.9;
+    h.run_ok();
+    h.get_by_label("Run search").click();
+    h.step();
+    wait(&mut h, 300, |a| a.tabs.search.result.is_some());
+    let r = match &h.state().tabs.search.result {
+        Some(Ok(s)) => s.clone(),
+        other => panic!("{:?}", other.as_ref().map(|_| ())),
+    };
+    assert!(!r.ranked.is_empty());
+    assert!(r
+        .ranked
+        .iter()
+        .all(|c| c.strategy.tp == 2 && c.strategy.pp == 4));
+    assert!(h.query_by_label_contains("space: tp=2 removed").is_some());
+    assert!(h
+        .query_by_label_contains("memory fraction 0.9 removed")
+        .is_some());
+}
+
+#[test]
 fn the_2048_chip_view_draws_within_a_frame_budget() {
     let mut app = App::default();
     app.tab = Tab::Cluster;

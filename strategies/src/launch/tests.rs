@@ -99,7 +99,9 @@ fn context_parallelism_and_fp8_map_and_the_rest_is_refused_in_one_place() {
     assert_eq!(l.spec.cp, Some(2));
     assert_eq!(l.spec.cp_comm, Some(crate::strategy::CpComm::AllGather));
     assert_eq!(l.spec.precision, Some(Precision::Fp8));
-    let e = err(&format!("{SHAPE} --context-parallel-size 2 --cp-comm-type a2a"));
+    let e = err(&format!(
+        "{SHAPE} --context-parallel-size 2 --cp-comm-type a2a"
+    ));
     assert_eq!(
         e,
         unmodelled("cp-comm-type", "--cp-comm-type a2a").to_string()

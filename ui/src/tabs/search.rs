@@ -1,9 +1,12 @@
 //! The search tab: runs the simulator's strategy search over the current model, cluster and
-//! global batch in the background, shows its progress, the ranked table and the Pareto
-//! scatter of memory against step time; a click on a row or a point loads that strategy.
+//! global batch in the background, within the space the user constrains (`DIM=V,...` entries
+//! and a memory fraction, parsed by `pangu_strategies::search::SearchSpace`), shows its
+//! progress, what each constraint removed, the ranked table and the Pareto scatter of memory
+//! against step time; a click on a row or a point loads that strategy.
 
 use egui::{Color32, Pos2, Sense, Stroke, Vec2};
 use pangu_sim::search::SearchResult;
+use pangu_strategies::search::{SearchSpace, SpaceError};
 use pangu_strategies::{Plan, Strategy};
 
 use crate::job::Job;
@@ -11,22 +14,42 @@ use crate::palette;
 use crate::{Command, Tab, View};
 
 /// The search tab's own state.
-#[derive(Default)]
 pub struct SearchTab {
     /// The last search, or why it failed.
     pub result: Option<Result<SearchResult, String>>,
+    /// The space's entries, e.g. `tp=8 pp=8,16` (empty: the default space).
+    pub space: String,
+    /// Candidates must fit in this fraction of each device's usable memory.
+    pub memory_fraction: f64,
+}
+
+impl Default for SearchTab {
+    fn default() -> Self {
+        SearchTab {
+            result: None,
+            space: String::new(),
+            memory_fraction: 1.0,
+        }
+    }
+}
+
+impl SearchTab {
+    /// The space of the entries and the memory fraction, or why it is refused.
+    pub fn search_space(&self) -> Result<SearchSpace, SpaceError> {
+        SearchSpace::from_text(&self.space)?.with_memory_fraction(self.memory_fraction)
+    }
 }
 
 /// Starts a search of the strategies for `plan`'s model, cluster, devices, batch and
-/// precision, with `plan`'s own strategy among those refined.
-pub fn spawn(plan: &Plan) -> Job<SearchResult> {
+/// precision in `space`, with `plan`'s own strategy refined and compared.
+pub fn spawn(plan: &Plan, space: SearchSpace) -> Job<SearchResult> {
     let (model, cluster) = (plan.model.clone(), plan.cluster.clone());
     let s = &plan.strategy;
     let (devices, batch, precision) = (s.devices, s.global_batch, s.precision);
     let own = s.clone();
     Job::spawn(move |progress| {
-        let space =
-            pangu_strategies::search::SearchSpace::default().with_context_parallel(model.seq_len);
+        space.check(devices, batch).map_err(|e| e.to_string())?;
+        let space = space.with_context_parallel(model.seq_len);
         let report = |_: &str, done: usize, total: usize| progress.set(done, total);
         Ok(pangu_sim::search::search(
             &model,
@@ -45,13 +68,16 @@ pub fn spawn(plan: &Plan) -> Job<SearchResult> {
 impl SearchTab {
     /// Draws the tab; Run search and a chosen strategy become commands.
     pub fn show(&mut self, ui: &mut egui::Ui, view: &View<'_>, out: &mut Vec<Command>) {
+        let space = self.constraints(ui);
         ui.horizontal(|ui| {
-            let can = view.validation.is_ok() && view.searching.is_none();
+            let can = view.validation.is_ok() && view.searching.is_none() && space.is_ok();
             if ui
                 .add_enabled(can, egui::Button::new("Run search"))
                 .clicked()
             {
-                out.push(Command::Search);
+                if let Ok(s) = &space {
+                    out.push(Command::Search(Box::new(s.clone())));
+                }
             }
             if let Some((d, t)) = view.searching {
                 ui.add(
@@ -74,6 +100,16 @@ impl SearchTab {
                     "{} strategies, {} valid, {} fit; the best re-simulated. Click a row or a point to load it.",
                     s.candidates_total, s.candidates_valid, s.candidates_fitting
                 ));
+                let census = s.census.summary();
+                if !census.is_empty() {
+                    ui.label(format!("space: {census}"));
+                }
+                if let Some(own) = s.own.as_ref().and_then(|c| Some((c, c.refined_step_s?))) {
+                    ui.label(format!(
+                        "your strategy: {:.3} s simulated ({})",
+                        own.1, own.0.summary
+                    ));
+                }
                 let pts = points(s);
                 ui.columns(2, |cols| {
                     let row = table(&mut cols[0], s, &pts);
@@ -86,6 +122,33 @@ impl SearchTab {
             out.push(Command::LoadStrategy(Box::new(st)));
             out.push(Command::Show(Tab::Strategy));
         }
+    }
+}
+
+impl SearchTab {
+    /// The space field and the memory-fraction slider; the space they give, or why not (shown
+    /// under the field).
+    fn constraints(&mut self, ui: &mut egui::Ui) -> Result<SearchSpace, SpaceError> {
+        ui.horizontal(|ui| {
+            ui.label("space");
+            ui.add(
+                egui::TextEdit::singleline(&mut self.space)
+                    .hint_text("e.g. tp=8 pp=8,16 mbs+=8 (empty: the default space)")
+                    .desired_width(360.0),
+            )
+            .on_hover_text(
+                "DIM=V1,V2 keeps only these values (adding those the default lacks); DIM+=V adds \
+                 them. DIM: tp, pp, dp, micro_batch_size (mbs), micro_batches, vpp, schedule, \
+                 opt_shard, remat, seq_parallel (sp), rank_order, precision",
+            );
+            ui.label("memory fraction");
+            ui.add(egui::Slider::new(&mut self.memory_fraction, 0.05..=1.0).fixed_decimals(2));
+        });
+        let space = self.search_space();
+        if let Err(e) = &space {
+            ui.colored_label(palette::ERROR, e.to_string());
+        }
+        space
     }
 }
 
