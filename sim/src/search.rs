@@ -28,6 +28,19 @@ pub struct SearchResult {
     pub pareto: Vec<usize>,
 }
 
+/// A score of a plan at a step time (seconds); lower is better.
+pub type Score<'a> = &'a (dyn Fn(&Plan, f64) -> f64 + Sync);
+
+/// What the search ranks by. The default ranks by step time on the given chip count.
+#[derive(Clone, Copy, Default)]
+pub struct Objective<'a> {
+    /// Ranks by this score of each candidate's plan and best step time instead (e.g. the
+    /// expected days of the whole run, `goodput::plan::expected_days`).
+    pub score: Option<Score<'a>>,
+    /// Smaller chip counts whose strategies compete too (a job that keeps spares).
+    pub fewer_devices: &'a [u32],
+}
+
 /// Searches the space for a model on a cluster at a global batch; the best `refine`
 /// candidates of the analytic ranking, and the user's own strategy if given, are re-priced by
 /// the discrete-event simulator.
@@ -43,7 +56,39 @@ pub fn search(
     own: Option<&pangu_strategies::Strategy>,
     progress: &(dyn Fn(&str, usize, usize) + Sync),
 ) -> SearchResult {
+    let objective = Objective::default();
+    search_by(
+        model,
+        cluster,
+        devices,
+        global_batch,
+        precision,
+        space,
+        refine,
+        own,
+        progress,
+        objective,
+    )
+}
+
+/// [`search`] ranking by `objective`.
+#[allow(clippy::too_many_arguments)] // as `search`, plus the objective
+pub fn search_by(
+    model: &ModelConfig,
+    cluster: &Cluster,
+    devices: u32,
+    global_batch: u32,
+    precision: Precision,
+    space: &SearchSpace,
+    refine: usize,
+    own: Option<&pangu_strategies::Strategy>,
+    progress: &(dyn Fn(&str, usize, usize) + Sync),
+    objective: Objective<'_>,
+) -> SearchResult {
     let mut all = enumerate(space, devices, global_batch, precision);
+    for &d in objective.fewer_devices {
+        all.extend(enumerate(space, d, global_batch, precision));
+    }
     if let Some(o) = own {
         if !all.contains(o) {
             all.push(o.clone());
@@ -72,6 +117,7 @@ pub fn search(
                     fast_step_s: t,
                     refined_step_s: None,
                     breakdown: None,
+                    score: objective.score.map(|f| f(&plan, t)),
                 });
             Some((mem, cand))
         })
@@ -85,8 +131,8 @@ pub fn search(
         .collect();
     let min_memory_bytes = smallest.filter(|_| ranked.is_empty());
     let order = |a: &Candidate, b: &Candidate| {
-        a.step_s()
-            .total_cmp(&b.step_s())
+        a.rank_key()
+            .total_cmp(&b.rank_key())
             .then_with(|| a.summary.cmp(&b.summary))
     };
     ranked.sort_by(order);
@@ -95,19 +141,25 @@ pub fn search(
     let chosen: Vec<usize> = (0..ranked.len())
         .filter(|&i| i < k || own.is_some_and(|o| ranked[i].strategy == *o))
         .collect();
-    let refined: Vec<Option<pangu_strategies::StepReport>> = chosen
+    let refined: Vec<Option<(pangu_strategies::StepReport, Option<f64>)>> = chosen
         .par_iter()
         .map(|&i| {
             let plan = Plan::build(model, cluster, &ranked[i].strategy).ok()?;
-            crate::simulate(&plan).ok().map(|r| r.report)
+            let r = crate::simulate(&plan).ok()?.report;
+            let score = objective.score.map(|f| f(&plan, r.step_time_s));
+            Some((r, score))
         })
         .collect();
     for (&i, r) in chosen.iter().zip(refined) {
-        ranked[i].refined_step_s = r.as_ref().map(|r| r.step_time_s);
-        ranked[i].breakdown = r.map(|r| r.breakdown);
+        ranked[i].refined_step_s = r.as_ref().map(|(r, _)| r.step_time_s);
+        if let Some((r, score)) = r {
+            ranked[i].breakdown = Some(r.breakdown);
+            ranked[i].score = score;
+        }
     }
     progress("refined", k, k);
-    // Refined candidates first (by simulated time), then the rest by analytic time.
+    // Refined candidates first (by simulated time, or their score), then the rest by analytic
+    // time (or score).
     ranked.sort_by(|a, b| {
         b.refined_step_s
             .is_some()

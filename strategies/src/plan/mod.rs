@@ -21,8 +21,10 @@ mod buckets;
 mod checks;
 mod comm;
 mod fixes;
+mod state;
 
 pub use buckets::{ChunkPart, GradBucket};
+pub use state::StateShard;
 
 use checks::{check_devices, check_pipeline, check_precision, check_tp};
 
