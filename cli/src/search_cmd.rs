@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use pangu_hardware::Cluster;
 use pangu_model::ModelConfig;
-use pangu_sim::search::SearchResult;
+use pangu_sim::search::{Objective, Score, SearchResult};
 use pangu_strategies::search::{Candidate, SearchSpace};
 use pangu_strategies::{Plan, Precision};
 use serde_json::{json, Value};
@@ -45,6 +45,21 @@ pub(crate) struct SearchArgs {
     /// Candidates must fit in this fraction of each device's usable memory (0 < F <= 1).
     #[arg(long, value_name = "F")]
     pub max_memory_fraction: Option<f64>,
+    /// Rank by step time, or by the expected days of the whole run under failures (`pangu
+    /// goodput`'s number, which also considers jobs that keep a few servers as spares).
+    #[arg(long, value_enum, default_value_t = ObjectiveFlag::Step)]
+    pub objective: ObjectiveFlag,
+    #[command(flatten)]
+    pub run: crate::goodput_cmd::RunArgs,
+}
+
+/// What `pangu search` ranks by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum ObjectiveFlag {
+    /// Seconds per training step.
+    Step,
+    /// Expected days of the whole run under failures, checkpoints and restarts.
+    TimeToTrain,
 }
 
 /// What the search fixes, from the flags: the model, the cluster, the chips used, the global
@@ -58,6 +73,8 @@ struct Inputs {
     devices: u32,
     global_batch: u32,
     precision: Precision,
+    /// The whole run's inputs when ranking by time to train.
+    run: Option<pangu_sim::goodput::plan::Inputs>,
 }
 
 impl Inputs {
@@ -83,6 +100,10 @@ impl Inputs {
             .or_else(|| reference.as_ref().and_then(|r| r.strategy.precision))
             .unwrap_or(Precision::Fp16);
         let space = search_space(args, devices, global_batch)?.with_context_parallel(model.seq_len);
+        let run = match args.objective {
+            ObjectiveFlag::Step => None,
+            ObjectiveFlag::TimeToTrain => Some(args.run.inputs(&model)?),
+        };
         Ok(Inputs {
             model,
             space,
@@ -91,6 +112,7 @@ impl Inputs {
             devices,
             global_batch,
             precision,
+            run,
         })
     }
 
@@ -153,7 +175,12 @@ fn search(inputs: &Inputs, refine: usize) -> Result<Found> {
     let progress =
         |stage: &str, n: usize, total: usize| bar.set_message(format!("{stage} {n}/{total}"));
     let own_strategy = inputs.own_plan.as_ref().map(|p| p.strategy.clone());
-    let res = pangu_sim::search::search(
+    let (score, fewer) = time_to_train(inputs);
+    let objective = Objective {
+        score: score.as_ref().map(|f| f as Score),
+        fewer_devices: &fewer,
+    };
+    let res = pangu_sim::search::search_by(
         &inputs.model,
         &inputs.cluster,
         inputs.devices,
@@ -163,6 +190,7 @@ fn search(inputs: &Inputs, refine: usize) -> Result<Found> {
         refine,
         own_strategy.as_ref(),
         &progress,
+        objective,
     );
     bar.finish_and_clear();
     let wall = t0.elapsed().as_secs_f64();
@@ -170,6 +198,20 @@ fn search(inputs: &Inputs, refine: usize) -> Result<Found> {
         return Err(nothing_fits(inputs, &res));
     }
     Ok(Found { res, wall })
+}
+
+/// The time-to-train score (expected days, as `pangu goodput` computes them) and the smaller
+/// chip counts that keep spare servers; nothing when ranking by step time.
+#[allow(clippy::type_complexity)] // a closure and its companion list
+fn time_to_train(inputs: &Inputs) -> (Option<impl Fn(&Plan, f64) -> f64 + Sync + '_>, Vec<u32>) {
+    let Some(run) = inputs.run.as_ref() else {
+        return (None, Vec::new());
+    };
+    let cps = inputs.cluster.topology.chips_per_server();
+    let fewer = pangu_sim::goodput::plan::spare_device_counts(inputs.devices, cps);
+    let score =
+        move |plan: &Plan, step_s: f64| pangu_sim::goodput::plan::expected_days(plan, step_s, run);
+    (Some(score), fewer)
 }
 
 fn nothing_fits(inputs: &Inputs, res: &SearchResult) -> anyhow::Error {
@@ -238,6 +280,11 @@ fn search_json(args: &SearchArgs, inputs: &Inputs, found: &Found) -> Value {
             "step_time_s": best.step_s(),
             "tokens_per_s": tokens / best.step_s(),
             "memory_bytes": best.memory_bytes,
+            "expected_days": best.score,
+        },
+        "objective": match args.objective {
+            ObjectiveFlag::Step => "step",
+            ObjectiveFlag::TimeToTrain => "time-to-train",
         },
         "own": found.own_candidate().zip(found.own()).map(|(c, (sum, t))| json!({
             "summary": sum,
@@ -295,37 +342,46 @@ fn search_table(args: &SearchArgs, inputs: &Inputs, found: &Found) -> String {
     if inputs.constrained() {
         outln!(out, "space: {}", res.census.summary());
     }
+    let ttt = args.objective == ObjectiveFlag::TimeToTrain;
+    if ttt {
+        outln!(
+            out,
+            "ranked by expected days of the whole run (as `pangu goodput`), including jobs on fewer chips that keep spare servers"
+        );
+    }
     let rows: Vec<Vec<String>> = res
         .ranked
         .iter()
         .take(args.top)
         .enumerate()
         .map(|(i, c)| {
-            vec![
+            let mut row = vec![
                 (i + 1).to_string(),
                 c.summary.clone(),
                 c.refined_step_s.map_or("-".into(), |x| format!("{x:.3}")),
                 format!("{:.3}", c.fast_step_s),
                 format!("{:.0}", inputs.tokens() / c.step_s()),
                 format!("{:.1} GiB", c.memory_bytes as f64 / (1u64 << 30) as f64),
-            ]
+            ];
+            if ttt {
+                row.push(c.strategy.devices.to_string());
+                row.push(c.score.map_or("-".into(), |d| format!("{d:.2}")));
+            }
+            row
         })
         .collect();
-    outln!(
-        out,
-        "{}",
-        table(
-            &[
-                "#",
-                "strategy",
-                "simulated s",
-                "analytic s",
-                "tokens/s",
-                "memory"
-            ],
-            &rows
-        )
-    );
+    let mut head = vec![
+        "#",
+        "strategy",
+        "simulated s",
+        "analytic s",
+        "tokens/s",
+        "memory",
+    ];
+    if ttt {
+        head.extend(["chips", "days"]);
+    }
+    outln!(out, "{}", table(&head, &rows));
     let why = |a: &Candidate, b: &Candidate| -> String {
         pangu_strategies::search::explain(a, b)
             .iter()

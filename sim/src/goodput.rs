@@ -6,12 +6,19 @@
 //! time between failures, from per-component rates); the job computes `τ` seconds, then
 //! writes a checkpoint for `δ` seconds (blocking); a failure loses the work since the last
 //! complete checkpoint and costs a restart of `R` seconds (rescheduling, process start,
-//! reading the checkpoint), itself interruptible. The expected wall time of `W` seconds of
-//! work is
+//! reading the checkpoint), itself interruptible. Before that restart a failure may also cost
+//! a wait of `D` seconds (for a repaired or spare server, [`plan`]), during which the job is
+//! down and no further failure counts. The expected wall time of `W` seconds of work is
 //!
 //! ```text
-//! T(τ) = M · e^{R/M} · (e^{(τ+δ)/M} − 1) · W / τ
+//! T(τ) = (M + D) · e^{R/M} · (e^{(τ+δ)/M} − 1) · W / τ
 //! ```
+//!
+//! (with `D = 0`, Daly's formula: a segment of `τ + δ` seconds completes after
+//! `(e^{(τ+δ)/M} − 1)` failures on average, each costing `M` of lost time plus a recovery
+//! whose expected length, the wait then an interruptible restart, is
+//! `D·e^{R/M} + M·(e^{R/M} − 1)`). `D` and `R` scale `T` without moving its minimum, so the
+//! optimal interval is Daly's whatever the wait.
 //!
 //! and goodput is `W / T(τ)`. [`analyse`] minimises `T` numerically, compares with Young's
 //! `√(2δM)` (Young 1974, Daly's first order) and Daly's higher-order interval, and checks the
@@ -27,6 +34,8 @@
 //! server. Together: one interruption per 3.1 h for that job, as the paper reports.
 
 use serde::Serialize;
+
+pub mod plan;
 
 /// Mean time between failures of each component, in hours.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -67,6 +76,9 @@ pub struct RunSpec {
     pub checkpoint_s: f64,
     /// Seconds from a failure to computing again (reschedule, start, read the checkpoint).
     pub restart_s: f64,
+    /// Expected seconds a failure waits, before the restart, for a server to replace the
+    /// failed one (0 with a spare at hand); not interruptible.
+    pub wait_s: f64,
 }
 
 /// What [`analyse`] found.
@@ -133,7 +145,32 @@ impl RunSpec {
     pub fn expected_wall_s(&self, tau: f64) -> f64 {
         let m = 1.0 / self.rate();
         let (d, r) = (self.checkpoint_s, self.restart_s);
-        m * (r / m).exp() * (((tau + d) / m).exp_m1()) * self.work_s() / tau
+        (m + self.wait_s) * (r / m).exp() * (((tau + d) / m).exp_m1()) * self.work_s() / tau
+    }
+
+    /// The checkpoint interval (compute seconds) that minimises the expected wall time:
+    /// golden-section search on `ln τ` between a second and the whole run (`T` is unimodal
+    /// in `τ`).
+    pub fn best_interval_s(&self) -> f64 {
+        let f = |lt: f64| self.expected_wall_s(lt.exp());
+        let (mut lo, mut hi) = (0.0f64, self.work_s().max(2.0).ln());
+        let g = 0.5 * (5f64.sqrt() - 1.0);
+        for _ in 0..200 {
+            let a = hi - g * (hi - lo);
+            let b = lo + g * (hi - lo);
+            if f(a) < f(b) {
+                hi = b;
+            } else {
+                lo = a;
+            }
+        }
+        (0.5 * (lo + hi)).exp()
+    }
+
+    /// Expected wall-clock days at the best interval: what [`analyse`] reports without a
+    /// fixed interval, and what the time-to-train search ranks by.
+    pub fn expected_days(&self) -> f64 {
+        self.expected_wall_s(self.best_interval_s()) / 86_400.0
     }
 }
 
@@ -143,20 +180,7 @@ pub fn analyse(spec: &RunSpec, interval_s: Option<f64>, trials: u32, seed: u64) 
     let m = 1.0 / spec.rate();
     let d = spec.checkpoint_s;
     let w = spec.work_s();
-    // Golden-section search on ln τ between a second and the whole run; T is unimodal in τ.
-    let f = |lt: f64| spec.expected_wall_s(lt.exp());
-    let (mut lo, mut hi) = (0.0f64, w.max(2.0).ln());
-    let g = 0.5 * (5f64.sqrt() - 1.0);
-    for _ in 0..200 {
-        let a = hi - g * (hi - lo);
-        let b = lo + g * (hi - lo);
-        if f(a) < f(b) {
-            hi = b;
-        } else {
-            lo = a;
-        }
-    }
-    let best = (0.5 * (lo + hi)).exp();
+    let best = spec.best_interval_s();
     let young = (2.0 * d * m).sqrt();
     let daly = if d < 2.0 * m {
         let x = d / (2.0 * m);
@@ -182,7 +206,8 @@ pub fn analyse(spec: &RunSpec, interval_s: Option<f64>, trials: u32, seed: u64) 
         daly_interval_s: daly,
         goodput_at_young_daly: w / spec.expected_wall_s(young),
         mtbf_s: m,
-        expected_failures: wall / m,
+        // Failures arrive only while the job runs, not while it waits for a server.
+        expected_failures: wall / (m + spec.wait_s),
         monte_carlo: monte_carlo(spec, tau, trials, seed),
         curve,
     }
@@ -208,7 +233,8 @@ impl Rng {
     }
 }
 
-/// Replays the run `trials` times with failures drawn from the job's rate.
+/// Replays the run `trials` times with failures drawn from the job's rate; each failure
+/// waits the expected `wait_s` before its restart.
 pub fn monte_carlo(spec: &RunSpec, tau: f64, trials: u32, seed: u64) -> MonteCarlo {
     let m = 1.0 / spec.rate();
     let w = spec.work_s();
@@ -226,8 +252,9 @@ pub fn monte_carlo(spec: &RunSpec, tau: f64, trials: u32, seed: u64) -> MonteCar
                 done += seg;
                 continue;
             }
-            // Lost the segment; restart, which may itself be interrupted.
-            t += next;
+            // Lost the segment; wait for a server, restart, which may itself be interrupted
+            // (and each interruption waits again).
+            t += next + spec.wait_s;
             failures += 1;
             loop {
                 let f = rng.exp(m);
@@ -235,7 +262,7 @@ pub fn monte_carlo(spec: &RunSpec, tau: f64, trials: u32, seed: u64) -> MonteCar
                     t += r;
                     break;
                 }
-                t += f;
+                t += f + spec.wait_s;
                 failures += 1;
             }
         }
@@ -273,6 +300,7 @@ mod tests {
             mtbf: Mtbf::LLAMA3,
             checkpoint_s: 120.0,
             restart_s: 900.0,
+            wait_s: 0.0,
         }
     }
 
@@ -314,6 +342,43 @@ mod tests {
             g.best_checkpoint_interval_s * 10.0,
         ] {
             assert!(analyse(&spec(), Some(t), 10, 1).goodput < g.goodput);
+        }
+    }
+
+    #[test]
+    fn a_wait_per_failure_scales_the_time_and_the_simulation_agrees() {
+        let fast = spec();
+        let slow = RunSpec {
+            wait_s: 3.0 * 3600.0,
+            ..chip_mtbf_scaled(&fast, 0.1)
+        };
+        let base = RunSpec {
+            wait_s: 0.0,
+            ..slow
+        };
+        let (g, b) = (analyse(&slow, None, 400, 3), analyse(&base, None, 10, 3));
+        // The wait moves no optimum, and scales the expected time by (M + D) / M.
+        assert!((g.best_checkpoint_interval_s / b.best_checkpoint_interval_s - 1.0).abs() < 1e-6);
+        let m = g.mtbf_s;
+        assert!((g.expected_days / b.expected_days - (m + slow.wait_s) / m).abs() < 1e-6);
+        assert!((g.expected_days - slow.expected_days()).abs() < 1e-12);
+        let mc = &g.monte_carlo;
+        assert!(
+            (mc.mean_days / g.expected_days - 1.0).abs() < 0.02,
+            "{mc:?} vs {}",
+            g.expected_days
+        );
+        assert!((mc.mean_failures / g.expected_failures - 1.0).abs() < 0.05);
+    }
+
+    /// `s` with the chips' mean time between failures multiplied by `scale`.
+    fn chip_mtbf_scaled(s: &RunSpec, scale: f64) -> RunSpec {
+        RunSpec {
+            mtbf: Mtbf {
+                chip_h: s.mtbf.chip_h * scale,
+                ..s.mtbf
+            },
+            ..*s
         }
     }
 }

@@ -46,6 +46,19 @@ struct Priced {
     candidate: Option<Candidate>,
 }
 
+/// A score of a plan at a step time (seconds); lower is better.
+pub type Score<'a> = &'a (dyn Fn(&Plan, f64) -> f64 + Sync);
+
+/// What the search ranks by. The default ranks by step time on the given chip count.
+#[derive(Clone, Copy, Default)]
+pub struct Objective<'a> {
+    /// Ranks by this score of each candidate's plan and best step time instead (e.g. the
+    /// expected days of the whole run, `goodput::plan::expected_days`).
+    pub score: Option<Score<'a>>,
+    /// Smaller chip counts whose strategies compete too (a job that keeps spares).
+    pub fewer_devices: &'a [u32],
+}
+
 /// Searches the space for a model on a cluster at a global batch; the best `refine`
 /// candidates of the analytic ranking, and the user's own strategy if given, are re-priced by
 /// the discrete-event simulator. The user's strategy competes when the space's constraints
@@ -62,7 +75,46 @@ pub fn search(
     own: Option<&pangu_strategies::Strategy>,
     progress: &(dyn Fn(&str, usize, usize) + Sync),
 ) -> SearchResult {
+    search_by(
+        model,
+        cluster,
+        devices,
+        global_batch,
+        precision,
+        space,
+        refine,
+        own,
+        progress,
+        Objective::default(),
+    )
+}
+
+/// [`search`] ranking by `objective`.
+#[allow(clippy::too_many_arguments)] // as `search`, plus the objective
+pub fn search_by(
+    model: &ModelConfig,
+    cluster: &Cluster,
+    devices: u32,
+    global_batch: u32,
+    precision: Precision,
+    space: &SearchSpace,
+    refine: usize,
+    own: Option<&pangu_strategies::Strategy>,
+    progress: &(dyn Fn(&str, usize, usize) + Sync),
+    objective: Objective<'_>,
+) -> SearchResult {
     let (mut all, mut census) = space.enumerate(devices, global_batch, precision);
+    for &d in objective.fewer_devices {
+        let (more, c) = space.enumerate(d, global_batch, precision);
+        all.extend(more);
+        census.space += c.space;
+        census.widened += c.widened;
+        census.kept += c.kept;
+        for (r, m) in census.removals.iter_mut().zip(c.removals) {
+            r.removed += m.removed;
+            r.of += m.of;
+        }
+    }
     if let Some(o) = own.filter(|o| space.admits(o)) {
         if !all.contains(o) {
             all.push(o.clone());
@@ -84,7 +136,11 @@ pub fn search(
             let candidate = within
                 .then(|| Analytic.step_time(&plan).ok())
                 .flatten()
-                .map(|t| fast_candidate(s, memory, t));
+                .map(|t| {
+                    let mut c = fast_candidate(s, memory, t);
+                    c.score = objective.score.map(|f| f(&plan, t));
+                    c
+                });
             Some(Priced {
                 memory,
                 fits,
@@ -115,16 +171,25 @@ pub fn search(
     let chosen: Vec<usize> = (0..ranked.len())
         .filter(|&i| i < k || own.is_some_and(|o| ranked[i].strategy == *o))
         .collect();
-    let refined: Vec<Option<pangu_strategies::StepReport>> = chosen
+    let refined: Vec<Option<(pangu_strategies::StepReport, Option<f64>)>> = chosen
         .par_iter()
-        .map(|&i| simulated(model, cluster, &ranked[i].strategy))
+        .map(|&i| {
+            let plan = Plan::build(model, cluster, &ranked[i].strategy).ok()?;
+            let r = crate::simulate(&plan).ok()?.report;
+            let score = objective.score.map(|f| f(&plan, r.step_time_s));
+            Some((r, score))
+        })
         .collect();
     for (&i, r) in chosen.iter().zip(refined) {
-        ranked[i].refined_step_s = r.as_ref().map(|r| r.step_time_s);
-        ranked[i].breakdown = r.map(|r| r.breakdown);
+        ranked[i].refined_step_s = r.as_ref().map(|(r, _)| r.step_time_s);
+        if let Some((r, score)) = r {
+            ranked[i].breakdown = Some(r.breakdown);
+            ranked[i].score = score;
+        }
     }
     progress("refined", k, k);
-    // Refined candidates first (by simulated time), then the rest by analytic time.
+    // Refined candidates first (by simulated time, or their score), then the rest by analytic
+    // time (or score).
     ranked.sort_by(|a, b| {
         b.refined_step_s
             .is_some()
@@ -138,7 +203,7 @@ pub fn search(
             .iter()
             .find(|c| c.strategy == *o)
             .cloned()
-            .or_else(|| own_outside(model, cluster, o))
+            .or_else(|| own_outside(model, cluster, o, objective))
     });
     SearchResult {
         candidates_total: total,
@@ -152,10 +217,10 @@ pub fn search(
     }
 }
 
-/// Best first by step time, ties by summary.
+/// Best first by the objective (step time by default), ties by summary.
 fn order(a: &Candidate, b: &Candidate) -> std::cmp::Ordering {
-    a.step_s()
-        .total_cmp(&b.step_s())
+    a.rank_key()
+        .total_cmp(&b.rank_key())
         .then_with(|| a.summary.cmp(&b.summary))
 }
 
@@ -168,17 +233,8 @@ fn fast_candidate(s: &pangu_strategies::Strategy, memory: u64, t: f64) -> Candid
         fast_step_s: t,
         refined_step_s: None,
         breakdown: None,
+        score: None,
     }
-}
-
-/// The discrete-event report of a strategy, when it plans and simulates.
-fn simulated(
-    model: &ModelConfig,
-    cluster: &Cluster,
-    s: &pangu_strategies::Strategy,
-) -> Option<pangu_strategies::StepReport> {
-    let plan = Plan::build(model, cluster, s).ok()?;
-    crate::simulate(&plan).ok().map(|r| r.report)
 }
 
 /// The user's strategy when the search did not rank it (outside the constraints or the memory
@@ -187,6 +243,7 @@ fn own_outside(
     model: &ModelConfig,
     cluster: &Cluster,
     s: &pangu_strategies::Strategy,
+    objective: Objective<'_>,
 ) -> Option<Candidate> {
     let plan = Plan::build(model, cluster, s).ok().filter(Plan::fits)?;
     let t = Analytic.step_time(&plan).ok()?;
@@ -194,5 +251,6 @@ fn own_outside(
     let r = crate::simulate(&plan).ok()?.report;
     c.refined_step_s = Some(r.step_time_s);
     c.breakdown = Some(r.breakdown);
+    c.score = objective.score.map(|f| f(&plan, r.step_time_s));
     Some(c)
 }

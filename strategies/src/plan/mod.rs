@@ -23,8 +23,10 @@ mod checks;
 mod comm;
 mod cp;
 mod fixes;
+mod state;
 
 pub use buckets::{ChunkPart, GradBucket};
+pub use state::StateShard;
 
 use checks::{check_devices, check_pipeline, check_precision, check_tp};
 

@@ -60,6 +60,10 @@ pub struct Candidate {
     /// Mean time per device by category, from the refining model.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub breakdown: Option<crate::report::Breakdown>,
+    /// What the search ranked by when it is not the step time (lower is better; for
+    /// time-to-train, the expected days of the run), from the best available step time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub score: Option<f64>,
 }
 
 /// How two candidates differ, category by category (seconds, `a − b`), largest first.
@@ -80,6 +84,11 @@ impl Candidate {
     /// The best available step time.
     pub fn step_s(&self) -> f64 {
         self.refined_step_s.unwrap_or(self.fast_step_s)
+    }
+
+    /// What the search ranks by: the score when there is one, else the step time.
+    pub fn rank_key(&self) -> f64 {
+        self.score.unwrap_or_else(|| self.step_s())
     }
 }
 
@@ -162,6 +171,7 @@ mod tests {
             fast_step_s: t,
             refined_step_s: None,
             breakdown: None,
+            score: None,
         };
         let cands = vec![c(1.0, 10), c(2.0, 5), c(1.5, 12), c(3.0, 4)];
         assert_eq!(pareto(&cands), vec![0, 1, 3]);
