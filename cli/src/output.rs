@@ -91,23 +91,6 @@ pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fnv_is_stable() {
-        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
-        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
-    }
-
-    #[test]
-    fn table_aligns() {
-        let t = table(&["a", "bb"], &[vec!["xyz".into(), "1".into()]]);
-        assert_eq!(t, "a    bb\n---  --\nxyz   1\n");
-    }
-}
-
 /// How sure a prediction for `regime` is, against the shipped cross-validated rows
 /// (`pangu_sim::validate::confidence`): the line to print and the JSON value.
 pub(crate) fn confidence(
@@ -134,4 +117,21 @@ pub(crate) fn confidence_for(
     confidence(pangu_sim::validate::confidence::Regime::new(
         model, chip, strategy,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fnv_is_stable() {
+        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+
+    #[test]
+    fn table_aligns() {
+        let t = table(&["a", "bb"], &[vec!["xyz".into(), "1".into()]]);
+        assert_eq!(t, "a    bb\n---  --\nxyz   1\n");
+    }
 }

@@ -95,7 +95,7 @@ pub(crate) fn run(args: &ValidateArgs) -> Result<()> {
         )
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let prepared: Vec<Result<Prepared, RowResult>> = selected
+    let prepared: Vec<Result<Prepared, Box<RowResult>>> = selected
         .iter()
         .map(|r| prepare_row(r, r.get("row_id").and_then(|id| extra.get(id))))
         .collect();
@@ -103,7 +103,7 @@ pub(crate) fn run(args: &ValidateArgs) -> Result<()> {
     let results: Vec<RowResult> = prepared
         .iter()
         .map(|p| match p {
-            Err(out) => out.clone(),
+            Err(out) => (**out).clone(),
             Ok(p) => {
                 bar.set_message(p.result.row_id.clone());
                 let prediction = p.predict(&p.calibration);

@@ -256,7 +256,7 @@ impl Sims<'_> {
         for dir in [-1.0, 1.0] {
             loop {
                 let next = best + dir * GRID;
-                if next < LOWEST - 1e-9 || next > HIGHEST + 1e-9 {
+                if !(LOWEST - 1e-9..=HIGHEST + 1e-9).contains(&next) {
                     break;
                 }
                 let cn = self.criterion(rows, next, c);

@@ -451,7 +451,7 @@ impl Prepared {
 }
 
 /// Builds a row's plan; a row that cannot be modelled comes back as its result with `skipped`.
-pub fn prepare_row(r: &Row, extra: Option<&Assumption>) -> Result<Prepared, RowResult> {
+pub fn prepare_row(r: &Row, extra: Option<&Assumption>) -> Result<Prepared, Box<RowResult>> {
     let verification = field(r, "verification").to_string();
     let mut out = RowResult {
         row_id: field(r, "row_id").to_string(),
@@ -479,7 +479,7 @@ pub fn prepare_row(r: &Row, extra: Option<&Assumption>) -> Result<Prepared, RowR
         Ok(s) => s,
         Err(e) => {
             out.skipped = Some(e);
-            return Err(out);
+            return Err(Box::new(out));
         }
     };
     out.metric = Some(st.metric);
@@ -489,14 +489,14 @@ pub fn prepare_row(r: &Row, extra: Option<&Assumption>) -> Result<Prepared, RowR
         Ok(x) => x,
         Err(e) => {
             out.skipped = Some(e.to_string());
-            return Err(out);
+            return Err(Box::new(out));
         }
     };
     let plan = match Plan::build(&st.model, &resolved.cluster, &resolved.strategy) {
         Ok(p) => p,
         Err(e) => {
             out.skipped = Some(e.to_string());
-            return Err(out);
+            return Err(Box::new(out));
         }
     };
     if !plan.fits() {
@@ -511,7 +511,7 @@ pub fn prepare_row(r: &Row, extra: Option<&Assumption>) -> Result<Prepared, RowR
         Ok(c) => c,
         Err(e) => {
             out.skipped = Some(e.to_string());
-            return Err(out);
+            return Err(Box::new(out));
         }
     };
     Ok(Prepared {
@@ -543,7 +543,7 @@ impl Prepared {
 /// Simulates one row, with its entry of an assumptions file if any.
 pub fn run_row(r: &Row, extra: Option<&Assumption>) -> RowResult {
     match prepare_row(r, extra) {
-        Err(out) => out,
+        Err(out) => *out,
         Ok(p) => p.finish(p.predict(&p.calibration)),
     }
 }

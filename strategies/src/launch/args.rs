@@ -1,8 +1,8 @@
 //! Megatron-style argument lists: words grouped into `--name value...` arguments, read once
 //! each, so that whatever is left over can be listed as ignored.
 
+use super::error::LaunchError;
 use super::tokenize::{words, Word};
-use super::LaunchError;
 
 /// Arguments that take no value (flags) among those this tool reads.
 const FLAGS: &[&str] = &[

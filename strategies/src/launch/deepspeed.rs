@@ -6,8 +6,8 @@
 
 use serde_json::{Map, Value};
 
+use super::error::{precision_of, Launch, LaunchError};
 use super::megatron::zero_stage;
-use super::{precision_of, Launch, LaunchError};
 use crate::strategy::{Precision, StrategySpec};
 
 /// Reads a DeepSpeed config.

@@ -4,7 +4,7 @@
 //! `--checkpoint-activations`) are those of microsoft/Megatron-DeepSpeed's `arguments.py`.
 
 use super::args::Args;
-use super::{precision_of, unmodelled, Launch, LaunchError};
+use super::error::{precision_of, unmodelled, Launch, LaunchError};
 use crate::strategy::{OptShard, Precision, Remat, ScheduleKind, StrategySpec};
 
 /// Megatron-LM's default `--make-vocab-size-divisible-by`.

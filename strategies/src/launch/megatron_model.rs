@@ -6,7 +6,7 @@
 use pangu_model::{FfnKind, ModelConfig, NormKind, PositionKind};
 
 use super::args::Args;
-use super::LaunchError;
+use super::error::LaunchError;
 use crate::strategy::StrategySpec;
 
 /// Megatron-LM's default `--hidden-dropout` / `--attention-dropout`.

@@ -1,6 +1,7 @@
 //! Errors and mappings of the launch readers; the public example lines are in
 //! `tests/launch.rs`.
 
+use super::error::unmodelled;
 use super::*;
 use crate::strategy::{Precision, Remat, ScheduleKind};
 

@@ -3,7 +3,7 @@
 //! at the start of a word. A `$` outside single quotes is recorded, not expanded, so the
 //! caller can name the argument that carries it.
 
-use super::LaunchError;
+use super::error::LaunchError;
 
 /// One shell word.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -143,3 +143,29 @@ fn no_fp8(c: &Cluster) -> String {
         has.join(" or ")
     )
 }
+
+/// `2·cp` must divide the sequence (two chunks per rank, Megatron-core's load balancing); the
+/// error names the sequence and the nearest degrees that work.
+pub(super) fn check_cp(m: &ModelConfig, s: &Strategy) -> Result<(), PlanError> {
+    let cp = s.cp.max(1);
+    if cp == 1 {
+        return Ok(());
+    }
+    if !m.seq_len.is_multiple_of(2 * cp) {
+        let ok: Vec<String> = (1..=64u32)
+            .filter(|c| m.seq_len.is_multiple_of(2 * c) || *c == 1)
+            .filter(|c| s.devices.is_multiple_of(c * s.tp * s.pp))
+            .map(|c| c.to_string())
+            .collect();
+        return Err(PlanError::Devices(format!(
+            "cp {cp}: the sequence of {} tokens does not split into 2·cp = {} chunks (context \
+             parallelism gives each rank two chunks for causal load balancing); use cp one of {} \
+             or a sequence length that is a multiple of {}",
+            m.seq_len,
+            2 * cp,
+            ok.join(", "),
+            2 * cp
+        )));
+    }
+    Ok(())
+}

@@ -2,7 +2,8 @@
 use pangu_hardware::{Bytes, Level};
 use pangu_model::ops::{CollectiveKind, Op};
 
-use super::{ChunkPart, Plan};
+use super::buckets::ChunkPart;
+use super::Plan;
 use crate::collective::{
     choose, placement_shape, CollectiveAlgorithm, CollectiveGroup, CommVolume, GroupKind, Program,
 };

@@ -1,4 +1,4 @@
-//! Context parallelism in the plan: the sequence check, the K/V exchange of each cp group,
+//! Context parallelism in the plan (its sequence check is `checks::check_cp`): the K/V exchange of each cp group,
 //! its rows of the communication table and its buffers in the memory model.
 //!
 //! Semantics as Megatron-core runs it (its `context_parallel` documentation; Llama 3 paper
@@ -8,39 +8,11 @@
 //! reduced, and the optimizer sharded, over dp·cp ranks (`Strategy::dp_cp`).
 
 use pangu_hardware::Bytes;
-use pangu_model::ModelConfig;
 
 use super::comm::{Row, Table};
 use super::Plan;
 use crate::collective::{CollectiveGroup, GroupKind, KvExchange};
-use crate::strategy::{Axis, CpComm, Remat, Strategy};
-use crate::PlanError;
-
-/// `2·cp` must divide the sequence (two chunks per rank, Megatron-core's load balancing); the
-/// error names the sequence and the nearest degrees that work.
-pub(super) fn check_cp(m: &ModelConfig, s: &Strategy) -> Result<(), PlanError> {
-    let cp = s.cp.max(1);
-    if cp == 1 {
-        return Ok(());
-    }
-    if !m.seq_len.is_multiple_of(2 * cp) {
-        let ok: Vec<String> = (1..=64u32)
-            .filter(|c| m.seq_len.is_multiple_of(2 * c) || *c == 1)
-            .filter(|c| s.devices.is_multiple_of(c * s.tp * s.pp))
-            .map(|c| c.to_string())
-            .collect();
-        return Err(PlanError::Devices(format!(
-            "cp {cp}: the sequence of {} tokens does not split into 2·cp = {} chunks (context \
-             parallelism gives each rank two chunks for causal load balancing); use cp one of {} \
-             or a sequence length that is a multiple of {}",
-            m.seq_len,
-            2 * cp,
-            ok.join(", "),
-            2 * cp
-        )));
-    }
-    Ok(())
-}
+use crate::strategy::{Axis, CpComm, Remat};
 
 impl Plan {
     /// Bytes of one rank's K/V block for one layer and micro-batch: `b · (s/cp)` tokens of

@@ -28,7 +28,7 @@ mod state;
 pub use buckets::{ChunkPart, GradBucket};
 pub use state::StateShard;
 
-use checks::{check_devices, check_pipeline, check_precision, check_tp};
+use checks::{check_cp, check_devices, check_pipeline, check_precision, check_tp};
 
 /// A layer of the model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -144,7 +144,7 @@ impl Plan {
         let mut warnings = Vec::new();
         check_devices(s, cluster)?;
         check_tp(model, s)?;
-        cp::check_cp(model, s)?;
+        check_cp(model, s)?;
         let v = s.schedule.chunks();
         check_pipeline(model, s, v)?;
         let act_bytes = check_precision(s, cluster)?;
