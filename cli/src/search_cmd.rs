@@ -99,7 +99,16 @@ impl Inputs {
             .precision
             .or_else(|| reference.as_ref().and_then(|r| r.strategy.precision))
             .unwrap_or(Precision::Fp16);
-        let space = search_space(args, devices, global_batch)?.with_context_parallel(model.seq_len);
+        let mut space =
+            search_space(args, devices, global_batch)?.with_context_parallel(model.seq_len);
+        // The framework's vocabulary padding, as the user's strategy resolves it.
+        if let Some(v) = spec.vocab_divisible_by.or_else(|| {
+            reference
+                .as_ref()
+                .and_then(|r| r.strategy.vocab_divisible_by)
+        }) {
+            space.vocab_divisible_by = v;
+        }
         let run = match args.objective {
             ObjectiveFlag::Step => None,
             ObjectiveFlag::TimeToTrain => Some(args.run.inputs(&model)?),
@@ -216,6 +225,15 @@ fn time_to_train(inputs: &Inputs) -> (Option<impl Fn(&Plan, f64) -> f64 + Sync +
 
 fn nothing_fits(inputs: &Inputs, res: &SearchResult) -> anyhow::Error {
     let chip = &inputs.cluster.spec.chip;
+    if inputs.constrained() && res.candidates_valid == 0 {
+        // Nothing to fit: the constraints themselves leave no valid layout (exit 1, not 3).
+        return anyhow::anyhow!(
+            "no strategy of the constrained space is valid on {} × {}: {}; loosen the --space entries",
+            inputs.devices,
+            chip.name,
+            res.census.summary()
+        );
+    }
     if inputs.constrained() {
         let limit = inputs.space.memory_fraction * chip.usable_memory().gib();
         return crate::exit::does_not_fit(format!(

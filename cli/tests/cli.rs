@@ -891,7 +891,7 @@ fn simulate_takes_faults_and_a_second_job() {
     assert_eq!(v["faults"]["straggler"][0]["device"], 3);
     fails_with(
         &[&small[..], &["--straggler", "3"][..]].concat(),
-        &["--straggler \"3\"", "RANK=SPEED"],
+        &["--straggler \"3\"", "DEVICE=SPEED"],
     );
     fails_with(
         &[&small[..], &["--straggler", "30=0.5"][..]].concat(),

@@ -31,6 +31,7 @@ fn every_example_file_is_run_here() {
     let known = [
         "faults.toml",
         "job-b.toml",
+        "llama-3-8b.config.json", // tests/models.rs: plan_reads_a_hugging_face_config_json
         "strategy.toml",
         "pangu-alpha-13b.check.toml",
         "pangu-alpha-2.6b.check.toml",

@@ -62,7 +62,7 @@ fn plan_reads_a_hugging_face_config_json() {
     assert!((p - 8.03e9).abs() / 8.03e9 < 0.005, "{p}");
     // The run's length, not the config's max_position_embeddings (8192 as well here).
     assert_eq!(v["model"]["seq_len"], 8192);
-    args.truncate(args.len() - 3);
+    args.truncate(args.len() - 2); // drop "8192" and "--json"
     args.extend(["4096", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&ok(&args).0).unwrap();
     assert_eq!(v["model"]["seq_len"], 4096);

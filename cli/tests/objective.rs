@@ -45,6 +45,9 @@ fn strategy_flags(s: &Value) -> Vec<String> {
         "vocab_divisible_by",
     ] {
         let v = &s[key];
+        if v.is_null() {
+            continue; // unset: the flag's default
+        }
         let text = v.as_str().map_or_else(|| v.to_string(), str::to_string);
         out.push(format!("--{}={text}", key.replace('_', "-")));
     }

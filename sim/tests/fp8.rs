@@ -23,7 +23,7 @@ fn plan_on(cluster: &str, precision: &str, layout: &str) -> Result<Plan, PlanErr
     .unwrap();
     let cluster = pangu_hardware::Cluster::from_name(cluster).unwrap();
     let r = resolve_inputs(&m, Some(cluster), &user)?;
-    Plan::new(&m, &r.cluster, &r.strategy)
+    Plan::new(&r.model, &r.cluster, &r.strategy)
 }
 
 /// tp 4 × dp 2 with ZeRO-1 (4 micro-batches per replica).
@@ -154,7 +154,11 @@ fn fp8_round_trips_through_toml() {
 
 #[test]
 fn the_search_ranks_fp8_strategies_on_h100_and_finds_none_on_a100() {
-    let m = ModelConfig::preset("mpt-7b").unwrap();
+    // MPT's 2048-token context (the preset's reference run).
+    let m = ModelConfig::preset("mpt-7b")
+        .unwrap()
+        .with_seq_len(2048)
+        .unwrap();
     let space = SearchSpace {
         micro_batch_sizes: vec![1],
         schedules: vec![ScheduleKind::OneFOneB],

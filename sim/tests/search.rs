@@ -12,7 +12,11 @@ use pangu_strategies::{resolve_inputs, Precision, Strategy, StrategySpec};
 
 fn inputs() -> (ModelConfig, Cluster) {
     (
-        ModelConfig::preset("pangu-alpha-tiny").unwrap(),
+        // The reference run's 128 tokens (strategies/presets/references.toml).
+        ModelConfig::preset("pangu-alpha-tiny")
+            .unwrap()
+            .with_seq_len(128)
+            .unwrap(),
         Cluster::from_name("ascend910:8").unwrap(),
     )
 }

@@ -177,6 +177,10 @@ pub struct SearchSpace {
     pub constraints: Vec<Constraint>,
     /// A candidate must fit in this fraction of each device's usable memory (0 < F <= 1).
     pub memory_fraction: f64,
+    /// The vocabulary padding rule of every candidate (Megatron's
+    /// `--make-vocab-size-divisible-by`): a property of the framework the job runs on, not a
+    /// dimension, so it is the user's (or the reference run's) value.
+    pub vocab_divisible_by: u32,
 }
 
 impl Default for SearchSpace {
@@ -207,6 +211,7 @@ impl Default for SearchSpace {
             cps: vec![1],
             constraints: Vec::new(),
             memory_fraction: 1.0,
+            vocab_divisible_by: DEFAULT_VOCAB_DIVISOR,
         }
     }
 }
@@ -557,7 +562,7 @@ impl SearchSpace {
                                         zero3_gather: Default::default(),
                                         zero3_prefetch: Default::default(),
                                         collectives: Default::default(),
-                                        vocab_divisible_by: DEFAULT_VOCAB_DIVISOR,
+                                        vocab_divisible_by: self.vocab_divisible_by,
                                     });
                                 }
                             }

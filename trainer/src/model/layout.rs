@@ -355,7 +355,10 @@ impl Layout {
         } else {
             Some(Layout::new(cfg)?)
         };
-        let (d, v, s) = (dims.d, dims.v, dims.s);
+        let (d, v) = (dims.d, dims.v);
+        // Learned position tables have `position_rows` rows (a model's `max_positions`, else
+        // the training length), as `ModelConfig::params` counts them.
+        let s = cfg.position_rows() as usize;
         let (dl, fl) = (dims.dl(), dims.fl);
         let mut tensors = Vec::new();
         let mut off = 0usize;
