@@ -5,7 +5,7 @@ use clap::Args;
 use pangu_sim::check::{with_baseline, CheckFile};
 use serde_json::json;
 
-use crate::output::{emit, outln, print_json};
+use crate::output::{emit, outln, print_json, tool_field};
 
 /// Options of `pangu check`.
 #[derive(Debug, Args)]
@@ -26,9 +26,11 @@ pub(crate) fn run(args: &CheckArgs) -> Result<()> {
     let mut out = String::new();
     let mut rows = Vec::new();
     let mut failed = 0;
+    let mut inputs = Vec::new();
     for f in &args.files {
         let text =
             std::fs::read_to_string(f).with_context(|| format!("cannot read check file {f}"))?;
+        inputs.push(text.clone());
         let check = CheckFile::from_toml(&text, f)?;
         let dir = std::path::Path::new(f)
             .parent()
@@ -42,6 +44,7 @@ pub(crate) fn run(args: &CheckArgs) -> Result<()> {
                 std::fs::write(&tmp, new).with_context(|| format!("cannot write {tmp}"))?;
                 std::fs::rename(&tmp, f).with_context(|| format!("cannot replace {f}"))?;
                 outln!(out, "updated {f}: baseline step time {t:.4} s");
+                rows.push(json!({"file": f, "updated": true, "baseline_step_time_s": t, "tolerance": tol}));
                 continue;
             }
         }
@@ -62,10 +65,14 @@ pub(crate) fn run(args: &CheckArgs) -> Result<()> {
                 outln!(out, "        {line}");
             }
         }
-        rows.push(json!({"file": f, "outcome": outcome}));
+        rows.push(json!({"file": f, "passed": outcome.passed(), "outcome": outcome}));
     }
     if args.json {
-        print_json(&json!({"checks": rows, "failed": failed}))?;
+        print_json(&json!({
+            "tool": tool_field(&inputs),
+            "checks": rows,
+            "failed": failed,
+        }))?;
     } else {
         emit(&out)?;
     }

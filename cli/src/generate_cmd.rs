@@ -9,7 +9,7 @@ use pangu_trainer::model::Model;
 use pangu_trainer::tokenizer::Tokenizer;
 use serde_json::json;
 
-use crate::output::{emit, print_json};
+use crate::output::{emit, print_json, tool_field};
 
 /// Options of `pangu generate`.
 #[derive(Debug, clap::Args)]
@@ -68,11 +68,25 @@ pub(crate) fn generate(a: &GenerateArgs) -> Result<()> {
     let secs = t0.elapsed().as_secs_f64();
     let text = tok.decode(&ids);
     if a.json {
+        let settings = json!({
+            "max_tokens": a.max_tokens,
+            "temperature": a.temperature,
+            "top_k": a.top_k,
+            "top_p": a.top_p,
+            "seed": a.seed,
+        });
         return print_json(&json!({
+            "tool": tool_field(&(&man, &a.prompt, &settings)),
+            "checkpoint": dir,
+            "model": man.model.name,
+            "step": man.step,
             "prompt": a.prompt,
+            "prompt_tokens": prompt,
             "completion": text,
             "tokens": ids,
-            "step": man.step,
+            "seed": a.seed,
+            "settings": settings,
+            "seconds": secs,
             "tokens_per_s": ids.len() as f64 / secs.max(1e-9),
         }));
     }

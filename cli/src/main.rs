@@ -25,7 +25,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
-use crate::output::{emit, print_json, table};
+use crate::output::{emit, print_json, table, tool_field};
 
 /// PanGu twin: plan, simulate and check PanGu-α training strategies.
 #[derive(Debug, Parser)]
@@ -50,7 +50,7 @@ enum Command {
     /// point.
     Sweep(sweep_cmd::SweepArgs),
     /// Run strategy regression checks (files with model, cluster, strategy, expectations);
-    /// non-zero exit when one fails. `--update` records new baselines.
+    /// exit code 4 when one fails. `--update` records new baselines.
     Check(check_cmd::CheckArgs),
     /// Simulate published training runs (a CSV) and compare predicted with published figures.
     Validate(validate_cmd::ValidateArgs),
@@ -78,8 +78,8 @@ struct ListArgs {
     /// Print this preset's TOML (start your own file from it).
     #[arg(long, value_name = "NAME")]
     toml: Option<String>,
-    /// Print JSON.
-    #[arg(long)]
+    /// Print JSON (every preset, with its key figures).
+    #[arg(long, conflicts_with = "toml")]
     json: bool,
 }
 
@@ -122,12 +122,12 @@ fn models(a: &ListArgs) -> Result<()> {
         ]);
         js.push(
             json!({"name": name, "aliases": aliases, "params": p, "config": m,
-            "reference_cluster": cluster, "reference_seq_len": run.and_then(|r| r.0),
+            "reference_cluster": (!cluster.is_empty()).then_some(&cluster), "reference_seq_len": run.and_then(|r| r.0),
             "reference_global_batch": run.and_then(|r| r.1)}),
         );
     }
     if a.json {
-        return print_json(&json!({ "models": js }));
+        return print_json(&json!({ "tool": tool_field(&js), "models": js }));
     }
     emit(&table(
         &[
@@ -162,10 +162,12 @@ fn clusters(a: &ListArgs) -> Result<()> {
             format!("{}", s.chip.hbm),
             s.description.clone(),
         ]);
-        js.push(json!({"name": name, "spec": s}));
+        js.push(json!({"name": name, "chips": s.chips, "chip": s.chip.name,
+            "fp16_flops": s.chip.fp16, "hbm_bytes": s.chip.hbm, "description": s.description,
+            "spec": s}));
     }
     if a.json {
-        return print_json(&json!({ "clusters": js }));
+        return print_json(&json!({ "tool": tool_field(&js), "clusters": js }));
     }
     let mut out = table(
         &[

@@ -7,7 +7,7 @@ use anyhow::Result;
 use pangu_trainer::data;
 use pangu_trainer::tokenizer::Tokenizer;
 
-use crate::output::{emit, print_json};
+use crate::output::{emit, print_json, tool_field};
 
 /// Options of `pangu tokenizer`.
 #[derive(Debug, clap::Args)]
@@ -67,6 +67,8 @@ pub(crate) fn tokenizer(a: &TokenizerArgs) -> Result<()> {
             let chars = train.chars().count();
             if *json {
                 return print_json(&serde_json::json!({
+                    "tool": tool_field(&(&text, vocab)),
+                    "corpus": path,
                     "out": out,
                     "pieces": tok.vocab_size(),
                     "hash": format!("{:016x}", tok.hash()),
@@ -96,7 +98,14 @@ pub(crate) fn tokenizer(a: &TokenizerArgs) -> Result<()> {
             let ids = tok.encode(text);
             if *json {
                 let pieces: Vec<String> = ids.iter().map(|&i| tok.decode(&[i])).collect();
-                return print_json(&serde_json::json!({ "ids": ids, "pieces": pieces }));
+                let hash = format!("{:016x}", tok.hash());
+                return print_json(&serde_json::json!({
+                    "tool": tool_field(&(&hash, text)),
+                    "tokenizer_hash": hash,
+                    "text": text,
+                    "ids": ids,
+                    "pieces": pieces,
+                }));
             }
             let pieces: Vec<String> = ids
                 .iter()

@@ -11,7 +11,7 @@ use serde_json::json;
 
 use crate::args::{load_model, Backend};
 use crate::flag_enums::{lenient, MachineFlag};
-use crate::output::{emit, outln, print_json, table};
+use crate::output::{emit, outln, print_json, table, tool_field};
 
 /// Options of `pangu twin`.
 #[derive(Debug, Args)]
@@ -31,7 +31,7 @@ enum TwinCommand {
     /// Run every collective program (each algorithm and kind, on one server and on virtual
     /// servers of 2 and 4 ranks) on this machine's ranks and check each rank's messages and
     /// results against the program: on threads, or as one rank of `mpirun -np N` with
-    /// `--backend mpi`. Exits 1 when anything differs.
+    /// `--backend mpi`. Exits with code 4 when anything differs.
     CommCheck(CommCheckArgs),
     /// One rank of the MPI ping-pong `calibrate --mpi` starts under mpirun (rank 0 prints).
     #[command(hide = true)]
@@ -164,6 +164,9 @@ fn comm_check(a: &CommCheckArgs) -> Result<()> {
     };
     if a.json {
         print_json(&json!({
+            "tool": tool_field(&(a.ranks, a.backend, a.len)),
+            "backend": a.backend,
+            "passed": c.passed(),
             "ranks": c.ranks,
             "programs_per_rank": c.programs_per_rank,
             "messages": c.messages,
@@ -238,13 +241,25 @@ fn check(a: &CheckArgs) -> Result<()> {
         plot(p, &report.rows)?;
     }
     if a.json {
+        let specs: Vec<_> = strategies.iter().map(|s| (&s.name, &s.spec)).collect();
+        let inputs = (
+            &cfg,
+            specs,
+            a.steps,
+            a.repeats,
+            format!("{:?}", a.machine),
+            a.quick,
+        );
         print_json(&json!({
+            "tool": tool_field(&inputs),
             "model": report.model,
             "machine": report.machine,
             "rows": report.rows,
             "median_abs_error": report.median_abs_error,
             "worst_abs_error": report.worst_abs_error,
             "median_abs_memory_error": report.median_abs_memory_error,
+            "max_median_error": a.max_median_error,
+            "passed": a.max_median_error.is_none_or(|f| report.median_abs_error <= f),
         }))?;
     } else {
         emit(&check_table(&report))?;
@@ -408,9 +423,16 @@ fn calibrate(a: &CalibrateArgs) -> Result<()> {
         None
     };
     if a.json {
-        return print_json(
-            &json!({"machine": c.machine, "mpi": mpi, "profile": profile, "devices": a.devices}),
-        );
+        let inputs = (&cfg, a.devices, a.micro_batch_size, a.quick, a.mpi);
+        return print_json(&json!({
+            "tool": tool_field(&inputs),
+            "model": cfg.name,
+            "machine": c.machine,
+            "mpi": mpi,
+            "profile": profile,
+            "out": a.out,
+            "devices": a.devices,
+        }));
     }
     emit(&calibration_text(a, &cfg.name, &c, mpi))
 }

@@ -43,6 +43,10 @@ pub(crate) struct ValidateArgs {
     /// --cross-validate); the shipped one is sim/validation/confidence.csv.
     #[arg(long, value_name = "FILE.csv")]
     pub write_confidence: Option<String>,
+    /// A gate: exit with code 4 when the median |error| of the verified rows (the ones the
+    /// table marks `verified`) exceeds this fraction (e.g. 0.15), after printing the report.
+    #[arg(long, value_name = "FRACTION")]
+    pub max_median_error: Option<f64>,
 }
 
 fn fmt_metric(m: Metric, v: f64) -> String {
@@ -56,6 +60,11 @@ fn fmt_metric(m: Metric, v: f64) -> String {
 
 /// Runs `pangu validate`.
 pub(crate) fn run(args: &ValidateArgs) -> Result<()> {
+    if let Some(f) = args.max_median_error {
+        if !(f.is_finite() && f >= 0.0) {
+            anyhow::bail!("--max-median-error {f}: give a fraction ≥ 0, e.g. 0.15 for 15 %");
+        }
+    }
     let text = std::fs::read_to_string(&args.runs)
         .with_context(|| format!("cannot read {}", args.runs))?;
     let rows = read_rows(&text, &args.runs)?;
@@ -135,7 +144,7 @@ pub(crate) fn run(args: &ValidateArgs) -> Result<()> {
     let (vmed, vmax) = summary(&results, true);
     let groups = rank_groups(&results, 3);
     if args.json {
-        return print_json(&json!({
+        print_json(&json!({
             "tool": tool_field(&text),
             "rows": results,
             "median_abs_error": med,
@@ -143,7 +152,8 @@ pub(crate) fn run(args: &ValidateArgs) -> Result<()> {
             "verified": {"median_abs_error": vmed, "max_abs_error": vmax, "rows": results.iter().filter(|r| r.verified && !r.calibration && r.error.is_some()).count()},
             "ranking": {"groups": groups, "median_spearman": median_spearman(&groups), "worst_regret": worst_regret(&groups)},
             "cross_validation": cv,
-        }));
+        }))?;
+        return gate(args.max_median_error, vmed);
     }
     let mut out = String::new();
     let mut rows_t = Vec::new();
@@ -209,7 +219,26 @@ pub(crate) fn run(args: &ValidateArgs) -> Result<()> {
     if let Some(cv) = &cv {
         cv_section(&mut out, cv);
     }
-    emit(&out)
+    emit(&out)?;
+    gate(args.max_median_error, vmed)
+}
+
+/// `--max-median-error`: the verified rows' median |error| against the threshold, if given.
+fn gate(threshold: Option<f64>, verified_median: Option<f64>) -> Result<()> {
+    let Some(f) = threshold else {
+        return Ok(());
+    };
+    match verified_median {
+        None => anyhow::bail!(
+            "--max-median-error: no verified row was compared (select some with --rows, or drop the flag)"
+        ),
+        Some(m) if m > f => Err(crate::exit::gate_failed(format!(
+            "median |error| of the verified rows {:.1} % is over --max-median-error {:.1} %",
+            100.0 * m,
+            100.0 * f
+        ))),
+        Some(_) => Ok(()),
+    }
 }
 
 fn pct(x: Option<f64>) -> String {

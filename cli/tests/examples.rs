@@ -31,7 +31,7 @@ fn every_example_file_is_run_here() {
     let known = [
         "faults.toml",
         "job-b.toml",
-        "llama-3-8b.config.json", // tests/models.rs: plan_reads_a_hugging_face_config_json
+        "llama-3-8b.config.json",
         "strategy.toml",
         "pangu-alpha-13b.check.toml",
         "pangu-alpha-2.6b.check.toml",
@@ -63,6 +63,30 @@ fn strategy_file_plans_as_its_keys_say() {
     assert_eq!((s["tp"].as_u64(), s["pp"].as_u64()), (Some(8), Some(4)));
     assert_eq!(s["dp"].as_u64(), Some(32));
     assert_eq!(s["global_batch"].as_u64(), Some(1024));
+}
+
+#[test]
+fn hugging_face_config_plans_on_eight_h100s() {
+    // The README's command for this file.
+    let v = ok_json(&[
+        "plan",
+        "--model",
+        "examples/llama-3-8b.config.json",
+        "--cluster",
+        "dgx-h100:8",
+        "--tp",
+        "8",
+        "--global-batch",
+        "8",
+        "--seq-len",
+        "8192",
+        "--json",
+    ]);
+    assert_eq!(v["devices"], 8);
+    assert_eq!(v["strategy"]["tp"].as_u64(), Some(8));
+    let params = v["params"].as_f64().unwrap();
+    assert!((params - 8.03e9).abs() / 8.03e9 < 0.005, "{params}");
+    assert_eq!(v["fits"], true);
 }
 
 #[test]

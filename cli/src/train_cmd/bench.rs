@@ -4,7 +4,7 @@ use anyhow::Result;
 use pangu_trainer::bench::{self, BenchShape};
 
 use super::args::TrainArgs;
-use crate::output::{emit, outln, print_json};
+use crate::output::{emit, outln, print_json, tool_field};
 
 pub(super) fn run_bench(a: &TrainArgs, threads: usize) -> Result<()> {
     let shape = BenchShape {
@@ -21,7 +21,11 @@ pub(super) fn run_bench(a: &TrainArgs, threads: usize) -> Result<()> {
     };
     let r = bench::run(&shape)?;
     if a.json {
-        return print_json(&serde_json::to_value(&r)?);
+        let mut v = serde_json::to_value(&r)?;
+        if let Some(o) = v.as_object_mut() {
+            o.insert("tool".into(), tool_field(&shape));
+        }
+        return print_json(&v);
     }
     let mut o = String::new();
     outln!(

@@ -66,7 +66,13 @@ pub(super) fn run_dist(a: &TrainArgs, spec: &StrategySpec) -> Result<()> {
     let tokens = (s.batch as u64 * (s.steps - start) * u64::from(cfg.seq_len)) as f64;
     let resumed_from = loaded.as_ref().map(|l| l.step);
     let report = dist_report(a.backend, &plan, &r, s.steps, resumed_from, tokens);
-    if save_report(a, &report)? {
+    let inputs = (
+        &plan.model,
+        &plan.strategy,
+        &s,
+        format!("{:016x}", tok.hash()),
+    );
+    if save_report(a, &inputs, report)? {
         return Ok(());
     }
     emit(&dist_summary(&r, start, tokens, a.out.as_deref()))

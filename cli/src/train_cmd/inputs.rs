@@ -11,7 +11,7 @@ use pangu_trainer::tokenizer::Tokenizer;
 use pangu_trainer::train::{Eval, Settings, StepInfo};
 
 use super::args::TrainArgs;
-use crate::output::{outln, print_json};
+use crate::output::{outln, print_json, tool_field};
 
 /// The corpus shipped in the repository.
 pub(super) const DEFAULT_CORPUS: &str = "data/zh_poetry_hans.txt";
@@ -47,8 +47,17 @@ pub(super) fn deadline(minutes: Option<f64>) -> Option<Duration> {
     }
 }
 
-/// Writes the report into --out (if given) and prints it with --json; whether it printed.
-pub(super) fn save_report(a: &TrainArgs, report: &serde_json::Value) -> Result<bool> {
+/// Writes the report, with the `tool` field of `inputs`, into --out (if given) and prints it
+/// with --json; whether it printed.
+pub(super) fn save_report(
+    a: &TrainArgs,
+    inputs: &impl serde::Serialize,
+    mut report: serde_json::Value,
+) -> Result<bool> {
+    if let Some(r) = report.as_object_mut() {
+        r.insert("tool".into(), tool_field(inputs));
+    }
+    let report = &report;
     if let Some(o) = &a.out {
         std::fs::create_dir_all(o).with_context(|| format!("cannot create {}", o.display()))?;
         std::fs::write(o.join("report.json"), serde_json::to_string_pretty(report)?)?;

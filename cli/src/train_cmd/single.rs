@@ -64,7 +64,12 @@ pub(super) fn run_single(a: &TrainArgs, spec: &StrategySpec, threads: usize) -> 
     }
     let header_len = log.len();
     let session = train_single(a, &mut run, &mut log)?;
-    if save_report(a, &single_report(&run, &session, threads, &mem))? {
+    let inputs = (
+        &run.cfg,
+        &run.settings,
+        format!("{:016x}", run.tokenizer.hash()),
+    );
+    if save_report(a, &inputs, single_report(&run, &session, threads, &mem))? {
         return Ok(());
     }
     single_summary(&mut log, &run, &session, &mem);
