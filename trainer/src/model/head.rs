@@ -25,7 +25,7 @@ impl Model {
         red: &mut dyn Reduce<T>,
     ) -> f64 {
         let Dims { d, v, s, arch, .. } = self.dims();
-        let rows = batch.b * s;
+        let rows = batch.b * self.layout.part.seq_rows(s);
         let lay = &self.layout;
         let (tp, v0) = self.vocab_split();
         let nl = lay.layers.len();
@@ -101,7 +101,7 @@ impl Model {
         red: &mut dyn Reduce<T>,
     ) {
         let Dims { d, v, s, arch, .. } = self.dims();
-        let rows = batch.b * s;
+        let rows = batch.b * self.layout.part.seq_rows(s);
         let lay = &self.layout;
         let nl = lay.layers.len();
         let seq = lay.part.seq_parallel;

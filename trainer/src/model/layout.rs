@@ -82,6 +82,22 @@ pub struct Part {
     /// hold this device's `1/tp` block of the rows; all-gathers and reduce-scatters take the
     /// place of the all-reduces (Korthikanti et al. 2022).
     pub seq_parallel: bool,
+    /// Context-parallel degree: the device holds `s/cp` tokens of every sample, two of the
+    /// sequence's `2·cp` chunks ([`pangu_strategies::plan::cp_chunks`]); weights are not
+    /// split by it.
+    #[serde(skip_serializing_if = "is_one")]
+    pub cp: usize,
+    /// This device's index in its context-parallel group.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub cp_rank: usize,
+}
+
+fn is_one(v: &usize) -> bool {
+    *v == 1
+}
+
+fn is_zero(v: &usize) -> bool {
+    *v == 0
 }
 
 impl Part {
@@ -94,7 +110,14 @@ impl Part {
             embedding: true,
             head: true,
             seq_parallel: false,
+            cp: 1,
+            cp_rank: 0,
         }
+    }
+
+    /// Tokens of each sample this device holds (`s/cp` of a sequence of `s`).
+    pub fn seq_rows(&self, s: usize) -> usize {
+        s / self.cp.max(1)
     }
 
     /// Whether this is the whole model.
@@ -288,6 +311,14 @@ impl Dims {
                 "model '{}': tensor-parallel degree {tp} must divide the key/value heads ({kv}): \
                  each device holds whole key/value heads with their query heads",
                 cfg.name
+            )));
+        }
+        let (s, cp) = (cfg.seq_len as usize, part.cp);
+        if cp == 0 || part.cp_rank >= cp || (cp > 1 && !s.is_multiple_of(2 * cp)) {
+            return Err(TrainError::Config(format!(
+                "model '{}': context-parallel degree {cp} (rank {}) must split the sequence of {s} \
+                 tokens into 2·cp chunks",
+                cfg.name, part.cp_rank
             )));
         }
         if part.layers.end > l || part.layers.start > part.layers.end {
