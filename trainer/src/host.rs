@@ -29,7 +29,10 @@ pub fn plan_on(cfg: &ModelConfig, spec: &StrategySpec, servers: u32) -> Result<P
     let mut spec = spec.clone();
     spec.precision.get_or_insert(Precision::Fp32);
     // The executor trains the PanGu-α architecture, whose framework keeps the vocabulary
-    // unpadded (MindSpore): padding only where tp needs it, unless the spec says otherwise.
+    // unpadded (MindSpore): padding only where tp needs it (to a multiple of tp), unless the
+    // spec says otherwise (Megatron's default 128 pads to a multiple of 128·tp). Either runs:
+    // the padded rows are masked out of the softmax (`model::Part::vocab_pad`), so the
+    // default changes no result, only the work spent on padding.
     spec.vocab_divisible_by.get_or_insert(1);
     let devices = spec.dp.unwrap_or(1)
         * spec.cp.unwrap_or(1).max(1)
@@ -85,13 +88,6 @@ pub fn check_plan(plan: &Plan, settings: &Settings) -> Result<(), TrainError> {
             s.precision
         )));
     }
-    if plan.padded_vocab != plan.model.vocab {
-        return Err(TrainError::Unsupported(format!(
-            "the plan pads the vocabulary {} to {} (vocab_divisible_by {} × tp {}); the CPU executor does not pad it yet: \
-             use vocab_divisible_by = 1 with a tp that divides {}",
-            plan.model.vocab, plan.padded_vocab, s.vocab_divisible_by, s.tp, plan.model.vocab
-        )));
-    }
     // A device's rows of a micro-batch: its s/cp tokens of each sample.
     let tokens = plan.model.seq_len / s.cp.max(1);
     let rows = s.micro_batch_size * tokens;
@@ -137,6 +133,7 @@ pub fn chunk_part(plan: &Plan, chunk: &Chunk, at: Coords) -> Part {
         seq_parallel: s.seq_parallel && s.tp > 1,
         cp: s.cp.max(1) as usize,
         cp_rank: at.cp as usize,
+        vocab_pad: plan.padded_vocab.saturating_sub(plan.model.vocab) as usize,
     }
 }
 

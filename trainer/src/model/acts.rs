@@ -263,7 +263,7 @@ impl Shape {
         let qin = if self.query { s * dl } else { 0 };
         let head = if self.head {
             rows * (d + 2)
-                + rows * dims.v / self.tp
+                + rows * dims.vp / self.tp
                 + if self.split > 1 { rows * d } else { 0 }
                 + if self.tp > 1 { rows * (self.tp + 3) } else { 0 }
         } else {
@@ -316,7 +316,7 @@ impl<T: Real> Acts<T> {
     }
 
     fn build(dims: &Dims, shape: Shape, b: usize, dropout: bool, remat: Remat) -> Acts<T> {
-        let (d, v, s) = (dims.d, dims.v, dims.s);
+        let (d, v, s) = (dims.d, dims.vp, dims.s);
         let (dl, fl, hl) = (dims.dl(), dims.fl, dims.hl);
         let (qw, uw) = (dims.qkv_w(), dims.up_w());
         let rows = b * s / shape.cp;

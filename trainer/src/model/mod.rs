@@ -223,7 +223,7 @@ impl Model {
     /// The tensor-parallel degree and this device's first row of the vocab-parallel table.
     fn vocab_split(&self) -> (usize, usize) {
         let part = &self.layout.part;
-        (part.tp, part.tp_rank * self.dims().v / part.tp)
+        (part.tp, part.tp_rank * self.dims().vp / part.tp)
     }
 
     fn attn_dims(&self, b: usize) -> AttnDims {
