@@ -10,7 +10,7 @@ use pangu_model::ModelConfig;
 use pangu_strategies::collective::{chunk, CollectiveGroup};
 use pangu_strategies::plan::{ChunkPart, GradBucket};
 use pangu_strategies::strategy::{OptShard, Precision, StrategySpec};
-use pangu_strategies::{Chunk, CollectiveKind, LayerId, Plan};
+use pangu_strategies::{Chunk, CollectiveKind, Coords, LayerId, Plan};
 
 use crate::comm::GroupPrograms;
 use crate::model::{Layout, Part};
@@ -18,7 +18,7 @@ use crate::train::Settings;
 use crate::TrainError;
 
 /// The plan of `spec` for `cfg` on this machine: the `cpu-host` preset with one virtual
-/// device per rank (dp × tp × pp; dp defaults to 1), fp32 unless the spec says otherwise.
+/// device per rank (dp × cp × tp × pp; dp defaults to 1), fp32 unless the spec says otherwise.
 pub fn plan_for(cfg: &ModelConfig, spec: &StrategySpec) -> Result<Plan, TrainError> {
     plan_on(cfg, spec, 1)
 }
@@ -29,9 +29,15 @@ pub fn plan_on(cfg: &ModelConfig, spec: &StrategySpec, servers: u32) -> Result<P
     let mut spec = spec.clone();
     spec.precision.get_or_insert(Precision::Fp32);
     // The executor trains the PanGu-α architecture, whose framework keeps the vocabulary
-    // unpadded (MindSpore): padding only where tp needs it, unless the spec says otherwise.
+    // unpadded (MindSpore): padding only where tp needs it (to a multiple of tp), unless the
+    // spec says otherwise (Megatron's default 128 pads to a multiple of 128·tp). Either runs:
+    // the padded rows are masked out of the softmax (`model::Part::vocab_pad`), so the
+    // default changes no result, only the work spent on padding.
     spec.vocab_divisible_by.get_or_insert(1);
-    let devices = spec.dp.unwrap_or(1) * spec.tp.unwrap_or(1) * spec.pp.unwrap_or(1);
+    let devices = spec.dp.unwrap_or(1)
+        * spec.cp.unwrap_or(1).max(1)
+        * spec.tp.unwrap_or(1)
+        * spec.pp.unwrap_or(1);
     spec.dp.get_or_insert(1);
     spec.devices = Some(devices);
     let cluster = host_cluster(devices, servers)?;
@@ -82,25 +88,13 @@ pub fn check_plan(plan: &Plan, settings: &Settings) -> Result<(), TrainError> {
             s.precision
         )));
     }
-    if s.cp > 1 {
-        return Err(TrainError::Unsupported(format!(
-            "cp {}: the CPU executor does not run context parallelism yet (the simulator \
-             prices it); use cp = 1",
-            s.cp
-        )));
-    }
-    if plan.padded_vocab != plan.model.vocab {
-        return Err(TrainError::Unsupported(format!(
-            "the plan pads the vocabulary {} to {} (vocab_divisible_by {} × tp {}); the CPU executor does not pad it yet: \
-             use vocab_divisible_by = 1 with a tp that divides {}",
-            plan.model.vocab, plan.padded_vocab, s.vocab_divisible_by, s.tp, plan.model.vocab
-        )));
-    }
-    let rows = s.micro_batch_size * plan.model.seq_len;
+    // A device's rows of a micro-batch: its s/cp tokens of each sample.
+    let tokens = plan.model.seq_len / s.cp.max(1);
+    let rows = s.micro_batch_size * tokens;
     if s.seq_parallel && s.tp > 1 && !rows.is_multiple_of(s.tp) {
         return Err(TrainError::Config(format!(
-            "seq_parallel: the {rows} rows of a micro-batch (micro-batch size {} × sequence {}) do not split into tp {} blocks",
-            s.micro_batch_size, plan.model.seq_len, s.tp
+            "seq_parallel: the {rows} rows of a micro-batch (micro-batch size {} × {tokens} tokens of the sequence on each cp rank) do not split into tp {} blocks",
+            s.micro_batch_size, s.tp
         )));
     }
     if settings.batch != s.global_batch as usize
@@ -126,16 +120,20 @@ pub fn layer_range(cfg: &ModelConfig, layers: &[LayerId]) -> Range<usize> {
     }
 }
 
-/// The model part a device of tensor-parallel rank `tp_rank` holds for `chunk`.
-pub fn chunk_part(plan: &Plan, chunk: &Chunk, tp_rank: usize) -> Part {
+/// The model part the device at `at` holds for `chunk` (its tensor-parallel slice, and its
+/// tokens under context parallelism).
+pub fn chunk_part(plan: &Plan, chunk: &Chunk, at: Coords) -> Part {
     let s = &plan.strategy;
     Part {
         tp: s.tp as usize,
-        tp_rank,
+        tp_rank: at.tp as usize,
         layers: layer_range(&plan.model, &chunk.layers),
         embedding: chunk.embedding,
         head: chunk.head,
         seq_parallel: s.seq_parallel && s.tp > 1,
+        cp: s.cp.max(1) as usize,
+        cp_rank: at.cp as usize,
+        vocab_pad: plan.padded_vocab.saturating_sub(plan.model.vocab) as usize,
     }
 }
 
@@ -220,13 +218,21 @@ pub fn chunk_buckets(plan: &Plan, stage: u32, ci: usize, layout: &Layout) -> Vec
         .collect()
 }
 
-/// Whether the plan shards the optimizer (and so the reduced gradients) over dp.
+/// Whether the plan shards the optimizer (and so the reduced gradients) over its dp·cp
+/// gradient-reduction group.
 pub fn is_sharded(plan: &Plan) -> bool {
-    plan.strategy.opt_shard != OptShard::None && plan.strategy.dp > 1
+    plan.strategy.opt_shard != OptShard::None && plan.strategy.dp_cp() > 1
 }
 
-/// The ranges of a chunk's flat buffer that data-parallel rank `dp_rank` updates: its
-/// [`chunk`] of every bucket when the optimizer is sharded, else the whole buffer.
+/// The position of the device at `at` in its gradient-reduction group of dp·cp ranks (dp
+/// index major, cp index minor: [`pangu_strategies::Mesh::group_of`]'s order).
+pub fn reduction_index(plan: &Plan, at: Coords) -> usize {
+    (at.dp * plan.strategy.cp.max(1) + at.cp) as usize
+}
+
+/// The ranges of a chunk's flat buffer that member `dp_rank` of the gradient-reduction group
+/// ([`reduction_index`]) updates: its [`chunk`] of every bucket when the optimizer is
+/// sharded, else the whole buffer.
 pub fn shard_ranges(
     plan: &Plan,
     buckets: &[BucketRanges],
@@ -236,7 +242,7 @@ pub fn shard_ranges(
     if !is_sharded(plan) {
         return std::iter::once(0..layout.total).collect();
     }
-    let dp = plan.strategy.dp as usize;
+    let dp = plan.strategy.dp_cp() as usize;
     buckets
         .iter()
         .flat_map(|b| b.sub(chunk(b.len, dp, dp_rank)))

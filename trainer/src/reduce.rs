@@ -24,6 +24,25 @@ pub trait Reduce<T> {
     /// completes one, and writes back the sums of buckets that have finished: only finished
     /// parts' ranges are ever written).
     fn part_done(&mut self, _part: ChunkPart, _grads: &mut [T]) {}
+    /// Context parallelism's K/V exchange over the context-parallel group, one of the plan's
+    /// three programs for it ([`KvPhase`]). `buf` holds the group's blocks side by side
+    /// (member `i`'s is [`pangu_strategies::collective::chunk`]`(len, cp, i)`): before a
+    /// gather this member's block holds its K | V and after it every block is filled; before
+    /// the gradient's reduce-scatter every block holds this member's contributions and after
+    /// it this member's block holds the group's sum. Alone (cp 1) there is nothing to do.
+    fn kv_exchange(&mut self, _phase: KvPhase, _buf: &mut [T]) {}
+}
+
+/// The three programs of context parallelism's K/V exchange
+/// ([`pangu_strategies::collective::KvExchange`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvPhase {
+    /// Forward: every member's K/V gathered.
+    Forward,
+    /// Backward: the K/V gathered again.
+    BackwardKv,
+    /// Backward: dK/dV summed back to each block's owner.
+    BackwardGrad,
 }
 
 /// One device: nothing to reduce.

@@ -260,7 +260,7 @@ pub fn load_whole(dir: &Path) -> Result<Loaded, TrainError> {
         })?;
         let c = plan.mesh.coords(r);
         for (ci, chunk) in plan.stages[c.pp as usize].chunks.iter().enumerate() {
-            let layout = Layout::part(&man.model, &host::chunk_part(&plan, chunk, c.tp as usize))?;
+            let layout = Layout::part(&man.model, &host::chunk_part(&plan, chunk, c))?;
             let mut p = vec![0.0f32; layout.total];
             for t in &layout.tensors {
                 let w = f32s(&path, &st, &format!("c{ci}.w.{}", t.name), &t.shape)?;
@@ -268,10 +268,11 @@ pub fn load_whole(dir: &Path) -> Result<Loaded, TrainError> {
             }
             layout.scatter(&whole, &p, &mut state.params);
             let buckets = host::chunk_buckets(&plan, c.pp, ci, &layout);
-            let shard = host::shard_ranges(&plan, &buckets, &layout, c.dp as usize);
+            let index = host::reduction_index(&plan, c);
+            let shard = host::shard_ranges(&plan, &buckets, &layout, index);
             let held: usize = shard.iter().map(Range::len).sum();
-            // Moments: each element from the replica that updates it.
-            if sharded || c.dp == 0 {
+            // Moments: each element from the member of the dp·cp group that updates it.
+            if sharded || index == 0 {
                 for (key, out) in [("m", &mut state.m), ("v", &mut state.v)] {
                     let part_m = f32s(&path, &st, &format!("c{ci}.{key}"), &[held])?;
                     let mut full = vec![0.0f32; layout.total];

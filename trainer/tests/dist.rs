@@ -477,3 +477,200 @@ fn tensor_parallelism_must_divide_the_key_value_heads() {
         "{e}"
     );
 }
+
+/// Trains `toml` (with its own `[collectives]`, if any) and holds losses and weights to the
+/// single-device run's within 1e-4.
+fn assert_matches(cfg: &ModelConfig, s: &Settings, single: &Run, losses: &[f64], toml: &str) {
+    let plan = plan_for(cfg, &spec(toml)).unwrap_or_else(|e| panic!("{toml}: {e}"));
+    let mut s = s.clone();
+    s.micro_batches = plan.strategy.micro_batches as usize;
+    let dist = DistConfig {
+        timeout: Duration::from_secs(60),
+        fail: None,
+    };
+    let r = train_threads(&plan, &s, &dist, &single.train, STEPS)
+        .unwrap_or_else(|e| panic!("{toml}: {e}"));
+    let name = toml.replace('\n', " ");
+    assert_eq!(r.losses.len(), losses.len(), "{name}");
+    for (a, b) in r.losses.iter().zip(losses) {
+        assert!((a - b).abs() < 1e-4, "{name}: loss {a} vs {b}");
+    }
+    let d = rel_diff(&r.params, &single.state.params);
+    assert!(d < 1e-4, "{name}: weights differ by {d}");
+    if plan.strategy.cp > 1 {
+        // The K/V exchange ran and was measured as context-parallel communication.
+        assert!(
+            r.report.devices.iter().all(|d| d.breakdown.cp_comm > 0.0),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn context_parallelism_matches_single_device() {
+    // The PanGu-α architecture (learned positions, the query layer), with dropout: the
+    // masks are keyed on global rows and (query, key) pairs, so they match too.
+    let (cfg, s, mut single) = setup(0.1);
+    let losses: Vec<f64> = (0..STEPS).map(|_| single.step().loss).collect();
+    for toml in [
+        "cp = 2",
+        "cp = 2\ncp_comm = \"all-gather\"\n[collectives]\ncp = \"halving-doubling\"",
+        "cp = 2\ntp = 2",
+        "cp = 2\npp = 2\ndp = 2\nopt_shard = \"zero1\"",
+        "cp = 4\nremat = \"selective\"",
+        "cp = 2\ntp = 2\nseq_parallel = true\nremat = \"full\"",
+    ] {
+        assert_matches(&cfg, &s, &single, &losses, toml);
+    }
+}
+
+#[test]
+fn context_parallelism_matches_single_device_for_a_llama_style_model() {
+    // Rotary angles by global position, grouped-query K/V (2 heads) exchanged.
+    let (cfg, s, mut single) = setup_llama(0.0);
+    let losses: Vec<f64> = (0..STEPS).map(|_| single.step().loss).collect();
+    for toml in [
+        "cp = 2",
+        "cp = 2\ntp = 2\ncp_comm = \"all-gather\"",
+        "cp = 2\npp = 2\ndp = 2\nopt_shard = \"zero1\"",
+    ] {
+        assert_matches(&cfg, &s, &single, &losses, toml);
+    }
+}
+
+#[test]
+fn checkpoints_move_between_context_parallel_and_plain_plans() {
+    use pangu_trainer::dist::{train_threads_with, Io, Save};
+    use pangu_trainer::sharded;
+    let (cfg, s, single) = setup(0.0);
+    let dist = DistConfig {
+        timeout: Duration::from_secs(60),
+        fail: None,
+    };
+    let go = |toml: &str, steps: u64, io: Io<'_>| {
+        let plan = plan_for(&cfg, &spec(toml)).unwrap();
+        let mut s = s.clone();
+        s.micro_batches = plan.strategy.micro_batches as usize;
+        train_threads_with(&plan, &s, &dist, &single.train, steps, io).unwrap()
+    };
+    for (first, then) in [
+        ("cp = 2\nopt_shard = \"zero1\"", "dp = 2"),
+        ("dp = 2", "cp = 2\ndp = 2"),
+    ] {
+        let dir = std::env::temp_dir().join(format!(
+            "pangu-cp-ck-{}-{}",
+            std::process::id(),
+            first.len()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let save = Save {
+            dir: dir.clone(),
+            every: 2,
+            tokenizer_json: single.tokenizer.to_json(),
+            tokenizer_hash: format!("{:016x}", single.tokenizer.hash()),
+        };
+        let full = go(
+            first,
+            4,
+            Io {
+                resume: None,
+                save: Some(&save),
+            },
+        );
+        let at2 = sharded::load_whole(&dir.join("step-00000002")).unwrap();
+        let re = go(
+            then,
+            4,
+            Io {
+                resume: Some((2, &at2.state)),
+                save: None,
+            },
+        );
+        for (a, b) in re.losses.iter().zip(&full.losses[2..]) {
+            assert!((a - b).abs() < 1e-4, "{first} → {then}: {a} vs {b}");
+        }
+        assert!(
+            rel_diff(&re.params, &full.params) < 1e-4,
+            "{first} → {then}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[test]
+fn padded_vocabularies_match_the_unpadded_single_device_run() {
+    // The vocabulary of 2500 padded to 2560 (128·tp) and 4096 (1024·4: tp rank 3 holds
+    // padding only); the padded logits are masked out of the softmax.
+    let (cfg, s, mut single) = setup(0.0);
+    let losses: Vec<f64> = (0..STEPS).map(|_| single.step().loss).collect();
+    for toml in [
+        "vocab_divisible_by = 128",
+        "tp = 2\nvocab_divisible_by = 128",
+        "tp = 4\nvocab_divisible_by = 1024",
+        "tp = 2\npp = 2\nvocab_divisible_by = 128\nseq_parallel = true",
+    ] {
+        let plan = plan_for(&cfg, &spec(toml)).unwrap();
+        assert!(plan.padded_vocab > plan.model.vocab, "{toml}");
+        assert_matches(&cfg, &s, &single, &losses, toml);
+    }
+    // The untied head of a Llama-style model is padded the same way.
+    let (cfg, s, mut single) = setup_llama(0.0);
+    let losses: Vec<f64> = (0..STEPS).map(|_| single.step().loss).collect();
+    assert_matches(
+        &cfg,
+        &s,
+        &single,
+        &losses,
+        "tp = 2\nvocab_divisible_by = 128\ncp = 2",
+    );
+}
+
+#[test]
+fn checkpoints_resume_across_vocabulary_paddings() {
+    use pangu_trainer::dist::{train_threads_with, Io, Save};
+    use pangu_trainer::sharded;
+    let (cfg, s, single) = setup(0.0);
+    let dir = std::env::temp_dir().join(format!("pangu-pad-ck-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let save = Save {
+        dir: dir.clone(),
+        every: 2,
+        tokenizer_json: single.tokenizer.to_json(),
+        tokenizer_hash: format!("{:016x}", single.tokenizer.hash()),
+    };
+    let dist = DistConfig {
+        timeout: Duration::from_secs(60),
+        fail: None,
+    };
+    let go = |toml: &str, io: Io<'_>| {
+        let plan = plan_for(&cfg, &spec(toml)).unwrap();
+        let mut s = s.clone();
+        s.micro_batches = plan.strategy.micro_batches as usize;
+        train_threads_with(&plan, &s, &dist, &single.train, 4, io).unwrap()
+    };
+    let padded = "tp = 2\nvocab_divisible_by = 128\nopt_shard = \"zero1\"\ndp = 2";
+    let full = go(
+        padded,
+        Io {
+            resume: None,
+            save: Some(&save),
+        },
+    );
+    // The checkpoint holds the real vocabulary only: the whole model's layout.
+    let at2 = sharded::load_whole(&dir.join("step-00000002")).unwrap();
+    assert_eq!(at2.state.params.len(), Layout::new(&cfg).unwrap().total);
+    for other in ["tp = 2", "tp = 4\nvocab_divisible_by = 1024", padded] {
+        let re = go(
+            other,
+            Io {
+                resume: Some((2, &at2.state)),
+                save: None,
+            },
+        );
+        for (a, b) in re.losses.iter().zip(&full.losses[2..]) {
+            assert!((a - b).abs() < 1e-4, "{other}: {a} vs {b}");
+        }
+        assert!(rel_diff(&re.params, &full.params) < 1e-4, "{other}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -595,3 +595,116 @@ fn executor_layout_sizes_equal_the_model_parameter_counts() {
         assert_eq!(l.total as u64, cfg.params().total, "{}", cfg.name);
     }
 }
+
+#[test]
+fn context_parallel_attention_equals_the_whole_sequences_rows() {
+    // Each cp rank's queries (its two chunks) against the whole sequence's K/V give the whole
+    // attention's rows; dQ is the whole's for those rows and the ranks' dK/dV sum to the
+    // whole's. Grouped-query heads, an EOD reset inside sample 0, with and without dropout.
+    let whole = AttnDims {
+        kv: 2,
+        ..AttnDims::whole(2, 8, 4, 3)
+    };
+    let (b, s) = (whole.b, whole.s);
+    let (w, kw, ld) = (whole.width(), whole.kv_width(), whole.qkv_width());
+    let rows = b * s;
+    let start: Vec<u32> = [0, 0, 0, 3, 3, 3, 3, 3].into_iter().chain([0; 8]).collect();
+    let ids = vec![4u64, 9];
+    let qkv = vals(rows * ld, 41);
+    let r = vals(rows * w, 42);
+    let kv: Vec<f64> = qkv.chunks(ld).flat_map(|q| q[w..].to_vec()).collect();
+    for drop in [
+        Dropout::OFF,
+        Dropout {
+            p: 0.3,
+            seed: 7,
+            stream: 2,
+        },
+    ] {
+        let hs = b * whole.h * s * s;
+        let (mut o, mut p, mut pd) = (vec![0.0; rows * w], vec![0.0; hs], vec![0.0; hs]);
+        k::attention_fwd(&mut o, &mut p, &mut pd, &qkv, &start, whole, drop, &ids);
+        let mut dqkv = vec![0.0; rows * ld];
+        let mut scratch = vec![0.0; b * s * s];
+        let (pr, pdr) = (p.clone(), pd.clone());
+        k::attention_bwd(
+            &mut dqkv,
+            &mut scratch,
+            &r,
+            &qkv,
+            &pr,
+            &pdr,
+            &start,
+            whole,
+            drop,
+            &ids,
+        );
+        for cp in [2usize, 4] {
+            let sl = s / cp;
+            let mut dkv_sum = vec![0.0; rows * 2 * kw];
+            for rank in 0..cp {
+                let dims = AttnDims {
+                    cp,
+                    cp_rank: rank,
+                    ..whole
+                };
+                // This rank's rows of the whole sequence, sample by sample.
+                let mine: Vec<usize> = (0..b)
+                    .flat_map(|bi| {
+                        (0..sl).map(move |j| {
+                            let g = pangu_strategies::plan::cp_token(
+                                s as u32,
+                                cp as u32,
+                                rank as u32,
+                                j as u32,
+                            );
+                            bi * s + g as usize
+                        })
+                    })
+                    .collect();
+                let pick = |x: &[f64], width: usize| -> Vec<f64> {
+                    mine.iter()
+                        .flat_map(|&i| x[i * width..(i + 1) * width].to_vec())
+                        .collect()
+                };
+                let (q, dout) = (pick(&qkv, ld), pick(&r, w));
+                let st: Vec<u32> = mine.iter().map(|&i| start[i]).collect();
+                let hl = b * whole.h * sl * s;
+                let (mut ol, mut pl, mut pdl) =
+                    (vec![0.0; sl * b * w], vec![0.0; hl], vec![0.0; hl]);
+                k::attention_cp_fwd(&mut ol, &mut pl, &mut pdl, &q, &kv, &st, dims, drop, &ids);
+                let want = pick(&o, w);
+                for (i, (a, e)) in ol.iter().zip(&want).enumerate() {
+                    assert!(
+                        (a - e).abs() < 1e-12,
+                        "cp {cp} rank {rank} out[{i}]: {a} vs {e}"
+                    );
+                }
+                let mut dq = vec![0.0; b * sl * ld];
+                let mut dkv = vec![0.0; rows * 2 * kw];
+                let mut sc = vec![0.0; b * sl * s];
+                k::attention_cp_bwd(
+                    &mut dq, &mut dkv, &mut sc, &dout, &q, &kv, &pl, &pdl, &st, dims, drop, &ids,
+                );
+                let want = pick(&dqkv, ld);
+                for (row, (a, e)) in dq.chunks(ld).zip(want.chunks(ld)).enumerate() {
+                    for c in 0..w {
+                        assert!(
+                            (a[c] - e[c]).abs() < 1e-12,
+                            "cp {cp} rank {rank} dq[{row}][{c}]"
+                        );
+                    }
+                }
+                for (x, y) in dkv_sum.iter_mut().zip(&dkv) {
+                    *x += y;
+                }
+            }
+            for (i, (row, whole_row)) in dkv_sum.chunks(2 * kw).zip(dqkv.chunks(ld)).enumerate() {
+                for c in 0..2 * kw {
+                    let (a, e) = (row[c], whole_row[w + c]);
+                    assert!((a - e).abs() < 1e-12, "cp {cp} dkv[{i}][{c}]: {a} vs {e}");
+                }
+            }
+        }
+    }
+}

@@ -14,6 +14,28 @@ use super::Plan;
 use crate::collective::{CollectiveGroup, GroupKind, KvExchange};
 use crate::strategy::{Axis, CpComm, Remat};
 
+/// The two of the sequence's `2·cp` chunks that context-parallel rank `rank` holds, in the
+/// order its tokens lie in its buffers: chunk `rank`, then chunk `2·cp − 1 − rank` (causal
+/// load balancing). With `cp` 1 the one rank holds chunks 0 and 1, the whole sequence in
+/// order. The executor places tokens by it; every rank's queries then see the same number of
+/// unmasked keys.
+pub fn cp_chunks(cp: u32, rank: u32) -> [u32; 2] {
+    let cp = cp.max(1);
+    [rank, 2 * cp - 1 - rank]
+}
+
+/// The position in its sample of the `j`-th token a context-parallel rank holds of a
+/// sequence of `seq` tokens ([`cp_chunks`]: `seq / (2·cp)` tokens of each of its two chunks).
+pub fn cp_token(seq: u32, cp: u32, rank: u32, j: u32) -> u32 {
+    let c = seq / (2 * cp.max(1));
+    let [a, b] = cp_chunks(cp, rank);
+    if j < c {
+        a * c + j
+    } else {
+        b * c + (j - c)
+    }
+}
+
 impl Plan {
     /// Bytes of one rank's K/V block for one layer and micro-batch: `b · (s/cp)` tokens of
     /// `2 · kv_dim / tp` elements (with grouped-query attention only the K/V heads travel).
@@ -116,5 +138,30 @@ impl Plan {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{cp_chunks, cp_token};
+
+    #[test]
+    fn each_rank_holds_chunk_i_and_its_mirror_and_together_they_cover_the_sequence() {
+        assert_eq!(cp_chunks(2, 0), [0, 3]);
+        assert_eq!(cp_chunks(2, 1), [1, 2]);
+        assert_eq!(cp_chunks(1, 0), [0, 1]);
+        let (seq, cp) = (16, 4);
+        let mut seen: Vec<u32> = (0..cp)
+            .flat_map(|r| (0..seq / cp).map(move |j| cp_token(seq, cp, r, j)))
+            .collect();
+        assert_eq!(
+            cp_token(seq, cp, 1, 2),
+            12,
+            "rank 1's second chunk is chunk 6"
+        );
+        seen.sort_unstable();
+        assert_eq!(seen, (0..seq).collect::<Vec<_>>());
+        // One rank: the identity.
+        assert!((0..8).all(|j| cp_token(8, 1, 0, j) == j));
     }
 }

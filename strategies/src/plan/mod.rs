@@ -26,6 +26,7 @@ mod fixes;
 mod state;
 
 pub use buckets::{ChunkPart, GradBucket};
+pub use cp::{cp_chunks, cp_token};
 pub use state::StateShard;
 
 use checks::{check_cp, check_devices, check_pipeline, check_precision, check_tp};

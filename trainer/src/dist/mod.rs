@@ -1,5 +1,5 @@
 //! The distributed executor: a validated [`Plan`] run for real, one rank per device of its
-//! mesh, on threads or MPI processes. All five dimensions come from the plan's objects:
+//! mesh, on threads or MPI processes. All six dimensions come from the plan's objects:
 //!
 //! - Pipeline: each rank holds the model chunks of its stage ([`Plan::stages`]) and executes
 //!   its stage's action list of [`Plan::schedule`] (GPipe, 1F1B, interleaved) — literally the
@@ -9,13 +9,21 @@
 //!   attention output and FFN-down by rows, heads across the group ([`Part`]); the layer sums
 //!   over the tensor-parallel group after the row-split projections in forward and after the
 //!   column-split ones in backward ([`Reduce`]).
+//! - Context parallelism (Megatron-core; Llama 3 paper §3.3.2): each rank of a cp group holds
+//!   `s/cp` tokens of every sample of its replica, the sequence's chunks `i` and `2·cp − 1 − i`
+//!   with their global positions; inside attention it runs the plan's K/V exchange programs
+//!   (`Plan::kv_exchange`: ring or all-gather) to get the whole sequence's K/V and, in
+//!   backward, to return dK/dV to the owners (`model/cp.rs`). Each program runs whole before
+//!   the attention that reads it: the ring's messages in the ring's order, without the overlap
+//!   of each step with one block's attention that Megatron-core's p2p variant has.
 //! - Data parallelism: each replica runs its share of every micro-batch; gradients are reduced
 //!   in the plan's buckets (`Plan::grad_buckets`), each as soon as the last micro-batch's
 //!   backward has finished its parts, with the collective program the plan chooses for the
 //!   group: on a communication thread while backward goes on (threads backend), or in line at
-//!   the same points (MPI, where a second thread would need `MPI_THREAD_MULTIPLE`).
-//! - Optimizer sharding (ZeRO-1/2, MindSpore's optimizer parallel, ZeRO-3): the buckets are
-//!   reduce-scattered, each rank updates its chunk of every bucket and keeps Adam moments for
+//!   the same points (MPI, where a second thread would need `MPI_THREAD_MULTIPLE`). The
+//!   reduction group spans dp·cp ranks (`Strategy::dp_cp`).
+//! - Optimizer sharding (ZeRO-1/2, MindSpore's optimizer parallel, ZeRO-3), over dp·cp: the
+//!   buckets are reduce-scattered, each rank updates its chunk of every bucket and keeps Adam moments for
 //!   it only, and the weights are all-gathered bucket by bucket after the update. (The
 //!   simulator prices MindSpore's and ZeRO-3's gathers ahead of use instead; the executor
 //!   keeps whole weights, so it gathers after the update for every level.)
@@ -23,8 +31,8 @@
 //! - The tied embedding: the first and last virtual stages both hold the word table; their
 //!   gradients are summed between them before the update, so both copies stay equal.
 //!
-//! Every rank's loss rows are weighted by 1/(counted rows of the whole step), so sums over
-//! ranks give the single-device gradient; samples, dropout masks (keyed on global sample,
+//! Every rank's loss rows (its tokens, under cp) are weighted by 1/(counted rows of the whole
+//! step), so sums over ranks give the single-device loss and gradient; samples, dropout masks (keyed on global sample,
 //! row, layer and head indices) and the schedule of learning rates are those of one device.
 //! The runs differ from one device only in the order of floating-point additions; tests hold
 //! losses and weights to 1e-4.
@@ -186,15 +194,22 @@ pub fn train_mpi(
         .map(|b| 4 * b.params as usize)
         .max()
         .unwrap_or(0);
-    let largest = bucket.max(act);
+    // Context parallelism's K/V exchange runs on the whole sequence's K | V.
+    let kv = 4
+        * st.micro_batch_size as usize
+        * plan.model.seq_len as usize
+        * 2
+        * plan.model.kv_dim() as usize;
+    let largest = bucket.max(act).max(kv);
     let send_buffer = msgs * (act + 1024) + 6 * largest + (1 << 20);
     let mut comm = crate::comm::mpi_backend::init(dist.timeout, send_buffer)
         .ok_or_else(|| TrainError::Config("MPI is already initialised in this process".into()))?;
     let world = plan.mesh.size() as usize;
     if comm.size() != world {
         return Err(TrainError::Config(format!(
-            "the plan has {world} devices (dp {} × tp {} × pp {}) but mpirun started {} processes: pass -np {world} to mpirun",
+            "the plan has {world} devices (dp {} × cp {} × tp {} × pp {}) but mpirun started {} processes: pass -np {world} to mpirun",
             plan.strategy.dp,
+            plan.strategy.cp,
             plan.strategy.tp,
             plan.strategy.pp,
             comm.size()

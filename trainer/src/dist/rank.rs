@@ -7,7 +7,7 @@ use std::ops::Range;
 use std::time::Instant;
 
 use pangu_strategies::schedule::Action;
-use pangu_strategies::Plan;
+use pangu_strategies::{Coords, Plan};
 
 use super::buckets::BucketReducer;
 use super::groups::Groups;
@@ -82,8 +82,10 @@ pub(super) struct Rank<'a> {
     settings: &'a Settings,
     rank: usize,
     stage: u32,
-    dp_index: usize,
-    tp_index: usize,
+    /// Where this rank sits on the mesh.
+    at: Coords,
+    /// Its position in the dp·cp gradient-reduction group ([`host::reduction_index`]).
+    red_index: usize,
     groups: Groups,
     chunks: Vec<ChunkState>,
     /// Per chunk, the micro-batch of its last backward in a step.
@@ -95,17 +97,19 @@ pub(super) struct Rank<'a> {
 fn chunk_state(
     plan: &Plan,
     settings: &Settings,
-    (stage, ci, tp_index, dp_index): (u32, usize, usize, usize),
+    (ci, at): (usize, Coords),
     whole: &Layout,
     whole_p: &[f32],
     resume: Option<&sharded::WholeState>,
     slots: usize,
 ) -> Result<ChunkState, TrainError> {
+    let stage = at.pp;
     let c = &plan.stages[stage as usize].chunks[ci];
-    let layout = Layout::part(&plan.model, &host::chunk_part(plan, c, tp_index))?;
+    let layout = Layout::part(&plan.model, &host::chunk_part(plan, c, at))?;
     let p = layout.gather(whole, whole_p);
     let buckets = host::chunk_buckets(plan, stage, ci, &layout);
-    let shard = host::shard_ranges(plan, &buckets, &layout, dp_index);
+    let red_index = host::reduction_index(plan, at);
+    let shard = host::shard_ranges(plan, &buckets, &layout, red_index);
     let (m, v) = match resume {
         Some(state) => {
             let (m, v) = (
@@ -175,7 +179,6 @@ impl<'a> Rank<'a> {
     ) -> Result<Rank<'a>, TrainError> {
         let me = plan.mesh.coords(rank as u32);
         let stage = me.pp;
-        let (dp_index, tp_index) = (me.dp as usize, me.tp as usize);
         let whole = Layout::new(&plan.model)?;
         let init;
         let whole_p: &[f32] = match io.resume {
@@ -188,12 +191,11 @@ impl<'a> Rank<'a> {
         let flight = plan.schedule.in_flight(stage);
         let chunks = (0..plan.stages[stage as usize].chunks.len())
             .map(|ci| {
-                let at = (stage, ci, tp_index, dp_index);
                 let resume = io.resume.map(|(_, s)| s);
                 chunk_state(
                     plan,
                     settings,
-                    at,
+                    (ci, me),
                     &whole,
                     whole_p,
                     resume,
@@ -214,8 +216,8 @@ impl<'a> Rank<'a> {
             settings,
             rank,
             stage,
-            dp_index,
-            tp_index,
+            at: me,
+            red_index: host::reduction_index(plan, me),
             groups: Groups::new(plan, rank),
             chunks,
             last_backward: plan.schedule.last_backward(stage),
@@ -228,8 +230,9 @@ impl<'a> Rank<'a> {
         })
     }
 
-    /// The micro-batches of step `step` as this replica sees them (its rows of each), each
-    /// weighted by the counted rows of the whole step.
+    /// The micro-batches of step `step` as this rank sees them (its replica's samples of each,
+    /// and of those its context-parallel share of tokens), each weighted by the counted rows
+    /// of the whole step.
     fn batches(&self, step: u64, data: &Packed, order: &mut Order) -> Vec<Batch> {
         let settings = self.settings;
         let s = self.plan.model.seq_len as usize;
@@ -247,7 +250,9 @@ impl<'a> Rank<'a> {
                     .count()
             })
             .sum();
-        let mine = self.dp_index * per_rank..(self.dp_index + 1) * per_rank;
+        let dp_index = self.at.dp as usize;
+        let mine = dp_index * per_rank..(dp_index + 1) * per_rank;
+        let (cp, cp_index) = (self.plan.strategy.cp.max(1) as usize, self.at.cp as usize);
         ks.chunks(micro)
             .zip(idx.chunks(micro))
             .map(|(mk, mi)| {
@@ -255,7 +260,7 @@ impl<'a> Rank<'a> {
                     mi[mine.clone()].iter().map(|&i| data.sample(i)).collect();
                 let mut b = Batch::from_samples(&samples, &mk[mine.clone()], s);
                 b.normalise(total);
-                b
+                b.cp_share(cp, cp_index)
             })
             .collect()
     }
@@ -333,7 +338,7 @@ impl<'a> Rank<'a> {
         let c = &mut self.chunks[ci];
         let slot = c.slot(mb)?;
         let t = Instant::now();
-        let mut red = TpReduce::new(world, &self.groups.tp, None);
+        let mut red = TpReduce::new(world, (&self.groups.tp, &self.groups.cp), None);
         c.acts[slot].swap_scratch(&mut c.scratch);
         let loss = c
             .model
@@ -357,7 +362,7 @@ impl<'a> Rank<'a> {
         let slot = c.slot(mb)?;
         let t = Instant::now();
         let buckets = last.then_some((&mut *reducer, ci));
-        let mut red = TpReduce::new(world, &self.groups.tp, buckets);
+        let mut red = TpReduce::new(world, (&self.groups.tp, &self.groups.cp), buckets);
         c.acts[slot].swap_scratch(&mut c.scratch);
         c.model.backward_part(
             &c.p,
@@ -466,8 +471,9 @@ impl<'a> Rank<'a> {
         let sharded = host::is_sharded(self.plan);
         let mut sq = 0.0f64;
         // This rank's share: its optimizer shard, or (when every replica holds everything)
-        // replica 0's copy; counted once across the tensor-parallel group and the tied table.
-        if sharded || self.dp_index == 0 {
+        // the copy of the reduction group's first member; counted once across the
+        // tensor-parallel group and the tied table.
+        if sharded || self.red_index == 0 {
             for c in &self.chunks {
                 for r in &c.counted {
                     for s in &c.shard {
@@ -480,11 +486,9 @@ impl<'a> Rank<'a> {
             }
         }
         let head = self.chunks.iter().any(|c| c.model.layout.part.head);
-        let mine = if head && self.tp_index == 0 {
-            loss
-        } else {
-            0.0
-        };
+        // Every context-parallel rank's loss covers its own tokens: the sum over the dp·cp
+        // group is the step's.
+        let mine = if head && self.at.tp == 0 { loss } else { 0.0 };
         let mut sums = [sq as f32, mine as f32];
         for g in [&self.groups.tp, &self.groups.pp, &self.groups.dp] {
             if g.size() > 1 {

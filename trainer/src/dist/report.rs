@@ -16,6 +16,9 @@ pub struct RankReport {
     pub compute_s: f64,
     /// Sums over the tensor-parallel group inside the layers.
     pub tp_comm_s: f64,
+    /// Context parallelism's K/V exchange inside the layers (the plan's programs, run whole
+    /// before the attention rather than overlapped with it).
+    pub cp_comm_s: f64,
     /// Sending activations and gradients to the neighbouring stages.
     pub pp_comm_s: f64,
     /// Waiting for a neighbouring stage's activation or gradient (the pipeline bubble).
@@ -93,13 +96,15 @@ pub fn measured_report(
             let mut b = Breakdown {
                 compute: (r.compute_s + r.optimizer_s) / st,
                 tp_comm: r.tp_comm_s / st,
+                cp_comm: r.cp_comm_s / st,
                 pp_comm: r.pp_comm_s / st,
                 bubble: r.bubble_s / st,
                 dp_comm: r.dp_comm_s / st,
                 opt_comm: r.opt_comm_s / st,
                 ..Breakdown::default()
             };
-            let busy = b.compute + b.tp_comm + b.pp_comm + b.bubble + b.dp_comm + b.opt_comm;
+            let busy =
+                b.compute + b.tp_comm + b.cp_comm + b.pp_comm + b.bubble + b.dp_comm + b.opt_comm;
             b.idle = (step - busy).max(0.0);
             DeviceReport {
                 rank: r.rank as u32,
@@ -116,6 +121,7 @@ pub fn measured_report(
         let b = &d.breakdown;
         mean.compute += b.compute / n;
         mean.tp_comm += b.tp_comm / n;
+        mean.cp_comm += b.cp_comm / n;
         mean.pp_comm += b.pp_comm / n;
         mean.bubble += b.bubble / n;
         mean.dp_comm += b.dp_comm / n;

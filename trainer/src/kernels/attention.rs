@@ -27,6 +27,11 @@ pub struct AttnDims {
     pub h0: usize,
     /// Heads of the whole layer.
     pub h_all: usize,
+    /// Context-parallel degree: with more than 1 this device holds `s/cp` query rows of each
+    /// sample (`attention_cp`), `s` being the whole sequence.
+    pub cp: usize,
+    /// This device's index in its context-parallel group.
+    pub cp_rank: usize,
 }
 
 impl AttnDims {
@@ -40,7 +45,14 @@ impl AttnDims {
             hd,
             h0: 0,
             h_all: h,
+            cp: 1,
+            cp_rank: 0,
         }
+    }
+
+    /// Query rows of a sample on this device (`s/cp`).
+    pub fn local_s(&self) -> usize {
+        self.s / self.cp.max(1)
     }
 
     /// Width of the merged heads (h·hd).

@@ -10,6 +10,7 @@
 #![allow(clippy::too_many_arguments, clippy::needless_range_loop)]
 
 mod attention;
+mod attention_cp;
 mod llama;
 mod xent;
 
@@ -20,6 +21,7 @@ use crate::real::Real;
 use crate::rng;
 
 pub use attention::{attention_bwd, attention_fwd, AttnDims};
+pub use attention_cp::{attention_cp_bwd, attention_cp_fwd};
 pub use llama::{rmsnorm_bwd, rmsnorm_fwd, rope, swiglu_bwd, swiglu_fwd, RMS_EPS};
 pub use xent::{softmax_xent_bwd, softmax_xent_fwd, xent_vocab_bwd, xent_vocab_fwd};
 

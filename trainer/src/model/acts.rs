@@ -62,6 +62,24 @@ pub struct Acts<T> {
     pub(super) sel: Selective<T>,
     /// Row statistics of the vocab-parallel cross-entropy `[T·(tp + 3)]`.
     pub(super) vp: Vec<T>,
+    /// Context parallelism's K/V buffers (empty without it).
+    pub(super) kvx: KvBufs<T>,
+}
+
+/// The buffers of context parallelism's K/V exchange, each `[b·S, 2·kw]` (empty without
+/// context parallelism): the exchange's buffer (the cp group's blocks side by side), the
+/// whole sequence's K | V in global order, and its gradient from this device's queries.
+#[derive(Debug, Clone, Default)]
+pub(super) struct KvBufs<T> {
+    pub(super) blocks: Vec<T>,
+    pub(super) kv: Vec<T>,
+    pub(super) dkv: Vec<T>,
+}
+
+impl<T> KvBufs<T> {
+    fn len(&self) -> usize {
+        self.blocks.len() + self.kv.len() + self.dkv.len()
+    }
 }
 
 /// Working buffers of one forward or backward pass (gradients between the layers' kernels,
@@ -75,6 +93,7 @@ pub struct Scratch<T> {
     dqkv: Vec<T>,
     dff: Vec<T>,
     dscratch: Vec<T>,
+    kvx: KvBufs<T>,
 }
 
 impl<T> Scratch<T> {
@@ -84,7 +103,8 @@ impl<T> Scratch<T> {
             + self.dtmp2.len()
             + self.dqkv.len()
             + self.dff.len()
-            + self.dscratch.len();
+            + self.dscratch.len()
+            + self.kvx.len();
         (n * std::mem::size_of::<T>()) as u64
     }
 }
@@ -191,6 +211,8 @@ struct Shape {
     split: usize,
     /// Tensor-parallel degree (the head's vocabulary is split `tp` ways).
     tp: usize,
+    /// Context-parallel degree (each sample's `s/cp` tokens on this device).
+    cp: usize,
 }
 
 impl Shape {
@@ -201,6 +223,7 @@ impl Shape {
             head: true,
             split: 1,
             tp: 1,
+            cp: 1,
         }
     }
 
@@ -213,6 +236,7 @@ impl Shape {
             head: part.head,
             split: if part.seq_parallel { part.tp } else { 1 },
             tp: part.tp,
+            cp: part.cp.max(1),
         }
     }
 
@@ -227,9 +251,9 @@ impl Shape {
     ) -> (usize, usize, usize, usize) {
         let (d, s, dl, fl, hl) = (dims.d, dims.s, dims.dl(), dims.fl, dims.hl);
         let (qw, uw) = (dims.qkv_w(), dims.up_w());
-        let rows = b * s;
+        let rows = b * s / self.cp;
         let rl = rows / self.split;
-        let probs = b * hl * s * s * (1 + usize::from(dropout));
+        let probs = b * hl * (s / self.cp) * s * (1 + usize::from(dropout));
         // ln1, ln2 (all rows, d); mid (own rows, d); qkv (qw); att (dl); up (uw), act (fl);
         // four norm statistics (own rows); the attention core unless selective.
         let core = if keep.selective { 0 } else { probs };
@@ -239,7 +263,7 @@ impl Shape {
         let qin = if self.query { s * dl } else { 0 };
         let head = if self.head {
             rows * (d + 2)
-                + rows * dims.v / self.tp
+                + rows * dims.vp / self.tp
                 + if self.split > 1 { rows * d } else { 0 }
                 + if self.tp > 1 { rows * (self.tp + 3) } else { 0 }
         } else {
@@ -253,13 +277,20 @@ impl Shape {
         } else {
             0
         };
+        let kv = if self.cp > 1 {
+            3 * b * s * 2 * dims.kvw()
+        } else {
+            0
+        };
         let other = keep.res_slots() * rl * d
             + head
             + rl * d
-            + rows * (2 * d + qw + dff)
+            + rows.max(qin / dl.max(1)) * d
+            + rows * (d + qw + dff)
             + sp
-            + b * s * s
-            + sel;
+            + rows * s
+            + sel
+            + kv;
         let f64_rows = if self.head { rows } else { 0 };
         (per_layer, qin, other, f64_rows)
     }
@@ -285,15 +316,20 @@ impl<T: Real> Acts<T> {
     }
 
     fn build(dims: &Dims, shape: Shape, b: usize, dropout: bool, remat: Remat) -> Acts<T> {
-        let (d, v, s) = (dims.d, dims.v, dims.s);
+        let (d, v, s) = (dims.d, dims.vp, dims.s);
         let (dl, fl, hl) = (dims.dl(), dims.fl, dims.hl);
         let (qw, uw) = (dims.qkv_w(), dims.up_w());
-        let rows = b * s;
+        let rows = b * s / shape.cp;
         let rl = rows / shape.split;
         let z = |n: usize| vec![T::zero(); n];
         let nl = shape.layers;
         let keep = Keep::of(remat, nl);
-        let probs = b * hl * s * s;
+        let probs = b * hl * (s / shape.cp) * s;
+        // The query layer's table gradient `[S, d]` passes through `dtmp` (more than the rows
+        // when a device holds fewer than S tokens, under context parallelism).
+        let dtmp_rows = if shape.query { rows.max(s) } else { rows };
+        let kv = |n: usize| if shape.cp > 1 { z(n) } else { Vec::new() };
+        let kv_len = b * s * 2 * dims.kvw();
         let core = |on: bool| if on { z(probs) } else { Vec::new() };
         let layers = (0..keep.act_slots())
             .map(|i| LayerActs {
@@ -339,11 +375,11 @@ impl<T: Real> Acts<T> {
                 Vec::new()
             },
             dx: z(rl * d),
-            dtmp: z(rows * d),
+            dtmp: z(dtmp_rows * d),
             dtmp2: z(rows * d),
             dqkv: z(rows * qw),
             dff: z(rows * dff_width(dims)),
-            dscratch: z(b * s * s),
+            dscratch: z(rows * s),
             // Staging for sums over a tensor-parallel group (a single device writes in place).
             sp: if shape.tp > 1 || shape.split > 1 {
                 z(rows * d)
@@ -364,6 +400,11 @@ impl<T: Real> Acts<T> {
             } else {
                 Selective::default()
             },
+            kvx: KvBufs {
+                blocks: kv(kv_len),
+                kv: kv(kv_len),
+                dkv: kv(kv_len),
+            },
         }
     }
 
@@ -375,6 +416,7 @@ impl<T: Real> Acts<T> {
         std::mem::swap(&mut self.dqkv, &mut s.dqkv);
         std::mem::swap(&mut self.dff, &mut s.dff);
         std::mem::swap(&mut self.dscratch, &mut s.dscratch);
+        std::mem::swap(&mut self.kvx, &mut s.kvx);
     }
 
     /// Bytes [`Acts::new`] would allocate, without allocating.
@@ -468,7 +510,8 @@ impl<T: Real> Acts<T> {
             + self.sel.probs.len()
             + self.sel.probs_drop.len()
             + self.sel.att.len()
-            + self.vp.len();
+            + self.vp.len()
+            + self.kvx.len();
         (l + r + other) as u64 * sz + self.losses.len() as u64 * 8
     }
 

@@ -19,7 +19,7 @@ pub mod special {
 pub struct Batch {
     /// Samples.
     pub b: usize,
-    /// Sequence length.
+    /// Sequence length (of the whole sample, also in a context-parallel share).
     pub s: usize,
     /// Input ids `[b·s]`.
     pub tokens: Vec<u32>,
@@ -65,6 +65,42 @@ impl Batch {
                 }
             }
             out.sample_ids.push(id);
+        }
+        out
+    }
+
+    /// The rows of this batch a context-parallel rank holds: of every sample, the tokens of its
+    /// two chunks ([`pangu_strategies::plan::cp_token`]) in that order, with their global
+    /// positions, document starts, targets, weights and row ids (so position embeddings,
+    /// rotary angles, the causal mask and dropout masks are those of the whole sequence).
+    /// With `cp` 1 it is the batch itself.
+    pub fn cp_share(&self, cp: usize, rank: usize) -> Batch {
+        if cp <= 1 {
+            return self.clone();
+        }
+        let sl = self.s / cp;
+        let mut out = Batch {
+            b: self.b,
+            s: self.s,
+            sample_ids: self.sample_ids.clone(),
+            ..Batch::default()
+        };
+        for bi in 0..self.b {
+            for j in 0..sl {
+                let g = pangu_strategies::plan::cp_token(
+                    self.s as u32,
+                    cp as u32,
+                    rank as u32,
+                    j as u32,
+                );
+                let i = bi * self.s + g as usize;
+                out.tokens.push(self.tokens[i]);
+                out.targets.push(self.targets[i]);
+                out.pos.push(self.pos[i]);
+                out.start.push(self.start[i]);
+                out.weights.push(self.weights[i]);
+                out.row_ids.push(self.row_ids[i]);
+            }
         }
         out
     }

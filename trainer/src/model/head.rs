@@ -24,8 +24,10 @@ impl Model {
         train: bool,
         red: &mut dyn Reduce<T>,
     ) -> f64 {
-        let Dims { d, v, s, arch, .. } = self.dims();
-        let rows = batch.b * s;
+        let Dims {
+            d, v, vp, s, arch, ..
+        } = self.dims();
+        let rows = batch.b * self.layout.part.seq_rows(s);
         let lay = &self.layout;
         let (tp, v0) = self.vocab_split();
         let nl = lay.layers.len();
@@ -47,7 +49,7 @@ impl Model {
             d,
         );
         // logits = lnf·Wᵀ (this device's vocabulary columns of the output table)
-        let vl = v / tp;
+        let vl = vp / tp;
         crate::linalg::matmul(
             &mut acts.logits,
             vl,
@@ -62,8 +64,12 @@ impl Model {
         // probabilities (the cross-entropy's backward fused into its forward pass).
         let grad = train.then_some(&batch.weights[..]);
         acts.head_grad = train;
+        // Vocabulary padding takes no part in the softmax.
+        let pad = v0.max(v)..v0 + vl;
+        let pad = pad.start - v0..pad.end - v0;
+        mask_columns(&mut acts.logits, vl, pad.clone(), T::neg_infinity());
         if tp == 1 {
-            k::softmax_xent_fwd(&mut acts.logits, &mut acts.losses, &batch.targets, v, grad);
+            k::softmax_xent_fwd(&mut acts.logits, &mut acts.losses, &batch.targets, vl, grad);
         } else {
             let (mx_all, rest) = acts.vp.split_at_mut(rows * tp);
             let (mx, rest) = rest.split_at_mut(rows);
@@ -82,6 +88,8 @@ impl Model {
                 red,
             );
         }
+        // Their probabilities (and gradients) are exactly 0 (the fast exp leaves e^-87).
+        mask_columns(&mut acts.logits, vl, pad, T::zero());
         acts.losses
             .iter()
             .zip(&batch.weights)
@@ -100,15 +108,15 @@ impl Model {
         batch: &Batch,
         red: &mut dyn Reduce<T>,
     ) {
-        let Dims { d, v, s, arch, .. } = self.dims();
-        let rows = batch.b * s;
+        let Dims { d, vp, s, arch, .. } = self.dims();
+        let rows = batch.b * self.layout.part.seq_rows(s);
         let lay = &self.layout;
         let nl = lay.layers.len();
         let seq = lay.part.seq_parallel;
         let out_w = lay.out_w();
         let own = self.local_rows(batch.b);
         let (tp, v0) = self.vocab_split();
-        let vl = v / tp;
+        let vl = vp / tp;
         if !acts.head_grad {
             k::xent_vocab_bwd(&mut acts.logits, &batch.targets, &batch.weights, vl, v0);
         }
@@ -215,3 +223,17 @@ fn head_weight_grad<T: Real>(
 
 /// Vocabulary rows per block of [`head_weight_grad`].
 const HEAD_GRAD_ROWS: usize = 500;
+
+/// Sets `cols` (local columns) of every `width`-wide row of `x` to `value`: the vocabulary
+/// padding of a device's logits, masked to −∞ before the softmax and to 0 after it. (Megatron
+/// lets the padded logits take part in the softmax, where training drives them towards −∞;
+/// masking keeps the loss and every gradient those of the unpadded model, so a padded plan
+/// matches the single-device run and checkpoints move between paddings.)
+fn mask_columns<T: Real>(x: &mut [T], width: usize, cols: std::ops::Range<usize>, value: T) {
+    if cols.is_empty() {
+        return;
+    }
+    for row in x.chunks_mut(width) {
+        row[cols.clone()].fill(value);
+    }
+}

@@ -5,7 +5,7 @@
 
 use std::ops::Range;
 
-use super::acts::{Acts, LayerActs, Selective};
+use super::acts::{Acts, KvBufs, LayerActs, Selective};
 use super::batch::Batch;
 use super::layout::{Dims, LayerParams};
 use super::linear::{
@@ -54,7 +54,7 @@ impl Model {
             li,
             lp: &lay.layers[li],
             query: dims.query && l + 1 == dims.layers,
-            rows: batch.b * dims.s,
+            rows: batch.b * lay.part.seq_rows(dims.s),
             rl: own.len(),
             row_ids: &batch.row_ids[own],
             seq,
@@ -107,8 +107,7 @@ impl Model {
         x: &[T],
         y: &mut [T],
         a: &mut LayerActs<T>,
-        sp: &mut [T],
-        sel: &mut Selective<T>,
+        (sp, sel, kvx): (&mut [T], &mut Selective<T>, &mut KvBufs<T>),
         batch: &Batch,
         step: u64,
         train: bool,
@@ -116,7 +115,7 @@ impl Model {
         red: &mut dyn Reduce<T>,
     ) {
         let at = self.at(l, batch);
-        self.attn_fwd(p, &at, x, a, sp, sel, batch, step, train, ad, red);
+        self.attn_fwd(p, &at, x, a, (sp, sel, kvx), batch, step, train, ad, red);
         self.ffn_fwd(p, &at, y, a, sp, step, train, red);
     }
 
@@ -128,8 +127,7 @@ impl Model {
         at: &At<'_>,
         x: &[T],
         a: &mut LayerActs<T>,
-        sp: &mut [T],
-        sel: &mut Selective<T>,
+        (sp, sel, kvx): (&mut [T], &mut Selective<T>, &mut KvBufs<T>),
         batch: &Batch,
         step: u64,
         train: bool,
@@ -208,16 +206,15 @@ impl Model {
         } else {
             (&mut a.probs, &mut a.probs_drop)
         };
-        k::attention_fwd(
-            &mut a.att,
-            probs,
-            probs_drop,
-            &a.qkv,
-            &batch.start,
-            ad,
-            self.drop(train, step, l, Site::AttnProbs),
-            &batch.sample_ids,
-        );
+        let drop = self.drop(train, step, l, Site::AttnProbs);
+        if ad.cp > 1 {
+            let core = (&mut probs[..], &mut probs_drop[..]);
+            let x = (&a.qkv[..], kvx);
+            self.attention_cp_fwd(&mut a.att, core, x, batch, (ad, drop, true), red);
+        } else {
+            let (st, ids) = (&batch.start, &batch.sample_ids);
+            k::attention_fwd(&mut a.att, probs, probs_drop, &a.qkv, st, ad, drop, ids);
+        }
         // mid = x + dropout(Σ_group att·Wo + bo); alone (no group), straight into mid.
         k::linear_fwd(
             if alone {
@@ -493,35 +490,37 @@ impl Model {
             dl,
             d,
         );
+        let drop = self.drop(train, step, l, Site::AttnProbs);
+        let cp = ad.cp > 1;
+        if cp {
+            // The whole sequence's K/V again (the plan's backward K/V program).
+            self.regather_kv(&a.qkv, &mut acts.kvx, &ad, red);
+        }
         let (probs, probs_drop) = if a.probs.is_empty() {
             // Selective remat: recompute the attention core of this layer.
             let sel = &mut acts.sel;
-            k::attention_fwd(
-                &mut sel.att,
-                &mut sel.probs,
-                &mut sel.probs_drop,
-                &a.qkv,
-                &batch.start,
-                ad,
-                self.drop(train, step, l, Site::AttnProbs),
-                &batch.sample_ids,
-            );
+            let core = (&mut sel.probs[..], &mut sel.probs_drop[..]);
+            if cp {
+                let x = (&a.qkv[..], &mut acts.kvx);
+                self.attention_cp_fwd(&mut sel.att, core, x, batch, (ad, drop, false), red);
+            } else {
+                let (st, ids) = (&batch.start, &batch.sample_ids);
+                k::attention_fwd(&mut sel.att, core.0, core.1, &a.qkv, st, ad, drop, ids);
+            }
             (&sel.probs, &sel.probs_drop)
         } else {
             (&a.probs, &a.probs_drop)
         };
-        k::attention_bwd(
-            &mut acts.dqkv,
-            &mut acts.dscratch,
-            &acts.dtmp2[..rows * dl],
-            &a.qkv,
-            probs,
-            probs_drop,
-            &batch.start,
-            ad,
-            self.drop(train, step, l, Site::AttnProbs),
-            &batch.sample_ids,
-        );
+        let dout = &acts.dtmp2[..rows * dl];
+        if cp {
+            let (dq, sc, x) = (&mut acts.dqkv, &mut acts.dscratch, &mut acts.kvx);
+            let core = (&probs[..], &probs_drop[..]);
+            self.attention_cp_bwd(dq, sc, dout, &a.qkv, core, x, batch, (ad, drop), red);
+        } else {
+            let (st, ids) = (&batch.start, &batch.sample_ids);
+            let (dq, sc) = (&mut acts.dqkv, &mut acts.dscratch);
+            k::attention_bwd(dq, sc, dout, &a.qkv, probs, probs_drop, st, ad, drop, ids);
+        }
         if let Some(theta) = dims.arch.rope {
             // Back through the rotation: the gradients of Q and K turn the other way.
             let heads = dims.hl + dims.kvl;

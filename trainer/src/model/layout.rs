@@ -82,6 +82,28 @@ pub struct Part {
     /// hold this device's `1/tp` block of the rows; all-gathers and reduce-scatters take the
     /// place of the all-reduces (Korthikanti et al. 2022).
     pub seq_parallel: bool,
+    /// Context-parallel degree: the device holds `s/cp` tokens of every sample, two of the
+    /// sequence's `2·cp` chunks ([`pangu_strategies::plan::cp_chunks`]); weights are not
+    /// split by it.
+    #[serde(skip_serializing_if = "is_one")]
+    pub cp: usize,
+    /// This device's index in its context-parallel group.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub cp_rank: usize,
+    /// Rows of padding after the vocabulary in the vocab-parallel tables (the plan's
+    /// `padded_vocab − vocab`, Megatron's `--make-vocab-size-divisible-by`): every device holds
+    /// `(V + pad)/tp` rows; the padding is never an input or a target, its logits are masked
+    /// out of the softmax, and it is no part of the whole model (checkpoints hold `V` rows).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub vocab_pad: usize,
+}
+
+fn is_one(v: &usize) -> bool {
+    *v == 1
+}
+
+fn is_zero(v: &usize) -> bool {
+    *v == 0
 }
 
 impl Part {
@@ -94,7 +116,15 @@ impl Part {
             embedding: true,
             head: true,
             seq_parallel: false,
+            cp: 1,
+            cp_rank: 0,
+            vocab_pad: 0,
         }
+    }
+
+    /// Tokens of each sample this device holds (`s/cp` of a sequence of `s`).
+    pub fn seq_rows(&self, s: usize) -> usize {
+        s / self.cp.max(1)
     }
 
     /// Whether this is the whole model.
@@ -167,6 +197,9 @@ pub struct Dims {
     pub f: usize,
     /// Vocabulary.
     pub v: usize,
+    /// The vocab-parallel tables' rows: the vocabulary and its padding (`v` without padding).
+    #[serde(skip)]
+    pub vp: usize,
     /// Sequence length.
     pub s: usize,
     /// All layers, the query layer included.
@@ -272,15 +305,11 @@ impl Dims {
             )));
         }
         let tp = part.tp;
-        if tp == 0
-            || h % tp != 0
-            || f % tp != 0
-            || !(cfg.vocab as usize).is_multiple_of(tp)
-            || part.tp_rank >= tp
-        {
+        let vp = cfg.vocab as usize + part.vocab_pad;
+        if tp == 0 || h % tp != 0 || f % tp != 0 || !vp.is_multiple_of(tp) || part.tp_rank >= tp {
             return Err(TrainError::Config(format!(
-                "model '{}': tensor-parallel degree {tp} must divide the heads ({h}), the FFN size ({f}) and the vocabulary ({})",
-                cfg.name, cfg.vocab
+                "model '{}': tensor-parallel degree {tp} must divide the heads ({h}), the FFN size ({f}) and the vocabulary with its padding ({vp}; pad it to a multiple of tp)",
+                cfg.name
             )));
         }
         if !kv.is_multiple_of(tp) {
@@ -288,6 +317,14 @@ impl Dims {
                 "model '{}': tensor-parallel degree {tp} must divide the key/value heads ({kv}): \
                  each device holds whole key/value heads with their query heads",
                 cfg.name
+            )));
+        }
+        let (s, cp) = (cfg.seq_len as usize, part.cp);
+        if cp == 0 || part.cp_rank >= cp || (cp > 1 && !s.is_multiple_of(2 * cp)) {
+            return Err(TrainError::Config(format!(
+                "model '{}': context-parallel degree {cp} (rank {}) must split the sequence of {s} \
+                 tokens into 2·cp chunks",
+                cfg.name, part.cp_rank
             )));
         }
         if part.layers.end > l || part.layers.start > part.layers.end {
@@ -301,6 +338,7 @@ impl Dims {
             h,
             f,
             v: cfg.vocab as usize,
+            vp,
             s: cfg.seq_len as usize,
             layers: l,
             query: cfg.query_layer,
@@ -355,7 +393,7 @@ impl Layout {
         } else {
             Some(Layout::new(cfg)?)
         };
-        let (d, v) = (dims.d, dims.v);
+        let (d, v) = (dims.d, dims.vp);
         // Learned position tables have `position_rows` rows (a model's `max_positions`, else
         // the training length), as `ModelConfig::params` counts them.
         let s = cfg.position_rows() as usize;
@@ -526,11 +564,13 @@ impl Layout {
         for t in &self.tensors {
             let s = rng::stream(&[0x1417, t.global as u64]);
             for (i, x) in p[t.range()].iter_mut().enumerate() {
-                *x = if t.init_std > 0.0 {
-                    let gi = self.global_index(t, i);
-                    T::of(t.init_std * rng::normal(seed, s, gi as u64))
-                } else {
-                    T::of(t.init_value)
+                *x = match self.whole_index(t, i) {
+                    // Vocabulary padding: zero, and it stays zero (no gradient ever reaches it).
+                    None => T::zero(),
+                    Some(gi) if t.init_std > 0.0 => {
+                        T::of(t.init_std * rng::normal(seed, s, gi as u64))
+                    }
+                    Some(_) => T::of(t.init_value),
                 };
             }
         }
@@ -567,13 +607,23 @@ impl Layout {
         }
     }
 
+    /// [`Layout::global_index`] of an element of the whole model, or `None` for a row of
+    /// vocabulary padding (which the whole model does not have).
+    pub fn whole_index(&self, t: &TensorInfo, i: usize) -> Option<usize> {
+        let gi = self.global_index(t, i);
+        let vocab = t.name == "embedding.word" || t.name == "head.weight";
+        (!vocab || gi < self.dims.v * self.dims.d).then_some(gi)
+    }
+
     /// Copies this part's values `local` into their places in the whole model's buffer `out`
-    /// (laid out by `whole`).
+    /// (laid out by `whole`); vocabulary padding is left out.
     pub fn scatter<T: Copy>(&self, whole: &Layout, local: &[T], out: &mut [T]) {
         for t in &self.tensors {
             let w = &whole.tensors[t.global];
             for i in 0..t.len() {
-                out[w.offset + self.global_index(t, i)] = local[t.offset + i];
+                if let Some(gi) = self.whole_index(t, i) {
+                    out[w.offset + gi] = local[t.offset + i];
+                }
             }
         }
     }
@@ -591,18 +641,23 @@ impl Layout {
             let lo = keep.start.max(t.offset);
             let hi = keep.end.min(t.offset + t.len());
             for j in lo..hi {
-                out[w.offset + self.global_index(t, j - t.offset)] = local[j];
+                if let Some(gi) = self.whole_index(t, j - t.offset) {
+                    out[w.offset + gi] = local[j];
+                }
             }
         }
     }
 
-    /// This part's values cut from the whole model's buffer `src` (laid out by `whole`).
+    /// This part's values cut from the whole model's buffer `src` (laid out by `whole`);
+    /// vocabulary padding is `T::default()` (zero).
     pub fn gather<T: Copy + Default>(&self, whole: &Layout, src: &[T]) -> Vec<T> {
         let mut out = vec![T::default(); self.total];
         for t in &self.tensors {
             let w = &whole.tensors[t.global];
             for i in 0..t.len() {
-                out[t.offset + i] = src[w.offset + self.global_index(t, i)];
+                if let Some(gi) = self.whole_index(t, i) {
+                    out[t.offset + i] = src[w.offset + gi];
+                }
             }
         }
         out

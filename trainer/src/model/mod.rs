@@ -19,6 +19,7 @@
 
 mod acts;
 mod batch;
+mod cp;
 mod embedding;
 mod head;
 mod layer;
@@ -30,7 +31,7 @@ use std::ops::Range;
 use pangu_model::ModelConfig;
 use pangu_strategies::plan::ChunkPart;
 
-pub use crate::reduce::{Alone, Reduce};
+pub use crate::reduce::{Alone, KvPhase, Reduce};
 pub use acts::{Acts, LayerActs, Scratch};
 pub use batch::{special, Batch};
 pub use layout::{Arch, Dims, LayerParams, Layout, Part, Split, TensorInfo};
@@ -91,10 +92,11 @@ impl Model {
     }
 
     /// Rows of a micro-batch of `b` samples this device holds in the residual stream: all of
-    /// them, or its contiguous `1/tp` block under sequence parallelism.
+    /// them (its `s/cp` tokens of each sample under context parallelism), or its contiguous
+    /// `1/tp` block of those under sequence parallelism.
     pub fn local_rows(&self, b: usize) -> Range<usize> {
-        let rows = b * self.dims().s;
         let part = &self.layout.part;
+        let rows = b * part.seq_rows(self.dims().s);
         if part.seq_parallel && part.tp > 1 {
             let rl = rows / part.tp;
             part.tp_rank * rl..(part.tp_rank + 1) * rl
@@ -221,7 +223,7 @@ impl Model {
     /// The tensor-parallel degree and this device's first row of the vocab-parallel table.
     fn vocab_split(&self) -> (usize, usize) {
         let part = &self.layout.part;
-        (part.tp, part.tp_rank * self.dims().v / part.tp)
+        (part.tp, part.tp_rank * self.dims().vp / part.tp)
     }
 
     fn attn_dims(&self, b: usize) -> AttnDims {
@@ -234,6 +236,8 @@ impl Model {
             hd: dims.hd(),
             h0: self.layout.part.tp_rank * dims.hl,
             h_all: dims.h,
+            cp: self.layout.part.cp,
+            cp_rank: self.layout.part.cp_rank,
         }
     }
 
@@ -262,8 +266,7 @@ impl Model {
                 x,
                 y,
                 &mut acts.layers[keep.act_slot(li)],
-                &mut acts.sp,
-                &mut acts.sel,
+                (&mut acts.sp, &mut acts.sel, &mut acts.kvx),
                 batch,
                 step,
                 train,
