@@ -108,6 +108,10 @@ fn four_mpi_processes_match_one_device() {
         "--dp 4 --opt-shard mindspore --collective halving-doubling",
         "--tp 2 --pp 2 --micro-batches 2 --schedule 1f1b",
         "--dp 2 --pp 2 --micro-batches 2 --schedule gpipe --opt-shard zero1",
+        // Context parallelism (the K/V exchange programs over MPI), ring and all-gather, and a
+        // vocabulary padded to 128 × tp (2500 -> 2560, the padded logits masked).
+        "--cp 2 --dp 2 --opt-shard zero1",
+        "--cp 2 --tp 2 --cp-comm all-gather --vocab-divisible-by 128",
     ] {
         let out = mpirun("4")
             .args(["train", "--backend", "mpi"])
