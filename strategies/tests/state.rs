@@ -16,7 +16,7 @@ fn plan(shard: OptShard) -> Plan {
     };
     let c = pangu_hardware::Cluster::from_name("ascend910:16").unwrap();
     let r = resolve_inputs(&m, Some(c), &spec).unwrap();
-    Plan::new(&m, &r.cluster, &r.strategy).unwrap()
+    Plan::new(&r.model, &r.cluster, &r.strategy).unwrap()
 }
 
 #[test]

@@ -182,7 +182,7 @@ fn the_memory_fraction_limits_a_plan_against_its_capacity() {
         },
     )
     .unwrap();
-    let plan = Plan::build(&model, &r.cluster, &r.strategy).unwrap();
+    let plan = Plan::build(&r.model, &r.cluster, &r.strategy).unwrap();
     let used = plan.max_memory().total.0 as f64 / plan.capacity.0 as f64;
     assert!(used > 0.0 && used < 1.0, "{used}");
     let at = |f: f64| {
