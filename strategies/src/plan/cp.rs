@@ -12,7 +12,7 @@ use pangu_hardware::Bytes;
 use super::comm::{Row, Table};
 use super::Plan;
 use crate::collective::{CollectiveGroup, GroupKind, KvExchange};
-use crate::strategy::{Axis, CpComm, Remat};
+use crate::strategy::{Axis, CpComm};
 
 impl Plan {
     /// Bytes of one rank's K/V block for one layer and micro-batch: `b · (s/cp)` tokens of
@@ -38,7 +38,7 @@ impl Plan {
     /// Whether a remat setting re-runs the attention forward (and so its K/V exchange) in
     /// backward: full and grouped remat re-run the layer, selective the attention core.
     fn recomputes_attention(&self) -> bool {
-        !matches!(self.strategy.remat, Remat::None)
+        self.strategy.recomputes_attention()
     }
 
     /// Communication buffers of context parallelism per device: the ring keeps two K/V
