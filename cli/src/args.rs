@@ -10,7 +10,8 @@ use pangu_strategies::launch::Launch;
 use pangu_strategies::{resolve_inputs, Reference, Remat, Resolved, ScheduleKind, StrategySpec};
 
 use crate::flag_enums::{
-    lenient, CpCommFlag, GatherFlag, OptShardFlag, PrecisionFlag, PrefetchFlag, RankOrderFlag,
+    lenient, AttentionFlag, CpCommFlag, GatherFlag, OptShardFlag, PrecisionFlag, PrefetchFlag,
+    RankOrderFlag,
 };
 
 /// Model and cluster selection.
@@ -121,6 +122,13 @@ pub(crate) struct StrategyArgs {
     /// `--make-vocab-size-divisible-by`; default 128, PanGu-α's references 1).
     #[arg(long, value_name = "N")]
     pub vocab_divisible_by: Option<u32>,
+    /// The attention kernel: `flash` (one fused kernel that keeps no s×s matrix:
+    /// FlashAttention, cuDNN's fused attention, CANN's FlashAttentionScore) or `materialised`
+    /// (separate softmax and dropout kernels; the scores are written and kept). Default: the
+    /// chip's (flash on NVIDIA A100 and later and Ascend 910B/910C, materialised on the
+    /// Ascend 910, the V100 and the CPU).
+    #[arg(long, value_parser = lenient::<AttentionFlag>())]
+    pub attention: Option<AttentionFlag>,
 }
 
 impl StrategyArgs {
@@ -194,6 +202,7 @@ impl StrategyArgs {
             zero3_gather: self.zero3_gather.map(Into::into),
             zero3_prefetch: self.zero3_prefetch.map(Into::into),
             vocab_divisible_by: self.vocab_divisible_by,
+            attention: self.attention.map(Into::into),
             collectives: if self.collective.is_empty() {
                 None
             } else {

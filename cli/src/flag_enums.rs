@@ -10,7 +10,9 @@ use clap::builder::{EnumValueParser, PossibleValue, TypedValueParser};
 use clap::ValueEnum;
 use pangu_strategies::strategy::Axis;
 use pangu_strategies::strategy::CpComm;
-use pangu_strategies::{BackwardPrefetch, GatherPrecision, OptShard, Precision, RankOrder};
+use pangu_strategies::{
+    Attention, BackwardPrefetch, GatherPrecision, OptShard, Precision, RankOrder,
+};
 use pangu_twin::Estimate;
 
 /// The value parser of a `ValueEnum` flag that takes its names in any case and with
@@ -119,6 +121,17 @@ flag_enum!(
         Pre,
         /// Gathered after this part's backward (FSDP `BACKWARD_POST`).
         Post,
+    }
+);
+
+flag_enum!(
+    /// `--attention`.
+    AttentionFlag => Attention {
+        /// One fused kernel that keeps no s×s matrix (FlashAttention).
+        Flash,
+        /// Separate softmax and dropout kernels; the s×s scores are written and kept.
+        #[value(alias = "materialized")]
+        Materialised,
     }
 );
 

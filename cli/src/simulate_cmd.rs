@@ -385,6 +385,9 @@ fn run_shared(
     let batch = pangu_strategies::run_shape(model, &spec)
         .with_context(|| format!("second job ({path})"))?
         .global_batch;
+    let mut spec = spec;
+    spec.attention
+        .get_or_insert_with(|| pangu_strategies::default_attention(&a.cluster.spec.chip).0);
     let (sb, _) = pangu_strategies::strategy::resolve(&spec, &spec, batch, free)
         .with_context(|| format!("second job ({path})"))?;
     let b = Plan::new(model, &a.cluster, &sb).with_context(|| format!("second job ({path})"))?;

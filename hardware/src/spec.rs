@@ -39,6 +39,21 @@ pub struct ChipSpec {
     /// Memory the runtime keeps for itself (context, workspace); not available to a job.
     #[serde(default)]
     pub reserved: Bytes,
+    /// Whether the chip's usual training stack computes attention with a fused kernel that
+    /// keeps no s×s matrix (FlashAttention, Dao et al. 2022/2023, and its vendor forms): the
+    /// default of the strategy's `attention` key (`flash` when true, `materialised` when
+    /// false or absent). True for NVIDIA Ampere and later (FlashAttention-2 needs sm80+; it
+    /// has been the default of Megatron-core, NeMo, llm-foundry and torchtitan since 2023)
+    /// and the Ascend 910B/910C (CANN's FlashAttentionScore fused op, which MindSpeed uses);
+    /// false for the V100 (sm70: no FlashAttention build), the Ascend 910 as PanGu-α ran it
+    /// (MindSpore 2021 had no fused attention kernel) and the CPU executor. The presets cite
+    /// each value.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub fused_attention: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl ChipSpec {

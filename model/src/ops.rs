@@ -18,6 +18,16 @@
 //! and drops the activations only it needs, the `5·a·s/h` term ([`Op::selective_drop`]),
 //! keeping Q, K and V (Korthikanti et al. 2022, §5). This module is the
 //! one source of cost numbers for the simulator and the memory model.
+//!
+//! That is the materialised attention ([`Attention::Materialised`]): the scores, the softmax
+//! and the dropout are separate kernels that write the `heads·s·s` matrices to memory and keep
+//! them for backward. A fused FlashAttention-style kernel ([`Attention::Flash`]; Dao et al.
+//! 2022, "FlashAttention"; Dao 2023, "FlashAttention-2") computes the attention core in one
+//! kernel, tile by tile in on-chip memory: it writes no s×s matrix, keeps for backward only
+//! Q, K, V, the output and the softmax's log-sum-exp per row (`heads·s·b` fp32 values, the
+//! dropout mask being regenerated from the RNG state), and recomputes the scores in backward.
+//! Its layer keeps `s·b·h·34 + 4·a·s·b` bytes (no `5·a·s/h` term), and selective recompute has
+//! nothing left to drop.
 
 use pangu_hardware::{Bytes, Flops};
 use serde::Serialize;
@@ -44,6 +54,9 @@ pub enum OpKind {
     Embedding,
     /// Softmax cross-entropy over the vocabulary.
     CrossEntropy,
+    /// The fused attention core (FlashAttention): QKᵀ, softmax, dropout and P·V in one
+    /// kernel, compute-bound, with its own efficiency.
+    FlashAttention,
     /// A tensor-parallel collective.
     Comm,
 }
@@ -61,6 +74,63 @@ pub enum CollectiveKind {
     ReduceScatter,
     /// One rank's buffer is copied to all.
     Broadcast,
+}
+
+/// How the attention core (scores, softmax, dropout, context) is computed.
+///
+/// The default of a run is the chip's (`ChipSpec::fused_attention`, stated in each cluster
+/// preset with its source); `Materialised` is the `Default` of this type because it is what
+/// the op graph assumed before the choice existed, so that files written then read the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Attention {
+    /// One fused kernel that keeps no s×s matrix (FlashAttention, Dao et al. 2022; its
+    /// successors FlashAttention-2/3, cuDNN's fused attention, CANN's FlashAttentionScore).
+    Flash,
+    /// Separate kernels for QKᵀ, softmax, dropout and P·V, with the `heads·s·s` scores,
+    /// probabilities and dropout mask written to memory and kept for backward (Megatron-LM
+    /// before FlashAttention; Korthikanti et al. 2022's accounting).
+    #[default]
+    Materialised,
+}
+
+impl Attention {
+    /// Both kinds, flash first.
+    pub const ALL: [Attention; 2] = [Attention::Flash, Attention::Materialised];
+}
+
+impl std::fmt::Display for Attention {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Attention::Flash => "flash",
+            Attention::Materialised => "materialised",
+        })
+    }
+}
+
+impl std::str::FromStr for Attention {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "flash" => Ok(Attention::Flash),
+            "materialised" | "materialized" => Ok(Attention::Materialised),
+            _ => Err(format!(
+                "unknown attention {s:?}; use flash (a fused FlashAttention-style kernel) or materialised (separate softmax and dropout kernels keeping the s×s scores)"
+            )),
+        }
+    }
+}
+
+impl Serialize for Attention {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Attention {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <String as serde::Deserialize>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 /// A tensor-parallel communication point inside a layer.
@@ -98,6 +168,9 @@ pub struct Op {
     pub selective: bool,
     /// Of `saved`, the bytes selective recompute does not keep.
     pub selective_drop: Bytes,
+    /// Part of the attention core (the ops that meet the other context-parallel ranks'
+    /// keys and values): the materialised QKᵀ, softmax, dropout and P·V, or the fused kernel.
+    pub attention_core: bool,
     /// Parameter elements held on this device.
     pub params: u64,
     /// Parameters that are a copy of the word embedding (the tied head).
@@ -124,6 +197,7 @@ impl Op {
             saved: Bytes(0),
             selective: false,
             selective_drop: Bytes(0),
+            attention_core: false,
             params: 0,
             tied_copy: false,
             layer_linear: false,
@@ -164,6 +238,8 @@ pub struct OpShape {
     /// of the whole sequence's attention work on every rank. The caller checks that `2·cp`
     /// divides the sequence.
     pub cp: u32,
+    /// How the attention core is computed.
+    pub attention: Attention,
 }
 
 impl OpShape {
@@ -175,7 +251,13 @@ impl OpShape {
             seq_parallel,
             act_bytes,
             cp: 1,
+            attention: Attention::Materialised,
         }
+    }
+
+    /// The same shape with the attention core computed as `attention`.
+    pub fn with_attention(self, attention: Attention) -> OpShape {
+        OpShape { attention, ..self }
     }
 }
 
@@ -242,6 +324,7 @@ struct Geometry<'a> {
     f_local: u64,
     sp: bool,
     dropout: bool,
+    attention: Attention,
 }
 
 impl<'a> Geometry<'a> {
@@ -267,6 +350,7 @@ impl<'a> Geometry<'a> {
             f_local: u64::from(m.ffn) / t,
             sp,
             dropout: m.dropout > 0.0,
+            attention: sh.attention,
         }
     }
 
@@ -421,48 +505,10 @@ impl<'a> Geometry<'a> {
             ));
         }
         ops.extend(self.regather("tp_regather_attn"));
-        let mut scores = Op::new("attn_scores", OpKind::BatchMatmul);
-        let bh = self.b * hl;
-        // With context parallelism the local queries meet the whole sequence's keys (the
-        // K/V blocks of the other ranks arrive by the cp exchange).
-        let (sq, sk) = (self.s, self.s_kv);
-        let sf = 2.0 * (bh * sq * sk * hd) as f64;
-        scores.dims = [bh, sq, sk, hd];
-        scores.fwd_flops = Flops(sf);
-        scores.bwd_flops = Flops(2.0 * sf);
-        scores.fwd_bytes = Bytes((2 * tok * qd + bh * sq * sk) * e);
-        scores.bwd_bytes = Bytes(2 * (2 * tok * qd + bh * sq * sk) * e);
-        scores.saved = Bytes(tok * (qd + kvl) * e); // Q and K
-        scores.selective = true;
-        let (scores_fwd_bytes, scores_bwd_bytes) = (scores.fwd_bytes, scores.bwd_bytes);
-        ops.push(scores);
-        let probs = bh * sq * sk;
-        let mut sm = self.elementwise("softmax", OpKind::Softmax, probs, 5.0, Bytes(probs * e));
-        sm.selective = true;
-        sm.selective_drop = sm.saved;
-        ops.push(sm);
-        if self.dropout {
-            // mask (1 byte) + dropped probabilities (the input of P·V)
-            let mut dr = self.elementwise(
-                "attn_dropout",
-                OpKind::Dropout,
-                probs,
-                2.0,
-                Bytes(probs + probs * e),
-            );
-            dr.selective = true;
-            dr.selective_drop = dr.saved;
-            ops.push(dr);
+        match self.attention {
+            Attention::Materialised => self.materialised_attention(&mut ops, qd, hd),
+            Attention::Flash => ops.push(self.flash_attention(qd, hd)),
         }
-        let mut ctx = Op::new("attn_context", OpKind::BatchMatmul);
-        ctx.dims = [bh, sq, hd, sk];
-        ctx.fwd_flops = Flops(sf);
-        ctx.bwd_flops = Flops(2.0 * sf);
-        ctx.fwd_bytes = scores_fwd_bytes;
-        ctx.bwd_bytes = scores_bwd_bytes;
-        ctx.saved = Bytes(tok * kvl * e); // V
-        ctx.selective = true;
-        ops.push(ctx);
         ops.push(self.matmul(
             "attn_out",
             tok,
@@ -523,6 +569,87 @@ impl<'a> Geometry<'a> {
         ops.extend(self.comm_g("tp_g_ffn"));
         ops.push(self.residual("ffn_residual"));
         ops
+    }
+
+    /// The attention core as separate kernels: QKᵀ, softmax, dropout and P·V, with the
+    /// `heads·s·s` scores, probabilities and dropout mask written to memory and kept.
+    fn materialised_attention(&self, ops: &mut Vec<Op>, qd: u64, hd: u64) {
+        let (tok, e, hl, kvl) = (self.tok, self.e, self.heads_local, self.kv_local);
+        let mut scores = Op::new("attn_scores", OpKind::BatchMatmul);
+        let bh = self.b * hl;
+        // With context parallelism the local queries meet the whole sequence's keys (the
+        // K/V blocks of the other ranks arrive by the cp exchange).
+        let (sq, sk) = (self.s, self.s_kv);
+        let sf = 2.0 * (bh * sq * sk * hd) as f64;
+        scores.dims = [bh, sq, sk, hd];
+        scores.fwd_flops = Flops(sf);
+        scores.bwd_flops = Flops(2.0 * sf);
+        scores.fwd_bytes = Bytes((2 * tok * qd + bh * sq * sk) * e);
+        scores.bwd_bytes = Bytes(2 * (2 * tok * qd + bh * sq * sk) * e);
+        scores.saved = Bytes(tok * (qd + kvl) * e); // Q and K
+        scores.selective = true;
+        scores.attention_core = true;
+        let (scores_fwd_bytes, scores_bwd_bytes) = (scores.fwd_bytes, scores.bwd_bytes);
+        ops.push(scores);
+        let probs = bh * sq * sk;
+        let mut sm = self.elementwise("softmax", OpKind::Softmax, probs, 5.0, Bytes(probs * e));
+        sm.selective = true;
+        sm.selective_drop = sm.saved;
+        sm.attention_core = true;
+        ops.push(sm);
+        if self.dropout {
+            // mask (1 byte) + dropped probabilities (the input of P·V)
+            let mut dr = self.elementwise(
+                "attn_dropout",
+                OpKind::Dropout,
+                probs,
+                2.0,
+                Bytes(probs + probs * e),
+            );
+            dr.selective = true;
+            dr.selective_drop = dr.saved;
+            dr.attention_core = true;
+            ops.push(dr);
+        }
+        let mut ctx = Op::new("attn_context", OpKind::BatchMatmul);
+        ctx.dims = [bh, sq, hd, sk];
+        ctx.fwd_flops = Flops(sf);
+        ctx.bwd_flops = Flops(2.0 * sf);
+        ctx.fwd_bytes = scores_fwd_bytes;
+        ctx.bwd_bytes = scores_bwd_bytes;
+        ctx.saved = Bytes(tok * kvl * e); // V
+        ctx.selective = true;
+        ctx.attention_core = true;
+        ops.push(ctx);
+    }
+
+    /// The attention core as one fused kernel (FlashAttention; Dao 2023, "FlashAttention-2",
+    /// §3 and §4.1). Causal: the blocks wholly above the diagonal are skipped, so the forward
+    /// runs half of the full `4·b·heads·s_q·s_kv·head_dim` FLOPs (FlashAttention-2's own
+    /// count; ASSUMPTION: every model here is a causal decoder). The backward runs 2.5× the
+    /// forward: five matrix products (the recomputed QKᵀ, dV, dP, dQ, dK) for the forward's
+    /// two. Memory traffic is Q, K, V, the output, their gradients and the log-sum-exp; no
+    /// s×s matrix reaches memory. It keeps Q, K, V and the log-sum-exp per row (fp32) for
+    /// backward; the output is the kept input of the projection after it, and the dropout
+    /// mask is regenerated from the RNG state. Nothing is left for selective recompute.
+    fn flash_attention(&self, qd: u64, hd: u64) -> Op {
+        let (tok, e, kvl) = (self.tok, self.e, self.kv_local);
+        let bh = self.b * self.heads_local;
+        let (sq, sk) = (self.s, self.s_kv);
+        let mut o = Op::new("flash_attention", OpKind::FlashAttention);
+        o.dims = [bh, sq, sk, hd];
+        let full = 4.0 * (bh * sq * sk * hd) as f64;
+        o.fwd_flops = Flops(full / 2.0);
+        o.bwd_flops = Flops(2.5 * o.fwd_flops.0);
+        let q_o = 2 * tok * qd * e; // Q in, O out
+        let kv = 2 * self.b * sk * kvl * e; // K and V over the whole sequence
+        let lse = bh * sq * 4;
+        o.fwd_bytes = Bytes(q_o + kv + lse);
+        // Reads Q, K, V, O, dO and the log-sum-exp; writes dQ, dK, dV.
+        o.bwd_bytes = Bytes(2 * q_o + 2 * kv + lse);
+        o.saved = Bytes(tok * (qd + 2 * kvl) * e + lse);
+        o.attention_core = true;
+        o
     }
 
     fn embedding(&self) -> Vec<Op> {
@@ -644,6 +771,84 @@ mod tests {
                 "selective b{b} t{t} sp{sp}"
             );
         }
+    }
+
+    #[test]
+    fn flash_attention_keeps_no_s_squared_term() {
+        // Korthikanti et al. 2022's accounting without the 5·a·s/h term (scores, softmax,
+        // dropout mask and output), plus the log-sum-exp: 4 bytes per row per head.
+        let m = ModelConfig::preset("gpt3-175b")
+            .unwrap()
+            .with_seq_len(2048)
+            .unwrap();
+        let m = ModelConfig { dropout: 0.1, ..m };
+        let (s, a) = (m.seq_len as f64, m.heads as f64);
+        for (b, t, sp) in [(1, 1, false), (2, 8, false), (1, 8, true), (4, 4, true)] {
+            let sh = shape(b, t, sp).with_attention(Attention::Flash);
+            let tot = totals(&part_ops(&m, Part::Block, sh));
+            let lse = 4.0 * a * s * f64::from(b) / f64::from(t);
+            let want = korthikanti(&m, b, t, sp, true) + lse;
+            assert!(
+                (tot.saved.as_f64() - want).abs() / want < 1e-9,
+                "b{b} t{t} sp{sp}: {} vs {want}",
+                tot.saved.0
+            );
+            // Selective recompute has nothing to drop and nothing to re-run.
+            assert_eq!(tot.saved_selective, Bytes(0));
+            assert_eq!(tot.selective_fwd_flops, Flops(0.0));
+            // The materialised layer keeps the 5·a·s/h term on top.
+            let mat = totals(&part_ops(&m, Part::Block, shape(b, t, sp)));
+            let s2 = 5.0 * a * s * s * f64::from(b) / f64::from(t);
+            assert!((mat.saved.as_f64() - (tot.saved.as_f64() - lse + s2)).abs() < 1.0);
+        }
+    }
+
+    #[test]
+    fn flash_attention_is_one_causal_kernel_with_a_two_and_a_half_times_backward() {
+        let m = ModelConfig::preset("gpt3-175b")
+            .unwrap()
+            .with_seq_len(2048)
+            .unwrap();
+        let m = ModelConfig { dropout: 0.1, ..m };
+        let sh = shape(2, 8, false);
+        let flash = part_ops(&m, Part::Block, sh.with_attention(Attention::Flash));
+        let core: Vec<&Op> = flash.iter().filter(|o| o.attention_core).collect();
+        assert_eq!(core.len(), 1);
+        let fa = core[0];
+        assert_eq!(fa.kind, OpKind::FlashAttention);
+        // FlashAttention-2 §4.1: forward 4·s²·head_dim·heads per sequence, halved by the
+        // causal mask; backward 2.5× the forward (five matmuls for two).
+        let (b, s, hd, heads) = (2.0, 2048.0, 128.0, 96.0 / 8.0);
+        let fwd = 4.0 * b * s * s * hd * heads / 2.0;
+        assert!((fa.fwd_flops.0 - fwd).abs() / fwd < 1e-12);
+        assert!((fa.bwd_flops.0 - 2.5 * fa.fwd_flops.0).abs() < 1.0);
+        // No memory-bound softmax or dropout over the scores, no s×s traffic.
+        assert!(!flash
+            .iter()
+            .any(|o| matches!(o.name, "softmax" | "attn_dropout")));
+        assert!(fa.fwd_bytes.as_f64() < b * heads * s * s);
+        // The materialised core: four ops, all attention core, 2× backward.
+        let mat = part_ops(&m, Part::Block, sh);
+        let core: Vec<&Op> = mat.iter().filter(|o| o.attention_core).collect();
+        assert_eq!(core.len(), 4);
+        assert!(core.iter().all(|o| o.selective));
+        // Everything else is the same op for op.
+        let rest =
+            |ops: &[Op]| -> Vec<Op> { ops.iter().filter(|o| !o.attention_core).cloned().collect() };
+        assert_eq!(rest(&flash), rest(&mat));
+    }
+
+    #[test]
+    fn attention_names_parse() {
+        for a in Attention::ALL {
+            assert_eq!(a.to_string().parse::<Attention>().unwrap(), a);
+        }
+        assert_eq!(
+            " Materialized ".parse::<Attention>().unwrap(),
+            Attention::Materialised
+        );
+        assert!("fused".parse::<Attention>().unwrap_err().contains("flash"));
+        assert_eq!(Attention::default(), Attention::Materialised);
     }
 
     #[test]

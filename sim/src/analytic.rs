@@ -168,7 +168,7 @@ impl CostModel for Analytic {
                     for o in ops {
                         let f = cost.forward(o);
                         let b = cost.backward(o);
-                        if o.selective {
+                        if o.attention_core {
                             attn_f += f * slow;
                             attn_b += b * slow;
                         }
@@ -198,7 +198,7 @@ impl CostModel for Analytic {
                         }
                     }
                     if is_layer && s.cp > 1 {
-                        let recompute = s.remat != Remat::None;
+                        let recompute = s.recomputes_attention();
                         let x = cp_exposed(plan, attn_f, attn_b, recompute, cp_bw, cp_a);
                         t += x;
                         bwd += x;

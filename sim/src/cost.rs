@@ -7,6 +7,11 @@
 //! slower. The parameters live in one calibration file per hardware family
 //! (`sim/calibration/*.toml`), each with its reasoning.
 //!
+//! Attention: materialised, the scores and context are batched matmuls on the `batch_matmul`
+//! curve and the softmax and dropout over the `heads·s·s` scores are memory-bound ops; flash,
+//! the one fused kernel runs at the family's `flash_attention` fraction of the matmul peak
+//! (a published kernel efficiency, cited in each file) with no memory-bound pass over scores.
+//!
 //! fp8 (Transformer Engine's recipe, [`pangu_strategies::fp8`]): the transformer layers'
 //! linear GEMMs run at the chip's fp8 peak on fp8 operands, plus the memory-bound casts of
 //! their inputs (forward) and output gradients (backward); everything else at the bf16 peak.
@@ -50,6 +55,9 @@ pub struct Calibration {
     pub matmul: Curve,
     /// Batched matmuls (attention).
     pub batch_matmul: Curve,
+    /// The fused attention kernel's fraction of the matmul peak (FlashAttention; its FLOPs
+    /// are counted as FlashAttention-2 counts them, causal half and 2.5× backward).
+    pub flash_attention: f64,
     /// Fraction of HBM bandwidth element-wise ops achieve.
     pub memory_efficiency: f64,
     /// Fixed cost per op (launch, dispatch).
@@ -97,6 +105,7 @@ impl Calibration {
         for (field, v) in [
             ("matmul.max_efficiency", c.matmul.max_efficiency),
             ("batch_matmul.max_efficiency", c.batch_matmul.max_efficiency),
+            ("flash_attention", c.flash_attention),
             ("memory_efficiency", c.memory_efficiency),
             ("link_efficiency", c.link_efficiency),
         ] {
@@ -187,6 +196,8 @@ impl CostModel {
                 .cal
                 .batch_matmul
                 .efficiency(op.dims[1], op.dims[2], op.dims[3]),
+            // One fused kernel: compute-bound at its own measured fraction of the peak.
+            OpKind::FlashAttention => self.cal.flash_attention,
             _ => 0.0,
         };
         let t_flops = if eff > 0.0 {
@@ -299,5 +310,42 @@ mod tests {
         let t = cm.forward(ln) - 4e-6;
         let mem = ln.fwd_bytes.as_f64() / (2039e9 * 0.85);
         assert!((t - mem).abs() / mem < 1e-9);
+    }
+
+    #[test]
+    fn flash_attention_is_one_compute_bound_kernel_at_its_own_efficiency() {
+        use pangu_model::ops::Attention;
+        let cluster = pangu_hardware::Cluster::from_name("dgx-a100-80g:8").unwrap();
+        let cal = Calibration::family("a100").unwrap();
+        let eff = cal.flash_attention;
+        let cm = CostModel::new(&cluster.spec.chip, Precision::Bf16, cal).unwrap();
+        let m = ModelConfig::preset("mpt-7b")
+            .unwrap()
+            .with_seq_len(2048)
+            .unwrap();
+        let sh = OpShape::new(6, 1, false, 2);
+        let flash = part_ops(&m, Part::Block, sh.with_attention(Attention::Flash));
+        let fa = flash.iter().find(|o| o.attention_core).unwrap();
+        let fwd = cm.forward(fa) - 4e-6;
+        let bwd = cm.backward(fa) - 4e-6;
+        // FLOPs at the family's kernel efficiency of the bf16 peak; the backward is 2.5×.
+        let want = fa.fwd_flops.0 / (312e12 * eff);
+        assert!((fwd - want).abs() / want < 1e-9, "{fwd} vs {want}");
+        assert!((bwd / fwd - 2.5).abs() < 1e-9);
+        // The materialised core of the same layer costs more: its softmax alone is a
+        // memory-bound pass over the b·heads·s² probabilities.
+        let mat = part_ops(&m, Part::Block, sh);
+        let core = |ops: &[Op]| -> f64 {
+            ops.iter()
+                .filter(|o| o.attention_core)
+                .map(|o| cm.forward(o) + cm.backward(o))
+                .sum()
+        };
+        assert!(
+            core(&mat) > core(&flash),
+            "{} vs {}",
+            core(&mat),
+            core(&flash)
+        );
     }
 }

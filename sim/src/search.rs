@@ -115,6 +115,15 @@ pub fn search_by(
             r.of += m.of;
         }
     }
+    // The attention kernel is the run's, not a search dimension: the user's strategy's,
+    // else the chip's default.
+    let attention = own.map_or_else(
+        || pangu_strategies::default_attention(&cluster.spec.chip).0,
+        |o| o.attention,
+    );
+    for s in &mut all {
+        s.attention = attention;
+    }
     if let Some(o) = own.filter(|o| space.admits(o)) {
         if !all.contains(o) {
             all.push(o.clone());

@@ -154,7 +154,12 @@ pub fn resolve_inputs(
             notes.push(format!("strategy: {}'s reference ({})", model.name, r.note));
         }
     }
-    let merged = base.overlay(user);
+    let mut merged = base.overlay(user);
+    if merged.attention.is_none() {
+        let (attention, why) = crate::strategy::default_attention(&cluster.spec.chip);
+        merged.attention = Some(attention);
+        notes.push(why);
+    }
     let shape = run_shape(model, user)?;
     let model = model
         .with_seq_len(shape.seq_len)

@@ -426,7 +426,7 @@ impl Builder<'_> {
         let cp = self.plan.strategy.cp > 1;
         let mut attn: Option<(f64, f64)> = None;
         for op in order {
-            if cp && op.selective {
+            if cp && op.attention_core {
                 let (t, f) = if backward {
                     (self.cost.backward(op), op.bwd_flops.0)
                 } else {

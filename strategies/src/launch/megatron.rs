@@ -5,7 +5,7 @@
 
 use super::args::Args;
 use super::error::{precision_of, unmodelled, Launch, LaunchError};
-use crate::strategy::{OptShard, Precision, Remat, ScheduleKind, StrategySpec};
+use crate::strategy::{Attention, OptShard, Precision, Remat, ScheduleKind, StrategySpec};
 
 /// Megatron-LM's default `--make-vocab-size-divisible-by`.
 const MEGATRON_VOCAB_DIVISOR: u32 = 128;
@@ -52,6 +52,7 @@ pub(super) fn parse(line: &str) -> Result<Launch, LaunchError> {
             .unwrap_or(MEGATRON_VOCAB_DIVISOR),
     );
     spec.seq_len = a.num("seq-length")?;
+    spec.attention = attention(&mut a, &mut notes)?;
     let model = super::megatron_model::build(&mut a, layers, &spec, &mut notes)?;
     noted_only(&mut a, &mut notes)?;
     Ok(Launch {
@@ -304,20 +305,75 @@ fn recompute(
     }
 }
 
+/// The attention kernel: Megatron-LM's `--use-flash-attn` (and Megatron-DeepSpeed's
+/// `--use-flash-attn-v1/-v2/-triton`) and Megatron-core's `--attention-backend` (its
+/// `AttnBackend` enum, megatron/core/transformer/enums.py). `flash` is FlashAttention and
+/// `fused` cuDNN's fused attention through Transformer Engine, both flash-style kernels that
+/// keep no s×s matrix; `auto` lets Transformer Engine pick one of them where the shape allows
+/// (on sm80+); `unfused` (Transformer Engine's) and `local` (Megatron's own, with its fused
+/// softmax) write the scores and keep them. Unset: the chip's default.
+fn attention(a: &mut Args, notes: &mut Vec<String>) -> Result<Option<Attention>, LaunchError> {
+    let flash_flags: Vec<&str> = [
+        "use-flash-attn",
+        "use-flash-attn-v1",
+        "use-flash-attn-v2",
+        "use-flash-attn-triton",
+    ]
+    .into_iter()
+    .filter(|f| a.flag(f))
+    .collect();
+    let flag = flash_flags.first().map(|f| format!("--{f}"));
+    let backend = match a.text("attention-backend")? {
+        None => None,
+        Some((arg, v)) => {
+            let (kind, how) = match v.as_str() {
+                "flash" => (Attention::Flash, "FlashAttention"),
+                "fused" => (
+                    Attention::Flash,
+                    "cuDNN's fused attention (Transformer Engine), a flash-style kernel",
+                ),
+                "auto" => (
+                    Attention::Flash,
+                    "Transformer Engine picks FlashAttention or cuDNN's fused attention where the shape allows",
+                ),
+                "unfused" => (
+                    Attention::Materialised,
+                    "Transformer Engine's unfused attention: the scores are written and kept",
+                ),
+                "local" => (
+                    Attention::Materialised,
+                    "Megatron's own attention (a fused softmax, the scores written and kept)",
+                ),
+                _ => {
+                    return Err(LaunchError::BadValue {
+                        argument: arg,
+                        value: v,
+                        expected: "flash, fused, unfused, local or auto (Megatron-core's AttnBackend)"
+                            .into(),
+                    })
+                }
+            };
+            notes.push(format!("{arg} {v}: attention {kind} ({how})"));
+            Some((arg, v, kind))
+        }
+    };
+    match (flag, backend) {
+        (Some(f), Some((arg, v, Attention::Materialised))) => Err(LaunchError::Incomplete(
+            format!("{f} and {arg} {v} disagree on the attention kernel; keep one"),
+        )),
+        (_, Some((_, _, kind))) => Ok(Some(kind)),
+        (Some(f), None) => {
+            notes.push(format!(
+                "{f}: attention flash (a fused kernel that keeps no s×s scores)"
+            ));
+            Ok(Some(Attention::Flash))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
 /// Arguments read and reported but not modelled.
 fn noted_only(a: &mut Args, notes: &mut Vec<String>) -> Result<(), LaunchError> {
-    if a.flag("use-flash-attn") {
-        notes.push(
-            "--use-flash-attn: noted, not modelled: attention is priced as its unfused \
-             matrix products and softmax"
-                .into(),
-        );
-    }
-    if let Some((arg, v)) = a.text("attention-backend")? {
-        notes.push(format!(
-            "{arg} {v}: noted, not modelled: attention is priced as its unfused matrix products and softmax"
-        ));
-    }
     if a.flag("tp-comm-overlap") {
         notes.push(
             "--tp-comm-overlap: noted, not modelled: tensor-parallel collectives do not \

@@ -130,6 +130,7 @@ impl Launch {
         put("remat", s.remat.map(|v| v.to_string()));
         put("seq-parallel", s.seq_parallel.map(|v| v.to_string()));
         put("precision", s.precision.map(|v| v.to_string()));
+        put("attention", s.attention.map(|v| v.to_string()));
         put(
             "vocab-divisible-by",
             s.vocab_divisible_by.map(|v| v.to_string()),

@@ -198,3 +198,45 @@ fn combining_checks_agreement() {
         "{s:?}"
     );
 }
+
+#[test]
+fn the_attention_kernel_comes_from_flash_flags_and_the_backend() {
+    use crate::strategy::Attention;
+    let kind = |extra: &str| {
+        Launch::from_megatron(&format!("{SHAPE} {extra}"))
+            .unwrap()
+            .spec
+            .attention
+    };
+    assert_eq!(kind(""), None);
+    for flash in [
+        "--use-flash-attn",
+        "--use-flash-attn-v2",
+        "--use-flash-attn-triton",
+        "--attention-backend flash",
+        "--attention-backend fused",
+        "--attention-backend auto",
+        "--use-flash-attn --attention-backend flash",
+    ] {
+        assert_eq!(kind(flash), Some(Attention::Flash), "{flash}");
+    }
+    for unfused in ["--attention-backend unfused", "--attention-backend local"] {
+        assert_eq!(kind(unfused), Some(Attention::Materialised), "{unfused}");
+    }
+    let l = Launch::from_megatron(&format!("{SHAPE} --use-flash-attn")).unwrap();
+    assert!(l
+        .notes
+        .iter()
+        .any(|n| n.starts_with("--use-flash-attn: attention flash")));
+    assert!(l.pangu_flags().contains("--attention flash"));
+    assert!(!l.ignored.iter().any(|i| i.contains("flash")));
+    let e = err(&format!("{SHAPE} --attention-backend sdpa"));
+    assert!(
+        e.contains("--attention-backend") && e.contains("unfused"),
+        "{e}"
+    );
+    let e = err(&format!(
+        "{SHAPE} --use-flash-attn --attention-backend unfused"
+    ));
+    assert!(e.contains("disagree"), "{e}");
+}

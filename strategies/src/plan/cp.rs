@@ -12,7 +12,7 @@ use pangu_hardware::Bytes;
 use super::comm::{Row, Table};
 use super::Plan;
 use crate::collective::{CollectiveGroup, GroupKind, KvExchange};
-use crate::strategy::{Axis, CpComm, Remat};
+use crate::strategy::{Axis, CpComm};
 
 /// The two of the sequence's `2·cp` chunks that context-parallel rank `rank` holds, in the
 /// order its tokens lie in its buffers: chunk `rank`, then chunk `2·cp − 1 − rank` (causal
@@ -60,7 +60,7 @@ impl Plan {
     /// Whether a remat setting re-runs the attention forward (and so its K/V exchange) in
     /// backward: full and grouped remat re-run the layer, selective the attention core.
     fn recomputes_attention(&self) -> bool {
-        !matches!(self.strategy.remat, Remat::None)
+        self.strategy.recomputes_attention()
     }
 
     /// Communication buffers of context parallelism per device: the ring keeps two K/V

@@ -3,7 +3,7 @@
 use pangu_hardware::Bytes;
 
 use super::Plan;
-use crate::strategy::{OptShard, Remat, Strategy};
+use crate::strategy::{Attention, OptShard, Remat, Strategy};
 use crate::PlanError;
 
 impl Plan {
@@ -55,11 +55,22 @@ impl Plan {
                 },
             ));
         }
-        if s.remat == Remat::None {
+        // With a fused attention kernel there is nothing for selective recompute to drop.
+        if s.remat == Remat::None && s.attention == Attention::Materialised {
             cands.push((
                 "--remat selective".into(),
                 Strategy {
                     remat: Remat::Selective,
+                    ..s.clone()
+                },
+            ));
+        }
+        // Only where the chip's stack has the fused kernel (a what-if elsewhere, not a fix).
+        if s.attention == Attention::Materialised && self.cluster.spec.chip.fused_attention {
+            cands.push((
+                "--attention flash".into(),
+                Strategy {
+                    attention: Attention::Flash,
                     ..s.clone()
                 },
             ));

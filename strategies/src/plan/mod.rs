@@ -15,7 +15,7 @@ use crate::fp8;
 use crate::memory::{self, MemoryBreakdown};
 use crate::mesh::Mesh;
 use crate::schedule::{self, Schedule};
-use crate::strategy::{Axis, OptShard, Precision, Remat, Strategy};
+use crate::strategy::{Attention, Axis, OptShard, Precision, Remat, Strategy};
 use crate::PlanError;
 
 mod buckets;
@@ -158,6 +158,7 @@ impl Plan {
             seq_parallel: s.seq_parallel,
             act_bytes,
             cp: s.cp.max(1),
+            attention: s.attention,
         };
         // The op graph is the padded model's: the padding's rows are computed and stored.
         let padded_vocab = s.padded_vocab(model.vocab);
@@ -182,6 +183,14 @@ impl Plan {
             fp8::save_inputs_in_fp8(&mut ops.query, act);
         }
         let mut notes = Vec::new();
+        if s.remat == Remat::Selective && s.attention == Attention::Flash {
+            notes.push(
+                "remat selective with flash attention: the fused kernel keeps no s×s activations \
+                 and recomputes the scores in its own backward, so selective recompute drops and \
+                 re-runs nothing (as remat none)"
+                    .to_string(),
+            );
+        }
         if padded_vocab != model.vocab {
             notes.push(format!(
                 "vocabulary {} padded to {padded_vocab} (a multiple of vocab_divisible_by {} × tp {}, as Megatron-LM pads it)",

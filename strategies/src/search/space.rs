@@ -563,6 +563,9 @@ impl SearchSpace {
                                         zero3_prefetch: Default::default(),
                                         collectives: Default::default(),
                                         vocab_divisible_by: self.vocab_divisible_by,
+                                        // Not a search dimension: the search sets the
+                                        // run's kernel (the user's, else the chip's).
+                                        attention: Default::default(),
                                     });
                                 }
                             }

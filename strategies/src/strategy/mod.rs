@@ -13,7 +13,7 @@
 //!   unless given. An inherited micro-batch size that does not divide the per-replica batch is
 //!   lowered to the largest one that does (and the plan says so); given values never change.
 
-use pangu_hardware::Bytes;
+use pangu_hardware::{Bytes, ChipSpec};
 use pangu_model::ModelConfig;
 use serde::{Deserialize, Serialize};
 
@@ -27,6 +27,7 @@ pub use kinds::{
     Axis, BackwardPrefetch, CpComm, GatherPrecision, OptShard, Precision, RankOrder, Remat,
     ScheduleKind,
 };
+pub use pangu_model::ops::Attention;
 pub use resolve::resolve;
 
 /// A strategy as written in a TOML file or on the command line: every field optional.
@@ -102,6 +103,10 @@ pub struct StrategySpec {
     /// `--make-vocab-size-divisible-by`; default 128, 1 pads only to a multiple of tp).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vocab_divisible_by: Option<u32>,
+    /// The attention kernel: `flash` (fused, no s×s matrix kept) or `materialised`
+    /// (default: the chip's, [`default_attention`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attention: Option<Attention>,
 }
 
 impl StrategySpec {
@@ -156,7 +161,8 @@ impl StrategySpec {
             grad_bucket,
             zero3_gather,
             zero3_prefetch,
-            vocab_divisible_by
+            vocab_divisible_by,
+            attention
         )
     }
 }
@@ -216,6 +222,47 @@ pub struct Strategy {
         skip_serializing_if = "is_default_vocab_divisor"
     )]
     pub vocab_divisible_by: u32,
+    /// The attention kernel (absent in files written before the key: materialised, what the
+    /// op graph assumed then).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub attention: Attention,
+}
+
+/// The default of the `attention` key for a chip, with the reason. Today it is `materialised`
+/// on every chip, including those whose training stacks fuse attention:
+///
+/// - Which stacks fuse it is a fact of the chip preset (`ChipSpec::fused_attention`, cited
+///   there): NVIDIA A100, H100, H200, B200, GB200 (FlashAttention, Dao et al. 2022/2023, the
+///   default of Megatron-core, NeMo, llm-foundry and torchtitan on sm80+ since 2023) and Ascend
+///   910B/910C (CANN's FlashAttentionScore, run by MindSpeed); not the Ascend 910 (PanGu-α's
+///   2021 MindSpore code runs BatchMatMul, Softmax and Dropout apart), the V100 (no
+///   FlashAttention for sm70) or the CPU executor.
+/// - The default does not follow that fact yet, because the A100 and H100 matmul plateaus of
+///   `sim/calibration` were fitted to the validation rows while every row was priced with the
+///   materialised ops: pricing those rows with the fused kernel makes them 7-27 % faster and
+///   the verified rows miss the gate (median 7.1 %, worst 27.3 %; docs/validation.md). Until
+///   the plateaus are re-derived from GEMM microbenchmarks instead, `--attention flash` is the
+///   user's explicit choice, and the note says which chips would normally run it.
+pub fn default_attention(chip: &ChipSpec) -> (Attention, String) {
+    let why = if chip.fused_attention {
+        format!(
+            "attention materialised (the default on every chip for now): {}'s training stacks \
+             usually fuse attention into one kernel that keeps no s×s matrix (FlashAttention; \
+             CANN's FlashAttentionScore on Ascend 910B/910C): pass --attention flash to price it; \
+             it is not the default while the calibration was fitted with materialised attention \
+             (docs/validation.md)",
+            chip.name
+        )
+    } else {
+        format!(
+            "attention materialised: {}'s stack has no fused attention kernel (PanGu-α's 2021 \
+             MindSpore code on the Ascend 910 runs BatchMatMul, Softmax and Dropout apart; \
+             FlashAttention needs sm80+, not the V100), so the heads·s·s scores are written and \
+             kept; --attention flash prices a fused kernel instead",
+            chip.name
+        )
+    };
+    (Attention::Materialised, why)
 }
 
 /// Megatron-LM's default `--make-vocab-size-divisible-by`.
@@ -268,6 +315,7 @@ impl Strategy {
             collectives: (!self.collectives.is_auto())
                 .then(|| CollectivesSpec::from_resolved(&self.collectives)),
             vocab_divisible_by: Some(self.vocab_divisible_by),
+            attention: Some(self.attention),
         }
     }
 
@@ -276,6 +324,17 @@ impl Strategy {
     pub fn padded_vocab(&self, vocab: u32) -> u32 {
         let multiple = u64::from(self.vocab_divisible_by.max(1)) * u64::from(self.tp.max(1));
         (u64::from(vocab).div_ceil(multiple) * multiple).min(u64::from(u32::MAX)) as u32
+    }
+
+    /// Whether backward re-runs the attention core's forward: full and grouped remat re-run
+    /// the whole layer, selective the materialised core; a fused kernel leaves selective
+    /// nothing to re-run (it recomputes the scores inside its own backward).
+    pub fn recomputes_attention(&self) -> bool {
+        match self.remat {
+            Remat::None => false,
+            Remat::Selective => self.attention == Attention::Materialised,
+            Remat::Full | Remat::Every(_) => true,
+        }
     }
 
     /// Ranks of a gradient-reduction (and optimizer-sharding) group: dp·cp, since the
@@ -294,7 +353,8 @@ impl Strategy {
         }
     }
 
-    /// One-line summary, e.g. `dp16 tp8 pp16 mb32x1 1f1b mindspore remat=full`.
+    /// One-line summary, e.g. `dp16 tp8 pp16 mb32x1 1f1b mindspore remat=full`; ` flash` when
+    /// the attention is fused.
     pub fn summary(&self) -> String {
         let zero3 = if self.opt_shard == OptShard::Zero3 {
             format!(
@@ -319,7 +379,7 @@ impl Strategy {
             (c, comm) => format!(" cp{c}({comm})"),
         };
         format!(
-            "dp{} tp{} pp{}{cp} mb{}x{} {} opt={}{zero3} remat={}{}{}{}",
+            "dp{} tp{} pp{}{cp} mb{}x{} {} opt={}{zero3} remat={}{}{}{}{}",
             self.dp,
             self.tp,
             self.pp,
@@ -329,6 +389,11 @@ impl Strategy {
             self.opt_shard,
             self.remat,
             if self.seq_parallel { " sp" } else { "" },
+            if self.attention == Attention::Flash {
+                " flash"
+            } else {
+                ""
+            },
             if self.rank_order == RankOrder::PANGU {
                 String::new()
             } else {

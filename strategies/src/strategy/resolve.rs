@@ -8,7 +8,9 @@ use super::{
 use crate::PlanError;
 
 /// Resolves a spec (already overlaid on the reference) for a model's global batch and a
-/// cluster size. Returns the strategy and notes on values that were derived.
+/// cluster size. Returns the strategy and notes on values that were derived. An unset
+/// `attention` resolves to `materialised`: callers that know the chip fill it first with
+/// [`super::default_attention`] ([`crate::resolve_inputs`] does).
 pub fn resolve(
     spec: &StrategySpec,
     user: &StrategySpec,
@@ -52,6 +54,7 @@ pub fn resolve(
         zero3_gather: spec.zero3_gather.unwrap_or_default(),
         zero3_prefetch: spec.zero3_prefetch.unwrap_or_default(),
         collectives: spec.collectives.unwrap_or_default().resolve(),
+        attention: spec.attention.unwrap_or_default(),
         vocab_divisible_by: match spec.vocab_divisible_by {
             Some(0) => {
                 return Err(PlanError::TensorParallel(
