@@ -4,9 +4,12 @@
 
 #![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use common::trainer_files;
 use serde_json::Value;
 
 /// Runs `pangu` in the repository root (the examples' and data's paths are relative to it).
@@ -267,30 +270,10 @@ fn models_and_clusters_json() {
     assert_eq!(out.status.code(), Some(2));
 }
 
-/// A tiny model file and a corpus slice (as cli.rs's trainer tests).
-fn trainer_inputs(dir: &Path) -> (String, String) {
-    let model = dir.join("model.toml");
-    std::fs::write(
-        &model,
-        "name = \"json-test\"\nlayers = 2\nhidden = 32\nheads = 2\nffn = 128\nvocab = 2500\nseq_len = 32\n\
-         query_layer = true\ndropout = 0.1\nglobal_batch = 4\n",
-    )
-    .unwrap();
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../data/zh_poetry_hans.txt"
-    ))
-    .unwrap();
-    let cut = text[..40_000].rfind("\n\n").unwrap() + 2;
-    let corpus = dir.join("corpus.txt");
-    std::fs::write(&corpus, &text[..cut]).unwrap();
-    (model.display().to_string(), corpus.display().to_string())
-}
-
 #[test]
 fn tokenizer_train_generate_json() {
     let dir = temp("train");
-    let (model, corpus) = trainer_inputs(&dir);
+    let (model, corpus) = trainer_files(&dir);
     let tok = dir.join("tok.json").display().to_string();
     let v = ok_json(&[
         "tokenizer",
@@ -379,32 +362,7 @@ fn tokenizer_train_generate_json() {
     assert!(v["tokens"].as_array().unwrap().len() <= 4);
     assert!(v["completion"].is_string());
 
-    let v = ok_json(&[
-        "train",
-        "--bench",
-        "--layers",
-        "1",
-        "--hidden",
-        "32",
-        "--heads",
-        "2",
-        "--seq",
-        "16",
-        "--vocab",
-        "100",
-        "--global-batch",
-        "2",
-        "--steps",
-        "2",
-        "--warmup",
-        "1",
-        "--threads",
-        "1",
-        "--json",
-    ]);
-    has_tool(&v);
-    assert_eq!(v["step_ms"].as_array().unwrap().len(), 2);
-    assert!(num(&v["tokens_per_s"]) > 0.0);
+    // `train --bench --json` (with its tool field): tests/train.rs.
     std::fs::remove_dir_all(&dir).ok();
 }
 
