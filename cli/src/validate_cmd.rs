@@ -78,23 +78,7 @@ pub(crate) fn run(args: &ValidateArgs) -> Result<()> {
                     .any(|id| r.get("row_id").is_some_and(|x| x == id))
         })
         .collect();
-    let sidecar = args.assumptions.clone().unwrap_or_else(|| {
-        let p = std::path::Path::new(&args.runs);
-        p.with_extension("assumptions.toml")
-            .to_string_lossy()
-            .into_owned()
-    });
-    let extra = match std::fs::read_to_string(&sidecar) {
-        Ok(t) => read_assumptions(&t, &sidecar)?,
-        Err(e) if args.assumptions.is_none() && e.kind() == std::io::ErrorKind::NotFound => {
-            Default::default()
-        }
-        Err(e) => {
-            return Err(anyhow::anyhow!(
-                "cannot read assumptions file {sidecar}: {e}"
-            ))
-        }
-    };
+    let extra = assumptions(args)?;
     // Progress on stderr, drawn only when it is a terminal (indicatif hides it otherwise).
     let bar = indicatif::ProgressBar::new(selected.len() as u64);
     // Rows are prepared (plans built) first, then simulated.
@@ -156,6 +140,26 @@ pub(crate) fn run(args: &ValidateArgs) -> Result<()> {
         return gate(args.max_median_error, vmed);
     }
     let mut out = String::new();
+    rows_text(&mut out, &results);
+    let f = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.3}"));
+    outln!(
+        out,
+        "all compared rows: median |error| {}, max {}",
+        f(med),
+        f(max)
+    );
+    outln!(out, "verified rows (the gate; Ascend rows calibrate and are excluded): median |error| {}, max {}", f(vmed), f(vmax));
+    ranking_section(&mut out, &groups);
+    if let Some(cv) = &cv {
+        cv_section(&mut out, cv);
+    }
+    emit(&out)?;
+    gate(args.max_median_error, vmed)
+}
+
+/// The text report's rows: the compared rows' table, then what each assumed or why it was
+/// skipped.
+fn rows_text(out: &mut String, results: &[RowResult]) {
     let mut rows_t = Vec::new();
     for r in results.iter().filter(|r| r.error.is_some()) {
         let (Some(m), Some(p), Some(q), Some(e)) = (r.metric, r.published, r.predicted, r.error)
@@ -192,7 +196,7 @@ pub(crate) fn run(args: &ValidateArgs) -> Result<()> {
             &rows_t
         )
     );
-    for r in &results {
+    for r in results {
         if !r.assumptions.is_empty() && r.error.is_some() {
             outln!(
                 out,
@@ -202,25 +206,35 @@ pub(crate) fn run(args: &ValidateArgs) -> Result<()> {
             );
         }
     }
-    for r in &results {
+    for r in results {
         if let Some(why) = &r.skipped {
             outln!(out, "skipped {}: {why}", r.row_id);
         }
     }
-    let f = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.3}"));
-    outln!(
-        out,
-        "all compared rows: median |error| {}, max {}",
-        f(med),
-        f(max)
-    );
-    outln!(out, "verified rows (the gate; Ascend rows calibrate and are excluded): median |error| {}, max {}", f(vmed), f(vmax));
-    ranking_section(&mut out, &groups);
-    if let Some(cv) = &cv {
-        cv_section(&mut out, cv);
-    }
-    emit(&out)?;
-    gate(args.max_median_error, vmed)
+}
+
+/// The per-row assumptions: `--assumptions FILE`, else `<runs>.assumptions.toml` beside the
+/// runs when it exists.
+fn assumptions(
+    args: &ValidateArgs,
+) -> Result<std::collections::HashMap<String, pangu_sim::validate::Assumption>> {
+    let sidecar = args.assumptions.clone().unwrap_or_else(|| {
+        let p = std::path::Path::new(&args.runs);
+        p.with_extension("assumptions.toml")
+            .to_string_lossy()
+            .into_owned()
+    });
+    Ok(match std::fs::read_to_string(&sidecar) {
+        Ok(t) => read_assumptions(&t, &sidecar)?,
+        Err(e) if args.assumptions.is_none() && e.kind() == std::io::ErrorKind::NotFound => {
+            Default::default()
+        }
+        Err(e) => {
+            return Err(anyhow::anyhow!(
+                "cannot read assumptions file {sidecar}: {e}"
+            ))
+        }
+    })
 }
 
 /// `--max-median-error`: the verified rows' median |error| against the threshold, if given.

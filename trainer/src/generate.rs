@@ -73,7 +73,9 @@ struct Scratch {
 }
 
 /// Runs token `tok` at the next position through the model, appending to the cache; returns
-/// the logits of the next token.
+/// the logits of the next token. One function (~160 lines) on purpose: it is the forward of
+/// one token through every block, in the order of the training forward it mirrors (see
+/// `model::layer`), with each block's scratch buffers borrowed once.
 pub fn step<'a>(
     model: &Model,
     p: &[f32],

@@ -385,6 +385,11 @@ impl Layout {
     }
 
     /// The layout of one device's `part` of `cfg`.
+    ///
+    /// Kept as one function (~170 lines) on purpose: it is the single list of the model's
+    /// tensors in buffer order, which the initialisation, the checkpoints and the optimizer
+    /// shards all depend on; cut into pieces, that order would be spread over several
+    /// functions sharing the offset counter.
     pub fn part(cfg: &ModelConfig, part: &Part) -> Result<Layout, TrainError> {
         let dims = Dims::checked(cfg, part)?;
         let (l, tp) = (dims.layers, part.tp);
