@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 
 use pangu_hardware::Cluster;
-use pangu_model::{FfnKind, ModelConfig, NormKind, PositionKind};
+use pangu_model::ModelConfig;
 use pangu_strategies::{OptShard, Plan, Precision, Remat, ScheduleKind, StrategySpec};
 use serde::Serialize;
 
@@ -27,6 +27,12 @@ pub mod crossval;
 mod ranking;
 
 pub use ranking::{rank_groups, spearman, GroupRanking};
+
+mod cells;
+mod shape;
+
+pub use cells::Row;
+use cells::{field, int, num};
 
 /// Which figure a row is compared on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -77,9 +83,6 @@ pub struct RowResult {
     pub group: String,
 }
 
-/// One CSV row: column name to value.
-pub type Row = HashMap<String, String>;
-
 /// Per-row values a CSV leaves unstated: strategy keys plus a `note` naming the source.
 #[derive(Debug, Clone, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -94,36 +97,6 @@ pub struct Assumption {
 /// Reads an assumptions file: a table per row id.
 pub fn read_assumptions(text: &str, source: &str) -> Result<HashMap<String, Assumption>, SimError> {
     toml::from_str(text).map_err(|e| SimError::Input(format!("{source}: {e}")))
-}
-
-fn field<'a>(r: &'a Row, k: &str) -> &'a str {
-    r.get(k).map_or("", |s| s.trim())
-}
-
-fn num(r: &Row, k: &str) -> Result<Option<f64>, String> {
-    let s = field(r, k);
-    if s.is_empty() {
-        return Ok(None);
-    }
-    // Leading number of e.g. "8 (op-level MP with optimizer sharding; 16 without)".
-    let end = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-' || c == 'e'))
-        .unwrap_or(s.len());
-    let v: f64 = s[..end]
-        .parse()
-        .map_err(|_| format!("column {k}: {s:?} is not a number"))?;
-    if !v.is_finite() {
-        return Err(format!("column {k}: {s:?} is not finite"));
-    }
-    Ok(Some(v))
-}
-
-fn int(r: &Row, k: &str) -> Result<Option<u32>, String> {
-    match num(r, k)? {
-        None => Ok(None),
-        Some(v) if v >= 0.0 && v.fract() == 0.0 && v <= f64::from(u32::MAX) => Ok(Some(v as u32)),
-        Some(v) => Err(format!("column {k}: {v} is not a whole number")),
-    }
 }
 
 fn derived(r: &Row, k: &str) -> bool {
@@ -190,8 +163,18 @@ fn cluster_preset(acc: &str) -> Option<&'static str> {
         Some("dgx-a100-80g")
     } else if a.contains("h100") {
         Some("dgx-h100")
+    } else if a.contains("h200") {
+        Some("dgx-h200")
+    } else if a.contains("gb200") {
+        Some("gb200-nvl72")
+    } else if a.contains("b200") {
+        Some("dgx-b200")
     } else if a.contains("v100") {
         Some("dgx2-v100")
+    } else if a.contains("910b") {
+        Some("ascend910b")
+    } else if a.contains("910c") || a.contains("cloudmatrix") {
+        Some("cloudmatrix384")
     } else if a.contains("ascend") {
         Some("ascend910")
     } else {
@@ -201,26 +184,10 @@ fn cluster_preset(acc: &str) -> Option<&'static str> {
 
 fn setup(r: &Row, extra: Option<&Assumption>) -> Result<Setup, String> {
     let mut assumptions = Vec::new();
-    let name = field(r, "model").to_string();
-    let (layers, hidden, heads) = match (int(r, "layers")?, int(r, "hidden")?, int(r, "heads")?) {
-        (Some(l), Some(h), Some(a)) => (l, h, a),
-        _ => return Err("model shape (layers, hidden, heads) not stated".into()),
-    };
     let seq = match int(r, "seq_len")? {
         Some(s) => s,
         None => return Err("sequence length not stated".into()),
     };
-    let vocab = int(r, "vocab")?.unwrap_or_else(|| {
-        assumptions.push("vocab 51200 (GPT-2 BPE padded, Megatron's default)".into());
-        51200
-    });
-    let ffn = int(r, "ffn")?.unwrap_or_else(|| {
-        assumptions.push(format!("ffn 4·hidden = {}", 4 * hidden));
-        4 * hidden
-    });
-    let lower = name.to_ascii_lowercase();
-    let pangu = lower.contains("pangu");
-    let mpt = lower.starts_with("mpt");
     let acc = field(r, "accelerator");
     let preset =
         cluster_preset(acc).ok_or_else(|| format!("no cluster preset for accelerator {acc:?}"))?;
@@ -228,9 +195,10 @@ fn setup(r: &Row, extra: Option<&Assumption>) -> Result<Setup, String> {
     let cluster = Cluster::from_name(&format!("{preset}:{chips}")).map_err(|e| e.to_string())?;
     let tp = int(r, "tp")?.unwrap_or(1);
     let pp = int(r, "pp")?.unwrap_or(1);
-    let dp = int(r, "dp")?.unwrap_or_else(|| chips / (tp * pp).max(1));
-    if int(r, "ep")?.is_some_and(|e| e > 1) || int(r, "cp")?.is_some_and(|c| c > 1) {
-        return Err("expert or context parallelism is not modelled".into());
+    let cp = int(r, "cp")?.unwrap_or(1).max(1);
+    let dp = int(r, "dp")?.unwrap_or_else(|| chips / (tp * pp * cp).max(1));
+    if int(r, "ep")?.is_some_and(|e| e > 1) {
+        return Err("expert parallelism is not modelled".into());
     }
     let vpp = int(r, "vpp")?.unwrap_or(1);
     let mb = int(r, "micro_batch")?.unwrap_or_else(|| {
@@ -263,36 +231,14 @@ fn setup(r: &Row, extra: Option<&Assumption>) -> Result<Setup, String> {
     } else {
         ScheduleKind::OneFOneB
     };
-    let model = ModelConfig {
-        name: name.clone(),
-        layers,
-        hidden,
-        heads,
-        kv_heads: int(r, "kv_heads")?,
-        ffn,
-        ffn_kind: FfnKind::Gelu,
-        vocab,
-        seq_len: seq,
-        max_positions: None,
-        query_layer: pangu,
-        tied_embeddings: true,
-        position: if mpt {
-            PositionKind::None
-        } else {
-            PositionKind::Learned
-        },
-        rope_theta: pangu_model::DEFAULT_ROPE_THETA,
-        norm: NormKind::Layernorm,
-        bias: !mpt,
-        dropout: 0.0,
-        global_batch: Some(gb),
-    };
+    let model = shape::model_of(r, seq, gb, &mut assumptions)?;
     model.validate().map_err(|e| e.to_string())?;
     let spec = StrategySpec {
         devices: Some(chips),
         dp: Some(dp),
         tp: Some(tp),
         pp: Some(pp),
+        cp: Some(cp),
         micro_batch_size: Some(mb),
         global_batch: Some(gb),
         schedule: Some(schedule),
