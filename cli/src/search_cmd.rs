@@ -420,17 +420,23 @@ fn search_table(args: &SearchArgs, inputs: &Inputs, found: &Found) -> String {
             .own_candidate()
             .filter(|c| !inputs.space.admits(&c.strategy))
             .map_or("", |_| " (outside the constrained space)");
+        // Like with like: simulated times when #1 was re-simulated, else analytic ones.
+        let mine = found.own_candidate().map_or(t, |c| c.fast_step_s);
+        let (yours, theirs, how) = match best.refined_step_s {
+            Some(b) => (t, b, "simulated"),
+            None => (mine, best.fast_step_s, "analytic"),
+        };
         outln!(
             out,
-            "your strategy ({sum}){outside}: {t:.3} s simulated; the best is {:.1} % faster",
-            (t / best.step_s() - 1.0) * 100.0
+            "your strategy ({sum}){outside}: {t:.3} s simulated; the best is {:.1} % faster ({how})",
+            (yours / theirs - 1.0) * 100.0
         );
-        if let Some(mine) = found.own_candidate() {
-            outln!(
-                out,
-                "#1 against yours (per device, #1 − yours): {}",
-                why(best, mine)
-            );
+        if let Some(diff) = found
+            .own_candidate()
+            .map(|mine| why(best, mine))
+            .filter(|d| !d.is_empty())
+        {
+            outln!(out, "#1 against yours (per device, #1 − yours): {diff}");
         }
     }
     let (model, chip) = (&inputs.model, &inputs.cluster.spec.chip);

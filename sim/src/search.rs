@@ -198,13 +198,16 @@ pub fn search_by(
     }
     progress("refined", k, k);
     // Refined candidates first (by simulated time, or their score), then the rest by analytic
-    // time (or score).
-    ranked.sort_by(|a, b| {
-        b.refined_step_s
-            .is_some()
-            .cmp(&a.refined_step_s.is_some())
-            .then_with(|| order(a, b))
-    });
+    // time (or score). Without refinement (`refine` 0) the analytic order stands: the user's
+    // strategy, simulated alone, is not ranked by a different measure than the others.
+    if k > 0 {
+        ranked.sort_by(|a, b| {
+            b.refined_step_s
+                .is_some()
+                .cmp(&a.refined_step_s.is_some())
+                .then_with(|| order(a, b))
+        });
+    }
     let n_refined = ranked.iter().filter(|c| c.refined_step_s.is_some()).count();
     let front = pareto(&ranked[..n_refined.max(1).min(ranked.len())]);
     let own = own.and_then(|o| {

@@ -107,3 +107,30 @@ fn the_users_strategy_is_simulated_even_outside_the_space() {
     assert!(ranked.refined_step_s.is_some());
     assert_eq!(r.own.unwrap().refined_step_s, ranked.refined_step_s);
 }
+
+#[test]
+fn without_refinement_the_analytic_order_stands_with_the_users_strategy_in_it() {
+    let (m, c) = inputs();
+    let spec = StrategySpec {
+        tp: Some(1),
+        dp: Some(8),
+        precision: Some(Precision::Fp16),
+        ..Default::default()
+    };
+    let own = resolve_inputs(&m, Some(c), &spec).unwrap().strategy;
+    let r = run(&SearchSpace::default(), 0, Some(&own));
+    // Only the user's strategy is simulated, and it keeps its analytic rank.
+    let refined: Vec<_> = r
+        .ranked
+        .iter()
+        .filter(|x| x.refined_step_s.is_some())
+        .collect();
+    assert_eq!(refined.len(), 1);
+    assert_eq!(refined[0].strategy, own);
+    assert!(
+        r.ranked
+            .windows(2)
+            .all(|w| w[0].fast_step_s <= w[1].fast_step_s),
+        "not in analytic order"
+    );
+}
