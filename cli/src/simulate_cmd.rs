@@ -38,7 +38,7 @@ pub(crate) struct SimulateArgs {
     #[arg(long)]
     pub full: bool,
     /// Faults of the step: a TOML file of stragglers and degraded or failed links (format:
-    /// README.md "Formats", example: examples/faults.toml).
+    /// docs/formats.md "Faults files", example: examples/faults.toml).
     #[arg(long, value_name = "FILE")]
     pub faults: Option<String>,
     /// A slow device, e.g. `--straggler 17=0.8` (device 17 at 80 % of nominal speed; the

@@ -439,7 +439,8 @@ fn megatron_gpt3_175b() {
         "layers = 96\nhidden = 12288\nheads = 96\nffn = 49152\nvocab = 50257\nseq_len = 2048\n\
          dropout = 0.1\nglobal_batch = 1536\n",
     );
-    let hand = "tp = 8\npp = 16\nmicro_batch_size = 1\nglobal_batch = 1536\nprecision = \"fp16\"\n";
+    let hand = "tp = 8\npp = 16\nmicro_batch_size = 1\nglobal_batch = 1536\nprecision = \"fp16\"\n\
+                attention = \"flash\"\n";
     assert_same(&l, None, "dgx-a100-80g:1024", &m, hand);
     assert!((l.model.as_ref().unwrap().params().total as f64 - 175e9).abs() / 175e9 < 0.01);
     for ignored in [
@@ -476,7 +477,8 @@ fn megatron_llama3_8b_and_its_fp8_variant() {
          vocab = 128257\nseq_len = 8192\ntied_embeddings = false\nposition = \"rotary\"\n\
          bias = false\nglobal_batch = 128\n",
     );
-    let hand = "tp = 1\nmicro_batch_size = 1\nglobal_batch = 128\nprecision = \"bf16\"\nopt_shard = \"zero1\"\n";
+    let hand = "tp = 1\nmicro_batch_size = 1\nglobal_batch = 128\nprecision = \"bf16\"\nopt_shard = \"zero1\"\n\
+                attention = \"flash\"\n";
     assert_same(&l, None, "dgx-h100:8", &m, hand);
     assert!(l.notes.iter().any(|n| n.contains("Megatron turns it off")));
     // The fp8 variant: Transformer Engine's linear layers in fp8, on an fp8 chip.
@@ -499,7 +501,7 @@ fn megatron_llama3_70b_block_recompute_and_rope_with_long_position_table() {
          norm = \"rmsnorm\"\nbias = false\nglobal_batch = 8\n",
     );
     let hand = "tp = 8\nmicro_batch_size = 1\nglobal_batch = 8\nprecision = \"bf16\"\n\
-                opt_shard = \"zero1\"\nremat = \"full\"\nseq_parallel = true\n";
+                opt_shard = \"zero1\"\nremat = \"full\"\nseq_parallel = true\nattention = \"flash\"\n";
     assert_same(&l, None, "dgx-h100:64", &m, hand);
     assert!(l.notes.iter().any(|n| n.contains("--use-flash-attn")));
 }
