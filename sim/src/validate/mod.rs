@@ -184,10 +184,7 @@ fn cluster_preset(acc: &str) -> Option<&'static str> {
 
 fn setup(r: &Row, extra: Option<&Assumption>) -> Result<Setup, String> {
     let mut assumptions = Vec::new();
-    let seq = match int(r, "seq_len")? {
-        Some(s) => s,
-        None => return Err("sequence length not stated".into()),
-    };
+    let mut model = shape::model_of(r, &mut assumptions)?;
     let acc = field(r, "accelerator");
     let preset =
         cluster_preset(acc).ok_or_else(|| format!("no cluster preset for accelerator {acc:?}"))?;
@@ -231,7 +228,7 @@ fn setup(r: &Row, extra: Option<&Assumption>) -> Result<Setup, String> {
     } else {
         ScheduleKind::OneFOneB
     };
-    let model = shape::model_of(r, seq, gb, &mut assumptions)?;
+    model.global_batch = Some(gb);
     model.validate().map_err(|e| e.to_string())?;
     let spec = StrategySpec {
         devices: Some(chips),
@@ -250,7 +247,6 @@ fn setup(r: &Row, extra: Option<&Assumption>) -> Result<Setup, String> {
     };
     let (metric, published) = metric_of(r)?;
     let mut spec = spec;
-    let mut model = model;
     if let Some(a) = extra {
         spec = spec.overlay(&a.spec);
         if let Some(g) = a.spec.global_batch {

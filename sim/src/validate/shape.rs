@@ -19,22 +19,15 @@ use super::cells::{field, int, Row};
 /// The architectures the `arch` column names.
 const ARCHES: &str = "gpt, pangu, mpt or llama";
 
-/// The row's model at its sequence length `seq` and global batch `gb`; what it assumes is
+/// The row's model at its `seq_len` (the global batch is the strategy's); what it assumes is
 /// pushed to `assumptions`.
-pub(super) fn model_of(
-    r: &Row,
-    seq: u32,
-    gb: u32,
-    assumptions: &mut Vec<String>,
-) -> Result<ModelConfig, String> {
+pub(super) fn model_of(r: &Row, assumptions: &mut Vec<String>) -> Result<ModelConfig, String> {
     let preset = field(r, "model_preset");
-    let mut model = if preset.is_empty() {
-        from_columns(r, seq, assumptions)?
+    if preset.is_empty() {
+        from_columns(r, assumptions)
     } else {
-        from_preset(r, preset, seq)?
-    };
-    model.global_batch = Some(gb);
-    Ok(model)
+        from_preset(r, preset, seq_len(r)?)
+    }
 }
 
 fn from_preset(r: &Row, preset: &str, seq: u32) -> Result<ModelConfig, String> {
@@ -56,12 +49,18 @@ fn from_preset(r: &Row, preset: &str, seq: u32) -> Result<ModelConfig, String> {
         .map_err(|e| format!("model_preset {preset:?} at seq_len {seq}: {e}"))
 }
 
-fn from_columns(r: &Row, seq: u32, assumptions: &mut Vec<String>) -> Result<ModelConfig, String> {
+/// The run's sequence length: a row without it cannot be modelled.
+fn seq_len(r: &Row) -> Result<u32, String> {
+    int(r, "seq_len")?.ok_or_else(|| "sequence length not stated".to_string())
+}
+
+fn from_columns(r: &Row, assumptions: &mut Vec<String>) -> Result<ModelConfig, String> {
     let name = field(r, "model").to_string();
     let (layers, hidden, heads) = match (int(r, "layers")?, int(r, "hidden")?, int(r, "heads")?) {
         (Some(l), Some(h), Some(a)) => (l, h, a),
         _ => return Err("model shape (layers, hidden, heads) not stated".into()),
     };
+    let seq = seq_len(r)?;
     let vocab = int(r, "vocab")?.unwrap_or_else(|| {
         assumptions.push("vocab 51200 (GPT-2 BPE padded, Megatron's default)".into());
         51200
