@@ -104,7 +104,7 @@ pub struct StrategySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vocab_divisible_by: Option<u32>,
     /// The attention kernel: `flash` (fused, no s×s matrix kept) or `materialised`
-    /// (default: the chip's, [`default_attention`]).
+    /// (default: [`default_attention`], materialised on every chip for now).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attention: Option<Attention>,
 }
