@@ -85,8 +85,8 @@ fn the_memory_fraction_removes_what_does_not_fit_in_it() {
     assert_eq!(r.ranked.len(), full.ranked.len() - over);
 }
 
-#[test]
-fn the_users_strategy_is_simulated_even_outside_the_space() {
+/// The user's strategy of these tests: dp 8, tp 1, fp16.
+fn pure_data_parallel() -> Strategy {
     let (m, c) = inputs();
     let spec = StrategySpec {
         tp: Some(1),
@@ -94,7 +94,12 @@ fn the_users_strategy_is_simulated_even_outside_the_space() {
         precision: Some(Precision::Fp16),
         ..Default::default()
     };
-    let own = resolve_inputs(&m, Some(c), &spec).unwrap().strategy;
+    resolve_inputs(&m, Some(c), &spec).unwrap().strategy
+}
+
+#[test]
+fn the_users_strategy_is_simulated_even_outside_the_space() {
+    let own = pure_data_parallel();
     let space = SearchSpace::from_entries(&["tp=2"]).unwrap();
     let r = run(&space, 1, Some(&own));
     assert!(r.ranked.iter().all(|x| x.strategy.tp == 2));
@@ -110,14 +115,7 @@ fn the_users_strategy_is_simulated_even_outside_the_space() {
 
 #[test]
 fn without_refinement_the_analytic_order_stands_with_the_users_strategy_in_it() {
-    let (m, c) = inputs();
-    let spec = StrategySpec {
-        tp: Some(1),
-        dp: Some(8),
-        precision: Some(Precision::Fp16),
-        ..Default::default()
-    };
-    let own = resolve_inputs(&m, Some(c), &spec).unwrap().strategy;
+    let own = pure_data_parallel();
     let r = run(&SearchSpace::default(), 0, Some(&own));
     // Only the user's strategy is simulated, and it keeps its analytic rank.
     let refined: Vec<_> = r

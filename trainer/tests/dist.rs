@@ -18,6 +18,20 @@ use pangu_trainer::train::{Run, Settings};
 
 const STEPS: u64 = 5;
 
+/// A fresh checkpoint folder under the temporary directory, and saving to it every 2 steps
+/// with the run's tokenizer.
+fn saving(tag: &str, single: &Run) -> (std::path::PathBuf, pangu_trainer::dist::Save) {
+    let dir = std::env::temp_dir().join(format!("{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let save = pangu_trainer::dist::Save {
+        dir: dir.clone(),
+        every: 2,
+        tokenizer_json: single.tokenizer.to_json(),
+        tokenizer_hash: format!("{:016x}", single.tokenizer.hash()),
+    };
+    (dir, save)
+}
+
 fn setup(dropout: f64) -> (ModelConfig, Settings, Run) {
     // 4 layers (the last the query layer), 4 heads: room for tp 4, pp 4 and interleaving.
     setup_model(&format!(
@@ -305,17 +319,10 @@ fn bad_plans_are_rejected_with_the_reason() {
 
 #[test]
 fn sharded_checkpoints_resume_under_the_same_plan_and_reshard_to_another() {
-    use pangu_trainer::dist::{train_threads_with, Io, Save};
+    use pangu_trainer::dist::{train_threads_with, Io};
     use pangu_trainer::sharded;
     let (cfg, s, single) = setup(0.0);
-    let dir = std::env::temp_dir().join(format!("pangu-sharded-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let save = Save {
-        dir: dir.clone(),
-        every: 2,
-        tokenizer_json: single.tokenizer.to_json(),
-        tokenizer_hash: format!("{:016x}", single.tokenizer.hash()),
-    };
+    let (dir, save) = saving("pangu-sharded", &single);
     let dist = DistConfig {
         timeout: Duration::from_secs(60),
         fail: None,
@@ -627,17 +634,10 @@ fn padded_vocabularies_match_the_unpadded_single_device_run() {
 
 #[test]
 fn checkpoints_resume_across_vocabulary_paddings() {
-    use pangu_trainer::dist::{train_threads_with, Io, Save};
+    use pangu_trainer::dist::{train_threads_with, Io};
     use pangu_trainer::sharded;
     let (cfg, s, single) = setup(0.0);
-    let dir = std::env::temp_dir().join(format!("pangu-pad-ck-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let save = Save {
-        dir: dir.clone(),
-        every: 2,
-        tokenizer_json: single.tokenizer.to_json(),
-        tokenizer_hash: format!("{:016x}", single.tokenizer.hash()),
-    };
+    let (dir, save) = saving("pangu-pad-ck", &single);
     let dist = DistConfig {
         timeout: Duration::from_secs(60),
         fail: None,

@@ -258,24 +258,8 @@ pub fn attention_bwd<T: Real>(
             let base = (sample_ids[b] * dims.h_all as u64 + (dims.h0 + hh) as u64) * (s * s) as u64;
             for i in 0..s {
                 let lo = st[i] as usize;
-                let pr = &p[i * s..][..s];
                 let dr = &mut dp[i * s..][..s];
-                if drop.active() {
-                    for j in lo..=i {
-                        dr[j] *= drop.scale::<T>(base + (i * s + j) as u64);
-                    }
-                }
-                linalg::vectorized(
-                    #[inline(always)]
-                    || {
-                        let dot = dot8(&pr[lo..=i], &dr[lo..=i]);
-                        for j in lo..=i {
-                            dr[j] = pr[j] * (dr[j] - dot) * scale;
-                        }
-                    },
-                );
-                dr[..lo].fill(T::zero());
-                dr[i + 1..].fill(T::zero());
+                score_row_bwd(&p[i * s..][..s], dr, lo, i, s, drop, base, scale);
             }
             // dQ = dS·K, dK = dSᵀ·Q (summed over the group)
             causal_mul(&mut dqkv_b[hh * hd..], ld, dp, false, k, ld, s, hd, false);
@@ -296,4 +280,38 @@ pub fn attention_bwd<T: Real>(
             work(b, d, sc);
         }
     }
+}
+
+/// The backward of one causal score row through dropout and the softmax, in place: `dr`
+/// holds dP of query `i` over all `s` keys and becomes dS, live on keys `lo..=i` (the
+/// document's start to the query) and zero elsewhere. `pr` is the row's probabilities,
+/// `base` the dropout stream's offset of its (sample, head) block, indexed `i·s + j` by global
+/// positions, so the whole-sequence and the context-parallel kernels draw the same masks.
+#[allow(clippy::too_many_arguments)] // one row's indices and its kernel's constants
+pub(super) fn score_row_bwd<T: Real>(
+    pr: &[T],
+    dr: &mut [T],
+    lo: usize,
+    i: usize,
+    s: usize,
+    drop: Dropout,
+    base: u64,
+    scale: T,
+) {
+    if drop.active() {
+        for j in lo..=i {
+            dr[j] *= drop.scale::<T>(base + (i * s + j) as u64);
+        }
+    }
+    linalg::vectorized(
+        #[inline(always)]
+        || {
+            let dot = dot8(&pr[lo..=i], &dr[lo..=i]);
+            for j in lo..=i {
+                dr[j] = pr[j] * (dr[j] - dot) * scale;
+            }
+        },
+    );
+    dr[..lo].fill(T::zero());
+    dr[i + 1..].fill(T::zero());
 }

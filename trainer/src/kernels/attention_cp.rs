@@ -11,7 +11,8 @@
 
 use rayon::prelude::*;
 
-use super::{dot8, exp_shifted, AttnDims, Dropout};
+use super::attention::score_row_bwd;
+use super::{exp_shifted, AttnDims, Dropout};
 use crate::linalg::{self, matmul_with, n, t};
 use crate::real::Real;
 
@@ -188,24 +189,8 @@ pub fn attention_cp_bwd<T: Real>(
                 for r in 0..c {
                     let i = g0 + r;
                     let lo = st[l0 + r] as usize;
-                    let pr = &p[(l0 + r) * s..][..s];
                     let dr = &mut db[r * s..][..s];
-                    if drop.active() {
-                        for j in lo..=i {
-                            dr[j] *= drop.scale::<T>(base + (i * s + j) as u64);
-                        }
-                    }
-                    linalg::vectorized(
-                        #[inline(always)]
-                        || {
-                            let dot = dot8(&pr[lo..=i], &dr[lo..=i]);
-                            for j in lo..=i {
-                                dr[j] = pr[j] * (dr[j] - dot) * scale;
-                            }
-                        },
-                    );
-                    dr[..lo].fill(T::zero());
-                    dr[i + 1..].fill(T::zero());
+                    score_row_bwd(&p[(l0 + r) * s..][..s], dr, lo, i, s, drop, base, scale);
                 }
                 // dQ = dS·K (this rank's rows), dK[0..keys] += dSᵀ·Q
                 let ds = &dp[l0 * s..];
