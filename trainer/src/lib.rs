@@ -70,6 +70,16 @@ pub enum TrainError {
     /// A setting is out of range.
     #[error("{0}")]
     Config(String),
+    /// A file's contents parsed but describe something that does not build (a checkpoint
+    /// manifest whose model or strategy does not plan): the file, then the cause.
+    #[error("{path}: {source}")]
+    InFile {
+        /// The file.
+        path: String,
+        /// What its contents failed.
+        #[source]
+        source: Box<TrainError>,
+    },
     /// The strategy cannot be planned on this machine (the plan's error names the value).
     #[error(transparent)]
     Plan(#[from] pangu_strategies::PlanError),
@@ -117,6 +127,14 @@ impl TrainError {
         TrainError::Io {
             path: path.as_ref().display().to_string(),
             source,
+        }
+    }
+
+    /// `self`, caused by the contents of `path`.
+    pub fn in_file(self, path: impl AsRef<std::path::Path>) -> TrainError {
+        TrainError::InFile {
+            path: path.as_ref().display().to_string(),
+            source: Box::new(self),
         }
     }
 

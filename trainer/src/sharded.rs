@@ -212,7 +212,7 @@ pub fn load_whole(dir: &Path) -> Result<Loaded, TrainError> {
     let ck = checkpoint::resolve(dir)?;
     if !is_sharded(&ck)? {
         let (man, _) = checkpoint::read_manifest(&ck)?;
-        let layout = Layout::new(&man.model)?;
+        let layout = Layout::new(&man.model).map_err(|e| e.in_file(ck.join("manifest.json")))?;
         let (man, st, tok) = checkpoint::load(&ck, &layout)?;
         return Ok(Loaded {
             dir: ck,
@@ -241,8 +241,9 @@ pub fn load_whole(dir: &Path) -> Result<Loaded, TrainError> {
         ));
     }
     let files = checkpoint::read_hashed(&ck, &man.files)?;
-    let plan = crate::host::plan_for(&man.model, &man.strategy.to_spec())?;
-    let whole = Layout::new(&man.model)?;
+    let plan =
+        crate::host::plan_for(&man.model, &man.strategy.to_spec()).map_err(|e| e.in_file(&mp))?;
+    let whole = Layout::new(&man.model).map_err(|e| e.in_file(&mp))?;
     let mut state = WholeState {
         params: vec![0.0; whole.total],
         m: vec![0.0; whole.total],

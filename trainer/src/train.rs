@@ -314,7 +314,7 @@ impl Run {
         let ck = checkpoint::resolve(dir)?;
         let manifest_path = ck.join("manifest.json");
         let (man, _) = checkpoint::read_manifest(&ck)?;
-        let mut model = Model::new(&man.model, man.seed)?;
+        let mut model = Model::new(&man.model, man.seed).map_err(|e| e.in_file(&manifest_path))?;
         let settings: Settings = serde_json::from_value(man.settings.clone())
             .map_err(|e| TrainError::invalid(&manifest_path, format!("settings: {e}")))?;
         model.dropout = settings.dropout;
