@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 ROUNDS=${1:-3}
 STEPS=${2:-12}
 cargo build --release -q --bin pangu
-P=./target/release/pangu
+P=${CARGO_TARGET_DIR:-./target}/release/pangu
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 $P tokenizer train --vocab 8000 --out "$TMP/tok.json" >/dev/null 2>&1

@@ -86,7 +86,11 @@ struct Sim<'a> {
     ready: Vec<u32>,
     step: Vec<u32>,
     pending: Vec<u32>,
-    coll_steps: Vec<Vec<Step>>,
+    /// Each running collective's program: its unit steps (shared with every collective of
+    /// the same kind, algorithm and group), scaled to its bytes step by step as they start.
+    coll_steps: Vec<Scaled>,
+    /// The transfers of the step being started (reused: no allocation per step).
+    step_scratch: Step,
     /// Each distinct collective's program, built once.
     programs: crate::collective::Programs,
     /// Under folding: each distinct collective's unit steps, checked for symmetry and cut to
@@ -169,7 +173,8 @@ pub fn simulate(
         ready: vec![0; w.colls.len()],
         step: vec![0; w.colls.len()],
         pending: vec![0; w.colls.len()],
-        coll_steps: vec![Vec::new(); w.colls.len()],
+        coll_steps: vec![Scaled::default(); w.colls.len()],
+        step_scratch: Vec::new(),
         programs,
         folded: Default::default(),
         owner: Vec::new(),
@@ -428,14 +433,14 @@ impl Sim<'_> {
             self.q.push(now + timed.duration, Ev::CollDone(inst));
             return Ok(());
         }
-        let mut all = match self.net.folding() {
-            None => self.programs.steps(c.kind, c.algo, &c.ranks, c.bytes, topo),
+        let unit = match self.net.folding() {
+            None => self.programs.unit(c.kind, c.algo, &c.ranks, topo),
             Some(f) => {
                 // Symmetry depends on who sends to whom, not on the size: checked once per
                 // distinct collective, on its unit steps, which keep the representatives'
                 // transfers only.
                 let key = (c.kind, c.algo, c.ranks.clone());
-                let unit = match self.folded.get(&key) {
+                match self.folded.get(&key) {
                     Some(u) => Rc::clone(u),
                     None => {
                         let mut steps: Vec<Step> =
@@ -456,21 +461,27 @@ impl Sim<'_> {
                         self.folded.insert(key, Rc::clone(&u));
                         u
                     }
-                };
-                crate::collective::Programs::scale(&unit, c.bytes)
+                }
             }
         };
-        if let Some(k) = c.step {
-            // One step of the program (a K/V ring step of context parallelism).
-            all = all.into_iter().nth(usize::from(k)).into_iter().collect();
-        }
-        self.coll_steps[inst as usize] = all;
+        let n = if c.bytes > 0.0 { unit.len() } else { 0 };
+        // One step of the program (a K/V ring step of context parallelism), or all of them.
+        let (first, count) = match c.step {
+            Some(k) => (usize::from(k), usize::from(usize::from(k) < n)),
+            None => (0, n),
+        };
+        self.coll_steps[inst as usize] = Scaled {
+            unit,
+            bytes: c.bytes,
+            first,
+            count,
+        };
         self.next_step(inst, now)
     }
 
     fn next_step(&mut self, inst: u32, now: Time) -> Result<(), SimError> {
         let i = inst as usize;
-        if (self.step[i] as usize) < self.coll_steps[i].len() {
+        if (self.step[i] as usize) < self.coll_steps[i].count {
             self.q.push(now + self.step_overhead, Ev::StepStart(inst));
         } else {
             let tasks = self.w.colls[i].tasks.clone();
@@ -484,12 +495,15 @@ impl Sim<'_> {
     fn start_step(&mut self, inst: u32) -> Result<(), SimError> {
         let now = self.q.now();
         let i = inst as usize;
-        let step = std::mem::take(&mut self.coll_steps[i][self.step[i] as usize]);
+        let mut step = std::mem::take(&mut self.step_scratch);
+        self.coll_steps[i].fill(self.step[i] as usize, &mut step);
         self.pending[i] = step.len() as u32;
         if step.is_empty() {
             self.q.push(now, Ev::Arrive(Owner::Coll(inst)));
         }
-        let (flows, changes) = self.net.start_batch(now, &step)?;
+        let started = self.net.start_batch(now, &step);
+        self.step_scratch = step;
+        let (flows, changes) = started?;
         for &flow in &flows {
             self.set_owner(flow, Owner::Coll(inst));
         }
@@ -639,4 +653,26 @@ fn stream_positions(w: &Workload) -> Vec<usize> {
         }
     }
     index
+}
+
+/// A running collective's program: `count` steps of `unit` from `first`, each transfer's
+/// unit bytes times `bytes` (the same products, bit for bit, as scaling the whole program).
+#[derive(Clone, Default)]
+struct Scaled {
+    unit: Rc<Vec<Step>>,
+    bytes: f64,
+    first: usize,
+    count: usize,
+}
+
+impl Scaled {
+    /// Step `k`'s transfers into `out` (cleared first).
+    fn fill(&self, k: usize, out: &mut Step) {
+        out.clear();
+        out.extend(
+            self.unit[self.first + k]
+                .iter()
+                .map(|&(a, b, x)| (a, b, x * self.bytes)),
+        );
+    }
 }
