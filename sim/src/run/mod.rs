@@ -95,7 +95,7 @@ struct Sim<'a> {
     programs: crate::collective::Programs,
     /// Under folding: each distinct collective's unit steps, checked for symmetry and cut to
     /// the representatives' transfers.
-    folded: pangu_hardware::fxhash::FxMap<FoldKey, Rc<Vec<Step>>>,
+    folded: pangu_hardware::fxhash::FxMap<Vec<u32>, Vec<(FoldKey, Rc<Vec<Step>>)>>,
     owner: Vec<Owner>,
     step_overhead: Time,
     done_tasks: usize,
@@ -124,7 +124,7 @@ struct Sim<'a> {
 const NONE: u32 = u32::MAX;
 
 /// A distinct collective: what, how, over which chips.
-type FoldKey = (CollectiveKind, CollectiveAlgorithm, Vec<u32>);
+type FoldKey = (CollectiveKind, CollectiveAlgorithm);
 
 /// Simulates one step of `plan` given its workload (built for the folding's representatives
 /// when `fold` is given).
@@ -439,9 +439,15 @@ impl Sim<'_> {
                 // Symmetry depends on who sends to whom, not on the size: checked once per
                 // distinct collective, on its unit steps, which keep the representatives'
                 // transfers only.
-                let key = (c.kind, c.algo, c.ranks.clone());
-                match self.folded.get(&key) {
-                    Some(u) => Rc::clone(u),
+                // Looked up by the group's slice: no allocation per collective.
+                let key = (c.kind, c.algo);
+                let known = self
+                    .folded
+                    .get(c.ranks.as_slice())
+                    .and_then(|l| l.iter().find(|(k, _)| *k == key))
+                    .map(|(_, u)| Rc::clone(u));
+                match known {
+                    Some(u) => u,
                     None => {
                         let mut steps: Vec<Step> =
                             (*self.programs.unit(c.kind, c.algo, &c.ranks, topo)).clone();
@@ -458,7 +464,10 @@ impl Sim<'_> {
                             step.retain(|t| f.is_rep(t.0));
                         }
                         let u = Rc::new(steps);
-                        self.folded.insert(key, Rc::clone(&u));
+                        self.folded
+                            .entry(c.ranks.clone())
+                            .or_default()
+                            .push((key, Rc::clone(&u)));
                         u
                     }
                 }

@@ -12,7 +12,9 @@
 //! - pipeline sends and receives are free-standing tasks: a send starts when its forward or
 //!   backward ends, a receive completes when the data has arrived.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use pangu_hardware::fxhash::FxMap;
 
 use pangu_model::ops::Op;
 use pangu_strategies::collective::CollectiveGroup;
@@ -250,9 +252,9 @@ struct Builder<'a> {
     plan: &'a Plan,
     cost: &'a CostModel,
     w: Workload,
-    inst_of: HashMap<(GroupKey, u32), u32>,
-    next_seq: HashMap<(GroupKey, u32), u32>,
-    algos: HashMap<(CollectiveGroup, u32, usize), CollectiveAlgorithm>,
+    inst_of: FxMap<(GroupKey, u32), u32>,
+    next_seq: FxMap<(GroupKey, u32), u32>,
+    algos: FxMap<(CollectiveGroup, u32, usize), CollectiveAlgorithm>,
     sends: BTreeMap<SendKey, u32>,
     recvs: BTreeMap<SendKey, u32>,
     /// Successors per task while edges are still added (packed into `w.succ` at the end).
@@ -271,9 +273,9 @@ pub fn build(plan: &Plan, cost: &CostModel, ranks: &[u32]) -> Workload {
             flops: vec![0.0; n],
             ..Default::default()
         },
-        inst_of: HashMap::new(),
-        next_seq: HashMap::new(),
-        algos: HashMap::new(),
+        inst_of: FxMap::default(),
+        next_seq: FxMap::default(),
+        algos: FxMap::default(),
         sends: BTreeMap::new(),
         recvs: BTreeMap::new(),
         succ: Vec::new(),
@@ -306,7 +308,7 @@ struct Dev {
     buckets: Vec<GradBucket>,
     next_bucket: usize,
     /// Weight all-gathers still to be waited for, per (chunk, part).
-    gathers: HashMap<(u32, ChunkPart), u32>,
+    gathers: FxMap<(u32, ChunkPart), u32>,
 }
 
 /// A collective a device joins.
@@ -504,13 +506,13 @@ impl Builder<'_> {
             last_compute: None,
             buckets: plan.grad_buckets(stage_idx),
             next_bucket: 0,
-            gathers: HashMap::new(),
+            gathers: FxMap::default(),
         };
         let s = &plan.strategy;
         if s.dp_cp() > 1 && s.opt_shard == OptShard::Mindspore {
             self.prefetch_gathers(&mut d, stage_idx);
         }
-        let mut done: HashMap<(bool, u32, u32), u32> = HashMap::new();
+        let mut done: FxMap<(bool, u32, u32), u32> = FxMap::default();
         let peer_rank = |peer: u32| plan.mesh.rank(Coords { pp: peer, ..coords });
         let bytes = plan.p2p_bytes().as_f64();
         for a in actions {
