@@ -3,7 +3,14 @@
 
 use pangu_hardware::Cluster;
 use pangu_model::ModelConfig;
-use pangu_strategies::{OptShard, Plan, RankOrder, Remat, ScheduleKind, Strategy, StrategySpec};
+use pangu_strategies::strategy::CpComm;
+use pangu_strategies::{
+    Attention, OptShard, Plan, Precision, RankOrder, Remat, ScheduleKind, Strategy, StrategySpec,
+};
+
+/// The choice that leaves a setting to the model, cluster and reference run (as an omitted
+/// flag does).
+pub const DERIVED: &str = "default";
 
 /// The strategy editor's fields (0 means "derive it", as an omitted flag does).
 #[derive(Debug, Clone, PartialEq)]
@@ -14,6 +21,10 @@ pub struct Editor {
     pub tp: u32,
     /// Pipeline stages.
     pub pp: u32,
+    /// Context-parallel degree.
+    pub cp: u32,
+    /// How the context-parallel ranks exchange keys and values.
+    pub cp_comm: CpComm,
     /// Micro-batches (0: from the micro-batch size).
     pub micro_batches: u32,
     /// Micro-batch size.
@@ -28,6 +39,10 @@ pub struct Editor {
     pub seq_parallel: bool,
     /// Rank numbering (placement).
     pub rank_order: RankOrder,
+    /// Training precision ([`DERIVED`]: the chip's or the reference run's).
+    pub precision: String,
+    /// Attention kernel ([`DERIVED`]: the chip's default).
+    pub attention: String,
 }
 
 impl Default for Editor {
@@ -37,6 +52,8 @@ impl Default for Editor {
             dp: 0,
             tp: 1,
             pp: 1,
+            cp: 1,
+            cp_comm: CpComm::Ring,
             micro_batches: 0,
             micro_batch_size: 1,
             schedule: "1f1b".into(),
@@ -44,6 +61,8 @@ impl Default for Editor {
             remat: "none".into(),
             seq_parallel: false,
             rank_order: RankOrder::PANGU,
+            precision: DERIVED.into(),
+            attention: DERIVED.into(),
         }
     }
 }
@@ -55,6 +74,8 @@ impl Editor {
             dp: s.dp,
             tp: s.tp,
             pp: s.pp,
+            cp: s.cp,
+            cp_comm: s.cp_comm,
             micro_batches: s.micro_batches,
             micro_batch_size: s.micro_batch_size,
             schedule: s.schedule.to_string(),
@@ -62,16 +83,36 @@ impl Editor {
             remat: s.remat.to_string(),
             seq_parallel: s.seq_parallel,
             rank_order: s.rank_order,
+            precision: s.precision.to_string(),
+            attention: s.attention.to_string(),
         }
     }
 
     /// As a strategy spec; errors name the field.
     pub fn spec(&self) -> Result<StrategySpec, String> {
         let nz = |v: u32| (v > 0).then_some(v);
+        let precision = match self.precision.as_str() {
+            DERIVED => None,
+            p => Some(
+                p.parse::<Precision>()
+                    .map_err(|e| format!("precision: {e}"))?,
+            ),
+        };
+        let attention = match self.attention.as_str() {
+            DERIVED => None,
+            a => Some(
+                a.parse::<Attention>()
+                    .map_err(|e| format!("attention: {e}"))?,
+            ),
+        };
         Ok(StrategySpec {
             dp: nz(self.dp),
             tp: Some(self.tp),
             pp: Some(self.pp),
+            cp: Some(self.cp),
+            cp_comm: Some(self.cp_comm),
+            precision,
+            attention,
             micro_batches: nz(self.micro_batches),
             micro_batch_size: nz(self.micro_batch_size),
             schedule: Some(
@@ -124,4 +165,46 @@ pub fn plan(
     let r =
         pangu_strategies::resolve_inputs(&m, Some(cluster), &user).map_err(|e| e.to_string())?;
     Plan::new(&r.model, &r.cluster, &r.strategy).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The editor shows every field of a reference strategy, so that simulating it unedited
+    /// runs that strategy (context parallelism, precision and attention included).
+    #[test]
+    fn an_unedited_reference_plans_the_reference() {
+        for (model, cluster, chips) in [
+            ("llama3-405b", "dgx-h100", 16384),
+            ("pangu-alpha-200b", "ascend910", 2048),
+        ] {
+            let m = ModelConfig::preset(model).unwrap();
+            let c = Cluster::from_name(&format!("{cluster}:{chips}")).unwrap();
+            let want = pangu_strategies::resolve_inputs(&m, Some(c), &StrategySpec::default())
+                .unwrap()
+                .strategy;
+            let e = Editor::reference(model, cluster, chips).unwrap();
+            let got = plan(model, cluster, chips, 1.0, &e).unwrap().strategy;
+            assert_eq!(got, want, "{model}");
+        }
+        // The fields that differ from a plain data-parallel default are really carried.
+        let e = Editor::reference("llama3-405b", "dgx-h100", 16384).unwrap();
+        assert_ne!(e.precision, DERIVED);
+        assert_ne!(e.attention, DERIVED);
+    }
+
+    #[test]
+    fn a_bad_choice_names_its_field() {
+        let e = Editor {
+            precision: "fp12".into(),
+            ..Editor::default()
+        };
+        assert!(e.spec().unwrap_err().starts_with("precision:"));
+        let e = Editor {
+            attention: "sparse".into(),
+            ..Editor::default()
+        };
+        assert!(e.spec().unwrap_err().starts_with("attention:"));
+    }
 }

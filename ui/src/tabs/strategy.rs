@@ -3,9 +3,10 @@
 
 use std::ops::RangeInclusive;
 
-use pangu_strategies::{OptShard, RankOrder};
+use pangu_strategies::strategy::CpComm;
+use pangu_strategies::{Attention, OptShard, Precision, RankOrder};
 
-use crate::editor::Editor;
+use crate::editor::{Editor, DERIVED};
 use crate::palette;
 use crate::widgets::choose;
 use crate::{Command, Tab, View};
@@ -61,6 +62,15 @@ fn fields(ui: &mut egui::Ui, e: &mut Editor) {
         number(ui, "dp (0 = fill)", &mut e.dp, 0..=65536);
         number(ui, "tp", &mut e.tp, 1..=64);
         number(ui, "pp", &mut e.pp, 1..=256);
+        number(ui, "cp (context parallel)", &mut e.cp, 1..=64);
+        ui.label("cp exchange");
+        choose(
+            ui,
+            "cp_comm",
+            &mut e.cp_comm,
+            [CpComm::Ring, CpComm::AllGather],
+        );
+        ui.end_row();
         number(
             ui,
             "micro-batches (0 = derive)",
@@ -92,6 +102,24 @@ fn fields(ui: &mut egui::Ui, e: &mut Editor) {
         ui.end_row();
         ui.label("rank order");
         choose(ui, "rank_order", &mut e.rank_order, RankOrder::all());
+        ui.end_row();
+        ui.label("precision");
+        choose(
+            ui,
+            "precision",
+            &mut e.precision,
+            std::iter::once(DERIVED.to_string())
+                .chain(Precision::ALL.iter().map(ToString::to_string)),
+        );
+        ui.end_row();
+        ui.label("attention");
+        choose(
+            ui,
+            "attention",
+            &mut e.attention,
+            std::iter::once(DERIVED.to_string())
+                .chain(Attention::ALL.iter().map(ToString::to_string)),
+        );
         ui.end_row();
     });
 }
