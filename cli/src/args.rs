@@ -129,6 +129,10 @@ pub(crate) struct StrategyArgs {
     /// plan's note says when the chip's stack would fuse attention).
     #[arg(long, value_parser = lenient::<AttentionFlag>())]
     pub attention: Option<AttentionFlag>,
+    /// Overlap the sequence-parallel all-gathers and reduce-scatters with the GEMMs they feed
+    /// or drain (Megatron-LM's `--tp-comm-overlap`; needs tp > 1 and --seq-parallel).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub tp_comm_overlap: Option<bool>,
 }
 
 impl StrategyArgs {
@@ -203,6 +207,7 @@ impl StrategyArgs {
             zero3_prefetch: self.zero3_prefetch.map(Into::into),
             vocab_divisible_by: self.vocab_divisible_by,
             attention: self.attention.map(Into::into),
+            tp_comm_overlap: self.tp_comm_overlap,
             collectives: if self.collective.is_empty() {
                 None
             } else {

@@ -9,6 +9,7 @@
 //! reduction overlaps the last micro-batch's backward; what exceeds it is exposed. No
 //! contention between concurrent transfers: that is what the discrete-event model adds.
 
+use pangu_model::ops::OpKind;
 use pangu_strategies::search::CostModel;
 use pangu_strategies::strategy::{Axis, CpComm};
 use pangu_strategies::{memory, BackwardPrefetch, CollectiveKind, OptShard, Plan, Remat};
@@ -137,6 +138,7 @@ impl CostModel for Analytic {
             (f64::INFINITY, 0.0)
         };
         let recompute_fwd = matches!(s.remat, Remat::Full | Remat::Every(_));
+        let overlap = s.tp_comm_overlap && s.tp > 1;
         // Devices sharing a host's cores (`server.shared_cores`): with every device of a
         // server busy, as in a pipeline's steady state, each gets `cores / devices` of a core
         // (the simulator shares them event by event, bubbles included).
@@ -165,9 +167,16 @@ impl CostModel for Analytic {
                 }
                 for (ops, is_layer) in parts {
                     let (mut attn_f, mut attn_b) = (0.0, 0.0);
+                    // Overlapped tensor-parallel collectives (forward, backward) and the
+                    // GEMM time they hide under, per part.
+                    let (mut hid_f, mut hid_b, mut gemm_f, mut gemm_b) = (0.0, 0.0, 0.0, 0.0);
                     for o in ops {
                         let f = cost.forward(o);
                         let b = cost.backward(o);
+                        if overlap && o.kind == OpKind::Matmul {
+                            gemm_f += f * slow;
+                            gemm_b += b * slow;
+                        }
                         if o.attention_core {
                             attn_f += f * slow;
                             attn_b += b * slow;
@@ -182,12 +191,34 @@ impl CostModel for Analytic {
                         if let Some(tc) = o.comm {
                             let x = tc.bytes.as_f64();
                             let n = s.tp;
-                            let fwd_c = tc
-                                .fwd
-                                .map_or(0.0, |k| collective_time(k, n, x, tp_bw, tp_a));
-                            let bwd_c = tc
-                                .bwd
-                                .map_or(0.0, |k| collective_time(k, n, x, tp_bw, tp_a));
+                            let time = |k: Option<CollectiveKind>| {
+                                k.map_or(0.0, |k| collective_time(k, n, x, tp_bw, tp_a))
+                            };
+                            let hidden = |k: Option<CollectiveKind>| {
+                                overlap
+                                    && matches!(
+                                        k,
+                                        Some(
+                                            CollectiveKind::AllGather
+                                                | CollectiveKind::ReduceScatter
+                                        )
+                                    )
+                            };
+                            let (fwd_c, bwd_c) = (time(tc.fwd), time(tc.bwd));
+                            let (fwd_c, bwd_c) = (
+                                if hidden(tc.fwd) {
+                                    hid_f += fwd_c;
+                                    0.0
+                                } else {
+                                    fwd_c
+                                },
+                                if hidden(tc.bwd) {
+                                    hid_b += bwd_c;
+                                    0.0
+                                } else {
+                                    bwd_c
+                                },
+                            );
                             let again = if recompute_fwd && is_layer {
                                 fwd_c
                             } else {
@@ -196,6 +227,16 @@ impl CostModel for Analytic {
                             t += fwd_c + bwd_c + again;
                             bwd += bwd_c + again;
                         }
+                    }
+                    if overlap {
+                        // What the GEMMs cannot hide: each overlapped collective runs beside
+                        // (tp - 1)/tp of its GEMM (the workload's split, summed per part).
+                        let share = (f64::from(s.tp) - 1.0) / f64::from(s.tp);
+                        let xf = (hid_f - gemm_f * share).max(0.0);
+                        let xb = (hid_b - gemm_b * share).max(0.0);
+                        let again = if recompute_fwd && is_layer { xf } else { 0.0 };
+                        t += xf + xb + again;
+                        bwd += xb + again;
                     }
                     if is_layer && s.cp > 1 {
                         let recompute = s.recomputes_attention();

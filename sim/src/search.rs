@@ -121,8 +121,12 @@ pub fn search_by(
         || pangu_strategies::default_attention(&cluster.spec.chip).0,
         |o| o.attention,
     );
+    // So is Megatron's tensor-parallel overlap: the user's choice, on every candidate that
+    // can run it (tp > 1 with sequence parallelism).
+    let overlap = own.is_some_and(|o| o.tp_comm_overlap);
     for s in &mut all {
         s.attention = attention;
+        s.tp_comm_overlap = overlap && s.tp > 1 && s.seq_parallel;
     }
     if let Some(o) = own.filter(|o| space.admits(o)) {
         if !all.contains(o) {

@@ -88,6 +88,14 @@ pub fn check_plan(plan: &Plan, settings: &Settings) -> Result<(), TrainError> {
             s.precision
         )));
     }
+    if s.tp_comm_overlap {
+        return Err(TrainError::Unsupported(
+            "tp_comm_overlap: the CPU executor runs the sequence-parallel all-gathers and \
+             reduce-scatters between its products, not split and overlapped with them; drop the \
+             key to train (the results are the same), keep it to simulate Megatron's overlap"
+                .into(),
+        ));
+    }
     // A device's rows of a micro-batch: its s/cp tokens of each sample.
     let tokens = plan.model.seq_len / s.cp.max(1);
     let rows = s.micro_batch_size * tokens;

@@ -95,7 +95,7 @@ struct Sim<'a> {
     programs: crate::collective::Programs,
     /// Under folding: each distinct collective's unit steps, checked for symmetry and cut to
     /// the representatives' transfers.
-    folded: pangu_hardware::fxhash::FxMap<Vec<u32>, Vec<(FoldKey, Rc<Vec<Step>>)>>,
+    folded: pangu_hardware::fxhash::FxMap<Vec<u32>, FoldedPrograms>,
     owner: Vec<Owner>,
     step_overhead: Time,
     done_tasks: usize,
@@ -125,6 +125,9 @@ const NONE: u32 = u32::MAX;
 
 /// A distinct collective: what, how, over which chips.
 type FoldKey = (CollectiveKind, CollectiveAlgorithm);
+
+/// A group's folded programs, by collective and algorithm.
+type FoldedPrograms = Vec<(FoldKey, Rc<Vec<Step>>)>;
 
 /// Simulates one step of `plan` given its workload (built for the folding's representatives
 /// when `fold` is given).

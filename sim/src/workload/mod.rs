@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 
 use pangu_hardware::fxhash::FxMap;
 
-use pangu_model::ops::Op;
+use pangu_model::ops::{Op, OpKind};
 use pangu_strategies::collective::CollectiveGroup;
 use pangu_strategies::plan::{ChunkPart, GradBucket};
 use pangu_strategies::schedule::Action;
@@ -418,16 +418,25 @@ impl Builder<'_> {
         let mut seg = 0.0;
         let mut seg_flops = 0.0;
         let mut flops = 0.0;
-        let order: Box<dyn Iterator<Item = &Op>> = if backward {
-            Box::new(ops.iter().rev())
+        let order: Vec<&Op> = if backward {
+            ops.iter().rev().collect()
         } else {
-            Box::new(ops.iter())
+            ops.iter().collect()
         };
+        // The tensor-parallel collective of an op in this direction, if any.
+        let tp_kind = |op: &Op| op.comm.and_then(|c| if backward { c.bwd } else { c.fwd });
+        let s = &self.plan.strategy;
         // Under context parallelism the attention core (the ops selective remat re-runs)
         // is its own segment, with the K/V exchange around it.
-        let cp = self.plan.strategy.cp > 1;
+        let cp = s.cp > 1;
+        let overlap = s.tp_comm_overlap && s.tp > 1;
+        let tp = f64::from(s.tp);
         let mut attn: Option<(f64, f64)> = None;
-        for op in order {
+        // Overlap: an all-gather in flight whose GEMM is the next op, and the index of a
+        // reduce-scatter already issued with the GEMM before it.
+        let mut gathering: Option<u32> = None;
+        let mut issued: Option<usize> = None;
+        for (i, &op) in order.iter().enumerate() {
             if cp && op.attention_core {
                 let (t, f) = if backward {
                     (self.cost.backward(op), op.bwd_flops.0)
@@ -448,39 +457,71 @@ impl Builder<'_> {
             if let Some((t, f)) = attn.take() {
                 self.cp_attention(d, t, f, backward, cat, label);
             }
-            if let Some(c) = op.comm {
-                let k = if backward { c.bwd } else { c.fwd };
-                if let Some(kind) = k {
-                    if seg > 0.0 {
-                        self.compute(d, seg, seg_flops, cat, label);
-                        seg = 0.0;
-                    }
-                    seg_flops = 0.0;
-                    let deps: Vec<u32> = d.pending.drain(..).chain(d.last_compute).collect();
-                    let ranks = self.group(Axis::Tp, d.rank);
-                    let coll = Coll {
-                        kind,
-                        group: GroupKind::Tp,
-                        key: CollectiveGroup::Tp,
-                        ranks,
-                        bytes: c.bytes.as_f64(),
-                        cat: Category::TpComm,
-                        step: None,
-                    };
-                    let t = self.coll(d, Stream::Tp, coll, &deps);
+            if op.comm.is_some() {
+                let Some(kind) = tp_kind(op) else {
+                    continue;
+                };
+                if issued == Some(i) {
+                    continue;
+                }
+                if seg > 0.0 {
+                    self.compute(d, seg, seg_flops, cat, label);
+                    seg = 0.0;
+                }
+                seg_flops = 0.0;
+                let bytes = op.comm.map_or(0.0, |c| c.bytes.as_f64());
+                let t = self.tp_collective(d, kind, bytes);
+                let feeds_gemm = order.get(i + 1).is_some_and(|n| n.kind == OpKind::Matmul);
+                if overlap && kind == CollectiveKind::AllGather && feeds_gemm {
+                    gathering = Some(t);
+                } else {
                     d.pending.push(t);
                 }
                 continue;
             }
-            if backward {
-                seg += self.cost.backward(op);
-                seg_flops += op.bwd_flops.0;
-                flops += op.bwd_flops.0;
+            let (secs, f) = if backward {
+                (self.cost.backward(op), op.bwd_flops.0)
             } else {
-                seg += self.cost.forward(op);
-                seg_flops += op.fwd_flops.0;
-                flops += op.fwd_flops.0;
+                (self.cost.forward(op), op.fwd_flops.0)
+            };
+            flops += f;
+            if overlap && op.kind == OpKind::Matmul {
+                let drains = order
+                    .get(i + 1)
+                    .filter(|n| tp_kind(n) == Some(CollectiveKind::ReduceScatter));
+                if let Some(t) = gathering.take() {
+                    // Ring exchange (Transformer Engine's default for the all-gathers): the
+                    // GEMM runs on the chunks already here while the others arrive; the last
+                    // chunk's product waits for the gather.
+                    if seg > 0.0 {
+                        self.compute(d, seg, seg_flops, cat, label);
+                        seg = 0.0;
+                        seg_flops = 0.0;
+                    }
+                    self.compute(d, secs * (tp - 1.0) / tp, f * (tp - 1.0) / tp, cat, label);
+                    d.pending.push(t);
+                    self.compute(d, secs / tp, f / tp, cat, label);
+                    continue;
+                }
+                if let Some(next) = drains {
+                    // Pipelined reduce-scatter: once the first chunk of the GEMM's output is
+                    // done, its reduction runs while the GEMM computes the rest.
+                    if seg > 0.0 {
+                        self.compute(d, seg, seg_flops, cat, label);
+                        seg = 0.0;
+                        seg_flops = 0.0;
+                    }
+                    self.compute(d, secs / tp, f / tp, cat, label);
+                    let bytes = next.comm.map_or(0.0, |c| c.bytes.as_f64());
+                    let t = self.tp_collective(d, CollectiveKind::ReduceScatter, bytes);
+                    self.compute(d, secs * (tp - 1.0) / tp, f * (tp - 1.0) / tp, cat, label);
+                    d.pending.push(t);
+                    issued = Some(i + 1);
+                    continue;
+                }
             }
+            seg += secs;
+            seg_flops += f;
         }
         if let Some((t, f)) = attn.take() {
             self.cp_attention(d, t, f, backward, cat, label);
@@ -488,7 +529,26 @@ impl Builder<'_> {
         if seg > 0.0 {
             self.compute(d, seg, seg_flops, cat, label);
         }
+        if let Some(t) = gathering {
+            d.pending.push(t);
+        }
         self.w.flops[d.rank as usize] += flops;
+    }
+
+    /// A tensor-parallel collective of `bytes` after the pending work and the last compute.
+    fn tp_collective(&mut self, d: &mut Dev, kind: CollectiveKind, bytes: f64) -> u32 {
+        let deps: Vec<u32> = d.pending.drain(..).chain(d.last_compute).collect();
+        let ranks = self.group(Axis::Tp, d.rank);
+        let coll = Coll {
+            kind,
+            group: GroupKind::Tp,
+            key: CollectiveGroup::Tp,
+            ranks,
+            bytes,
+            cat: Category::TpComm,
+            step: None,
+        };
+        self.coll(d, Stream::Tp, coll, &deps)
     }
 
     fn device(&mut self, rank: u32) {

@@ -143,10 +143,25 @@ fn parallelism(a: &mut Args, notes: &mut Vec<String>) -> Result<StrategySpec, La
         notes.push("--sequence-parallel with tp 1: Megatron turns it off".into());
         sp = false;
     }
+    // Megatron-LM asserts sequence parallelism for the overlap (arguments.py: "Tensor
+    // parallel communication/GEMM overlap can happen only when sequence parallelism is
+    // enabled"), after turning sequence parallelism off at tp 1.
+    let overlap = a.flag("tp-comm-overlap");
+    if overlap && !sp {
+        return Err(LaunchError::Incomplete(format!(
+            "--tp-comm-overlap needs --sequence-parallel{}: Megatron-LM refuses it otherwise",
+            if tp == 1 {
+                " and --tensor-model-parallel-size above 1"
+            } else {
+                ""
+            }
+        )));
+    }
     Ok(StrategySpec {
         tp: Some(tp),
         pp: Some(pp),
         seq_parallel: Some(sp),
+        tp_comm_overlap: overlap.then_some(true),
         opt_shard: Some(opt),
         ..Default::default()
     })

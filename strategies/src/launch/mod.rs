@@ -131,6 +131,7 @@ impl Launch {
         put("seq-parallel", s.seq_parallel.map(|v| v.to_string()));
         put("precision", s.precision.map(|v| v.to_string()));
         put("attention", s.attention.map(|v| v.to_string()));
+        put("tp-comm-overlap", s.tp_comm_overlap.map(|v| v.to_string()));
         put(
             "vocab-divisible-by",
             s.vocab_divisible_by.map(|v| v.to_string()),

@@ -240,3 +240,21 @@ fn the_attention_kernel_comes_from_flash_flags_and_the_backend() {
     ));
     assert!(e.contains("disagree"), "{e}");
 }
+
+#[test]
+fn tp_comm_overlap_maps_and_needs_sequence_parallelism() {
+    let tp2 = format!("{SHAPE} --tensor-model-parallel-size 2");
+    let l = Launch::from_megatron(&format!("{tp2} --sequence-parallel --tp-comm-overlap")).unwrap();
+    assert_eq!(l.spec.tp_comm_overlap, Some(true));
+    assert!(!l.ignored.iter().any(|a| a.contains("tp-comm-overlap")));
+    let l = Launch::from_megatron(&format!("{tp2} --sequence-parallel")).unwrap();
+    assert_eq!(l.spec.tp_comm_overlap, None);
+    // Megatron-LM asserts sequence parallelism, which it turns off at tp 1.
+    let e = err(&format!("{tp2} --tp-comm-overlap"));
+    assert!(
+        e.contains("--tp-comm-overlap needs --sequence-parallel"),
+        "{e}"
+    );
+    let e = err(&format!("{SHAPE} --sequence-parallel --tp-comm-overlap"));
+    assert!(e.contains("--tensor-model-parallel-size above 1"), "{e}");
+}

@@ -81,6 +81,16 @@ pub(super) fn check_tp(m: &ModelConfig, s: &Strategy) -> Result<(), PlanError> {
             fmt_list(&ok)
         )));
     }
+    // Transformer Engine overlaps the sequence-parallel all-gathers and reduce-scatters;
+    // Megatron-LM asserts sequence parallelism for it (arguments.py).
+    if s.tp_comm_overlap && (s.tp < 2 || !s.seq_parallel) {
+        return Err(PlanError::TensorParallel(format!(
+            "tp_comm_overlap = true needs tp > 1 and seq_parallel = true (it overlaps the \
+             sequence-parallel all-gathers and reduce-scatters with their GEMMs; Megatron-LM \
+             refuses it otherwise); here tp {} and seq_parallel {}",
+            s.tp, s.seq_parallel
+        )));
+    }
     Ok(())
 }
 

@@ -566,6 +566,8 @@ impl SearchSpace {
                                         // Not a search dimension: the search sets the
                                         // run's kernel (the user's, else the chip's).
                                         attention: Default::default(),
+                                        // Set from the run's strategy where it applies.
+                                        tp_comm_overlap: false,
                                     });
                                 }
                             }

@@ -107,6 +107,11 @@ pub struct StrategySpec {
     /// (default: [`default_attention`], materialised on every chip for now).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attention: Option<Attention>,
+    /// Tensor-parallel communication overlapped with the GEMMs it feeds or drains
+    /// (Megatron-LM's `--tp-comm-overlap`, Transformer Engine's userbuffers); needs tp > 1
+    /// and sequence parallelism. Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tp_comm_overlap: Option<bool>,
 }
 
 impl StrategySpec {
@@ -162,7 +167,8 @@ impl StrategySpec {
             zero3_gather,
             zero3_prefetch,
             vocab_divisible_by,
-            attention
+            attention,
+            tp_comm_overlap
         )
     }
 }
@@ -226,6 +232,10 @@ pub struct Strategy {
     /// op graph assumed then).
     #[serde(default, skip_serializing_if = "is_default")]
     pub attention: Attention,
+    /// Sequence-parallel all-gathers and reduce-scatters overlapped with their GEMMs
+    /// (Megatron-LM `--tp-comm-overlap`): see `sim`'s workload for how it is priced.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub tp_comm_overlap: bool,
 }
 
 /// The default of the `attention` key for a chip, with the reason. Today it is `materialised`
@@ -316,6 +326,7 @@ impl Strategy {
                 .then(|| CollectivesSpec::from_resolved(&self.collectives)),
             vocab_divisible_by: Some(self.vocab_divisible_by),
             attention: Some(self.attention),
+            tp_comm_overlap: Some(self.tp_comm_overlap),
         }
     }
 
@@ -379,7 +390,7 @@ impl Strategy {
             (c, comm) => format!(" cp{c}({comm})"),
         };
         format!(
-            "dp{} tp{} pp{}{cp} mb{}x{} {} opt={}{zero3} remat={}{}{}{}{}",
+            "dp{} tp{} pp{}{cp} mb{}x{} {} opt={}{zero3} remat={}{}{}{}{}{}",
             self.dp,
             self.tp,
             self.pp,
@@ -389,6 +400,7 @@ impl Strategy {
             self.opt_shard,
             self.remat,
             if self.seq_parallel { " sp" } else { "" },
+            if self.tp_comm_overlap { " tpo" } else { "" },
             if self.attention == Attention::Flash {
                 " flash"
             } else {

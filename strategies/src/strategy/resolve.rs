@@ -55,6 +55,7 @@ pub fn resolve(
         zero3_prefetch: spec.zero3_prefetch.unwrap_or_default(),
         collectives: spec.collectives.unwrap_or_default().resolve(),
         attention: spec.attention.unwrap_or_default(),
+        tp_comm_overlap: spec.tp_comm_overlap.unwrap_or(false),
         vocab_divisible_by: match spec.vocab_divisible_by {
             Some(0) => {
                 return Err(PlanError::TensorParallel(
