@@ -276,8 +276,9 @@ impl SetupArgs {
             (Some(c), _) => load_cluster(c),
             (None, Some(r)) => Ok(Cluster::from_name(&r.cluster)?),
             (None, None) => bail!(
-                "model {} has no reference cluster; pass --cluster NAME:N",
-                model.name
+                "model {} ({:.3} B parameters) has no reference cluster to plan it on; pass --cluster NAME:N (see `pangu clusters`), e.g. --cluster dgx-h100:8",
+                model.name,
+                model.params().total as f64 / 1e9
             ),
         }
     }

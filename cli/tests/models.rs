@@ -49,6 +49,11 @@ fn plan_reads_a_hugging_face_config_json() {
         "--seq-len",
         "8192",
     ];
+    // Without a cluster there is nothing to plan on, but the answer still says the size.
+    fails_with(
+        &["plan", "--model", LLAMA_3_8B],
+        &["8.030 B parameters", "--cluster NAME:N"],
+    );
     let mut args = vec!["plan", "--model", LLAMA_3_8B];
     args.extend(run);
     let (out, _) = ok(&args);

@@ -140,8 +140,9 @@ pub fn resolve_inputs(
         }
         (None, None) => {
             return Err(PlanError::Reference(format!(
-                "model {} has no reference cluster; pass --cluster NAME:N (see `pangu clusters`)",
-                model.name
+                "model {} ({:.3} B parameters) has no reference cluster to plan it on; pass --cluster NAME:N (see `pangu clusters`), e.g. --cluster dgx-h100:8",
+                model.name,
+                model.params().total as f64 / 1e9
             )))
         }
     };
