@@ -37,6 +37,8 @@ pub struct Editor {
     pub remat: String,
     /// Sequence parallelism.
     pub seq_parallel: bool,
+    /// Its collectives overlapped with their GEMMs (Megatron's `--tp-comm-overlap`).
+    pub tp_comm_overlap: bool,
     /// Rank numbering (placement).
     pub rank_order: RankOrder,
     /// Training precision ([`DERIVED`]: the chip's or the reference run's).
@@ -60,6 +62,7 @@ impl Default for Editor {
             opt_shard: OptShard::None,
             remat: "none".into(),
             seq_parallel: false,
+            tp_comm_overlap: false,
             rank_order: RankOrder::PANGU,
             precision: DERIVED.into(),
             attention: DERIVED.into(),
@@ -82,6 +85,7 @@ impl Editor {
             opt_shard: s.opt_shard,
             remat: s.remat.to_string(),
             seq_parallel: s.seq_parallel,
+            tp_comm_overlap: s.tp_comm_overlap,
             rank_order: s.rank_order,
             precision: s.precision.to_string(),
             attention: s.attention.to_string(),
@@ -127,6 +131,7 @@ impl Editor {
                     .map_err(|e| format!("remat: {e}"))?,
             ),
             seq_parallel: Some(self.seq_parallel),
+            tp_comm_overlap: Some(self.tp_comm_overlap),
             rank_order: Some(self.rank_order),
             ..StrategySpec::default()
         })
@@ -206,5 +211,17 @@ mod tests {
             ..Editor::default()
         };
         assert!(e.spec().unwrap_err().starts_with("attention:"));
+    }
+
+    #[test]
+    fn the_overlap_box_reaches_the_plan_and_its_rule_is_the_planner_s() {
+        let mut e = Editor::reference("gpt3-175b", "dgx-h100", 512).unwrap();
+        assert!(e.seq_parallel && !e.tp_comm_overlap);
+        e.tp_comm_overlap = true;
+        let p = plan("gpt3-175b", "dgx-h100", 512, 1.0, &e).unwrap();
+        assert!(p.strategy.tp_comm_overlap);
+        e.seq_parallel = false;
+        let err = plan("gpt3-175b", "dgx-h100", 512, 1.0, &e).unwrap_err();
+        assert!(err.contains("tp_comm_overlap"), "{err}");
     }
 }

@@ -100,6 +100,10 @@ fn fields(ui: &mut egui::Ui, e: &mut Editor) {
         ui.label("sequence parallel");
         ui.checkbox(&mut e.seq_parallel, "");
         ui.end_row();
+        ui.label("tp comm overlap");
+        ui.checkbox(&mut e.tp_comm_overlap, "")
+            .on_hover_text("Megatron's --tp-comm-overlap: needs tp > 1 and sequence parallel");
+        ui.end_row();
         ui.label("rank order");
         choose(ui, "rank_order", &mut e.rank_order, RankOrder::all());
         ui.end_row();
