@@ -107,25 +107,23 @@ fn fields(ui: &mut egui::Ui, e: &mut Editor) {
         ui.label("rank order");
         choose(ui, "rank_order", &mut e.rank_order, RankOrder::all());
         ui.end_row();
-        ui.label("precision");
-        choose(
-            ui,
-            "precision",
-            &mut e.precision,
-            std::iter::once(DERIVED.to_string())
-                .chain(Precision::ALL.iter().map(ToString::to_string)),
-        );
-        ui.end_row();
-        ui.label("attention");
-        choose(
-            ui,
-            "attention",
-            &mut e.attention,
-            std::iter::once(DERIVED.to_string())
-                .chain(Attention::ALL.iter().map(ToString::to_string)),
-        );
-        ui.end_row();
+        derived_or(ui, "precision", &mut e.precision, Precision::ALL);
+        derived_or(ui, "attention", &mut e.attention, Attention::ALL);
     });
+}
+
+/// A grid row: a label and a choice of [`DERIVED`] or one of `options` (kept as text).
+fn derived_or<T: std::fmt::Display>(
+    ui: &mut egui::Ui,
+    label: &str,
+    value: &mut String,
+    options: impl IntoIterator<Item = T>,
+) {
+    ui.label(label);
+    let all =
+        std::iter::once(DERIVED.to_string()).chain(options.into_iter().map(|o| o.to_string()));
+    choose(ui, label, value, all);
+    ui.end_row();
 }
 
 /// A grid row: a label and a number dragged within `range`.
