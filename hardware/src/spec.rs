@@ -50,6 +50,12 @@ pub struct ChipSpec {
     /// each value.
     #[serde(default, skip_serializing_if = "is_false")]
     pub fused_attention: bool,
+    /// The units a matrix product's output tiles are spread over: streaming multiprocessors on
+    /// NVIDIA GPUs, AI (cube) cores on Ascend. With a calibration that gives the library's tile
+    /// sizes, the simulator prices a GEMM by its tiles and waves over these units (tile and
+    /// wave quantisation); absent, by a smooth efficiency curve. The presets cite each value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compute_units: Option<u32>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -317,6 +323,13 @@ impl ClusterSpec {
             }
         }
         check_positive_bytes("chip.hbm", self.chip.hbm, self)?;
+        if self.chip.compute_units == Some(0) {
+            return bad(
+                "chip.compute_units",
+                "0 units: give the chip's SM or AI-core count (e.g. 108 for an A100), or leave it out"
+                    .into(),
+            );
+        }
         if self.chip.reserved >= self.chip.hbm {
             return bad(
                 "chip.reserved",

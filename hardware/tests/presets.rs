@@ -222,3 +222,25 @@ fn a_bad_fp8_names_the_field() {
         .to_string();
     assert!(e.contains("chip.bf16"), "{e}");
 }
+
+#[test]
+fn compute_units_are_the_cited_counts_and_zero_is_refused() {
+    for (name, units) in [
+        ("dgx-a100-80g", Some(108)),
+        ("dgx-a100-40g", Some(108)),
+        ("dgx-h100", Some(132)),
+        ("dgx-h200", Some(132)),
+        ("dgx2-v100", Some(80)),
+        ("ascend910", Some(32)),
+        ("ascend910b", Some(24)),
+        ("cpu-host", None),
+    ] {
+        assert_eq!(spec(name).chip.compute_units, units, "{name}");
+    }
+    let text = preset_toml("dgx-a100-80g").unwrap();
+    let t = text.replace("compute_units = 108", "compute_units = 0");
+    let e = ClusterSpec::from_toml(&t, "f.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("chip.compute_units") && e.contains("108"), "{e}");
+}

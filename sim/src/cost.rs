@@ -1,11 +1,13 @@
 //! Compute cost: a roofline per op with per-family efficiency curves.
 //!
 //! `time(op) = overhead + max(flops / (peak · eff(kind, shape)), bytes / (hbm_bw · mem_eff))`
-//! (Williams et al. 2009, "Roofline"). Matmul efficiency saturates with each dimension:
-//! `eff = max_efficiency · Π s(x)`, `s(x) = x / (x + half_dim)`, so a GEMM whose dimensions
-//! are all large against the hardware tile runs at the family's plateau and thin GEMMs run
-//! slower. The parameters live in one calibration file per hardware family
-//! (`sim/calibration/*.toml`), each with its reasoning.
+//! (Williams et al. 2009, "Roofline"). Matmul efficiency, where the family's file gives the
+//! library's tile sizes and the chip its compute-unit count, comes from the product's tiles and
+//! waves over those units ([`crate::gemm`]: tile and wave quantisation, split-K), each pass on
+//! its own shape (the backward's data and weight gradients are two products of other shapes).
+//! Otherwise it saturates smoothly with each dimension: `eff = max_efficiency · Π s(x)`,
+//! `s(x) = x / (x + half_dim)`. The parameters live in one calibration file per hardware
+//! family (`sim/calibration/*.toml`), each with its reasoning.
 //!
 //! Attention: materialised, the scores and context are batched matmuls on the `batch_matmul`
 //! curve and the softmax and dropout over the `heads·s·s` scores are memory-bound ops; flash,
@@ -25,6 +27,7 @@ use pangu_strategies::fp8::{self, Peaks};
 use pangu_strategies::Precision;
 use serde::Deserialize;
 
+use crate::gemm::{Machine, Shape, Tiles};
 use crate::SimError;
 
 /// A saturating efficiency curve.
@@ -66,6 +69,11 @@ pub struct Calibration {
     pub collective_step_overhead: Seconds,
     /// Achieved fraction of nominal link bandwidth.
     pub link_efficiency: f64,
+    /// The GEMM library's tile menu; with the chip's `compute_units`, matmuls are priced by
+    /// tiles and waves (the curves' `max_efficiency` is then the large-tile plateau and their
+    /// `half_dim` the loop's fill in `k` steps).
+    #[serde(default)]
+    pub tiles: Option<Tiles>,
 }
 
 const FAMILIES: &[(&str, &str)] = &[
@@ -115,6 +123,9 @@ impl Calibration {
                 )));
             }
         }
+        if let Some(t) = &c.tiles {
+            t.check(source).map_err(SimError::Calibration)?;
+        }
         Ok(c)
     }
 
@@ -153,6 +164,8 @@ pub struct CostModel {
     peaks: Peaks,
     precision: Precision,
     hbm: Bandwidth,
+    /// Compute units, where both the chip and the calibration allow the tile model.
+    units: Option<u32>,
     /// The calibration in use.
     pub cal: Calibration,
 }
@@ -173,10 +186,12 @@ impl CostModel {
                 chip.name
             )));
         }
+        let units = chip.compute_units.filter(|_| cal.tiles.is_some());
         Ok(CostModel {
             peaks,
             precision,
             hbm: chip.hbm_bandwidth,
+            units,
             cal,
         })
     }
@@ -186,16 +201,65 @@ impl CostModel {
         self.peaks.base
     }
 
-    fn roofline(&self, op: &Op, flops: f64, bytes: f64) -> f64 {
+    /// Efficiency of a `[m, k] × [k, n]` product (`batch` of them) on `curve`'s family.
+    fn gemm_efficiency(&self, op: &Op, curve: &Curve, s: Shape) -> f64 {
+        match (self.units, &self.cal.tiles) {
+            (Some(units), Some(tiles)) => {
+                let operand_bytes = if fp8::in_fp8(op, self.precision) {
+                    1.0
+                } else {
+                    f64::from(self.precision.act_bytes())
+                };
+                let machine = Machine {
+                    units,
+                    peak: self.peaks.for_op(op).0,
+                    plateau: curve.max_efficiency,
+                    half_k: curve.half_dim,
+                    operand_bytes,
+                    hbm: self.hbm.0 * self.cal.memory_efficiency,
+                };
+                tiles.efficiency(&machine, s)
+            }
+            _ => curve.efficiency(s.m, s.n, s.k),
+        }
+    }
+
+    /// A matmul's efficiency in one pass. The forward is `[m, k] × [k, n]`; the backward is the
+    /// data gradient (`[m, n] × [n, k]`) and the weight gradient (`[k, m] × [m, n]`), half the
+    /// FLOPs each, so its efficiency is their harmonic mean.
+    fn matmul_efficiency(&self, op: &Op, curve: &Curve, backward: bool) -> f64 {
+        let [batch, m, n, k] = op.dims;
+        let fwd = Shape { batch, m, n, k };
+        if !backward {
+            return self.gemm_efficiency(op, curve, fwd);
+        }
+        let dgrad = self.gemm_efficiency(
+            op,
+            curve,
+            Shape {
+                batch,
+                m,
+                n: k,
+                k: n,
+            },
+        );
+        let wgrad = self.gemm_efficiency(
+            op,
+            curve,
+            Shape {
+                batch,
+                m: k,
+                n,
+                k: m,
+            },
+        );
+        2.0 / (1.0 / dgrad + 1.0 / wgrad)
+    }
+
+    fn roofline(&self, op: &Op, flops: f64, bytes: f64, backward: bool) -> f64 {
         let eff = match op.kind {
-            OpKind::Matmul => self
-                .cal
-                .matmul
-                .efficiency(op.dims[1], op.dims[2], op.dims[3]),
-            OpKind::BatchMatmul => self
-                .cal
-                .batch_matmul
-                .efficiency(op.dims[1], op.dims[2], op.dims[3]),
+            OpKind::Matmul => self.matmul_efficiency(op, &self.cal.matmul, backward),
+            OpKind::BatchMatmul => self.matmul_efficiency(op, &self.cal.batch_matmul, backward),
             // One fused kernel: compute-bound at its own measured fraction of the peak.
             OpKind::FlashAttention => self.cal.flash_attention,
             _ => 0.0,
@@ -223,9 +287,10 @@ impl CostModel {
             let act = u64::from(self.precision.act_bytes());
             let (gemm, _) = fp8::gemm_bytes(op, act);
             let (cast, _) = fp8::quantize_bytes(op, act);
-            return self.roofline(op, op.fwd_flops.0, gemm as f64) + self.mem_time(cast as f64);
+            return self.roofline(op, op.fwd_flops.0, gemm as f64, false)
+                + self.mem_time(cast as f64);
         }
-        self.roofline(op, op.fwd_flops.0, op.fwd_bytes.as_f64())
+        self.roofline(op, op.fwd_flops.0, op.fwd_bytes.as_f64(), false)
     }
 
     /// Backward time of an op.
@@ -237,9 +302,10 @@ impl CostModel {
             let act = u64::from(self.precision.act_bytes());
             let (_, gemm) = fp8::gemm_bytes(op, act);
             let (_, cast) = fp8::quantize_bytes(op, act);
-            return self.roofline(op, op.bwd_flops.0, gemm as f64) + self.mem_time(cast as f64);
+            return self.roofline(op, op.bwd_flops.0, gemm as f64, true)
+                + self.mem_time(cast as f64);
         }
-        self.roofline(op, op.bwd_flops.0, op.bwd_bytes.as_f64())
+        self.roofline(op, op.bwd_flops.0, op.bwd_bytes.as_f64(), true)
     }
 
     /// Time of casting `weights` linear weight elements to fp8 (both layouts), once per step

@@ -2,7 +2,8 @@
 //!
 //! Layers, as in ASTRA-sim (workload → system → network):
 //! - [`workload`]: the plan's schedule action lists become per-device task graphs (compute
-//!   segments priced by [`cost`], tensor-parallel collectives, gradient buckets, pipeline
+//!   segments priced by [`cost`], whose matmuls [`gemm`] prices by tiles and waves,
+//!   tensor-parallel collectives, gradient buckets, pipeline
 //!   sends and receives, the optimizer step).
 //! - [`collective`]: each collective is decomposed by its algorithm into steps of
 //!   point-to-point transfers.
@@ -31,6 +32,7 @@ pub mod cost;
 pub mod engine;
 pub mod faults;
 pub mod fold;
+pub mod gemm;
 pub mod goodput;
 pub mod isolated;
 pub mod network;
