@@ -10,8 +10,8 @@ use pangu_strategies::launch::Launch;
 use pangu_strategies::{resolve_inputs, Reference, Remat, Resolved, ScheduleKind, StrategySpec};
 
 use crate::flag_enums::{
-    lenient, AttentionFlag, CpCommFlag, GatherFlag, OptShardFlag, PrecisionFlag, PrefetchFlag,
-    RankOrderFlag,
+    lenient, AttentionFlag, CpCommFlag, GatherFlag, GradAccumulationFlag, OptShardFlag,
+    PrecisionFlag, PrefetchFlag, RankOrderFlag,
 };
 
 /// Model and cluster selection.
@@ -113,6 +113,11 @@ pub(crate) struct StrategyArgs {
     /// backward) or `post` (gathered after it: FSDP `BACKWARD_POST`, Composer's default).
     #[arg(long, value_parser = lenient::<PrefetchFlag>())]
     pub zero3_prefetch: Option<PrefetchFlag>,
+    /// How micro-batches' weight gradients are summed: `fused` (default; the weight-gradient
+    /// product adds into the buffer, Megatron-core) or `separate` (an add pass per weight and
+    /// micro-batch: Megatron-LM 2021, `--no-gradient-accumulation-fusion`).
+    #[arg(long, value_parser = lenient::<GradAccumulationFlag>())]
+    pub grad_accumulation: Option<GradAccumulationFlag>,
     /// Collective algorithm of a group: `KIND=ALGO` with KIND tp, dp, opt, pp or cp and ALGO
     /// auto, ring, tree, halving-doubling or hierarchical (repeatable); a bare `ALGO` sets
     /// every group. `auto` is the cluster's collective library's default.
@@ -208,6 +213,7 @@ impl StrategyArgs {
             vocab_divisible_by: self.vocab_divisible_by,
             attention: self.attention.map(Into::into),
             tp_comm_overlap: self.tp_comm_overlap,
+            grad_accumulation: self.grad_accumulation.map(Into::into),
             collectives: if self.collective.is_empty() {
                 None
             } else {

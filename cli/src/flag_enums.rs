@@ -11,7 +11,7 @@ use clap::ValueEnum;
 use pangu_strategies::strategy::Axis;
 use pangu_strategies::strategy::CpComm;
 use pangu_strategies::{
-    Attention, BackwardPrefetch, GatherPrecision, OptShard, Precision, RankOrder,
+    Attention, BackwardPrefetch, GatherPrecision, GradAccumulation, OptShard, Precision, RankOrder,
 };
 use pangu_twin::Estimate;
 
@@ -125,6 +125,16 @@ flag_enum!(
 );
 
 flag_enum!(
+    /// `--grad-accumulation`.
+    GradAccumulationFlag => GradAccumulation {
+        /// The weight-gradient product adds into the gradient buffer (Megatron-core's default).
+        Fused,
+        /// A separate add pass per weight and micro-batch (`--no-gradient-accumulation-fusion`).
+        Separate,
+    }
+);
+
+flag_enum!(
     /// `--attention`.
     AttentionFlag => Attention {
         /// One fused kernel that keeps no s×s matrix (FlashAttention).
@@ -209,6 +219,7 @@ mod tests {
         same_names::<OptShardFlag, OptShard>();
         same_names::<GatherFlag, GatherPrecision>();
         same_names::<PrefetchFlag, BackwardPrefetch>();
+        same_names::<GradAccumulationFlag, GradAccumulation>();
         same_names::<RankOrderFlag, RankOrder>();
         same_names::<CpCommFlag, CpComm>();
         assert_eq!(

@@ -122,12 +122,7 @@ impl CostModel for Analytic {
 
     fn step_time(&self, plan: &Plan) -> Result<f64, String> {
         let cal = Calibration::for_chip(&plan.cluster.spec.chip).map_err(|e| e.to_string())?;
-        let cost = OpCost::new(
-            &plan.cluster.spec.chip,
-            plan.strategy.precision,
-            cal.clone(),
-        )
-        .map_err(|e| e.to_string())?;
+        let cost = OpCost::for_plan(plan, cal.clone()).map_err(|e| e.to_string())?;
         let s = &plan.strategy;
         let (tp_bw, tp_a) = Self::group_link(plan, Axis::Tp, &cal);
         let (dp_bw, dp_a) = Self::group_link(plan, Axis::Dp, &cal);

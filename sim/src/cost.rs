@@ -24,7 +24,7 @@
 use pangu_hardware::{Bandwidth, ChipSpec, FlopRate, Seconds};
 use pangu_model::ops::{Op, OpKind};
 use pangu_strategies::fp8::{self, Peaks};
-use pangu_strategies::Precision;
+use pangu_strategies::{GradAccumulation, Plan, Precision};
 use serde::Deserialize;
 
 use crate::gemm::{Machine, Shape, Tiles};
@@ -166,6 +166,9 @@ pub struct CostModel {
     hbm: Bandwidth,
     /// Compute units, where both the chip and the calibration allow the tile model.
     units: Option<u32>,
+    /// Bytes per weight of the separate gradient-accumulation pass each backward makes
+    /// (`grad_accumulation = "separate"`); 0 when the weight-gradient product accumulates.
+    accumulate_bytes: f64,
     /// The calibration in use.
     pub cal: Calibration,
 }
@@ -192,8 +195,24 @@ impl CostModel {
             precision,
             hbm: chip.hbm_bandwidth,
             units,
+            accumulate_bytes: 0.0,
             cal,
         })
+    }
+
+    /// The cost model of a plan's chip and strategy: its precision, and a separate
+    /// gradient-accumulation pass when the strategy says so. The pass reads each weight's fresh
+    /// gradient (training precision) and reads and writes its accumulator (the memory model's
+    /// gradient bytes with accumulation: fp32 for 16-bit training), once per micro-batch:
+    /// Megatron-LM 2021's `main_grad.add_(grad)` hook per parameter.
+    pub fn for_plan(plan: &Plan, cal: Calibration) -> Result<CostModel, SimError> {
+        let s = &plan.strategy;
+        let mut c = CostModel::new(&plan.cluster.spec.chip, s.precision, cal)?;
+        if s.grad_accumulation == GradAccumulation::Separate {
+            let (_, grad, _) = pangu_strategies::memory::bytes_per_param(s.precision, true);
+            c.accumulate_bytes = f64::from(s.precision.act_bytes()) + 2.0 * grad as f64;
+        }
+        Ok(c)
     }
 
     /// Peak rate of everything but fp8 GEMMs (the training precision's; bf16 under fp8).
@@ -303,9 +322,19 @@ impl CostModel {
             let (_, gemm) = fp8::gemm_bytes(op, act);
             let (_, cast) = fp8::quantize_bytes(op, act);
             return self.roofline(op, op.bwd_flops.0, gemm as f64, true)
-                + self.mem_time(cast as f64);
+                + self.mem_time(cast as f64)
+                + self.accumulate(op);
         }
-        self.roofline(op, op.bwd_flops.0, op.bwd_bytes.as_f64(), true)
+        self.roofline(op, op.bwd_flops.0, op.bwd_bytes.as_f64(), true) + self.accumulate(op)
+    }
+
+    /// The separate gradient-accumulation pass over an op's weights (0 when fused).
+    fn accumulate(&self, op: &Op) -> f64 {
+        if self.accumulate_bytes > 0.0 && op.params > 0 {
+            self.stream(op.params as f64 * self.accumulate_bytes)
+        } else {
+            0.0
+        }
     }
 
     /// Time of casting `weights` linear weight elements to fp8 (both layouts), once per step

@@ -109,11 +109,7 @@ pub fn simulate_with(
     cal: &Calibration,
     opts: Options,
 ) -> Result<(Run, Workload), SimError> {
-    let cost = CostModel::new(
-        &plan.cluster.spec.chip,
-        plan.strategy.precision,
-        cal.clone(),
-    )?;
+    let cost = CostModel::for_plan(plan, cal.clone())?;
     if opts.fold {
         for f in fold::Folding::candidates(plan) {
             let reps: Vec<u32> = (0..plan.strategy.devices)
@@ -142,7 +138,7 @@ pub fn simulate_with(
 /// rank. Chakra traces ([`chakra::Export`]) need every rank.
 pub fn full_workload(plan: &Plan) -> Result<Workload, SimError> {
     let cal = Calibration::for_chip(&plan.cluster.spec.chip)?;
-    let cost = CostModel::new(&plan.cluster.spec.chip, plan.strategy.precision, cal)?;
+    let cost = CostModel::for_plan(plan, cal)?;
     let all: Vec<u32> = (0..plan.strategy.devices).collect();
     Ok(workload::build(plan, &cost, &all))
 }
@@ -160,7 +156,7 @@ pub fn simulate_faulty(
     }
     let p = faults.apply_links(plan)?;
     let cal = Calibration::for_chip(&p.cluster.spec.chip)?;
-    let cost = CostModel::new(&p.cluster.spec.chip, p.strategy.precision, cal.clone())?;
+    let cost = CostModel::for_plan(&p, cal.clone())?;
     let all: Vec<u32> = (0..p.strategy.devices).collect();
     let mut w = workload::build(&p, &cost, &all);
     faults.apply_stragglers(&mut w);
@@ -223,7 +219,7 @@ pub fn simulate_shared(a: &Plan, b: &Plan) -> Result<Shared, SimError> {
     let b_alone_s = simulate(b)?.report.step_time_s;
     let cal = Calibration::for_chip(&a.cluster.spec.chip)?;
     let build = |p: &Plan| -> Result<Workload, SimError> {
-        let cost = CostModel::new(&p.cluster.spec.chip, p.strategy.precision, cal.clone())?;
+        let cost = CostModel::for_plan(p, cal.clone())?;
         let all: Vec<u32> = (0..p.strategy.devices).collect();
         Ok(workload::build(p, &cost, &all))
     };

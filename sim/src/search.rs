@@ -124,9 +124,12 @@ pub fn search_by(
     // So is Megatron's tensor-parallel overlap: the user's choice, on every candidate that
     // can run it (tp > 1 with sequence parallelism).
     let overlap = own.is_some_and(|o| o.tp_comm_overlap);
+    // And how the framework sums micro-batches' gradients.
+    let grad_accumulation = own.map(|o| o.grad_accumulation).unwrap_or_default();
     for s in &mut all {
         s.attention = attention;
         s.tp_comm_overlap = overlap && s.tp > 1 && s.seq_parallel;
+        s.grad_accumulation = grad_accumulation;
     }
     if let Some(o) = own.filter(|o| space.admits(o)) {
         if !all.contains(o) {

@@ -42,8 +42,8 @@ pub use reference::{reference, resolve_inputs, run_shape, Reference, Resolved, R
 pub use report::{Breakdown, Category, StepReport};
 pub use schedule::{Action, Schedule};
 pub use strategy::{
-    default_attention, Attention, BackwardPrefetch, GatherPrecision, OptShard, Precision,
-    RankOrder, Remat, ScheduleKind, Strategy, StrategySpec,
+    default_attention, Attention, BackwardPrefetch, GatherPrecision, GradAccumulation, OptShard,
+    Precision, RankOrder, Remat, ScheduleKind, Strategy, StrategySpec,
 };
 
 /// Why a strategy cannot be planned. Every message names the value and what would work.

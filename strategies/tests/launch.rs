@@ -501,7 +501,9 @@ fn megatron_llama3_70b_block_recompute_and_rope_with_long_position_table() {
          norm = \"rmsnorm\"\nbias = false\nglobal_batch = 8\n",
     );
     let hand = "tp = 8\nmicro_batch_size = 1\nglobal_batch = 8\nprecision = \"bf16\"\n\
-                opt_shard = \"zero1\"\nremat = \"full\"\nseq_parallel = true\nattention = \"flash\"\n";
+                opt_shard = \"zero1\"\nremat = \"full\"\nseq_parallel = true\nattention = \"flash\"\n\
+                grad_accumulation = \"separate\"\n";
+    // The script passes --no-gradient-accumulation-fusion: a separate add pass per micro-batch.
     assert_same(&l, None, "dgx-h100:64", &m, hand);
     assert!(l.notes.iter().any(|n| n.contains("--use-flash-attn")));
 }

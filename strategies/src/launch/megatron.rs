@@ -5,7 +5,9 @@
 
 use super::args::Args;
 use super::error::{precision_of, unmodelled, Launch, LaunchError};
-use crate::strategy::{Attention, OptShard, Precision, Remat, ScheduleKind, StrategySpec};
+use crate::strategy::{
+    Attention, GradAccumulation, OptShard, Precision, Remat, ScheduleKind, StrategySpec,
+};
 
 /// Megatron-LM's default `--make-vocab-size-divisible-by`.
 const MEGATRON_VOCAB_DIVISOR: u32 = 128;
@@ -157,11 +159,20 @@ fn parallelism(a: &mut Args, notes: &mut Vec<String>) -> Result<StrategySpec, La
             }
         )));
     }
+    // Megatron-core fuses the micro-batches' gradient sum into the weight-gradient GEMM unless
+    // told not to (arguments.py: `--no-gradient-accumulation-fusion`).
+    let grad_accumulation = if a.flag("no-gradient-accumulation-fusion") {
+        Some(GradAccumulation::Separate)
+    } else {
+        a.flag("gradient-accumulation-fusion")
+            .then_some(GradAccumulation::Fused)
+    };
     Ok(StrategySpec {
         tp: Some(tp),
         pp: Some(pp),
         seq_parallel: Some(sp),
         tp_comm_overlap: overlap.then_some(true),
+        grad_accumulation,
         opt_shard: Some(opt),
         ..Default::default()
     })
@@ -389,13 +400,6 @@ fn attention(a: &mut Args, notes: &mut Vec<String>) -> Result<Option<Attention>,
 
 /// Arguments read and reported but not modelled.
 fn noted_only(a: &mut Args, notes: &mut Vec<String>) -> Result<(), LaunchError> {
-    if a.flag("tp-comm-overlap") {
-        notes.push(
-            "--tp-comm-overlap: noted, not modelled: tensor-parallel collectives do not \
-             overlap the matrix products here"
-                .into(),
-        );
-    }
     let grad = a.flag("overlap-grad-reduce");
     let param = a.flag("overlap-param-gather");
     if grad || param {

@@ -258,3 +258,16 @@ fn tp_comm_overlap_maps_and_needs_sequence_parallelism() {
     let e = err(&format!("{SHAPE} --sequence-parallel --tp-comm-overlap"));
     assert!(e.contains("--tensor-model-parallel-size above 1"), "{e}");
 }
+
+#[test]
+fn gradient_accumulation_fusion_maps_both_ways() {
+    use crate::strategy::GradAccumulation;
+    let l = Launch::from_megatron(&format!("{SHAPE} --no-gradient-accumulation-fusion")).unwrap();
+    assert_eq!(l.spec.grad_accumulation, Some(GradAccumulation::Separate));
+    assert!(!l.ignored.iter().any(|a| a.contains("accumulation")));
+    let l = Launch::from_megatron(&format!("{SHAPE} --gradient-accumulation-fusion")).unwrap();
+    assert_eq!(l.spec.grad_accumulation, Some(GradAccumulation::Fused));
+    // Unsaid, the strategy's default (fused, Megatron-core's) applies.
+    let l = Launch::from_megatron(SHAPE).unwrap();
+    assert_eq!(l.spec.grad_accumulation, None);
+}

@@ -568,6 +568,8 @@ impl SearchSpace {
                                         attention: Default::default(),
                                         // Set from the run's strategy where it applies.
                                         tp_comm_overlap: false,
+                                        // The framework's, set from the run's strategy.
+                                        grad_accumulation: Default::default(),
                                     });
                                 }
                             }

@@ -170,6 +170,27 @@ named_enum!(
     { Pre => "pre", Post => "post" }
 );
 
+/// How each micro-batch's weight gradients reach the gradient buffer that the data-parallel
+/// reduction and the optimizer read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum GradAccumulation {
+    /// The weight-gradient product writes into the buffer itself (its epilogue adds to it):
+    /// Megatron-LM's `--gradient-accumulation-fusion`, on by default in Megatron-core.
+    #[default]
+    Fused,
+    /// A separate pass per parameter and micro-batch reads the fresh gradient and adds it to
+    /// the buffer: Megatron-LM 2021's data-parallel wrapper (`main_grad.add_` in a hook per
+    /// parameter), `--no-gradient-accumulation-fusion`, PyTorch autograd's accumulation.
+    Separate,
+}
+
+named_enum!(
+    GradAccumulation,
+    "gradient accumulation",
+    "use fused (the weight-gradient product adds into the buffer) or separate (an add pass per micro-batch)",
+    { Fused => "fused", Separate => "separate" }
+);
+
 impl fmt::Display for OptShard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

@@ -24,8 +24,8 @@ mod kinds;
 mod resolve;
 
 pub use kinds::{
-    Axis, BackwardPrefetch, CpComm, GatherPrecision, OptShard, Precision, RankOrder, Remat,
-    ScheduleKind,
+    Axis, BackwardPrefetch, CpComm, GatherPrecision, GradAccumulation, OptShard, Precision,
+    RankOrder, Remat, ScheduleKind,
 };
 pub use pangu_model::ops::Attention;
 pub use resolve::resolve;
@@ -112,6 +112,11 @@ pub struct StrategySpec {
     /// and sequence parallelism. Default false.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tp_comm_overlap: Option<bool>,
+    /// How micro-batches' weight gradients are summed: `fused` into the weight-gradient
+    /// product (default; Megatron-core) or `separate` add passes (Megatron-LM 2021,
+    /// `--no-gradient-accumulation-fusion`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grad_accumulation: Option<GradAccumulation>,
 }
 
 impl StrategySpec {
@@ -168,7 +173,8 @@ impl StrategySpec {
             zero3_prefetch,
             vocab_divisible_by,
             attention,
-            tp_comm_overlap
+            tp_comm_overlap,
+            grad_accumulation
         )
     }
 }
@@ -236,6 +242,10 @@ pub struct Strategy {
     /// (Megatron-LM `--tp-comm-overlap`): see `sim`'s workload for how it is priced.
     #[serde(default, skip_serializing_if = "is_default")]
     pub tp_comm_overlap: bool,
+    /// How micro-batches' weight gradients are summed; `separate` costs a memory-bound pass
+    /// over every weight per micro-batch (see `sim`'s cost model).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub grad_accumulation: GradAccumulation,
 }
 
 /// The default of the `attention` key for a chip, with the reason. Today it is `materialised`
@@ -327,6 +337,7 @@ impl Strategy {
             vocab_divisible_by: Some(self.vocab_divisible_by),
             attention: Some(self.attention),
             tp_comm_overlap: Some(self.tp_comm_overlap),
+            grad_accumulation: Some(self.grad_accumulation),
         }
     }
 
@@ -390,7 +401,7 @@ impl Strategy {
             (c, comm) => format!(" cp{c}({comm})"),
         };
         format!(
-            "dp{} tp{} pp{}{cp} mb{}x{} {} opt={}{zero3} remat={}{}{}{}{}{}",
+            "dp{} tp{} pp{}{cp} mb{}x{} {} opt={}{zero3} remat={}{}{}{}{}{}{}",
             self.dp,
             self.tp,
             self.pp,
@@ -401,6 +412,11 @@ impl Strategy {
             self.remat,
             if self.seq_parallel { " sp" } else { "" },
             if self.tp_comm_overlap { " tpo" } else { "" },
+            if self.grad_accumulation == GradAccumulation::Separate {
+                " gacc=separate"
+            } else {
+                ""
+            },
             if self.attention == Attention::Flash {
                 " flash"
             } else {

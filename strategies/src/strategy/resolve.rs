@@ -56,6 +56,7 @@ pub fn resolve(
         collectives: spec.collectives.unwrap_or_default().resolve(),
         attention: spec.attention.unwrap_or_default(),
         tp_comm_overlap: spec.tp_comm_overlap.unwrap_or(false),
+        grad_accumulation: spec.grad_accumulation.unwrap_or_default(),
         vocab_divisible_by: match spec.vocab_divisible_by {
             Some(0) => {
                 return Err(PlanError::TensorParallel(
