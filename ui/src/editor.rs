@@ -5,7 +5,8 @@ use pangu_hardware::Cluster;
 use pangu_model::ModelConfig;
 use pangu_strategies::strategy::CpComm;
 use pangu_strategies::{
-    Attention, OptShard, Plan, Precision, RankOrder, Remat, ScheduleKind, Strategy, StrategySpec,
+    Attention, GradAccumulation, OptShard, Plan, Precision, RankOrder, Remat, ScheduleKind,
+    Strategy, StrategySpec,
 };
 
 /// The choice that leaves a setting to the model, cluster and reference run (as an omitted
@@ -39,6 +40,9 @@ pub struct Editor {
     pub seq_parallel: bool,
     /// Its collectives overlapped with their GEMMs (Megatron's `--tp-comm-overlap`).
     pub tp_comm_overlap: bool,
+    /// How micro-batches' gradients are summed (`fused` into the weight-gradient product, or a
+    /// `separate` pass: Megatron-LM 2021).
+    pub grad_accumulation: GradAccumulation,
     /// Rank numbering (placement).
     pub rank_order: RankOrder,
     /// Training precision ([`DERIVED`]: the chip's or the reference run's).
@@ -63,6 +67,7 @@ impl Default for Editor {
             remat: "none".into(),
             seq_parallel: false,
             tp_comm_overlap: false,
+            grad_accumulation: GradAccumulation::Fused,
             rank_order: RankOrder::PANGU,
             precision: DERIVED.into(),
             attention: DERIVED.into(),
@@ -86,6 +91,7 @@ impl Editor {
             remat: s.remat.to_string(),
             seq_parallel: s.seq_parallel,
             tp_comm_overlap: s.tp_comm_overlap,
+            grad_accumulation: s.grad_accumulation,
             rank_order: s.rank_order,
             precision: s.precision.to_string(),
             attention: s.attention.to_string(),
@@ -132,6 +138,7 @@ impl Editor {
             ),
             seq_parallel: Some(self.seq_parallel),
             tp_comm_overlap: Some(self.tp_comm_overlap),
+            grad_accumulation: Some(self.grad_accumulation),
             rank_order: Some(self.rank_order),
             ..StrategySpec::default()
         })
@@ -223,5 +230,15 @@ mod tests {
         e.seq_parallel = false;
         let err = plan("gpt3-175b", "dgx-h100", 512, 1.0, &e).unwrap_err();
         assert!(err.contains("tp_comm_overlap"), "{err}");
+    }
+
+    #[test]
+    fn the_gradient_accumulation_choice_reaches_the_plan() {
+        let mut e = Editor::reference("gpt3-175b", "dgx-a100-80g", 1024).unwrap();
+        assert_eq!(e.grad_accumulation, GradAccumulation::Fused);
+        e.grad_accumulation = GradAccumulation::Separate;
+        let p = plan("gpt3-175b", "dgx-a100-80g", 1024, 1.0, &e).unwrap();
+        assert_eq!(p.strategy.grad_accumulation, GradAccumulation::Separate);
+        assert_eq!(Editor::from_strategy(&p.strategy), e);
     }
 }

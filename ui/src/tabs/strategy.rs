@@ -4,7 +4,7 @@
 use std::ops::RangeInclusive;
 
 use pangu_strategies::strategy::CpComm;
-use pangu_strategies::{Attention, OptShard, Precision, RankOrder};
+use pangu_strategies::{Attention, GradAccumulation, OptShard, Precision, RankOrder};
 
 use crate::editor::{Editor, DERIVED};
 use crate::palette;
@@ -103,6 +103,14 @@ fn fields(ui: &mut egui::Ui, e: &mut Editor) {
         ui.label("tp comm overlap");
         ui.checkbox(&mut e.tp_comm_overlap, "")
             .on_hover_text("Megatron's --tp-comm-overlap: needs tp > 1 and sequence parallel");
+        ui.end_row();
+        ui.label("grad accumulation");
+        choose(
+            ui,
+            "grad_accumulation",
+            &mut e.grad_accumulation,
+            [GradAccumulation::Fused, GradAccumulation::Separate],
+        );
         ui.end_row();
         ui.label("rank order");
         choose(ui, "rank_order", &mut e.rank_order, RankOrder::all());
