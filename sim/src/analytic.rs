@@ -166,8 +166,10 @@ impl CostModel for Analytic {
                     // GEMM time they hide under, per part.
                     let (mut hid_f, mut hid_b, mut gemm_f, mut gemm_b) = (0.0, 0.0, 0.0, 0.0);
                     for o in ops {
-                        let f = cost.forward(o);
-                        let b = cost.backward(o);
+                        // Each op at least its host time (per op here; per segment in the
+                        // task graph).
+                        let f = cost.forward(o).max(cost.host(o, false));
+                        let b = cost.backward(o).max(cost.host(o, true));
                         if overlap && o.kind == OpKind::Matmul {
                             gemm_f += f * slow;
                             gemm_b += b * slow;

@@ -63,8 +63,17 @@ pub struct Calibration {
     pub flash_attention: f64,
     /// Fraction of HBM bandwidth element-wise ops achieve.
     pub memory_efficiency: f64,
-    /// Fixed cost per op (launch, dispatch).
+    /// Fixed cost per op on the chip (the gap between two kernels).
     pub op_overhead: Seconds,
+    /// Host time the framework spends issuing one op of a forward pass (Python, autograd,
+    /// dispatch): a run of ops cannot finish sooner than the host issues them (eager
+    /// frameworks; 0 where a graph is sunk to the device). Measured by
+    /// `scripts/host-overhead.py`.
+    #[serde(default)]
+    pub host_forward_op: Seconds,
+    /// The same for one op of a backward pass.
+    #[serde(default)]
+    pub host_backward_op: Seconds,
     /// Fixed cost per collective step (protocol, synchronisation).
     pub collective_step_overhead: Seconds,
     /// Achieved fraction of nominal link bandwidth.
@@ -334,6 +343,16 @@ impl CostModel {
             self.stream(op.params as f64 * self.accumulate_bytes)
         } else {
             0.0
+        }
+    }
+
+    /// Host time to issue `op` in one pass (0 for communication, priced by the network): a
+    /// segment of ops takes at least the sum of these ([`crate::workload`]).
+    pub fn host(&self, op: &Op, backward: bool) -> f64 {
+        match op.kind {
+            OpKind::Comm => 0.0,
+            _ if backward => self.cal.host_backward_op.0,
+            _ => self.cal.host_forward_op.0,
         }
     }
 

@@ -50,8 +50,12 @@ pub enum Stream {
 pub enum Work {
     /// Computation of a fixed duration.
     Compute {
-        /// Duration in ns.
+        /// Duration in ns on the chip.
         ns: Time,
+        /// Host time in ns to issue its ops (an eager framework's dispatch; 0 where none is
+        /// priced): the host issues a device's tasks one after another, ahead of the chip, so
+        /// a task ends no sooner than the host has issued it (see `run`).
+        host: Time,
         /// Compute or recompute.
         cat: Category,
     },
@@ -398,12 +402,26 @@ impl Builder<'_> {
 
     /// A compute task of `secs` seconds (`flops` of work) after the pending dependencies.
     fn compute(&mut self, d: &mut Dev, secs: f64, flops: f64, cat: Category, label: Label) -> u32 {
+        self.compute_issued(d, secs, 0.0, flops, cat, label)
+    }
+
+    /// A compute task whose ops take the host `host` seconds to issue.
+    fn compute_issued(
+        &mut self,
+        d: &mut Dev,
+        secs: f64,
+        host: f64,
+        flops: f64,
+        cat: Category,
+        label: Label,
+    ) -> u32 {
         let deps = std::mem::take(&mut d.pending);
         let ns = (secs * 1e9).round() as Time;
+        let host = (host * 1e9).round() as Time;
         let t = self.task(
             d.rank,
             Stream::Compute,
-            Work::Compute { ns, cat },
+            Work::Compute { ns, host, cat },
             label,
             &deps,
         );
@@ -415,7 +433,9 @@ impl Builder<'_> {
     /// Runs `ops` forward (or backward, in reverse) as compute segments split at the
     /// tensor-parallel collectives of that direction.
     fn run_ops(&mut self, d: &mut Dev, ops: &[Op], backward: bool, cat: Category, label: Label) {
-        let mut seg = 0.0;
+        // A segment's chip time, and the host time to issue its ops.
+        let mut seg: f64 = 0.0;
+        let mut host: f64 = 0.0;
         let mut seg_flops = 0.0;
         let mut flops = 0.0;
         let order: Vec<&Op> = if backward {
@@ -445,8 +465,9 @@ impl Builder<'_> {
                 };
                 flops += f;
                 if attn.is_none() && seg > 0.0 {
-                    self.compute(d, seg, seg_flops, cat, label);
+                    self.compute_issued(d, seg, host, seg_flops, cat, label);
                     seg = 0.0;
+                    host = 0.0;
                     seg_flops = 0.0;
                 }
                 let a = attn.get_or_insert((0.0, 0.0));
@@ -465,8 +486,9 @@ impl Builder<'_> {
                     continue;
                 }
                 if seg > 0.0 {
-                    self.compute(d, seg, seg_flops, cat, label);
+                    self.compute_issued(d, seg, host, seg_flops, cat, label);
                     seg = 0.0;
+                    host = 0.0;
                 }
                 seg_flops = 0.0;
                 let bytes = op.comm.map_or(0.0, |c| c.bytes.as_f64());
@@ -484,6 +506,7 @@ impl Builder<'_> {
             } else {
                 (self.cost.forward(op), op.fwd_flops.0)
             };
+            let op_host = self.cost.host(op, backward);
             flops += f;
             if overlap && op.kind == OpKind::Matmul {
                 let drains = order
@@ -494,11 +517,13 @@ impl Builder<'_> {
                     // GEMM runs on the chunks already here while the others arrive; the last
                     // chunk's product waits for the gather.
                     if seg > 0.0 {
-                        self.compute(d, seg, seg_flops, cat, label);
+                        self.compute_issued(d, seg, host, seg_flops, cat, label);
                         seg = 0.0;
+                        host = 0.0;
                         seg_flops = 0.0;
                     }
-                    self.compute(d, secs * (tp - 1.0) / tp, f * (tp - 1.0) / tp, cat, label);
+                    let (a, b) = (secs * (tp - 1.0) / tp, f * (tp - 1.0) / tp);
+                    self.compute_issued(d, a, op_host, b, cat, label);
                     d.pending.push(t);
                     self.compute(d, secs / tp, f / tp, cat, label);
                     continue;
@@ -507,11 +532,12 @@ impl Builder<'_> {
                     // Pipelined reduce-scatter: once the first chunk of the GEMM's output is
                     // done, its reduction runs while the GEMM computes the rest.
                     if seg > 0.0 {
-                        self.compute(d, seg, seg_flops, cat, label);
+                        self.compute_issued(d, seg, host, seg_flops, cat, label);
                         seg = 0.0;
+                        host = 0.0;
                         seg_flops = 0.0;
                     }
-                    self.compute(d, secs / tp, f / tp, cat, label);
+                    self.compute_issued(d, secs / tp, op_host, f / tp, cat, label);
                     let bytes = next.comm.map_or(0.0, |c| c.bytes.as_f64());
                     let t = self.tp_collective(d, CollectiveKind::ReduceScatter, bytes);
                     self.compute(d, secs * (tp - 1.0) / tp, f * (tp - 1.0) / tp, cat, label);
@@ -521,13 +547,14 @@ impl Builder<'_> {
                 }
             }
             seg += secs;
+            host += op_host;
             seg_flops += f;
         }
         if let Some((t, f)) = attn.take() {
             self.cp_attention(d, t, f, backward, cat, label);
         }
         if seg > 0.0 {
-            self.compute(d, seg, seg_flops, cat, label);
+            self.compute_issued(d, seg, host, seg_flops, cat, label);
         }
         if let Some(t) = gathering {
             d.pending.push(t);

@@ -151,13 +151,14 @@ impl Builder<'_> {
                         .filter(|o| o.selective)
                         .collect();
                     let secs: f64 = sel.iter().map(|o| self.cost.forward(o)).sum();
+                    let host: f64 = sel.iter().map(|o| self.cost.host(o, false)).sum();
                     let flops: f64 = sel.iter().map(|o| o.fwd_flops.0).sum();
                     if secs > 0.0 {
                         if self.plan.strategy.cp > 1 {
                             // The recomputed attention needs the other ranks' K/V again.
                             self.cp_attention(d, secs, flops, false, Category::Recompute, re);
                         } else {
-                            self.compute(d, secs, flops, Category::Recompute, re);
+                            self.compute_issued(d, secs, host, flops, Category::Recompute, re);
                         }
                         self.w.flops[d.rank as usize] += flops;
                     }
