@@ -132,6 +132,16 @@ impl Calibration {
                 )));
             }
         }
+        for (field, v) in [
+            ("matmul.half_dim", c.matmul.half_dim),
+            ("batch_matmul.half_dim", c.batch_matmul.half_dim),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(SimError::Calibration(format!(
+                    "{source}: {field} = {v} must be 0 or more (a dimension, e.g. 64)"
+                )));
+            }
+        }
         if let Some(t) = &c.tiles {
             t.check(source).map_err(SimError::Calibration)?;
         }
@@ -390,6 +400,14 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("memory_efficiency"));
+        let bad = include_str!("../calibration/a100.toml").replace(
+            "matmul = { max_efficiency = 0.78, half_dim = 64 }",
+            "matmul = { max_efficiency = 0.78, half_dim = -64 }",
+        );
+        assert!(Calibration::from_toml(&bad, "x")
+            .unwrap_err()
+            .to_string()
+            .contains("matmul.half_dim"));
     }
 
     #[test]

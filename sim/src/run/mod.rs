@@ -83,9 +83,12 @@ struct Sim<'a> {
     busy: Vec<[bool; 3]>,
     free_since: Vec<Time>,
     /// Per device, when its host has issued the compute tasks started so far: the host runs
-    /// ahead of the chip and waits only at a pipeline receive (Megatron-LM synchronises after
-    /// its point-to-point calls).
+    /// ahead of the chip and waits only at a pipeline receive (Megatron-LM synchronises the
+    /// device after its point-to-point calls).
     host_clock: Vec<Time>,
+    /// Compute tasks that follow a pipeline receive: the host issues them only once the
+    /// device has drained its queue, i.e. when the task starts.
+    after_sync: Vec<bool>,
     breakdown: Vec<Breakdown>,
     ready: Vec<u32>,
     step: Vec<u32>,
@@ -177,6 +180,7 @@ pub fn simulate(
         busy: vec![[false; 3]; devices],
         free_since: vec![0; devices],
         host_clock: vec![0; devices],
+        after_sync: vec![false; n],
         breakdown: vec![Breakdown::default(); devices],
         ready: vec![0; w.colls.len()],
         step: vec![0; w.colls.len()],
@@ -314,7 +318,11 @@ impl Sim<'_> {
                 let pool = self.pool_of[d];
                 if pool == NONE {
                     // The task ends when the chip has run it and the host has issued it; time
-                    // the chip waits for the host counts as the task's.
+                    // the chip waits for the host counts as the task's. After a receive the
+                    // host has waited for the device, so it starts issuing now.
+                    if self.after_sync[t as usize] {
+                        self.host_clock[d] = self.host_clock[d].max(now);
+                    }
                     self.host_clock[d] += host;
                     let end = (now + ns).max(self.host_clock[d]);
                     *self.breakdown[d].get_mut(cat) += (end - now) as f64 * 1e-9;
@@ -591,7 +599,9 @@ impl Sim<'_> {
         let task = &self.w.tasks[t as usize];
         let (d, s) = (task.device as usize, task.stream);
         if matches!(task.work, Work::Recv) {
-            self.host_clock[d] = self.host_clock[d].max(now);
+            for &n in self.w.succ.of(t) {
+                self.after_sync[n as usize] = true;
+            }
         }
         if s != Stream::Free {
             self.busy[d][s as usize] = false;

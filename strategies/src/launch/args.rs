@@ -7,6 +7,8 @@ use super::tokenize::{words, Word};
 /// Arguments that take no value (flags) among those this tool reads.
 const FLAGS: &[&str] = &[
     "swiglu",
+    "gradient-accumulation-fusion",
+    "no-gradient-accumulation-fusion",
     "group-query-attention",
     "untie-embeddings-and-output-weights",
     "disable-bias-linear",

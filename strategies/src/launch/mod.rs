@@ -133,6 +133,10 @@ impl Launch {
         put("attention", s.attention.map(|v| v.to_string()));
         put("tp-comm-overlap", s.tp_comm_overlap.map(|v| v.to_string()));
         put(
+            "grad-accumulation",
+            s.grad_accumulation.map(|v| v.to_string()),
+        );
+        put(
             "vocab-divisible-by",
             s.vocab_divisible_by.map(|v| v.to_string()),
         );

@@ -265,6 +265,14 @@ fn gradient_accumulation_fusion_maps_both_ways() {
     let l = Launch::from_megatron(&format!("{SHAPE} --no-gradient-accumulation-fusion")).unwrap();
     assert_eq!(l.spec.grad_accumulation, Some(GradAccumulation::Separate));
     assert!(!l.ignored.iter().any(|a| a.contains("accumulation")));
+    assert!(
+        l.pangu_flags().contains("--grad-accumulation separate"),
+        "{}",
+        l.pangu_flags()
+    );
+    // A flag: the next argument is not taken as its value.
+    let l = Launch::from_megatron(&format!("--no-gradient-accumulation-fusion {SHAPE}")).unwrap();
+    assert_eq!(l.spec.grad_accumulation, Some(GradAccumulation::Separate));
     let l = Launch::from_megatron(&format!("{SHAPE} --gradient-accumulation-fusion")).unwrap();
     assert_eq!(l.spec.grad_accumulation, Some(GradAccumulation::Fused));
     // Unsaid, the strategy's default (fused, Megatron-core's) applies.
