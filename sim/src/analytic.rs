@@ -3,7 +3,9 @@
 //! Same op costs as the simulator (the roofline of [`crate::cost`]), communication by the
 //! alpha-beta model of each collective algorithm on the narrowest link of its group
 //! (Thakur et al. 2005; bus-bandwidth factors `2(n-1)/n` for all-reduce, `(n-1)/n` for
-//! gathers and scatters), and a pipeline of `m` micro-batches through `p` stages:
+//! gathers and scatters) with the latency terms of the group's own program as the simulator
+//! prices them (the library's start-up and per-step cost, [`crate::protocol`]; pipeline sends
+//! pay the wire only, as the simulator's), and a pipeline of `m` micro-batches through `p` stages:
 //! `(m - 1)·max_s T_s + Σ_s T_s` for 1F1B and GPipe (fill and drain through every stage once),
 //! the fill and drain divided by `v` with interleaving (Narayanan et al. 2021). Data-parallel
 //! reduction overlaps the last micro-batch's backward; what exceeds it is exposed. No
@@ -15,6 +17,11 @@ use pangu_strategies::strategy::{Axis, CpComm};
 use pangu_strategies::{memory, BackwardPrefetch, CollectiveKind, OptShard, Plan, Remat};
 
 use crate::cost::{Calibration, CostModel as OpCost};
+use std::rc::Rc;
+
+use crate::collective::Programs;
+use crate::protocol::{Shape, StepCosts};
+use pangu_strategies::collective::CollectiveGroup;
 
 /// The analytic model.
 #[derive(Debug, Clone, Copy, Default)]
@@ -37,7 +44,7 @@ impl CostModel for DiscreteEvent {
 
 /// Seconds for a collective of `bytes` over `n` ranks whose narrowest link runs at `bw`
 /// bytes/s, with `steps` latency terms of `alpha` seconds.
-fn collective_time(kind: CollectiveKind, n: u32, bytes: f64, bw: f64, alpha: f64) -> f64 {
+fn collective_time(kind: CollectiveKind, n: u32, bytes: f64, link: &GroupLink) -> f64 {
     if n <= 1 || bytes <= 0.0 {
         return 0.0;
     }
@@ -46,15 +53,72 @@ fn collective_time(kind: CollectiveKind, n: u32, bytes: f64, bw: f64, alpha: f64
         CollectiveKind::AllReduce => (2.0 * (nf - 1.0) / nf, 2.0 * (nf - 1.0)),
         _ => ((nf - 1.0) / nf, nf - 1.0),
     };
-    factor * bytes / bw + steps * alpha
+    let wire = factor * bytes / link.bw;
+    let Some(shape) = link.shape(kind) else {
+        // No program for the group: the alpha-beta model's steps at the narrowest hop.
+        return wire + steps * link.lat;
+    };
+    // The latency terms of the group's own program, as the simulator runs it: the library's
+    // start-up, and per step the wire plus what the library adds to it.
+    let p = link.costs.price(&shape.steps, bytes);
+    let hops: f64 = shape
+        .steps
+        .iter()
+        .map(|s| s.latency + secs(p.step(s)))
+        .sum();
+    secs(p.base) + wire * p.scale + hops
+}
+
+fn secs(ns: u64) -> f64 {
+    ns as f64 * 1e-9
+}
+
+/// A group's narrowest link as the alpha-beta model sees it, and its programs.
+struct GroupLink {
+    /// Effective bandwidth, bytes/s.
+    bw: f64,
+    /// One hop's wire latency, seconds.
+    lat: f64,
+    /// The shapes of the group's programs (its `[collectives]` algorithm), by collective.
+    shapes: Vec<(CollectiveKind, Rc<Shape>)>,
+    /// What the collective library adds.
+    costs: StepCosts,
+}
+
+impl GroupLink {
+    fn shape(&self, kind: CollectiveKind) -> Option<&Shape> {
+        self.shapes
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, s)| s.as_ref())
+    }
 }
 
 impl Analytic {
     /// Narrowest effective bandwidth (bytes/s) and one-hop latency between consecutive
     /// members of the first group along `axis`.
-    fn group_link(plan: &Plan, axis: Axis, cal: &Calibration) -> (f64, f64) {
+    fn group_link(plan: &Plan, axis: Axis, cal: &Calibration) -> Result<GroupLink, String> {
         let topo = &plan.cluster.topology;
         let g = plan.mesh.group_of(axis, 0);
+        let key = match axis {
+            Axis::Tp => CollectiveGroup::Tp,
+            Axis::Dp => CollectiveGroup::Dp,
+            Axis::Pp => CollectiveGroup::Pp,
+            Axis::Cp => CollectiveGroup::Cp,
+        };
+        let algo = plan.algorithm(key, &g);
+        let mut programs = Programs::default();
+        let mut shapes = Vec::new();
+        for kind in [
+            CollectiveKind::AllReduce,
+            CollectiveKind::AllGather,
+            CollectiveKind::ReduceScatter,
+        ] {
+            let s = programs
+                .shape(kind, algo, &g, topo)
+                .map_err(|e| e.to_string())?;
+            shapes.push((kind, s));
+        }
         let mut bw = f64::INFINITY;
         let mut lat: f64 = 0.0;
         for w in g
@@ -69,19 +133,21 @@ impl Analytic {
                 lat = lat.max(l.0);
             }
         }
-        (
-            bw * cal.link_efficiency,
-            lat + cal.collective_step_overhead.0,
-        )
+        Ok(GroupLink {
+            bw: bw * cal.link_efficiency,
+            lat,
+            shapes,
+            costs: StepCosts::new(cal),
+        })
     }
 }
 
 /// Exposed seconds of one layer's K/V exchange under context parallelism, given the
 /// attention core's forward and backward seconds, over a cp group whose narrowest link runs
-/// at `bw` with per-step cost `alpha`: the ring's steps as the simulator runs them (each
+/// `link`: the ring's steps as the simulator runs them (each
 /// hidden behind its attention block, what outlasts it exposed; backward carries K/V and
 /// dK/dV and ends with one unhidden dK/dV hop), the all-gather variant's collectives whole.
-fn cp_exposed(plan: &Plan, attn_f: f64, attn_b: f64, recompute: bool, bw: f64, alpha: f64) -> f64 {
+fn cp_exposed(plan: &Plan, attn_f: f64, attn_b: f64, recompute: bool, link: &GroupLink) -> f64 {
     let s = &plan.strategy;
     let n = s.cp.max(1);
     if n <= 1 {
@@ -91,18 +157,23 @@ fn cp_exposed(plan: &Plan, attn_f: f64, attn_b: f64, recompute: bool, bw: f64, a
     let passes = if recompute { 2.0 } else { 1.0 };
     match s.cp_comm {
         CpComm::AllGather => {
-            let ag = collective_time(CollectiveKind::AllGather, n, x * f64::from(n), bw, alpha);
-            let rs = collective_time(
-                CollectiveKind::ReduceScatter,
-                n,
-                x * f64::from(n),
-                bw,
-                alpha,
-            );
+            let ag = collective_time(CollectiveKind::AllGather, n, x * f64::from(n), link);
+            let rs = collective_time(CollectiveKind::ReduceScatter, n, x * f64::from(n), link);
             passes * ag + ag + rs
         }
         CpComm::Ring => {
-            let step = |blocks: f64, hide: f64| (blocks * x / bw + alpha - hide).max(0.0);
+            // Each ring step is a one-step collective of its own (the library's start-up, one
+            // hop: the first step of the group's ring), priced for its blocks as the simulator
+            // prices each instance (a buffer of `blocks · cp` blocks).
+            let first = link
+                .shape(CollectiveKind::AllGather)
+                .and_then(|s| s.steps.first().copied())
+                .unwrap_or_default();
+            let step = |blocks: f64, hide: f64| {
+                let p = link.costs.price(&[first], blocks * x * f64::from(n));
+                let alpha = secs(p.base) + first.latency + secs(p.step(&first));
+                (blocks * x * p.scale / link.bw + alpha - hide).max(0.0)
+            };
             let (bf, bb) = (attn_f / f64::from(n), attn_b / f64::from(n));
             let fwd = f64::from(n - 1) * step(1.0, bf);
             let mut bwd = step(1.0, 0.0);
@@ -124,14 +195,10 @@ impl CostModel for Analytic {
         let cal = Calibration::for_chip(&plan.cluster.spec.chip).map_err(|e| e.to_string())?;
         let cost = OpCost::for_plan(plan, cal.clone()).map_err(|e| e.to_string())?;
         let s = &plan.strategy;
-        let (tp_bw, tp_a) = Self::group_link(plan, Axis::Tp, &cal);
-        let (dp_bw, dp_a) = Self::group_link(plan, Axis::Dp, &cal);
-        let (pp_bw, pp_a) = Self::group_link(plan, Axis::Pp, &cal);
-        let (cp_bw, cp_a) = if s.cp > 1 {
-            Self::group_link(plan, Axis::Cp, &cal)
-        } else {
-            (f64::INFINITY, 0.0)
-        };
+        let tp_link = Self::group_link(plan, Axis::Tp, &cal)?;
+        let dp_link = Self::group_link(plan, Axis::Dp, &cal)?;
+        let pp_link = Self::group_link(plan, Axis::Pp, &cal)?;
+        let cp_link = Self::group_link(plan, Axis::Cp, &cal)?;
         let recompute_fwd = matches!(s.remat, Remat::Full | Remat::Every(_));
         let overlap = s.tp_comm_overlap && s.tp > 1;
         // Devices sharing a host's cores (`server.shared_cores`): with every device of a
@@ -189,7 +256,7 @@ impl CostModel for Analytic {
                             let x = tc.bytes.as_f64();
                             let n = s.tp;
                             let time = |k: Option<CollectiveKind>| {
-                                k.map_or(0.0, |k| collective_time(k, n, x, tp_bw, tp_a))
+                                k.map_or(0.0, |k| collective_time(k, n, x, &tp_link))
                             };
                             let hidden = |k: Option<CollectiveKind>| {
                                 overlap
@@ -237,14 +304,15 @@ impl CostModel for Analytic {
                     }
                     if is_layer && s.cp > 1 {
                         let recompute = s.recomputes_attention();
-                        let x = cp_exposed(plan, attn_f, attn_b, recompute, cp_bw, cp_a);
+                        let x = cp_exposed(plan, attn_f, attn_b, recompute, &cp_link);
                         t += x;
                         bwd += x;
                     }
                 }
             }
             if s.pp > 1 {
-                let p2p = plan.p2p_bytes().as_f64() / pp_bw + pp_a;
+                // A send, not a collective: the wire only (as the simulator's sends).
+                let p2p = plan.p2p_bytes().as_f64() / pp_link.bw + pp_link.lat;
                 t += 2.0 * p2p * f64::from(s.schedule.chunks());
             }
             stage_t.push(t);
@@ -263,15 +331,14 @@ impl CostModel for Analytic {
         } else {
             CollectiveKind::ReduceScatter
         };
-        let dp_t = collective_time(grad_kind, s.dp_cp(), params * gb as f64, dp_bw, dp_a);
+        let dp_t = collective_time(grad_kind, s.dp_cp(), params * gb as f64, &dp_link);
         let overlap = last_bwd.iter().copied().fold(0.0, f64::max);
         let mut exposed = (dp_t - overlap).max(0.0);
         let gather = collective_time(
             CollectiveKind::AllGather,
             s.dp_cp(),
             params * s.gather_bytes() as f64,
-            dp_bw,
-            dp_a,
+            &dp_link,
         );
         exposed += match s.opt_shard {
             OptShard::None => 0.0,
@@ -318,11 +385,33 @@ mod tests {
 
     #[test]
     fn alpha_beta_matches_the_ring_lower_bound() {
-        let t = collective_time(CollectiveKind::AllReduce, 8, 8e9, 1e9, 0.0);
+        // 14 ring steps (an all-reduce over 8), each `lat` of wire, no library cost.
+        let link = |lat: f64| GroupLink {
+            bw: 1e9,
+            lat,
+            shapes: vec![(
+                CollectiveKind::AllReduce,
+                Rc::new(Shape {
+                    steps: vec![
+                        crate::protocol::StepShape {
+                            crosses: false,
+                            per_byte: 1.0,
+                            latency: lat,
+                        };
+                        14
+                    ],
+                }),
+            )],
+            costs: StepCosts::Flat(pangu_hardware::Seconds(0.0)),
+        };
+        let t = collective_time(CollectiveKind::AllReduce, 8, 8e9, &link(0.0));
         assert!((t - 14.0).abs() < 1e-9);
         assert_eq!(
-            collective_time(CollectiveKind::AllGather, 1, 8e9, 1e9, 1.0),
+            collective_time(CollectiveKind::AllGather, 1, 8e9, &link(1.0)),
             0.0
         );
+        // 14 steps of 1 s each on top of the wire.
+        let t = collective_time(CollectiveKind::AllReduce, 8, 8e9, &link(1.0));
+        assert!((t - 28.0).abs() < 1e-9);
     }
 }

@@ -15,6 +15,9 @@ use pangu_strategies::{CollectiveAlgorithm, CollectiveKind};
 
 use pangu_hardware::fxhash::FxMap;
 
+use crate::protocol::{Shape, StepShape};
+use crate::SimError;
+
 /// One transfer: (source chip, destination chip, bytes).
 pub type Transfer = (u32, u32, f64);
 
@@ -61,6 +64,49 @@ pub fn transfers(program: &Program, ranks: &[u32], bytes: f64) -> Vec<Step> {
         .collect()
 }
 
+/// The shape of unit-byte steps (see [`crate::collective::Programs::unit`]). A step's
+/// transfers are alike (one piece of the buffer per pair, over routes of one kind), so the
+/// largest transfer inside a server and the largest across servers stand for the step:
+/// at most two routes are looked up per step.
+pub fn shape_of(unit: &[Step], topo: &Topology) -> Result<Shape, SimError> {
+    let mut steps = Vec::with_capacity(unit.len());
+    for step in unit {
+        // The largest transfer of each class: (bytes, source, destination).
+        let (mut intra, mut net) = ((0.0, 0, 0), (0.0, 0, 0));
+        for &(a, b, x) in step {
+            let class = if topo.position(a).server != topo.position(b).server {
+                &mut net
+            } else {
+                &mut intra
+            };
+            if x > class.0 {
+                *class = (x, a, b);
+            }
+        }
+        let mut shape = StepShape {
+            crosses: net.0 > 0.0,
+            ..StepShape::default()
+        };
+        for (x, a, b) in [intra, net] {
+            if x <= 0.0 {
+                continue;
+            }
+            let (bw, lat) = topo
+                .path_summary(a, b)
+                .map_err(|e| SimError::Input(format!("collective step {a} -> {b}: {e}")))?;
+            if bw.0.is_nan() || bw.0 <= 0.0 {
+                return Err(SimError::Input(format!(
+                    "collective step {a} -> {b}: the route has no bandwidth"
+                )));
+            }
+            shape.per_byte = shape.per_byte.max(x / bw.0);
+            shape.latency = shape.latency.max(lat.0);
+        }
+        steps.push(shape);
+    }
+    Ok(Shape { steps })
+}
+
 /// Scales unit-byte steps to a `bytes` buffer.
 fn scaled(unit: &[Step], bytes: f64) -> Vec<Step> {
     unit.iter()
@@ -91,6 +137,8 @@ type Shared = Vec<(Which, Rc<Vec<Step>>)>;
 pub struct Programs {
     /// By group (looked up by slice, without allocating), then by collective and algorithm.
     unit: FxMap<Vec<u32>, Shared>,
+    /// Their shapes for protocol pricing, the same way.
+    shapes: FxMap<Vec<u32>, Vec<(Which, Rc<Shape>)>>,
 }
 
 impl Programs {
@@ -116,6 +164,29 @@ impl Programs {
             .or_default()
             .push(((kind, algo), Rc::clone(&u)));
         u
+    }
+
+    /// The shape of a collective's program over `ranks` ([`Shape`]: per step, whether it
+    /// crosses servers and its uncontended time per byte), built once.
+    pub fn shape(
+        &mut self,
+        kind: CollectiveKind,
+        algo: CollectiveAlgorithm,
+        ranks: &[u32],
+        topo: &Topology,
+    ) -> Result<Rc<Shape>, SimError> {
+        if let Some(list) = self.shapes.get(ranks) {
+            if let Some((_, s)) = list.iter().find(|(k, _)| *k == (kind, algo)) {
+                return Ok(Rc::clone(s));
+            }
+        }
+        let unit = self.unit(kind, algo, ranks, topo);
+        let s = Rc::new(shape_of(&unit, topo)?);
+        self.shapes
+            .entry(ranks.to_vec())
+            .or_default()
+            .push(((kind, algo), Rc::clone(&s)));
+        Ok(s)
     }
 
     /// The steps of a collective over `ranks` of a `bytes` buffer.

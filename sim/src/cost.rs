@@ -28,6 +28,7 @@ use pangu_strategies::{GradAccumulation, Plan, Precision};
 use serde::Deserialize;
 
 use crate::gemm::{Machine, Shape, Tiles};
+use crate::protocol::Protocols;
 use crate::SimError;
 
 /// A saturating efficiency curve.
@@ -74,8 +75,10 @@ pub struct Calibration {
     /// The same for one op of a backward pass.
     #[serde(default)]
     pub host_backward_op: Seconds,
-    /// Fixed cost per collective step (protocol, synchronisation).
-    pub collective_step_overhead: Seconds,
+    /// Fixed cost per collective step (protocol, synchronisation), for a library without a
+    /// `protocols` table.
+    #[serde(default)]
+    pub collective_step_overhead: Option<Seconds>,
     /// Achieved fraction of nominal link bandwidth.
     pub link_efficiency: f64,
     /// The GEMM library's tile menu; with the chip's `compute_units`, matmuls are priced by
@@ -83,6 +86,10 @@ pub struct Calibration {
     /// `half_dim` the loop's fill in `k` steps).
     #[serde(default)]
     pub tiles: Option<Tiles>,
+    /// The collective library's protocols ([`crate::protocol`]): NCCL's LL, LL128 and Simple,
+    /// chosen per collective; without it every step costs `collective_step_overhead`.
+    #[serde(default)]
+    pub protocols: Option<Protocols>,
 }
 
 const FAMILIES: &[(&str, &str)] = &[
@@ -144,6 +151,26 @@ impl Calibration {
         }
         if let Some(t) = &c.tiles {
             t.check(source).map_err(SimError::Calibration)?;
+        }
+        match (&c.protocols, c.collective_step_overhead) {
+            (Some(p), None) => p.check(source).map_err(SimError::Calibration)?,
+            (None, Some(s)) if s.0.is_finite() && s.0 >= 0.0 => {}
+            (None, Some(s)) => {
+                return Err(SimError::Calibration(format!(
+                    "{source}: collective_step_overhead = {} s must be 0 or more (e.g. \"4 us\")",
+                    s.0
+                )))
+            }
+            (None, None) => {
+                return Err(SimError::Calibration(format!(
+                    "{source}: give the collective library's cost: collective_step_overhead (one cost per step, e.g. \"15 us\") or a [protocols] table (NCCL's LL/LL128/Simple)"
+                )))
+            }
+            (Some(_), Some(_)) => {
+                return Err(SimError::Calibration(format!(
+                    "{source}: collective_step_overhead and [protocols] both set: the protocols' hop latencies replace the flat step cost; keep one"
+                )))
+            }
         }
         Ok(c)
     }
@@ -401,8 +428,8 @@ mod tests {
             .to_string()
             .contains("memory_efficiency"));
         let bad = include_str!("../calibration/a100.toml").replace(
-            "matmul = { max_efficiency = 0.78, half_dim = 64 }",
-            "matmul = { max_efficiency = 0.78, half_dim = -64 }",
+            "matmul = { max_efficiency = 0.77, half_dim = 64 }",
+            "matmul = { max_efficiency = 0.77, half_dim = -64 }",
         );
         assert!(Calibration::from_toml(&bad, "x")
             .unwrap_err()

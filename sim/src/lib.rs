@@ -7,6 +7,8 @@
 //!   sends and receives, the optimizer step).
 //! - [`collective`]: each collective is decomposed by its algorithm into steps of
 //!   point-to-point transfers.
+//! - [`protocol`]: what the collective library adds per collective and step (NCCL's LL, LL128
+//!   and Simple, chosen per message as NCCL's tuner does).
 //! - [`network`]: transfers are flows over the topology's routes, sharing links max-min fairly.
 //! - [`engine`]: the event queue; [`run`] executes the graph and fills a `StepReport`.
 //! - [`timeline`]: the rows and spans of a run, for the Chrome trace and the app's Gantt chart.
@@ -36,6 +38,7 @@ pub mod gemm;
 pub mod goodput;
 pub mod isolated;
 pub mod network;
+pub mod protocol;
 pub mod run;
 pub mod search;
 pub mod timeline;

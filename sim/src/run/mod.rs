@@ -19,6 +19,7 @@ use crate::engine::{Queue, Time};
 use crate::fold::Folding;
 use crate::isolated::Exclusive;
 use crate::network::{FlowId, Network};
+use crate::protocol::{Pricing, Shape, StepCosts};
 use crate::workload::{Stream, Work, Workload};
 use crate::SimError;
 
@@ -104,7 +105,8 @@ struct Sim<'a> {
     /// the representatives' transfers.
     folded: pangu_hardware::fxhash::FxMap<Vec<u32>, FoldedPrograms>,
     owner: Vec<Owner>,
-    step_overhead: Time,
+    /// What the collective library adds to each collective and step.
+    costs: StepCosts,
     done_tasks: usize,
     /// Position of each task in its stream.
     stream_index: Vec<usize>,
@@ -148,7 +150,7 @@ pub fn simulate(
 ) -> Result<Run, SimError> {
     let n = w.tasks.len();
     let devices = w.streams.len();
-    let step_overhead = cal.collective_step_overhead.0;
+    let costs = StepCosts::new(cal);
     let mut net = Network::new(&plan.cluster.topology, cal.link_efficiency)?;
     if let Some(f) = fold {
         net.set_folding(f);
@@ -190,7 +192,7 @@ pub fn simulate(
         programs,
         folded: Default::default(),
         owner: Vec::new(),
-        step_overhead: (step_overhead * 1e9).round() as Time,
+        costs,
         done_tasks: 0,
         stream_index: stream_positions(w),
         coll_start: vec![0; w.colls.len()],
@@ -442,7 +444,7 @@ impl Sim<'_> {
             let timed = self.exclusive.timed(
                 topo,
                 self.link_efficiency,
-                self.step_overhead,
+                (&self.costs, &mut self.programs),
                 (c.kind, c.algo, &c.ranks, c.bytes),
             )?;
             // Folded, one simulated group stands for several real ones.
@@ -493,25 +495,36 @@ impl Sim<'_> {
                 }
             }
         };
-        let n = if c.bytes > 0.0 { unit.len() } else { 0 };
+        let shape = self.programs.shape(c.kind, c.algo, &c.ranks, topo)?;
+        let n = if c.bytes > 0.0 { shape.steps.len() } else { 0 };
         // One step of the program (a K/V ring step of context parallelism), or all of them.
         let (first, count) = match c.step {
-            Some(k) => (usize::from(k), usize::from(usize::from(k) < n)),
+            Some(k) => (usize::from(k).min(n), usize::from(usize::from(k) < n)),
             None => (0, n),
         };
+        let price = self
+            .costs
+            .price(&shape.steps[first..first + count], c.bytes);
         self.coll_steps[inst as usize] = Scaled {
             unit,
-            bytes: c.bytes,
+            bytes: c.bytes * price.scale,
             first,
             count,
+            shape,
+            price,
         };
         self.next_step(inst, now)
     }
 
     fn next_step(&mut self, inst: u32, now: Time) -> Result<(), SimError> {
         let i = inst as usize;
-        if (self.step[i] as usize) < self.coll_steps[i].count {
-            self.q.push(now + self.step_overhead, Ev::StepStart(inst));
+        let (k, s) = (self.step[i] as usize, &self.coll_steps[i]);
+        if k < s.count {
+            let mut wait = s.price.step(&s.shape.steps[s.first + k]);
+            if k == 0 {
+                wait += s.price.base;
+            }
+            self.q.push(now + wait, Ev::StepStart(inst));
         } else {
             let tasks = self.w.colls[i].tasks.clone();
             for t in tasks {
@@ -697,6 +710,9 @@ struct Scaled {
     bytes: f64,
     first: usize,
     count: usize,
+    /// The whole program's shape, and what the library adds to this instance.
+    shape: Rc<Shape>,
+    price: Pricing,
 }
 
 impl Scaled {

@@ -27,8 +27,8 @@ use super::Prepared;
 use crate::cost::Calibration;
 
 /// Families whose matmul plateau was fitted to training-step rows, per the fitting records in
-/// `sim/calibration/{a100,h100,ascend910}.toml`. (Their `collective_step_overhead` comment says
-/// 4 us was chosen "over 2-8 us with the plateau above"; it is held at 4 us here, see
+/// `sim/calibration/{a100,h100,ascend910}.toml`. (Their collective costs are not refitted: NCCL's
+/// protocol table on the NVIDIA families, HCCL's step cost an assumption, see
 /// docs/validation.md.) Other families copy these values or keep starting points, fitted to
 /// no row.
 pub const FITTED: &[&str] = &["a100", "h100", "ascend910"];
