@@ -138,6 +138,10 @@ pub(crate) struct StrategyArgs {
     /// or drain (Megatron-LM's `--tp-comm-overlap`; needs tp > 1 and --seq-parallel).
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub tp_comm_overlap: Option<bool>,
+    /// A pipeline stage waits for each send to complete before computing on (Megatron-LM
+    /// without `--overlap-p2p-communication`, DeepSpeed's pipeline engine). Default false.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub p2p_blocking: Option<bool>,
 }
 
 impl StrategyArgs {
@@ -214,6 +218,7 @@ impl StrategyArgs {
             attention: self.attention.map(Into::into),
             tp_comm_overlap: self.tp_comm_overlap,
             grad_accumulation: self.grad_accumulation.map(Into::into),
+            p2p_blocking: self.p2p_blocking,
             collectives: if self.collective.is_empty() {
                 None
             } else {

@@ -72,6 +72,8 @@ fn megatron_args_plan_like_the_hand_written_flags() {
         "zero1",
         "--precision",
         "bf16",
+        // Megatron's pipeline sends block (no --overlap-p2p-communication in its line).
+        "--p2p-blocking",
         "--json",
     ]);
     assert_eq!(got["strategy"], want["strategy"]);

@@ -126,7 +126,10 @@ pub fn search_by(
     let overlap = own.is_some_and(|o| o.tp_comm_overlap);
     // And how the framework sums micro-batches' gradients.
     let grad_accumulation = own.map(|o| o.grad_accumulation).unwrap_or_default();
+    // And whether its pipeline sends block.
+    let p2p_blocking = own.is_some_and(|o| o.p2p_blocking);
     for s in &mut all {
+        s.p2p_blocking = p2p_blocking;
         s.attention = attention;
         s.tp_comm_overlap = overlap && s.tp > 1 && s.seq_parallel;
         s.grad_accumulation = grad_accumulation;

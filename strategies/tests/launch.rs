@@ -439,8 +439,9 @@ fn megatron_gpt3_175b() {
         "layers = 96\nhidden = 12288\nheads = 96\nffn = 49152\nvocab = 50257\nseq_len = 2048\n\
          dropout = 0.1\nglobal_batch = 1536\n",
     );
+    // Megatron's pipeline sends block the stage (no --overlap-p2p-communication).
     let hand = "tp = 8\npp = 16\nmicro_batch_size = 1\nglobal_batch = 1536\nprecision = \"fp16\"\n\
-                attention = \"flash\"\n";
+                attention = \"flash\"\np2p_blocking = true\n";
     assert_same(&l, None, "dgx-a100-80g:1024", &m, hand);
     assert!((l.model.as_ref().unwrap().params().total as f64 - 175e9).abs() / 175e9 < 0.01);
     for ignored in [
@@ -463,7 +464,9 @@ fn megatron_gpt3_175b() {
     assert!(l.notes.iter().any(|n| n.contains("GPT-2 BPE assumed")));
     let flags = l.pangu_flags();
     assert!(
-        flags.contains("--tp 8 --pp 16") && flags.contains("--precision fp16"),
+        flags.contains("--tp 8 --pp 16")
+            && flags.contains("--precision fp16")
+            && flags.contains("--p2p-blocking true"),
         "{flags}"
     );
 }
@@ -519,7 +522,8 @@ fn megatron_deepspeed_llama2_with_its_config() {
          vocab = 32000\nseq_len = 2048\ntied_embeddings = false\nposition = \"rotary\"\n\
          norm = \"rmsnorm\"\nbias = false\nglobal_batch = 32\n",
     );
-    let hand = "tp = 2\npp = 2\nmicro_batch_size = 4\nglobal_batch = 32\nprecision = \"bf16\"\n";
+    let hand = "tp = 2\npp = 2\nmicro_batch_size = 4\nglobal_batch = 32\nprecision = \"bf16\"\n\
+                p2p_blocking = true\n";
     assert_same(&l, None, "dgx-a100-80g:8", &m, hand);
     assert!(l.notes.iter().any(|n| n.contains("torchrun")));
     assert!(l.notes.iter().any(|n| n.contains("--deepspeed_config")));
@@ -534,7 +538,7 @@ fn megatron_deepspeed_gpt_1_3b() {
          dropout = 0.1\nglobal_batch = 512\n",
     );
     let hand = "tp = 2\npp = 2\nmicro_batch_size = 2\nglobal_batch = 512\nprecision = \"fp16\"\n\
-                opt_shard = \"zero1\"\nremat = \"full\"\n";
+                opt_shard = \"zero1\"\nremat = \"full\"\np2p_blocking = true\n";
     assert_same(&l, None, "dgx-a100-80g:64", &m, hand);
 }
 

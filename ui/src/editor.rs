@@ -43,6 +43,8 @@ pub struct Editor {
     /// How micro-batches' gradients are summed (`fused` into the weight-gradient product, or a
     /// `separate` pass: Megatron-LM 2021).
     pub grad_accumulation: GradAccumulation,
+    /// Pipeline sends block the sending stage (Megatron without `--overlap-p2p-communication`).
+    pub p2p_blocking: bool,
     /// Rank numbering (placement).
     pub rank_order: RankOrder,
     /// Training precision ([`DERIVED`]: the chip's or the reference run's).
@@ -68,6 +70,7 @@ impl Default for Editor {
             seq_parallel: false,
             tp_comm_overlap: false,
             grad_accumulation: GradAccumulation::Fused,
+            p2p_blocking: false,
             rank_order: RankOrder::PANGU,
             precision: DERIVED.into(),
             attention: DERIVED.into(),
@@ -92,6 +95,7 @@ impl Editor {
             seq_parallel: s.seq_parallel,
             tp_comm_overlap: s.tp_comm_overlap,
             grad_accumulation: s.grad_accumulation,
+            p2p_blocking: s.p2p_blocking,
             rank_order: s.rank_order,
             precision: s.precision.to_string(),
             attention: s.attention.to_string(),
@@ -139,6 +143,7 @@ impl Editor {
             seq_parallel: Some(self.seq_parallel),
             tp_comm_overlap: Some(self.tp_comm_overlap),
             grad_accumulation: Some(self.grad_accumulation),
+            p2p_blocking: Some(self.p2p_blocking),
             rank_order: Some(self.rank_order),
             ..StrategySpec::default()
         })
@@ -239,6 +244,11 @@ mod tests {
         e.grad_accumulation = GradAccumulation::Separate;
         let p = plan("gpt3-175b", "dgx-a100-80g", 1024, 1.0, &e).unwrap();
         assert_eq!(p.strategy.grad_accumulation, GradAccumulation::Separate);
+        assert_eq!(Editor::from_strategy(&p.strategy), e);
+        assert!(!e.p2p_blocking);
+        e.p2p_blocking = true;
+        let p = plan("gpt3-175b", "dgx-a100-80g", 1024, 1.0, &e).unwrap();
+        assert!(p.strategy.p2p_blocking);
         assert_eq!(Editor::from_strategy(&p.strategy), e);
     }
 }

@@ -611,7 +611,9 @@ impl Sim<'_> {
         self.done_tasks += 1;
         let task = &self.w.tasks[t as usize];
         let (d, s) = (task.device as usize, task.stream);
-        if matches!(task.work, Work::Recv) {
+        // The host waits for the device at a receive, and at a blocking send (whose only
+        // successors on its device are the tasks that waited for it).
+        if matches!(task.work, Work::Recv | Work::Send { .. }) {
             for &n in self.w.succ.of(t) {
                 self.after_sync[n as usize] = true;
             }

@@ -10,7 +10,8 @@
 //!   backward, exactly as the executor issues them), the tied embedding all-reduce, the norm
 //!   and loss sums and the optimizer-sharding gathers;
 //! - pipeline sends and receives are free-standing tasks: a send starts when its forward or
-//!   backward ends, a receive completes when the data has arrived.
+//!   backward ends, a receive completes when the data has arrived; with `p2p_blocking` the
+//!   stage's next task waits for its send to complete (Megatron's synchronous p2p).
 
 use std::collections::BTreeMap;
 
@@ -630,6 +631,11 @@ impl Builder<'_> {
                     let label = Label::Send(mb, chunk);
                     let t = self.task(rank, Stream::Free, Work::Send { dst, bytes }, label, &deps);
                     self.sends.insert((fwd, rank, dst, mb, consumer_chunk), t);
+                    if plan.strategy.p2p_blocking {
+                        // Megatron waits on the send and synchronises the device before the
+                        // stage computes on.
+                        d.pending.push(t);
+                    }
                 }
                 Action::RecvActivation { mb, chunk, peer }
                 | Action::RecvGradient { mb, chunk, peer } => {

@@ -21,6 +21,7 @@ const FLAGS: &[&str] = &[
     "use-flash-attn-v2",
     "use-flash-attn-triton",
     "tp-comm-overlap",
+    "overlap-p2p-communication",
     "checkpoint-activations",
     "recompute-activations",
     "use-rotary-position-embeddings",

@@ -167,12 +167,16 @@ fn parallelism(a: &mut Args, notes: &mut Vec<String>) -> Result<StrategySpec, La
         a.flag("gradient-accumulation-fusion")
             .then_some(GradAccumulation::Fused)
     };
+    // A pipeline stage's sends block it (p2p_communication.py: `batch_isend_irecv`, a wait on
+    // every request, then `torch.cuda.synchronize()`) unless `--overlap-p2p-communication`.
+    let p2p_blocking = (pp > 1 && !a.flag("overlap-p2p-communication")).then_some(true);
     Ok(StrategySpec {
         tp: Some(tp),
         pp: Some(pp),
         seq_parallel: Some(sp),
         tp_comm_overlap: overlap.then_some(true),
         grad_accumulation,
+        p2p_blocking,
         opt_shard: Some(opt),
         ..Default::default()
     })

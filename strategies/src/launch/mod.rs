@@ -132,6 +132,7 @@ impl Launch {
         put("precision", s.precision.map(|v| v.to_string()));
         put("attention", s.attention.map(|v| v.to_string()));
         put("tp-comm-overlap", s.tp_comm_overlap.map(|v| v.to_string()));
+        put("p2p-blocking", s.p2p_blocking.map(|v| v.to_string()));
         put(
             "grad-accumulation",
             s.grad_accumulation.map(|v| v.to_string()),

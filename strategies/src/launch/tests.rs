@@ -279,3 +279,24 @@ fn gradient_accumulation_fusion_maps_both_ways() {
     let l = Launch::from_megatron(SHAPE).unwrap();
     assert_eq!(l.spec.grad_accumulation, None);
 }
+
+#[test]
+fn megatron_pipeline_sends_block_unless_overlapped() {
+    let pp = format!("{SHAPE} --pipeline-model-parallel-size 2");
+    let l = Launch::from_megatron(&pp).unwrap();
+    assert_eq!(l.spec.p2p_blocking, Some(true));
+    assert!(
+        l.pangu_flags().contains("--p2p-blocking true"),
+        "{}",
+        l.pangu_flags()
+    );
+    // A flag: the next argument is not taken as its value, and nothing is left ignored.
+    let l = Launch::from_megatron(&format!("--overlap-p2p-communication {pp}")).unwrap();
+    assert_eq!(l.spec.p2p_blocking, None);
+    assert!(!l.ignored.iter().any(|a| a.contains("p2p")));
+    // Without a pipeline there is nothing to send.
+    assert_eq!(
+        Launch::from_megatron(SHAPE).unwrap().spec.p2p_blocking,
+        None
+    );
+}

@@ -570,6 +570,7 @@ impl SearchSpace {
                                         tp_comm_overlap: false,
                                         // The framework's, set from the run's strategy.
                                         grad_accumulation: Default::default(),
+                                        p2p_blocking: false,
                                     });
                                 }
                             }

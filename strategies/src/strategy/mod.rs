@@ -117,6 +117,11 @@ pub struct StrategySpec {
     /// `--no-gradient-accumulation-fusion`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grad_accumulation: Option<GradAccumulation>,
+    /// Pipeline sends block the sending stage until they complete (Megatron-LM without
+    /// `--overlap-p2p-communication`: `batch_isend_irecv`, wait, `torch.cuda.synchronize()`;
+    /// DeepSpeed's pipeline engine). Default false: the stage computes on while it sends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p2p_blocking: Option<bool>,
 }
 
 impl StrategySpec {
@@ -174,7 +179,8 @@ impl StrategySpec {
             vocab_divisible_by,
             attention,
             tp_comm_overlap,
-            grad_accumulation
+            grad_accumulation,
+            p2p_blocking
         )
     }
 }
@@ -246,6 +252,10 @@ pub struct Strategy {
     /// over every weight per micro-batch (see `sim`'s cost model).
     #[serde(default, skip_serializing_if = "is_default")]
     pub grad_accumulation: GradAccumulation,
+    /// A stage waits for each of its pipeline sends to complete before computing on (see
+    /// `sim`'s workload).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub p2p_blocking: bool,
 }
 
 /// The default of the `attention` key for a chip, with the reason. Today it is `materialised`
@@ -338,6 +348,7 @@ impl Strategy {
             attention: Some(self.attention),
             tp_comm_overlap: Some(self.tp_comm_overlap),
             grad_accumulation: Some(self.grad_accumulation),
+            p2p_blocking: Some(self.p2p_blocking),
         }
     }
 
@@ -401,7 +412,7 @@ impl Strategy {
             (c, comm) => format!(" cp{c}({comm})"),
         };
         format!(
-            "dp{} tp{} pp{}{cp} mb{}x{} {} opt={}{zero3} remat={}{}{}{}{}{}{}",
+            "dp{} tp{} pp{}{cp} mb{}x{} {} opt={}{zero3} remat={}{}{}{}{}{}{}{}",
             self.dp,
             self.tp,
             self.pp,
@@ -414,6 +425,11 @@ impl Strategy {
             if self.tp_comm_overlap { " tpo" } else { "" },
             if self.grad_accumulation == GradAccumulation::Separate {
                 " gacc=separate"
+            } else {
+                ""
+            },
+            if self.p2p_blocking && self.pp > 1 {
+                " p2p=blocking"
             } else {
                 ""
             },

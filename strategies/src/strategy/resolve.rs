@@ -57,6 +57,7 @@ pub fn resolve(
         attention: spec.attention.unwrap_or_default(),
         tp_comm_overlap: spec.tp_comm_overlap.unwrap_or(false),
         grad_accumulation: spec.grad_accumulation.unwrap_or_default(),
+        p2p_blocking: spec.p2p_blocking.unwrap_or(false),
         vocab_divisible_by: match spec.vocab_divisible_by {
             Some(0) => {
                 return Err(PlanError::TensorParallel(

@@ -112,6 +112,11 @@ fn fields(ui: &mut egui::Ui, e: &mut Editor) {
             [GradAccumulation::Fused, GradAccumulation::Separate],
         );
         ui.end_row();
+        ui.label("blocking p2p");
+        ui.checkbox(&mut e.p2p_blocking, "").on_hover_text(
+            "A pipeline stage waits for each send to finish (Megatron without --overlap-p2p-communication)",
+        );
+        ui.end_row();
         ui.label("rank order");
         choose(ui, "rank_order", &mut e.rank_order, RankOrder::all());
         ui.end_row();
