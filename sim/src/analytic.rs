@@ -73,6 +73,14 @@ fn secs(ns: u64) -> f64 {
     ns as f64 * 1e-9
 }
 
+thread_local! {
+    /// The programs' shapes of the last cluster priced (its spec, and the shapes by group): a
+    /// search prices tens of thousands of candidates whose groups repeat, and building a
+    /// program of a large group is far dearer than the rest of the closed form.
+    static SHAPES: std::cell::RefCell<(Option<pangu_hardware::ClusterSpec>, Programs)> =
+        std::cell::RefCell::new((None, Programs::default()));
+}
+
 /// A group's narrowest link as the alpha-beta model sees it, and its programs.
 struct GroupLink {
     /// Effective bandwidth, bytes/s.
@@ -107,18 +115,23 @@ impl Analytic {
             Axis::Cp => CollectiveGroup::Cp,
         };
         let algo = plan.algorithm(key, &g);
-        let mut programs = Programs::default();
-        let mut shapes = Vec::new();
-        for kind in [
-            CollectiveKind::AllReduce,
-            CollectiveKind::AllGather,
-            CollectiveKind::ReduceScatter,
-        ] {
-            let s = programs
-                .shape(kind, algo, &g, topo)
-                .map_err(|e| e.to_string())?;
-            shapes.push((kind, s));
-        }
+        let shapes = SHAPES.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            if cache.0.as_ref() != Some(&plan.cluster.spec) {
+                *cache = (Some(plan.cluster.spec.clone()), Programs::default());
+            }
+            [
+                CollectiveKind::AllReduce,
+                CollectiveKind::AllGather,
+                CollectiveKind::ReduceScatter,
+            ]
+            .into_iter()
+            .map(|kind| {
+                let s = cache.1.shape(kind, algo, &g, topo);
+                s.map(|s| (kind, s)).map_err(|e| e.to_string())
+            })
+            .collect::<Result<Vec<_>, String>>()
+        })?;
         let mut bw = f64::INFINITY;
         let mut lat: f64 = 0.0;
         for w in g
