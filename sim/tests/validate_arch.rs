@@ -56,6 +56,14 @@ fn the_arch_column_builds_the_shape_with_that_architecture() {
         (FfnKind::Gelu, NormKind::Layernorm, PositionKind::Learned)
     );
     assert!(g.bias && g.tied_embeddings);
+    // Without arch, a model named Llama is built as one (the measured sweeps' Llama rows were
+    // once built as GPTs: two-matrix GeLU FFNs, a third fewer FFN FLOPs).
+    let named = prepare("Llama-2-13B,,,4,1024,16,,2816,32000,2048,H100-SXM5-80GB,8,2,1,1").unwrap();
+    let n = &named.plan.model;
+    assert_eq!(
+        (n.ffn_kind, n.norm, n.position),
+        (FfnKind::Swiglu, NormKind::Rmsnorm, PositionKind::Rotary)
+    );
     // The SwiGLU model at the same sizes has other parameters than the GPT.
     assert_ne!(m.params().total, g.params().total);
     let e = prepare("Some-LM,,bert,4,1024,16,,4096,32000,2048,H100-SXM5-80GB,8,2,1,1").unwrap_err();
@@ -80,4 +88,45 @@ fn newer_accelerators_map_to_their_own_presets() {
         let name = &p.plan.cluster.spec.chip.name;
         assert!(name.contains(chip), "{acc}: {name}");
     }
+}
+
+#[test]
+fn precision_and_sequence_parallelism_are_read_as_the_row_words_them() {
+    // The measured sweeps write them with the source's own words after the value.
+    let run = |acc: &str, precision: &str, seq_par: &str| {
+        let csv = format!(
+            "{HEADER},seq_par\nR,Synthetic,Llama-3-8B,llama3-8b,,,,,,,,4096,{acc},8,2,1,1,,1,8,none,0,{precision},3000,verified: synthetic,{seq_par}\n"
+        );
+        let rows = read_rows(&csv, "synthetic.csv").unwrap();
+        let p = prepare_row(&rows[0], None).map_err(|r| r.skipped.clone().unwrap_or_default());
+        let s = p.unwrap().plan.strategy;
+        (s.precision, s.seq_parallel)
+    };
+    use pangu_strategies::Precision;
+    let h100 = "H100-SXM5-80GB";
+    assert_eq!(
+        run(h100, "bf16 + float8 linears (torchao)", "no"),
+        (Precision::Fp8, false)
+    );
+    assert_eq!(run(h100, "bf16 + fp8 (TE)", "yes"), (Precision::Fp8, true));
+    // The A100 has no fp8 tensor cores: its float8 rows stay bf16.
+    assert_eq!(
+        run(
+            "A100-SXM4-80GB",
+            "bf16 + float8 linears",
+            "yes (assumed with TP 4)"
+        ),
+        (Precision::Bf16, true)
+    );
+    assert_eq!(run(h100, "fp32", "not stated").0, Precision::Fp32);
+    assert_eq!(run(h100, "amp (16-bit mixed)", "").0, Precision::Fp16);
+    assert_eq!(
+        run(
+            h100,
+            "bf16 with the new BF16_Optimizer (fp32 gradient accumulation)",
+            ""
+        )
+        .0,
+        Precision::Bf16
+    );
 }

@@ -7,7 +7,7 @@ import os
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HEADER = open(os.path.join(HERE, 'published-runs.csv')).readline().strip().split(',')
-HEADER += ['group', 'peak_memory_gib']
+HEADER += ['group', 'peak_memory_gib', 'arch']
 rows = []
 
 def fmt(x, nd=1):
@@ -23,6 +23,11 @@ def add(**kw):
     for k, v in kw.items():
         assert k in r, k
         r[k] = v if isinstance(v, str) else fmt(v)
+    if not r['arch']:
+        # The block the simulator builds from the shape columns (sim/src/validate/shape.rs):
+        # Llama's SwiGLU/RMSNorm/rotary block, else GPT's (BLOOM's ALiBi block is GPT's
+        # less the position table).
+        r['arch'] = 'llama' if r['model'].lower().startswith('llama') else 'gpt'
     rows.append(r)
 
 # ---------------------------------------------------------------- model shapes

@@ -182,6 +182,23 @@ fn cluster_preset(acc: &str) -> Option<&'static str> {
     }
 }
 
+/// The row's precision: fp8 where its linears ran in fp8 ("fp8", torchao's "float8") and the
+/// chip has fp8 tensor cores, bf16 where it says bf16, fp32 where it names fp32 alone, else
+/// fp16 mixed precision ("fp16 mixed", "amp", "16-bit mixed").
+fn precision_of(r: &Row, cluster: &Cluster) -> Precision {
+    let p = field(r, "precision").to_ascii_lowercase();
+    let chip = &cluster.spec.chip;
+    if (p.contains("fp8") || p.contains("float8")) && chip.fp8.is_some() {
+        Precision::Fp8
+    } else if p.contains("bf16") && chip.bf16.is_some() {
+        Precision::Bf16
+    } else if p.starts_with("fp32") {
+        Precision::Fp32
+    } else {
+        Precision::Fp16
+    }
+}
+
 fn setup(r: &Row, extra: Option<&Assumption>) -> Result<Setup, String> {
     let mut assumptions = Vec::new();
     let mut model = shape::model_of(r, &mut assumptions)?;
@@ -215,14 +232,9 @@ fn setup(r: &Row, extra: Option<&Assumption>) -> Result<Setup, String> {
     };
     let remat = remat_of(r, &mut assumptions);
     let opt_shard = opt_shard_of(r);
-    let precision = if field(r, "precision").to_ascii_lowercase().contains("bf16")
-        && cluster.spec.chip.bf16.is_some()
-    {
-        Precision::Bf16
-    } else {
-        Precision::Fp16
-    };
-    let sp = field(r, "seq_par").eq_ignore_ascii_case("yes");
+    let precision = precision_of(r, &cluster);
+    // "yes", or "yes (…)" with how the source says it.
+    let sp = field(r, "seq_par").to_ascii_lowercase().starts_with("yes");
     let schedule = if vpp > 1 {
         ScheduleKind::Interleaved { chunks: vpp }
     } else {

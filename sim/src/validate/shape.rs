@@ -9,8 +9,8 @@
 //!   `vocab`): `gpt` (GeLU, LayerNorm, learned positions, biases, tied head: GPT-2/3,
 //!   Megatron-LM's GPT), `pangu` (the same with PanGu-α's query layer), `mpt` (ALiBi, no
 //!   biases), `llama` (SwiGLU, RMSNorm, rotary positions, no biases, untied head).
-//! - Neither: `pangu` when the model's name says PanGu, `mpt` for MPT, else `gpt` (what every
-//!   row was built as before the columns existed).
+//! - Neither: `pangu` when the model's name says PanGu, `mpt` for MPT, `llama` for Llama,
+//!   else `gpt` (what every row was built as before the columns existed).
 
 use pangu_model::{FfnKind, ModelConfig, NormKind, PositionKind};
 
@@ -76,6 +76,8 @@ fn from_columns(r: &Row, assumptions: &mut Vec<String>) -> Result<ModelConfig, S
                 "pangu"
             } else if lower.starts_with("mpt") {
                 "mpt"
+            } else if lower.contains("llama") {
+                "llama"
             } else {
                 "gpt"
             }
