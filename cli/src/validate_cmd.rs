@@ -2,7 +2,8 @@
 
 use anyhow::{Context, Result};
 use clap::Args;
-use pangu_sim::validate::confidence::write_table;
+use pangu_sim::validate::confidence::{unfitted_rows, write_table};
+use pangu_sim::validate::crossval::CvRow;
 use pangu_sim::validate::crossval::{cross_validate, Criterion, CrossValidation};
 use pangu_sim::validate::{
     prepare_row, rank_groups, read_assumptions, read_rows, summary, GroupRanking, Metric, Prepared,
@@ -43,6 +44,12 @@ pub(crate) struct ValidateArgs {
     /// --cross-validate); the shipped one is sim/validation/confidence.csv.
     #[arg(long, value_name = "FILE.csv")]
     pub write_confidence: Option<String>,
+    /// With --write-confidence: also simulate the rows of this CSV (its assumptions file
+    /// beside it), which no constant is fitted to, and append them to the table with their
+    /// error as it is (out of sample already); the shipped table adds
+    /// sim/validation/sweeps.csv. Repeatable.
+    #[arg(long, value_name = "FILE.csv", requires = "write_confidence")]
+    pub also_unfitted: Vec<String>,
     /// A gate: exit with code 4 when the median |error| of the verified rows (the ones the
     /// table marks `verified`) exceeds this fraction (e.g. 0.15), after printing the report.
     #[arg(long, value_name = "FRACTION")]
@@ -116,7 +123,11 @@ pub(crate) fn run(args: &ValidateArgs) -> Result<()> {
         });
         bar.finish_and_clear();
         if let Some(path) = &args.write_confidence {
-            let text = write_table(&cv, &args.runs)?;
+            let mut unfitted = Vec::new();
+            for file in &args.also_unfitted {
+                unfitted.extend(unfitted_of(file)?);
+            }
+            let text = write_table(&cv, &args.runs, &unfitted, &args.also_unfitted)?;
             std::fs::write(path, text).with_context(|| format!("cannot write {path}"))?;
             eprintln!("confidence table written to {path}");
         }
@@ -218,23 +229,52 @@ fn rows_text(out: &mut String, results: &[RowResult]) {
 fn assumptions(
     args: &ValidateArgs,
 ) -> Result<std::collections::HashMap<String, pangu_sim::validate::Assumption>> {
-    let sidecar = args.assumptions.clone().unwrap_or_else(|| {
-        let p = std::path::Path::new(&args.runs);
+    assumptions_of(&args.runs, args.assumptions.as_deref())
+}
+
+/// The assumptions of `runs`: `given`, or `<runs>.assumptions.toml` beside it when present.
+fn assumptions_of(
+    runs: &str,
+    given: Option<&str>,
+) -> Result<std::collections::HashMap<String, pangu_sim::validate::Assumption>> {
+    let sidecar = given.map(str::to_string).unwrap_or_else(|| {
+        let p = std::path::Path::new(runs);
         p.with_extension("assumptions.toml")
             .to_string_lossy()
             .into_owned()
     });
     Ok(match std::fs::read_to_string(&sidecar) {
         Ok(t) => read_assumptions(&t, &sidecar)?,
-        Err(e) if args.assumptions.is_none() && e.kind() == std::io::ErrorKind::NotFound => {
-            Default::default()
-        }
+        Err(e) if given.is_none() && e.kind() == std::io::ErrorKind::NotFound => Default::default(),
         Err(e) => {
             return Err(anyhow::anyhow!(
                 "cannot read assumptions file {sidecar}: {e}"
             ))
         }
     })
+}
+
+/// `--also-unfitted`: the compared rows of `file` as confidence-table lines.
+fn unfitted_of(file: &str) -> Result<Vec<CvRow>> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {file}"))?;
+    let rows = read_rows(&text, file)?;
+    let extra = assumptions_of(file, None)?;
+    let prepared: Vec<Prepared> = rows
+        .iter()
+        .filter_map(|r| prepare_row(r, r.get("row_id").and_then(|id| extra.get(id))).ok())
+        .collect();
+    let bar = indicatif::ProgressBar::new(prepared.len() as u64);
+    let errors: Vec<Option<f64>> = prepared
+        .iter()
+        .map(|p| {
+            bar.set_message(p.result.row_id.clone());
+            let r = p.finish(p.predict(&p.calibration));
+            bar.inc(1);
+            r.error
+        })
+        .collect();
+    bar.finish_and_clear();
+    Ok(unfitted_rows(&prepared, &errors))
 }
 
 /// `--max-median-error`: the verified rows' median |error| against the threshold, if given.
@@ -303,7 +343,7 @@ fn cv_section(out: &mut String, cv: &CrossValidation) {
         .map(|r| {
             vec![
                 r.row_id.clone(),
-                r.family.clone(),
+                r.regime.family.clone(),
                 if r.gate {
                     "verified".into()
                 } else {

@@ -105,14 +105,9 @@ fn row(id: &str, family: &str, params_b: f64, tp: u32, pp: u32, dp: u32, cv: f64
     CvRow {
         row_id: id.into(),
         source: "s".into(),
-        family: family.into(),
         gate: true,
         fit: true,
-        params_b,
-        tp,
-        pp,
-        dp,
-        sharding: "none".into(),
+        regime: regime(family, params_b, tp, pp, dp),
         in_sample: 0.0,
         cv: Some(cv),
         plateau: Some(0.8),
@@ -128,6 +123,8 @@ fn regime(family: &str, params_b: f64, tp: u32, pp: u32, dp: u32) -> Regime {
         pp,
         dp,
         sharding: "none".into(),
+        attention: "materialised".into(),
+        fp8: false,
     }
 }
 
@@ -171,7 +168,36 @@ fn distance_units() {
     let mut z = a.clone();
     z.sharding = "zero3".into();
     assert!((distance(&a, &z) - 1.0).abs() < 1e-9);
+    // The other attention kernel is a unit, fp8 against not half of one.
+    let mut flash = a.clone();
+    flash.attention = "flash".into();
+    assert!((distance(&a, &flash) - 1.0).abs() < 1e-9);
+    let mut fp8 = a.clone();
+    fp8.fp8 = true;
+    assert!((distance(&a, &fp8) - 0.5).abs() < 1e-9);
     assert!(distance(&a, &regime("h100", 10.0, 8, 1, 1)).is_infinite());
+}
+
+#[test]
+fn a_flash_plan_is_vouched_for_by_flash_rows_only() {
+    // A shipped row fitted with materialised attention and a measured flash row of the same
+    // shape: the flash plan gets the flash row's error, and its mix says flash.
+    let mut sweep = row("SWEEP", "h100", 8.0, 1, 1, 8, 0.6);
+    sweep.regime.attention = "flash".into();
+    sweep.basis = Basis::Unfitted;
+    let table = vec![row("SHIPPED", "h100", 8.0, 1, 1, 8, 0.03), sweep];
+    let mut plan = regime("h100", 8.0, 1, 1, 8);
+    plan.attention = "flash".into();
+    let c = lookup(&plan, &table);
+    assert_eq!(c.nearest.len(), 1, "{:?}", c.nearest);
+    assert_eq!(c.nearest[0].row_id, "SWEEP");
+    assert!(
+        c.line.contains("60 %") && c.line.contains("dp8·flash"),
+        "{}",
+        c.line
+    );
+    let m = lookup(&regime("h100", 8.0, 1, 1, 8), &table);
+    assert_eq!(m.nearest[0].row_id, "SHIPPED");
 }
 
 #[test]

@@ -1,30 +1,28 @@
 //! How sure a prediction is: the cross-validated error of the published runs nearest to it.
 //!
 //! `sim/validation/confidence.csv` holds, per compared row of `published-runs.csv`, its
-//! features and its leave-one-source-out error ([`super::crossval`]); it is written by
-//! `pangu validate --cross-validate --write-confidence sim/validation/confidence.csv` and
-//! compiled in. A plan's [`Regime`] (chip family, model size, tp, pp, dp, optimizer sharding)
+//! features and its leave-one-source-out error ([`super::crossval`]), then the compared rows
+//! of the measured sweeps (`sweeps.csv`), which no constant is fitted to, with their error as
+//! it is ([`Basis::Unfitted`]). It is written by [`REGENERATE`] and compiled in. A plan's
+//! [`Regime`] (chip family, model size, tp, pp, dp, optimizer sharding, attention kernel, fp8)
 //! is compared with each row's by [`distance`]; the rows within [`SPREAD`] of the nearest
 //! form the regime whose cross-validated error is reported, with a warning when even the
 //! nearest is further than [`NEAR`].
 
 use std::sync::OnceLock;
 
-use pangu_hardware::ChipSpec;
-use pangu_model::ModelConfig;
-use pangu_strategies::{OptShard, Plan, Strategy};
 use serde::Serialize;
 
-use super::crossval::{median, CrossValidation, CvRow};
-use crate::cost::Calibration;
+use super::crossval::{median, Basis, CrossValidation, CvRow};
+pub use super::regime::{distance, Regime};
+use super::Prepared;
 use crate::SimError;
 
 /// The shipped table (generated; see the module documentation).
 const SHIPPED: &str = include_str!("../../validation/confidence.csv");
 
 /// The command that writes [`SHIPPED`].
-pub const REGENERATE: &str =
-    "pangu validate --cross-validate --write-confidence sim/validation/confidence.csv";
+pub const REGENERATE: &str = "pangu validate --cross-validate --write-confidence sim/validation/confidence.csv --also-unfitted sim/validation/sweeps.csv";
 
 /// Distance beyond which the nearest row no longer vouches for a plan.
 pub const NEAR: f64 = 1.0;
@@ -32,91 +30,6 @@ pub const NEAR: f64 = 1.0;
 pub const SPREAD: f64 = 0.5;
 /// The error band stated when no validated run is near.
 pub const FAR_BAND: &str = "±50 %";
-
-/// What a prediction's confidence is measured over.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Regime {
-    /// Calibration family of the chip.
-    pub family: String,
-    /// Model parameters, billions.
-    pub params_b: f64,
-    /// Tensor-parallel size.
-    pub tp: u32,
-    /// Pipeline stages.
-    pub pp: u32,
-    /// Data-parallel size.
-    pub dp: u32,
-    /// Optimizer sharding level.
-    pub sharding: String,
-}
-
-impl Regime {
-    /// The regime of a model, chip and resolved strategy.
-    pub fn new(model: &ModelConfig, chip: &ChipSpec, s: &Strategy) -> Result<Regime, SimError> {
-        Ok(Regime {
-            family: Calibration::for_chip(chip)?.family,
-            params_b: model.params().total as f64 / 1e9,
-            tp: s.tp,
-            pp: s.pp,
-            dp: s.dp,
-            sharding: s.opt_shard.to_string(),
-        })
-    }
-
-    /// The regime of a plan.
-    pub fn of_plan(plan: &Plan) -> Result<Regime, SimError> {
-        Regime::new(&plan.model, &plan.cluster.spec.chip, &plan.strategy)
-    }
-
-    /// A published row's regime.
-    fn of_row(r: &CvRow) -> Regime {
-        Regime {
-            family: r.family.clone(),
-            params_b: r.params_b,
-            tp: r.tp,
-            pp: r.pp,
-            dp: r.dp,
-            sharding: r.sharding.clone(),
-        }
-    }
-
-    /// E.g. `tp8·pp16·dp16`, with the sharding level when there is one.
-    fn mix(&self) -> String {
-        let mut s = format!("tp{}·pp{}·dp{}", self.tp, self.pp, self.dp);
-        if self.sharding != OptShard::None.to_string() {
-            s.push('·');
-            s.push_str(&self.sharding);
-        }
-        s
-    }
-}
-
-/// Distance between two regimes of one family (infinite across families: each has its own
-/// constants). One unit is any of: a factor 4 in parameters, 8 in tp or in pp, 16 in dp, or
-/// ZeRO-3 against not; a different non-ZeRO-3 sharding level adds 0.25. The weights follow
-/// where the validation error is known to move (docs/validation.md, "Known weak regimes"):
-/// ZeRO-3 at scale and one-node runs with small models behave unlike their neighbours, and
-/// the data-parallel size matters less than model parallelism as long as ZeRO-3 is off.
-pub fn distance(a: &Regime, b: &Regime) -> f64 {
-    if a.family != b.family {
-        return f64::INFINITY;
-    }
-    let ratio = |x: f64, y: f64| (x.max(1e-9) / y.max(1e-9)).ln().abs();
-    let lg = |x: u32, y: u32| ratio(f64::from(x.max(1)), f64::from(y.max(1))) / 2f64.ln();
-    let zero3 = OptShard::Zero3.to_string();
-    let shard = if (a.sharding == zero3) != (b.sharding == zero3) {
-        1.0
-    } else if a.sharding != b.sharding {
-        0.25
-    } else {
-        0.0
-    };
-    ratio(a.params_b, b.params_b) / 4f64.ln()
-        + lg(a.tp, b.tp) / 3.0
-        + lg(a.pp, b.pp) / 3.0
-        + lg(a.dp, b.dp) / 4.0
-        + shard
-}
 
 /// One published row near a plan.
 #[derive(Debug, Clone, Serialize)]
@@ -170,14 +83,15 @@ fn pct(x: f64) -> String {
 pub fn lookup(regime: &Regime, table: &[CvRow]) -> Confidence {
     let mut near: Vec<(f64, &CvRow, f64)> = table
         .iter()
-        .filter_map(|r| {
-            r.cv.map(|e| (distance(regime, &Regime::of_row(r)), r, e.abs()))
-        })
+        .filter_map(|r| r.cv.map(|e| (distance(regime, &r.regime), r, e.abs())))
         .filter(|(d, _, _)| d.is_finite())
         .collect();
     near.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.row_id.cmp(&b.1.row_id)));
     let Some(&(d0, first, e0)) = near.first() else {
-        let on_family = table.iter().filter(|r| r.family == regime.family).count();
+        let on_family = table
+            .iter()
+            .filter(|r| r.regime.family == regime.family)
+            .count();
         let why = if on_family > 0 {
             format!("its {on_family} published run(s) calibrate the family and cannot validate it")
         } else {
@@ -209,13 +123,13 @@ pub fn lookup(regime: &Regime, table: &[CvRow]) -> Confidence {
             cv_error: *e,
         })
         .collect();
-    let first_regime = Regime::of_row(first);
+    let first_regime = &first.regime;
     let (warning, line) = if d0 > NEAR {
         let w = format!(
             "no validated run within distance {NEAR} of this plan (nearest: {}, {} {} {}, distance {d0:.1}, cross-validated |err| {}); treat this prediction as {FAR_BAND}",
             first.row_id,
-            first.family,
-            size_range(first.params_b, first.params_b),
+            first_regime.family,
+            size_range(first_regime.params_b, first_regime.params_b),
             first_regime.mix(),
             pct(e0)
         );
@@ -223,12 +137,15 @@ pub fn lookup(regime: &Regime, table: &[CvRow]) -> Confidence {
     } else {
         let lo = regime_rows
             .iter()
-            .map(|x| x.1.params_b)
+            .map(|x| x.1.regime.params_b)
             .fold(f64::INFINITY, f64::min);
-        let hi = regime_rows.iter().map(|x| x.1.params_b).fold(0.0, f64::max);
+        let hi = regime_rows
+            .iter()
+            .map(|x| x.1.regime.params_b)
+            .fold(0.0, f64::max);
         let line = format!(
             "confidence: nearest validated regime ({}, {}, {}) cross-validated |err| {} (worst {}, n={}, distance {d0:.1})",
-            first.family,
+            first_regime.family,
             size_range(lo, hi),
             first_regime.mix(),
             pct(cv_median.unwrap_or(e0)),
@@ -265,27 +182,82 @@ pub fn read_table(text: &str, source: &str) -> Result<Vec<CvRow>, SimError> {
         .collect()
 }
 
-/// Writes a cross-validation as a confidence table (values rounded so that regenerating it
-/// gives the same bytes).
-pub fn write_table(cv: &CrossValidation, runs: &str) -> Result<String, SimError> {
+/// The table's columns, in order: [`CvRow`]'s fields with its regime's in place.
+const COLUMNS: [&str; 16] = [
+    "row_id",
+    "source",
+    "gate",
+    "fit",
+    "family",
+    "params_b",
+    "tp",
+    "pp",
+    "dp",
+    "sharding",
+    "attention",
+    "fp8",
+    "in_sample",
+    "cv",
+    "plateau",
+    "basis",
+];
+
+/// The lines of rows no constant is fitted to (the measured sweeps): each compared row with
+/// its error under the shipped calibration, which is already out of sample. `errors[i]` is
+/// row `i`'s error (`None`: not compared).
+pub fn unfitted_rows(rows: &[Prepared], errors: &[Option<f64>]) -> Vec<CvRow> {
+    rows.iter()
+        .zip(errors)
+        .filter_map(|(p, e)| e.map(|e| CvRow::of(p, e, Basis::Unfitted)))
+        .collect()
+}
+
+/// Writes a cross-validation of `runs` as a confidence table (values rounded so that
+/// regenerating it gives the same bytes), followed by the `unfitted` rows of `also`.
+pub fn write_table(
+    cv: &CrossValidation,
+    runs: &str,
+    unfitted: &[CvRow],
+    also: &[String],
+) -> Result<String, SimError> {
     let r4 = |x: f64| (x * 1e4).round() / 1e4;
+    let bad = |e: String| SimError::Input(format!("confidence table: {e}"));
     let mut w = csv::Writer::from_writer(Vec::new());
-    for r in &cv.rows {
+    w.write_record(COLUMNS).map_err(|e| bad(e.to_string()))?;
+    for r in cv.rows.iter().chain(unfitted) {
         let mut r = r.clone();
-        r.params_b = (r.params_b * 100.0).round() / 100.0;
+        r.regime.params_b = (r.regime.params_b * 100.0).round() / 100.0;
         r.in_sample = r4(r.in_sample);
         r.cv = r.cv.map(r4);
         r.plateau = r.plateau.map(r4);
-        w.serialize(&r)
-            .map_err(|e| SimError::Input(format!("confidence table: {e}")))?;
+        // The csv crate reads a flattened struct but cannot write one: go through JSON.
+        let v = serde_json::to_value(&r).map_err(|e| bad(e.to_string()))?;
+        let fields = v.as_object().map_or(0, serde_json::Map::len);
+        if fields != COLUMNS.len() {
+            return Err(bad(format!(
+                "a row has {fields} fields and COLUMNS names {}",
+                COLUMNS.len()
+            )));
+        }
+        let cells = COLUMNS.map(|c| match &v[c] {
+            serde_json::Value::Null => String::new(),
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        });
+        w.write_record(&cells).map_err(|e| bad(e.to_string()))?;
     }
-    let body = w
-        .into_inner()
-        .map_err(|e| SimError::Input(format!("confidence table: {e}")))?;
-    let body =
-        String::from_utf8(body).map_err(|e| SimError::Input(format!("confidence table: {e}")))?;
+    let body = w.into_inner().map_err(|e| bad(e.to_string()))?;
+    let body = String::from_utf8(body).map_err(|e| bad(e.to_string()))?;
+    let also = if also.is_empty() {
+        String::new()
+    } else {
+        format!(
+            ", then the rows of {} (fitted to nothing: basis unfitted, their shipped error)",
+            also.join(", ")
+        )
+    };
     Ok(format!(
-        "# Leave-one-source-out errors of {runs} (criterion: {:?}); generated by `{REGENERATE}`, do not edit.\n{body}",
+        "# Leave-one-source-out errors of {runs} (criterion: {:?}){also}; generated by `{REGENERATE}`, do not edit.\n{body}",
         cv.criterion
     ))
 }

@@ -23,6 +23,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use super::regime::Regime;
 use super::Prepared;
 use crate::cost::Calibration;
 
@@ -87,6 +88,9 @@ pub enum Basis {
     NoData,
     /// The family's constants are fitted to no row: shipped values, nothing to refit.
     NotFitted,
+    /// A row of a file no constant is fitted to (the measured sweeps): its error with the
+    /// shipped calibration is already out of sample.
+    Unfitted,
 }
 
 /// One family's plateau in one fold.
@@ -123,22 +127,14 @@ pub struct CvRow {
     pub row_id: String,
     /// Its source.
     pub source: String,
-    /// Its chip family.
-    pub family: String,
     /// A verified, non-calibration row (the gate).
     pub gate: bool,
     /// Whether it fits its family's plateau (gate and calibration rows of fitted families).
     pub fit: bool,
-    /// Model parameters, billions.
-    pub params_b: f64,
-    /// Tensor-parallel size.
-    pub tp: u32,
-    /// Pipeline stages.
-    pub pp: u32,
-    /// Data-parallel size.
-    pub dp: u32,
-    /// Optimizer sharding level.
-    pub sharding: String,
+    /// Its features (chip family, size, parallelism mix, sharding, kernel, fp8): the table's
+    /// columns from `family` to `fp8`.
+    #[serde(flatten)]
+    pub regime: Regime,
     /// (predicted − published) / published with the shipped calibration.
     pub in_sample: f64,
     /// The same with its source left out of the fit (`None`: no held-in row and no prior).
@@ -147,6 +143,28 @@ pub struct CvRow {
     pub plateau: Option<f64>,
     /// Where that plateau comes from.
     pub basis: Basis,
+}
+
+impl CvRow {
+    /// A compared row with its features read from its plan; its held-out error is its
+    /// in-sample one until a fold says otherwise (true of [`Basis::Unfitted`] rows).
+    pub fn of(p: &Prepared, in_sample: f64, basis: Basis) -> CvRow {
+        CvRow {
+            row_id: p.result.row_id.clone(),
+            source: p.source.clone(),
+            gate: p.result.verified && !p.result.calibration,
+            fit: false,
+            regime: Regime::with_family(
+                p.calibration.family.clone(),
+                &p.plan.model,
+                &p.plan.strategy,
+            ),
+            in_sample,
+            cv: Some(in_sample),
+            plateau: None,
+            basis,
+        }
+    }
 }
 
 /// Median and worst |error| of a set of rows, in-sample and cross-validated.
@@ -418,23 +436,11 @@ pub fn cross_validate(
         .iter()
         .map(|&i| {
             let p = &rows[i];
-            let s = &p.plan.strategy;
-            CvRow {
-                row_id: p.result.row_id.clone(),
-                source: p.source.clone(),
-                family: family(i),
-                gate: p.result.verified && !p.result.calibration,
-                fit: fit_row(i),
-                params_b: p.plan.model.params().total as f64 / 1e9,
-                tp: s.tp,
-                pp: s.pp,
-                dp: s.dp,
-                sharding: s.opt_shard.to_string(),
-                in_sample: in_sample[i].unwrap_or(f64::NAN),
-                cv: cv[i].0,
-                plateau: cv[i].1,
-                basis: cv[i].2,
-            }
+            let mut r = CvRow::of(p, in_sample[i].unwrap_or(f64::NAN), cv[i].2);
+            r.fit = fit_row(i);
+            r.cv = cv[i].0;
+            r.plateau = cv[i].1;
+            r
         })
         .collect();
     let scopes = scopes(&out_rows, &families);
@@ -479,12 +485,12 @@ fn scopes(rows: &[CvRow], families: &[String]) -> Vec<Scope> {
         scope("all compared rows".into(), rows, |_| true),
     ];
     for f in families {
-        if rows.iter().any(|r| &r.family == f && r.gate) {
+        if rows.iter().any(|r| &r.regime.family == f && r.gate) {
             out.push(scope(format!("{f}, verified"), rows, |r| {
-                &r.family == f && r.gate
+                &r.regime.family == f && r.gate
             }));
         }
-        out.push(scope(format!("{f}, all"), rows, |r| &r.family == f));
+        out.push(scope(format!("{f}, all"), rows, |r| &r.regime.family == f));
     }
     out
 }

@@ -25,6 +25,7 @@ use crate::SimError;
 pub mod confidence;
 pub mod crossval;
 mod ranking;
+mod regime;
 
 pub use ranking::{rank_groups, spearman, GroupRanking};
 
