@@ -48,6 +48,8 @@ pub enum OpKind {
     Softmax,
     /// Element-wise activation (GeLU, SwiGLU gate).
     Activation,
+    /// Rotary position embedding applied to the queries and keys.
+    Rotary,
     /// Dropout and residual add.
     Dropout,
     /// Embedding lookup.
@@ -396,6 +398,15 @@ impl<'a> Geometry<'a> {
         o
     }
 
+    /// Rotary embedding of this rank's queries and keys (`width` elements per token): each
+    /// pair of elements rotated by its position's angle, a memory-bound pass over q and k in
+    /// forward and over their gradients in backward (Su et al. 2021, RoFormer, eq. 34;
+    /// Megatron-core and Transformer Engine apply it as one fused kernel). Nothing is kept:
+    /// the angles are recomputed or read from a table of `seq × head_dim` entries.
+    fn rotary(&self, width: u64) -> Op {
+        self.elementwise("rope", OpKind::Rotary, self.tok * width, 3.0, Bytes(0))
+    }
+
     /// Dropout + residual add on the hidden stream; keeps a 1-byte mask.
     fn residual(&self, name: &'static str) -> Op {
         let n = self.tok_sp * self.d;
@@ -505,6 +516,9 @@ impl<'a> Geometry<'a> {
             ));
         }
         ops.extend(self.regather("tp_regather_attn"));
+        if self.m.position == PositionKind::Rotary {
+            ops.push(self.rotary(qd + kvl));
+        }
         match self.attention {
             Attention::Materialised => self.materialised_attention(&mut ops, qd, hd),
             Attention::Flash => ops.push(self.flash_attention(qd, hd)),

@@ -218,3 +218,28 @@ fn tp_comm_points_follow_megatron() {
         .iter()
         .all(|o| o.comm.is_none()));
 }
+
+#[test]
+fn rotary_models_rotate_their_local_queries_and_keys_once_per_layer() {
+    // Llama 3 8B at tp 2: 16 query heads and 4 key heads of 128 per rank, 4096 tokens.
+    let m = ModelConfig::preset("llama3-8b")
+        .unwrap()
+        .with_seq_len(4096)
+        .unwrap();
+    let ops = part_ops(&m, Part::Block, shape(1, 2, true));
+    let rope: Vec<&Op> = ops.iter().filter(|o| o.kind == OpKind::Rotary).collect();
+    assert_eq!(rope.len(), 1);
+    let elems = 4096 * (16 + 4) * 128;
+    assert_eq!(rope[0].fwd_bytes, Bytes(2 * elems * 2));
+    assert_eq!(rope[0].saved, Bytes(0));
+    assert_eq!(rope[0].params, 0);
+    // Before the attention core, after the projection that makes q and k.
+    let at = |f: &dyn Fn(&Op) -> bool| ops.iter().position(f).unwrap();
+    assert!(at(&|o| o.name == "qkv_proj") < at(&|o| o.kind == OpKind::Rotary));
+    assert!(at(&|o| o.kind == OpKind::Rotary) < at(&|o| o.name == "attn_out"));
+    // A GPT (learned positions) has none.
+    let g = ModelConfig::preset("gpt3-1.3b").unwrap();
+    assert!(part_ops(&g, Part::Block, shape(1, 1, false))
+        .iter()
+        .all(|o| o.kind != OpKind::Rotary));
+}
