@@ -168,13 +168,13 @@ fn distance_units() {
     let mut z = a.clone();
     z.sharding = "zero3".into();
     assert!((distance(&a, &z) - 1.0).abs() < 1e-9);
-    // The other attention kernel is a unit, fp8 against not half of one.
+    // The other attention kernel is a unit, fp8 against not three quarters of one.
     let mut flash = a.clone();
     flash.attention = "flash".into();
     assert!((distance(&a, &flash) - 1.0).abs() < 1e-9);
     let mut fp8 = a.clone();
     fp8.fp8 = true;
-    assert!((distance(&a, &fp8) - 0.5).abs() < 1e-9);
+    assert!((distance(&a, &fp8) - 0.75).abs() < 1e-9);
     assert!(distance(&a, &regime("h100", 10.0, 8, 1, 1)).is_infinite());
 }
 

@@ -98,35 +98,33 @@ fn precision_and_sequence_parallelism_are_read_as_the_row_words_them() {
             "{HEADER},seq_par\nR,Synthetic,Llama-3-8B,llama3-8b,,,,,,,,4096,{acc},8,2,1,1,,1,8,none,0,{precision},3000,verified: synthetic,{seq_par}\n"
         );
         let rows = read_rows(&csv, "synthetic.csv").unwrap();
-        let p = prepare_row(&rows[0], None).map_err(|r| r.skipped.clone().unwrap_or_default());
-        let s = p.unwrap().plan.strategy;
-        (s.precision, s.seq_parallel)
+        prepare_row(&rows[0], None)
+            .map(|p| (p.plan.strategy.precision, p.plan.strategy.seq_parallel))
+            .map_err(|r| r.skipped.clone().unwrap_or_default())
     };
     use pangu_strategies::Precision;
     let h100 = "H100-SXM5-80GB";
     assert_eq!(
         run(h100, "bf16 + float8 linears (torchao)", "no"),
-        (Precision::Fp8, false)
+        Ok((Precision::Fp8, false))
     );
-    assert_eq!(run(h100, "bf16 + fp8 (TE)", "yes"), (Precision::Fp8, true));
+    assert_eq!(
+        run(h100, "bf16 + fp8 (TE)", "yes"),
+        Ok((Precision::Fp8, true))
+    );
     // The A100 has no fp8 tensor cores: its float8 rows stay bf16.
+    let a100 = "A100-SXM4-80GB";
     assert_eq!(
-        run(
-            "A100-SXM4-80GB",
-            "bf16 + float8 linears",
-            "yes (assumed with TP 4)"
-        ),
-        (Precision::Bf16, true)
+        run(a100, "bf16 + float8 linears", "yes (assumed with TP 4)"),
+        Ok((Precision::Bf16, true))
     );
-    assert_eq!(run(h100, "fp32", "not stated").0, Precision::Fp32);
-    assert_eq!(run(h100, "amp (16-bit mixed)", "").0, Precision::Fp16);
     assert_eq!(
-        run(
-            h100,
-            "bf16 with the new BF16_Optimizer (fp32 gradient accumulation)",
-            ""
-        )
-        .0,
-        Precision::Bf16
+        run(h100, "amp (16-bit mixed)", ""),
+        Ok((Precision::Fp16, false))
     );
+    let bf16_optimizer = "bf16 with the new BF16_Optimizer (fp32 gradient accumulation)";
+    assert_eq!(run(h100, bf16_optimizer, ""), Ok((Precision::Bf16, false)));
+    // fp32 alone: TF32 or not is unstated, so the row is skipped with the reason.
+    let e = run(h100, "fp32", "not stated").unwrap_err();
+    assert!(e.contains("fp32") && e.contains("TF32"), "{e}");
 }

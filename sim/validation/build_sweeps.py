@@ -27,7 +27,7 @@ def add(**kw):
         # The block the simulator builds from the shape columns (sim/src/validate/shape.rs):
         # Llama's SwiGLU/RMSNorm/rotary block, else GPT's (BLOOM's ALiBi block is GPT's
         # less the position table).
-        r['arch'] = 'llama' if r['model'].lower().startswith('llama') else 'gpt'
+        r['arch'] = 'llama' if 'llama' in r['model'].lower() else 'gpt'
     rows.append(r)
 
 # ---------------------------------------------------------------- model shapes

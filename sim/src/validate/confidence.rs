@@ -1,4 +1,4 @@
-//! How sure a prediction is: the cross-validated error of the published runs nearest to it.
+//! How sure a prediction is: the held-out error of the measured runs nearest to it.
 //!
 //! `sim/validation/confidence.csv` holds, per compared row of `published-runs.csv`, its
 //! features and its leave-one-source-out error ([`super::crossval`]), then the compared rows
@@ -239,11 +239,20 @@ pub fn write_table(
                 COLUMNS.len()
             )));
         }
-        let cells = COLUMNS.map(|c| match &v[c] {
-            serde_json::Value::Null => String::new(),
-            serde_json::Value::String(s) => s.clone(),
-            other => other.to_string(),
-        });
+        // JSON writes a non-finite number as null, which would read back as a missing value.
+        let finite = [Some(r.in_sample), r.cv, r.plateau, Some(r.regime.params_b)];
+        if finite.iter().flatten().any(|x| !x.is_finite()) {
+            return Err(bad(format!("{}: a non-finite error or size", r.row_id)));
+        }
+        let mut cells = Vec::with_capacity(COLUMNS.len());
+        for c in COLUMNS {
+            cells.push(match v.get(c) {
+                None => return Err(bad(format!("no field {c} in a row: update COLUMNS"))),
+                Some(serde_json::Value::Null) => String::new(),
+                Some(serde_json::Value::String(s)) => s.clone(),
+                Some(other) => other.to_string(),
+            });
+        }
         w.write_record(&cells).map_err(|e| bad(e.to_string()))?;
     }
     let body = w.into_inner().map_err(|e| bad(e.to_string()))?;

@@ -81,7 +81,8 @@ impl Regime {
 /// Distance between two regimes of one family (infinite across families: each has its own
 /// constants). One unit is any of: a factor 4 in parameters, 8 in tp or in pp, 16 in dp,
 /// ZeRO-3 against not, or the other attention kernel; a different non-ZeRO-3 sharding level
-/// adds 0.25 and fp8 against not 0.5. The weights follow where the validation error is known
+/// adds 0.25 and fp8 against not 0.75 (more than a regime's spread, so an fp8 plan's regime
+/// leaves out rows of its shape without fp8 when fp8 rows are nearest). The weights follow where the validation error is known
 /// to move (docs/validation.md, "Known weak regimes"): ZeRO-3 at scale and one-node runs with
 /// small models behave unlike their neighbours, the data-parallel size matters less than model
 /// parallelism as long as ZeRO-3 is off, and the measured sweeps' errors moved by 40-65 points
@@ -101,7 +102,7 @@ pub fn distance(a: &Regime, b: &Regime) -> f64 {
         0.0
     };
     let kernel = if a.attention == b.attention { 0.0 } else { 1.0 };
-    let fp8 = if a.fp8 == b.fp8 { 0.0 } else { 0.5 };
+    let fp8 = if a.fp8 == b.fp8 { 0.0 } else { 0.75 };
     ratio(a.params_b, b.params_b) / 4f64.ln()
         + lg(a.tp, b.tp) / 3.0
         + lg(a.pp, b.pp) / 3.0
