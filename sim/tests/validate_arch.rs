@@ -104,26 +104,35 @@ fn precision_and_sequence_parallelism_are_read_as_the_row_words_them() {
     };
     use pangu_strategies::Precision;
     let h100 = "H100-SXM5-80GB";
-    assert_eq!(
-        run(h100, "bf16 + float8 linears (torchao)", "no"),
-        Ok((Precision::Fp8, false))
-    );
-    assert_eq!(
-        run(h100, "bf16 + fp8 (TE)", "yes"),
-        Ok((Precision::Fp8, true))
-    );
-    // The A100 has no fp8 tensor cores: its float8 rows stay bf16.
-    let a100 = "A100-SXM4-80GB";
-    assert_eq!(
-        run(a100, "bf16 + float8 linears", "yes (assumed with TP 4)"),
-        Ok((Precision::Bf16, true))
-    );
-    assert_eq!(
-        run(h100, "amp (16-bit mixed)", ""),
-        Ok((Precision::Fp16, false))
-    );
-    let bf16_optimizer = "bf16 with the new BF16_Optimizer (fp32 gradient accumulation)";
-    assert_eq!(run(h100, bf16_optimizer, ""), Ok((Precision::Bf16, false)));
+    for (acc, precision, seq_par, want) in [
+        (
+            h100,
+            "bf16 + float8 linears (torchao)",
+            "no",
+            (Precision::Fp8, false),
+        ),
+        (h100, "bf16 + fp8 (TE)", "yes", (Precision::Fp8, true)),
+        // The A100 has no fp8 tensor cores: its float8 rows stay bf16.
+        (
+            "A100-SXM4-80GB",
+            "bf16 + float8 linears",
+            "yes (assumed with TP 4)",
+            (Precision::Bf16, true),
+        ),
+        (h100, "amp (16-bit mixed)", "", (Precision::Fp16, false)),
+        (
+            h100,
+            "bf16 with the new BF16_Optimizer (fp32 gradient accumulation)",
+            "",
+            (Precision::Bf16, false),
+        ),
+    ] {
+        assert_eq!(
+            run(acc, precision, seq_par),
+            Ok(want),
+            "{precision} / {seq_par}"
+        );
+    }
     // fp32 alone: TF32 or not is unstated, so the row is skipped with the reason.
     let e = run(h100, "fp32", "not stated").unwrap_err();
     assert!(e.contains("fp32") && e.contains("TF32"), "{e}");
